@@ -1,0 +1,63 @@
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tests.corpus import example_paths, invalid_cases
+from tradewind.cli import app
+
+runner = CliRunner()
+
+
+def test_validate_accepts_every_example() -> None:
+    args = ["validate"] + [a for p in example_paths() for a in ("-f", str(p))]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("valid ") == len(example_paths())
+
+
+def test_validate_prints_one_line_per_problem_and_exits_1() -> None:
+    case = next(c for c in invalid_cases() if c.name == "sw-path-not-in-template")
+    result = runner.invoke(app, ["validate", "-f", str(case.path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert f"error: {case.path}: spec.searchSpace[training.learningRate]: " in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_validate_reports_a_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: [unclosed\n")
+    result = runner.invoke(app, ["validate", "-f", str(tmp_path / "nope.yaml"), "-f", str(bad)])
+    assert result.exit_code == 1
+    assert "cannot read file" in result.output
+    assert "not valid YAML" in result.output
+
+
+def test_validate_unknown_kind(tmp_path: Path) -> None:
+    doc = tmp_path / "job.yaml"
+    doc.write_text("apiVersion: tradewind.dev/v1alpha1\nkind: Job\nmetadata: {name: x}\n")
+    result = runner.invoke(app, ["validate", "-f", str(doc)])
+    assert result.exit_code == 1
+    assert "kind: must be one of TrainingRun, RLRun, Sweep (got 'Job')" in result.output
+
+
+def test_validate_show_prints_defaults() -> None:
+    path = next(p for p in example_paths() if p.stem == "trainingrun-quickstart")
+    result = runner.invoke(app, ["validate", "-f", str(path), "--show"])
+    assert result.exit_code == 0
+    assert "optimizer:" in result.output and "name: adamw" in result.output
+
+
+def test_crds_check_detects_a_stale_folder(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["crds", "-o", str(tmp_path)]).exit_code == 0
+    assert runner.invoke(app, ["crds", "-o", str(tmp_path), "--check"]).exit_code == 0
+    crd = next(tmp_path.glob("trainingruns*.yaml"))
+    crd.write_text(crd.read_text().replace("hybrid", "hybrid2"))
+    result = runner.invoke(app, ["crds", "-o", str(tmp_path), "--check"])
+    assert result.exit_code == 1 and "stale" in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0 and "tradewind.dev/v1alpha1" in result.output

@@ -1,0 +1,122 @@
+"""The base of every resource model: camelCase aliases, no unknown fields, CEL rules.
+
+Cross-field constraints are written once, as CEL, on the model they belong to. The CRD
+generator copies them into `x-kubernetes-validations`, so the apiserver enforces them at
+`kubectl apply`; the same expressions are evaluated here, so `tradewind validate` and
+`tradewind run` reject exactly what the cluster would.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+import cel
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """A cross-field constraint, as Kubernetes `x-kubernetes-validations` writes it."""
+
+    rule: str
+    message: str
+    field_path: str = ""
+    """Where the error points, relative to the model (`.dim`); empty for the model itself."""
+
+    def to_crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def _add_cel_rules(schema: dict[str, Any], cls: type) -> None:
+    rules: tuple[CelRule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.to_crd() for r in rules]
+
+
+class ApiModel(BaseModel):
+    """camelCase in YAML, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        json_schema_extra=_add_cel_rules,
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    def check_semantics(self) -> None:
+        """Checks that CEL cannot express, run before the CEL rules; raise
+        PydanticCustomError with a `field_path` in its context."""
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        self.check_semantics()
+        if not self.cel_rules:
+            return self
+        context = {"self": self.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        for rule in self.cel_rules:
+            if cel.evaluate(rule.rule, context) is not True:
+                raise PydanticCustomError(
+                    "cel_rule",
+                    "{message}",
+                    {"message": rule.message, "field_path": rule.field_path},
+                )
+        return self
+
+
+# Bounded scalar types. Every string and list in the API is bounded so that CEL rules stay
+# within the apiserver's cost budget; the CRD generator refuses unbounded ones.
+DNSLabel = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        examples=["ppo"],
+    ),
+]
+ShortStr = Annotated[str, Field(min_length=1, max_length=253)]
+LongStr = Annotated[str, Field(max_length=4096)]
+_QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not re.fullmatch(_QUANTITY, value):
+        raise ValueError("not a Kubernetes quantity such as 4, 500m or 16Gi")
+    return value
+
+
+Quantity = Annotated[
+    Annotated[int, Strict()] | str,
+    Field(union_mode="left_to_right"),
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": _QUANTITY,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity: `4`, `500m`, `16Gi`."""

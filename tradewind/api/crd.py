@@ -1,0 +1,236 @@
+"""CustomResourceDefinitions generated from the resource models (`tradewind crds`).
+
+The pydantic JSON schema is rewritten into a Kubernetes structural schema: references
+inlined, Optional unwrapped, OpenAPI 3.0 exclusive bounds, int-or-string and
+preserve-unknown-fields markers, defaults (so CEL rules see what the models see), and the
+models' CEL rules as `x-kubernetes-validations`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
+
+from tradewind.api.resources import CATEGORY, GROUP, KINDS, VERSION, Resource
+from tradewind.api.spec_paths import unwrap_optional
+
+
+class CRDSchemaError(ValueError):
+    """A model cannot be expressed as a bounded structural schema."""
+
+
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Emit defaults of default_factory fields: `{}` for objects (the apiserver then fills
+    the nested defaults), the dumped value for lists and maps."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> dict[str, Any]:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            value = factory()  # type: ignore[call-arg]
+            dumped = (
+                {}
+                if isinstance(value, BaseModel)
+                else TypeAdapter(type(value)).dump_python(value, mode="json", by_alias=True)
+            )
+            schema = {k: v for k, v in schema.items() if k != "default_factory"}  # type: ignore[assignment]
+            schema["default"] = dumped
+        return super().default_schema(schema)
+
+    def encode_default(self, dft: Any) -> Any:
+        if isinstance(dft, BaseModel):
+            return dft.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return super().encode_default(dft)
+
+
+_KEEP = {
+    "type", "description", "required", "enum", "format", "pattern", "default",
+    "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
+    "minProperties", "maxProperties",
+}  # fmt: skip
+
+
+def _keywords(node: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of one node that a structural schema allows, in OpenAPI 3.0 form."""
+    out = {k: v for k, v in node.items() if k in _KEEP or k.startswith("x-kubernetes-")}
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    if out.get("default", 0) is None:
+        del out["default"]
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node:
+            out[flag] = node[bound]
+            out[bound] = True
+    if "description" in out:
+        out["description"] = " ".join(out["description"].split())
+    return out
+
+
+_ORDER = ("description", "type", "default", "required")
+
+
+def _ordered(node: dict[str, Any]) -> dict[str, Any]:
+    """Keys in a stable, readable order: description and type first, properties last."""
+    head = [k for k in _ORDER if k in node]
+    tail = [k for k in ("properties", "additionalProperties", "items") if k in node]
+    middle = sorted(k for k in node if k not in head and k not in tail)
+    return {k: node[k] for k in head + middle + tail}
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+class _Converter:
+    def __init__(self, defs: dict[str, Any], where: str) -> None:
+        self.defs = defs
+        self.where = where
+
+    def convert(self, node: dict[str, Any], path: str) -> dict[str, Any]:
+        node = self._resolve(node)
+        if "anyOf" in node:
+            return self._union(node, path)
+        out = _keywords(node)
+        kind = node.get("type")
+        if kind is None and not out.get("x-kubernetes-preserve-unknown-fields"):
+            return {**out, "x-kubernetes-preserve-unknown-fields": True}
+        if kind == "object":
+            self._object(node, out, path)
+        elif kind == "array":
+            if "maxItems" not in node:
+                raise CRDSchemaError(f"{self.where}{path}: list without max_length")
+            out["items"] = self.convert(node["items"], f"{path}[]")
+        elif kind == "string" and not ({"maxLength", "enum", "format"} & out.keys()):
+            raise CRDSchemaError(f"{self.where}{path}: string without max_length")
+        return _ordered(out)
+
+    def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if ref is None and len(node.get("allOf", ())) == 1:
+            ref = node["allOf"][0].get("$ref")
+        if ref is None:
+            return node
+        target = dict(self.defs[ref.split("/")[-1]])
+        siblings = {k: v for k, v in node.items() if k not in ("$ref", "allOf")}
+        return {**target, **siblings}
+
+    def _union(self, node: dict[str, Any], path: str) -> dict[str, Any]:
+        options = [self._resolve(o) for o in node["anyOf"] if o.get("type") != "null"]
+        outer = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(options) == 1:
+            return self.convert({**options[0], **outer}, path)
+        if outer.get("x-kubernetes-int-or-string"):
+            return {**outer, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+        raise CRDSchemaError(
+            f"{self.where}{path}: unions other than Optional or int|str are not structural"
+        )
+
+    def _object(self, node: dict[str, Any], out: dict[str, Any], path: str) -> None:
+        extra = node.get("additionalProperties")
+        if "properties" in node:
+            out["properties"] = {
+                k: self.convert(v, f"{path}.{k}") for k, v in node["properties"].items()
+            }
+            if extra is True:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+        elif isinstance(extra, dict) and extra:
+            if "maxProperties" not in node:
+                raise CRDSchemaError(f"{self.where}{path}: map without max_length")
+            out["additionalProperties"] = self.convert(extra, f"{path}{{}}")
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+
+
+def structural_schema(model: type[BaseModel], where: str) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a model."""
+    raw = model.model_json_schema(
+        by_alias=True, mode="validation", schema_generator=_WithFactoryDefaults
+    )
+    return _Converter(raw.pop("$defs", {}), where).convert(raw, "")
+
+
+def build_crd(resource: type[Resource]) -> dict[str, Any]:
+    """The CustomResourceDefinition of one kind."""
+    kind = resource.__name__
+    fields = resource.model_fields
+    spec = structural_schema(unwrap_optional(fields["spec"].annotation), f"{kind}.spec")
+    spec["description"] = fields["spec"].description
+    if not fields["spec"].is_required():
+        spec["default"] = {}
+    status = structural_schema(unwrap_optional(fields["status"].annotation), f"{kind}.status")
+    status["description"] = fields["status"].description
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": " ".join(resource.description.split()),
+        "properties": {
+            "apiVersion": {"type": "string", "description": "tradewind.dev/v1alpha1"},
+            "kind": {"type": "string", "description": kind},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"] if fields["spec"].is_required() else [],
+        "x-kubernetes-validations": [r.to_crd() for r in resource.cel_rules],
+    }
+    if not root["required"]:
+        del root["required"]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{resource.plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "tradewind"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": resource.plural,
+                "singular": kind.lower(),
+                "shortNames": list(resource.short_names),
+                "categories": [CATEGORY],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [c.to_crd() for c in resource.printer_columns],
+                }
+            ],
+        },
+    }
+
+
+def render_crds() -> dict[str, str]:
+    """File name -> YAML text of every CRD."""
+    header = "# Generated by `tradewind crds` from tradewind/api. Do not edit.\n"
+    return {
+        f"{cls.plural}.{GROUP}.yaml": header
+        + yaml.dump(build_crd(cls), Dumper=_NoAliasDumper, sort_keys=False, width=100)
+        for cls in KINDS.values()
+    }
+
+
+def write_crds(directory: Path) -> list[Path]:
+    """Write every CRD into `directory`, removing stale generated files; returns the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rendered = render_crds()
+    for old in directory.glob(f"*.{GROUP}.yaml"):
+        if old.name not in rendered:
+            old.unlink()
+    paths = []
+    for name, text in rendered.items():
+        path = directory / name
+        path.write_text(text)
+        paths.append(path)
+    return paths

@@ -1,0 +1,176 @@
+"""The three custom resources and how they appear in Kubernetes (names, columns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from tradewind.api.base import ApiModel, CelRule
+from tradewind.api.rl import RLRunSpec
+from tradewind.api.status import RunStatus, SweepStatus
+from tradewind.api.sweep import SweepSpec
+from tradewind.api.training import TrainingRunSpec
+
+GROUP = "tradewind.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "tradewind"
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    """A `kubectl get` column."""
+
+    name: str
+    type: str
+    json_path: str
+    description: str
+    priority: int = 0
+
+    def to_crd(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "name": self.name,
+            "type": self.type,
+            "jsonPath": self.json_path,
+            "description": self.description,
+        }
+        if self.priority:
+            out["priority"] = self.priority
+        return out
+
+
+PHASE = PrinterColumn(
+    "Phase",
+    "string",
+    ".status.phase",
+    "Pending, Running, Restarting, Suspended, Succeeded or Failed",
+)
+PROGRESS = PrinterColumn("Progress", "integer", ".status.progress.percent", "Percent complete")
+METRIC = PrinterColumn("Metric", "string", ".status.headlineMetric", "Headline metric")
+RESTARTS = PrinterColumn("Restarts", "integer", ".status.restarts", "Attempts restarted")
+AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation")
+
+
+class ObjectMeta(ApiModel):
+    """Kubernetes object metadata; only `name` is required."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Resource name."""
+    namespace: Annotated[str, Field(max_length=63)] | None = None
+    """Namespace."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations."""
+
+
+def _name_rules(max_length: int) -> tuple[CelRule, ...]:
+    return (
+        CelRule(
+            f"self.metadata.name.size() <= {max_length} && "
+            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            f"metadata.name must be at most {max_length} characters of a-z, 0-9 and '-', "
+            "starting with a letter (it names Jobs, Services and pod hostnames)",
+            ".metadata.name",
+        ),
+    )
+
+
+class Resource(ApiModel):
+    """Fields and Kubernetes naming shared by the three kinds."""
+
+    api_version: Literal["tradewind.dev/v1alpha1"]
+    """Always tradewind.dev/v1alpha1."""
+    kind: str
+    """The kind: TrainingRun, RLRun or Sweep."""
+    metadata: ObjectMeta
+    """Kubernetes object metadata."""
+
+    plural: ClassVar[str]
+    short_names: ClassVar[tuple[str, ...]]
+    printer_columns: ClassVar[tuple[PrinterColumn, ...]]
+    description: ClassVar[str]
+
+
+class TrainingRun(Resource):
+    """Supervised training of a CNN / LSTM / hybrid CNN+LSTM trading model, with torchrun
+    across `nodes` pods of `procsPerNode` processes."""
+
+    kind: Literal["TrainingRun"]
+    """Always TrainingRun."""
+    spec: TrainingRunSpec = Field(default_factory=TrainingRunSpec)
+    """What to train and how."""
+    status: RunStatus | None = None
+    """Observed state, written by the operator."""
+
+    plural = "trainingruns"
+    short_names = ("tr",)
+    description = __doc__ or ""
+    printer_columns = (
+        PHASE,
+        PrinterColumn("Ready", "integer", ".status.nodesReady", "Pods running"),
+        PrinterColumn("Nodes", "integer", ".spec.nodes", "Pods (torchrun nodes)"),
+        PROGRESS,
+        METRIC,
+        RESTARTS,
+        AGE,
+    )
+    cel_rules = _name_rules(40)
+
+
+class RLRun(Resource):
+    """Reinforcement-learning agents (PPO, SAC, TD3, DQN, A2C) trained on a trading
+    environment, optionally combined into an ensemble."""
+
+    kind: Literal["RLRun"]
+    """Always RLRun."""
+    spec: RLRunSpec
+    """Environment, agents and training."""
+    status: RunStatus | None = None
+    """Observed state, written by the operator."""
+
+    plural = "rlruns"
+    short_names = ("rl",)
+    description = __doc__ or ""
+    printer_columns = (
+        PHASE,
+        PrinterColumn("Ready", "integer", ".status.nodesReady", "Pods running"),
+        PROGRESS,
+        METRIC,
+        RESTARTS,
+        AGE,
+    )
+    cel_rules = _name_rules(40)
+
+
+class Sweep(Resource):
+    """A hyperparameter search (Optuna) over TrainingRuns or RLRuns: one child run per
+    trial, pruned early when unpromising."""
+
+    kind: Literal["Sweep"]
+    """Always Sweep."""
+    spec: SweepSpec
+    """Template, search space, objective and budget."""
+    status: SweepStatus | None = None
+    """Observed state, written by the operator."""
+
+    plural = "sweeps"
+    short_names = ("sw",)
+    description = __doc__ or ""
+    printer_columns = (
+        PHASE,
+        PrinterColumn("Completed", "integer", ".status.trials.completed", "Trials completed"),
+        PrinterColumn("Running", "integer", ".status.trials.running", "Trials running"),
+        PrinterColumn("Pruned", "integer", ".status.trials.pruned", "Trials pruned"),
+        PrinterColumn("Max", "integer", ".spec.maxTrials", "Trials to run"),
+        PrinterColumn("Best", "number", ".status.bestValue", "Best objective value"),
+        AGE,
+    )
+    # Trial runs are named <sweep>-<trial number>.
+    cel_rules = _name_rules(33)
+
+
+KINDS: dict[str, type[Resource]] = {k.__name__: k for k in (TrainingRun, RLRun, Sweep)}

@@ -1,0 +1,152 @@
+"""RLRun: reinforcement-learning agents (stable-baselines3) on a trading environment."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_core import PydanticCustomError
+
+from tradewind.api.base import ApiModel, CelRule, DNSLabel
+from tradewind.api.common import DataSource, RunBase
+from tradewind.api.hyperparameters import hyperparameter_errors, hyperparameter_names_rule
+
+Algorithm = Literal["ppo", "sac", "td3", "dqn", "a2c"]
+CONTINUOUS_ONLY = ("sac", "td3")
+DISCRETE_ONLY = ("dqn",)
+
+
+class EnvironmentSpec(ApiModel):
+    """The trading environment: a multi-symbol portfolio over real or synthetic bars. The
+    observation at bar t uses bars <= t; orders fill at bar t+1."""
+
+    data: DataSource = Field(default_factory=DataSource)
+    """Market data and features."""
+    initial_balance: float = Field(default=100_000.0, gt=0, le=1e15)
+    """Starting cash."""
+    transaction_cost: float = Field(default=0.001, ge=0, le=0.1)
+    """Proportional cost per unit of traded value."""
+    slippage: float = Field(default=0.0, ge=0, le=0.1)
+    """Proportional adverse price move on each fill."""
+    max_position_size: float = Field(default=1.0, gt=0, le=10)
+    """Largest absolute weight of one symbol in the portfolio (1.0 = all equity)."""
+    lookback_window: int = Field(default=30, ge=1, le=4096)
+    """Bars of engineered features in each observation."""
+    reward: Literal["returns", "log_returns", "sharpe", "sortino", "differential_sharpe"] = (
+        "log_returns"
+    )
+    """Reward per step: portfolio return, log return, rolling Sharpe or Sortino ratio, or the
+    differential Sharpe ratio (Moody & Saffell)."""
+    reward_window: int = Field(default=20, ge=2, le=10_000)
+    """Bars in the rolling window of the sharpe and sortino rewards."""
+    action_space: Literal["discrete", "continuous"] = "discrete"
+    """`discrete`: short/flat/long per symbol; `continuous`: target weight per symbol."""
+    episode_length: int = Field(default=252, ge=2, le=10_000_000)
+    """Steps per episode (episodes start at random bars)."""
+    random_start: bool = True
+    """Start each training episode at a random bar."""
+
+
+class AgentSpec(ApiModel):
+    """One agent; several agents form an ensemble."""
+
+    name: DNSLabel
+    """Agent name, unique in the run (used in metric names and checkpoint paths)."""
+    algorithm: Algorithm
+    """stable-baselines3 algorithm: ppo, a2c (any action space), sac, td3 (continuous), dqn
+    (discrete)."""
+    policy: Literal["MlpPolicy"] = "MlpPolicy"
+    """Policy network class."""
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    """SB3 constructor arguments with rl-zoo3 names (learning_rate, n_steps, batch_size,
+    gamma, buffer_size, tau, ...) plus net_arch and activation_fn; unset ones take SB3's
+    defaults."""
+    weight: float = Field(default=1.0, ge=0, le=1000)
+    """Weight in a weighted_average ensemble."""
+
+    cel_rules = (
+        CelRule(
+            hyperparameter_names_rule(),
+            "hyperparameters has a name the algorithm does not take (see `kubectl explain`)",
+            ".hyperparameters",
+        ),
+    )
+
+    def check_semantics(self) -> None:
+        errors = hyperparameter_errors(self.algorithm, self.hyperparameters)
+        if errors:
+            key, problem = errors[0]
+            raise PydanticCustomError(
+                "hyperparameter",
+                "{message}",
+                {"message": problem, "field_path": f".hyperparameters.{key}"},
+            )
+
+
+class EnsembleSpec(ApiModel):
+    """Combine the agents' actions into one policy."""
+
+    method: Literal["weighted_average", "majority", "thompson_sampling"] = "weighted_average"
+    """weighted_average of actions by `weight`, majority vote, or Thompson sampling over each
+    agent's recent returns."""
+    uncertainty: bool = True
+    """Report the spread of the members' actions as an uncertainty estimate."""
+    performance_window: int = Field(default=63, ge=2, le=100_000)
+    """Bars of recent performance used by thompson_sampling."""
+
+
+class EvalSpec(ApiModel):
+    """Periodic evaluation on held-out data; the best model is kept."""
+
+    freq: int = Field(default=10_000, ge=1)
+    """Evaluate every this many timesteps."""
+    episodes: int = Field(default=5, ge=1, le=1000)
+    """Episodes per evaluation."""
+    deterministic: bool = True
+    """Use deterministic actions when evaluating."""
+    split: float = Field(default=0.2, gt=0, lt=1)
+    """Fraction of the last bars held out for evaluation."""
+
+
+class RLRunSpec(RunBase):
+    """A reinforcement-learning run: environment, agents, optional ensemble."""
+
+    environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
+    """The trading environment."""
+    agents: list[AgentSpec] = Field(min_length=1, max_length=8)
+    """Agents to train; with more than one, each trains in its own pod in parallel."""
+    ensemble: EnsembleSpec | None = None
+    """Combine the agents after training (needs two or more agents)."""
+    total_timesteps: int = Field(default=100_000, ge=1, le=10_000_000_000)
+    """Environment steps per agent."""
+    n_envs: int = Field(default=8, ge=1, le=4096)
+    """Parallel environments per agent (one batched vector environment)."""
+    normalize: bool = True
+    """Wrap the environment in VecNormalize (observations and rewards)."""
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    """Evaluation."""
+
+    cel_rules = (
+        CelRule(
+            "self.agents.all(a, self.agents.exists_one(b, b.name == a.name))",
+            "agent names must be unique",
+            ".agents",
+        ),
+        CelRule(
+            "self.environment.actionSpace == 'continuous' || "
+            "self.agents.all(a, !(a.algorithm in ['sac', 'td3']))",
+            "sac and td3 need environment.actionSpace continuous",
+            ".agents",
+        ),
+        CelRule(
+            "self.environment.actionSpace == 'discrete' || "
+            "self.agents.all(a, a.algorithm != 'dqn')",
+            "dqn needs environment.actionSpace discrete",
+            ".agents",
+        ),
+        CelRule(
+            "!has(self.ensemble) || size(self.agents) >= 2",
+            "an ensemble needs at least two agents",
+            ".ensemble",
+        ),
+    )

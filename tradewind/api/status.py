@@ -1,0 +1,167 @@
+"""Status of runs and sweeps: what `kubectl get` and `kubectl describe` show.
+
+Written by the operator only (the status subresource); users never set it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from tradewind.api.base import ApiModel, LongStr, ShortStr
+
+RunPhase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+Metrics = dict[Annotated[str, Field(max_length=250)], float]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (Created, Running, Restarting, Suspended, Succeeded,
+    Failed, Ready)."""
+
+    type: ShortStr
+    """Condition type."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    """One CamelCase word for the cause, e.g. OOMKilled, DeadlineExceeded."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Human-readable details naming the cause."""
+    last_transition_time: dt.datetime | None = None
+    """When status last changed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation this condition was set for."""
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+
+class Progress(ApiModel):
+    """How far the run is."""
+
+    epoch: int | None = Field(default=None, ge=0)
+    """Epochs done (TrainingRun)."""
+    total_epochs: int | None = Field(default=None, ge=0)
+    """Epochs planned (TrainingRun)."""
+    step: int | None = Field(default=None, ge=0)
+    """Optimizer steps (TrainingRun) or environment timesteps (RLRun) done."""
+    total_steps: int | None = Field(default=None, ge=0)
+    """Steps planned."""
+    percent: int = Field(default=0, ge=0, le=100)
+    """Percent complete."""
+
+
+class CheckpointStatus(ApiModel):
+    """Where the run's checkpoints are."""
+
+    latest: LongStr | None = None
+    """URI of the newest checkpoint (an attempt restart resumes from it)."""
+    best: LongStr | None = None
+    """URI of the checkpoint with the best validation metric."""
+
+
+class MLflowStatus(ApiModel):
+    """The run in MLflow."""
+
+    run_id: Annotated[str, Field(max_length=64)] | None = None
+    """MLflow run id."""
+    url: LongStr | None = None
+    """Link to the run in the MLflow UI."""
+
+
+class RunStatus(ApiModel):
+    """Observed state of a TrainingRun or RLRun."""
+
+    phase: RunPhase = "Pending"
+    """Pending, Running, Restarting, Suspended, Succeeded or Failed."""
+    conditions: Conditions
+    """Conditions, including Ready and a terminal Succeeded or Failed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation the operator last acted on."""
+    start_time: dt.datetime | None = None
+    """When the first attempt started."""
+    completion_time: dt.datetime | None = None
+    """When the run succeeded or failed."""
+    attempt: int = Field(default=0, ge=0)
+    """Current attempt (0-based); each restart starts a new one."""
+    restarts: int = Field(default=0, ge=0)
+    """Attempts torn down and restarted so far (against maxRestarts)."""
+    nodes_ready: int = Field(default=0, ge=0)
+    """Pods of the current attempt that are running."""
+    nodes_total: int = Field(default=0, ge=0)
+    """Pods of the current attempt."""
+    progress: Progress = Field(default_factory=Progress)
+    """Progress."""
+    headline_metric: Annotated[str, Field(max_length=256)] | None = None
+    """The main metric, e.g. `val_loss=0.4123`, as shown by `kubectl get`."""
+    metrics: Metrics = Field(default_factory=dict, max_length=128)
+    """Latest metrics read from MLflow."""
+    checkpoint: CheckpointStatus = Field(default_factory=CheckpointStatus)
+    """Checkpoint URIs."""
+    mlflow: MLflowStatus = Field(default_factory=MLflowStatus)
+    """MLflow run."""
+
+
+class TrialCounts(ApiModel):
+    """Trials by state."""
+
+    pending: int = Field(default=0, ge=0)
+    """Asked from the study, child run not yet running."""
+    running: int = Field(default=0, ge=0)
+    """Child run running."""
+    completed: int = Field(default=0, ge=0)
+    """Finished and told to the study."""
+    pruned: int = Field(default=0, ge=0)
+    """Stopped by the pruner."""
+    failed: int = Field(default=0, ge=0)
+    """Child run failed."""
+
+
+class TrialSummary(ApiModel):
+    """One trial's parameters and result."""
+
+    name: ShortStr
+    """Name of the child run."""
+    number: int = Field(ge=0)
+    """Optuna trial number."""
+    params: dict[Annotated[str, Field(max_length=256)], Any] = Field(
+        default_factory=dict, max_length=32
+    )
+    """Parameter values (searchSpace path -> value)."""
+    values: list[float] = Field(default_factory=list, max_length=4)
+    """Objective values, in the order of the objectives."""
+
+
+class SweepStatus(ApiModel):
+    """Observed state of a Sweep."""
+
+    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] = "Pending"
+    """Pending, Running, Succeeded (maxTrials reached or timeout) or Failed."""
+    conditions: Conditions
+    """Conditions, including Ready and a terminal Succeeded or Failed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation the operator last acted on."""
+    start_time: dt.datetime | None = None
+    """When the first trial started."""
+    completion_time: dt.datetime | None = None
+    """When the sweep finished."""
+    trials: TrialCounts = Field(default_factory=TrialCounts)
+    """Trials by state."""
+    best_trial: TrialSummary | None = None
+    """Best trial so far (single objective)."""
+    best_value: float | None = None
+    """Objective value of the best trial, as shown by `kubectl get`."""
+    pareto_front: list[TrialSummary] = Field(default_factory=list, max_length=64)
+    """Pareto-optimal trials (multi-objective)."""
+    study_name: Annotated[str, Field(max_length=512)] | None = None
+    """Name of the Optuna study."""
+    mlflow: MLflowStatus = Field(default_factory=MLflowStatus)
+    """The sweep's parent run in MLflow."""

@@ -1,0 +1,238 @@
+"""Sweep: an Optuna study over TrainingRuns or RLRuns, one child run per trial."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from tradewind.api.base import ApiModel, CelRule, ShortStr
+from tradewind.api.rl import RLRunSpec
+from tradewind.api.spec_paths import SpecPathError, check_path, set_path
+from tradewind.api.training import TrainingRunSpec
+
+
+class TrainingRunTemplate(ApiModel):
+    """A TrainingRun spec each trial starts from."""
+
+    kind: Literal["TrainingRun"]
+    """Kind of the trial runs."""
+    spec: TrainingRunSpec = Field(default_factory=TrainingRunSpec)
+    """Spec of the trial runs before the trial's parameters are applied."""
+
+
+class RLRunTemplate(ApiModel):
+    """An RLRun spec each trial starts from."""
+
+    kind: Literal["RLRun"]
+    """Kind of the trial runs."""
+    spec: RLRunSpec
+    """Spec of the trial runs before the trial's parameters are applied."""
+
+
+_TEMPLATE_SCHEMA = {
+    "type": "object",
+    "description": "The run each trial starts from: `kind` (TrainingRun or RLRun) and its "
+    "`spec`, checked against that kind's schema by the operator and `tradewind validate`.",
+    "required": ["kind"],
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": ["TrainingRun", "RLRun"],
+            "description": "Kind of the trial runs.",
+        },
+        "spec": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": "Spec of the trial runs before the trial's parameters are applied.",
+        },
+    },
+}
+
+Template = Annotated[
+    TrainingRunTemplate | RLRunTemplate,
+    Field(discriminator="kind"),
+    WithJsonSchema(_TEMPLATE_SCHEMA),
+]
+
+
+class Objective(ApiModel):
+    """A metric the study optimises."""
+
+    metric: ShortStr
+    """Metric name as the trial logs it, e.g. `val_loss`, `val_accuracy`, `eval_mean_reward`."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether lower or higher is better."""
+
+
+class Parameter(ApiModel):
+    """The distribution of one searched field."""
+
+    type: Literal["uniform", "loguniform", "int", "choice", "grid"]
+    """uniform / loguniform floats in [low, high], int in [low, high] (optional step, log),
+    choice among values, grid over values (with sampler grid)."""
+    low: float | None = None
+    """Lower bound (uniform, loguniform, int)."""
+    high: float | None = None
+    """Upper bound (uniform, loguniform, int)."""
+    step: float | None = Field(default=None, gt=0)
+    """Step between values (uniform, int)."""
+    log: bool = False
+    """Sample an int on a log scale."""
+    values: list[Any] | None = Field(default=None, max_length=256)
+    """Candidate values (choice, grid)."""
+
+    cel_rules = (
+        CelRule(
+            "!(self.type in ['uniform', 'loguniform', 'int']) || (has(self.low) && has(self.high))",
+            "uniform, loguniform and int need low and high",
+        ),
+        CelRule(
+            "!has(self.low) || !has(self.high) || self.low < self.high",
+            "low must be less than high",
+            ".low",
+        ),
+        CelRule(
+            "!(self.type == 'loguniform' || (self.type == 'int' && self.log)) || "
+            "!has(self.low) || self.low > 0.0",
+            "a log scale needs low > 0",
+            ".low",
+        ),
+        CelRule(
+            "!(self.type in ['choice', 'grid']) || (has(self.values) && size(self.values) > 0)",
+            "choice and grid need a non-empty values list",
+            ".values",
+        ),
+        CelRule(
+            "!(self.type in ['choice', 'grid']) || (!has(self.low) && !has(self.high))",
+            "choice and grid take values, not low/high",
+        ),
+        CelRule(
+            "self.type in ['choice', 'grid'] || !has(self.values)",
+            "values is only for choice and grid",
+            ".values",
+        ),
+        CelRule(
+            "self.type != 'int' || ((!has(self.low) || self.low == double(int(self.low))) && "
+            "(!has(self.high) || self.high == double(int(self.high))))",
+            "int bounds must be whole numbers",
+            ".low",
+        ),
+    )
+
+    def sample_values(self) -> list[Any]:
+        """Values that span the distribution, used to check the template accepts them."""
+        if self.values is not None:
+            return list(self.values)
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        # An off-grid midpoint too, so a float range on an integer field is caught.
+        return [self.low, self.high, self.low + (self.high - self.low) * 0.37]
+
+
+class PrunerSpec(ApiModel):
+    """Stops unpromising trials early from their intermediate values (one per epoch or
+    evaluation)."""
+
+    type: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    """none; median (MedianPruner); successive_halving (asynchronous successive halving,
+    ASHA); hyperband."""
+    min_resource: int = Field(default=1, ge=1)
+    """successive_halving, hyperband: epochs/evaluations before the first rung."""
+    reduction_factor: int = Field(default=3, ge=2, le=16)
+    """successive_halving, hyperband: 1/reductionFactor of trials survive each rung."""
+    max_resource: int | None = Field(default=None, ge=1)
+    """hyperband: the most epochs/evaluations a trial runs; unset infers it."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """median: intermediate steps before a trial may be pruned."""
+    startup_trials: int = Field(default=5, ge=0)
+    """median: trials completed before pruning starts."""
+
+
+class SweepSpec(ApiModel):
+    """A hyperparameter search: a template run, the fields to search and the objective."""
+
+    template: Template
+    """The run each trial starts from."""
+    objective: Objective | None = None
+    """Single objective; set this or `objectives`."""
+    objectives: list[Objective] | None = Field(default=None, min_length=2, max_length=4)
+    """Several objectives (a multi-objective study; the result is the Pareto front)."""
+    search_space: dict[Annotated[str, Field(max_length=256)], Parameter] = Field(
+        min_length=1, max_length=32
+    )
+    """Dotted spec path -> distribution, e.g. `training.optimizer.learningRate:
+    {type: loguniform, low: 1e-4, high: 1e-2}`; list items by index or name,
+    `agents[ppo].hyperparameters.gamma`."""
+    sampler: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
+    """Optuna sampler."""
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    """Early stopping of trials."""
+    max_trials: int = Field(default=20, ge=1, le=10_000)
+    """Trials to run in total."""
+    parallelism: int = Field(default=2, ge=1, le=256)
+    """Trials running at once."""
+    max_failed_trials: int = Field(default=3, ge=0, le=10_000)
+    """Stop the sweep (Failed) after this many failed trials."""
+    timeout_seconds: int | None = Field(default=None, ge=1)
+    """Stop starting new trials after this long."""
+    seed: int = Field(default=0, ge=0)
+    """Sampler seed."""
+
+    cel_rules = (
+        CelRule(
+            "has(self.objective) != has(self.objectives)",
+            "set exactly one of objective and objectives",
+            ".objective",
+        ),
+        CelRule(
+            "!has(self.objectives) || self.pruner.type == 'none'",
+            "multi-objective studies cannot prune: set pruner.type none",
+            ".pruner.type",
+        ),
+        CelRule(
+            "self.sampler == 'grid' ? self.searchSpace.all(k, self.searchSpace[k].type == 'grid')"
+            " : self.searchSpace.all(k, self.searchSpace[k].type != 'grid')",
+            "sampler grid needs every parameter of type grid, "
+            "and grid parameters need sampler grid",
+            ".sampler",
+        ),
+        CelRule(
+            "self.parallelism <= self.maxTrials",
+            "parallelism must not exceed maxTrials",
+            ".parallelism",
+        ),
+    )
+
+    def check_semantics(self) -> None:
+        spec_model = type(self.template.spec)
+        spec = self.template.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        for path, param in self.search_space.items():
+            where = f".searchSpace[{path}]"  # path holds dots: keep it in one segment
+            try:
+                check_path(spec_model, spec, path)
+                for value in param.sample_values():
+                    spec_model.model_validate(set_path(spec, path, value))
+            except SpecPathError as exc:
+                raise PydanticCustomError(
+                    "search_path", "{message}", {"message": str(exc), "field_path": where}
+                ) from None
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise PydanticCustomError(
+                    "search_value",
+                    "{message}",
+                    {
+                        "message": f"the template rejects a value of this parameter: {err['msg']}",
+                        "field_path": where,
+                    },
+                ) from None
+
+    def trial_spec(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The template spec with a trial's parameters applied."""
+        spec = self.template.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        for path, value in params.items():
+            spec = set_path(spec, path, value)
+        return spec

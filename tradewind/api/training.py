@@ -1,0 +1,413 @@
+"""TrainingRun: supervised training of CNN / LSTM / hybrid CNN+LSTM models with torchrun."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tradewind.api.base import ApiModel, CelRule, ShortStr
+from tradewind.api.common import DataSource, RunBase
+
+# --- data ----------------------------------------------------------------------------------
+
+
+class LabelSpec(ApiModel):
+    """Buy/Hold/Sell labels from the forward return over `predictionHorizon` bars."""
+
+    buy_threshold: float = Field(default=0.01, gt=0, le=1)
+    """Forward return above this is labelled Buy."""
+    sell_threshold: float = Field(default=-0.01, ge=-1, lt=0)
+    """Forward return below this is labelled Sell; in between is Hold."""
+
+
+class SplitSpec(ApiModel):
+    """Chronological hold-out split: train, then validation, then test. Never shuffled."""
+
+    validation: float = Field(default=0.2, ge=0, le=0.5)
+    """Fraction of bars (after the training part) used for validation."""
+    test: float = Field(default=0.1, ge=0, le=0.5)
+    """Fraction of the last bars kept for the final test."""
+
+    cel_rules = (
+        CelRule(
+            "self.validation + self.test <= 0.8",
+            "validation + test must leave at least 20% of the data for training",
+        ),
+    )
+
+
+class TrainingData(DataSource):
+    """Market data, features, windows and labels for supervised training."""
+
+    lookback_window: int = Field(default=60, ge=2, le=4096)
+    """Bars of history in each model input window."""
+    prediction_horizon: int = Field(default=5, ge=1, le=1024)
+    """Bars ahead over which the forward return (label and regression target) is measured."""
+    labels: LabelSpec = Field(default_factory=LabelSpec)
+    """Classification thresholds."""
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    """Train / validation / test split."""
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+class ConvLayer(ApiModel):
+    """One convolution scale of the CNN."""
+
+    out_channels: int = Field(ge=1, le=4096)
+    """Output channels."""
+    kernel_size: int = Field(ge=1, le=255)
+    """Kernel width in bars."""
+    stride: int = Field(default=1, ge=1, le=16)
+    """Stride in bars."""
+
+
+def _default_conv_layers() -> list[ConvLayer]:
+    return [
+        ConvLayer(out_channels=32, kernel_size=3),
+        ConvLayer(out_channels=64, kernel_size=5),
+        ConvLayer(out_channels=128, kernel_size=7),
+    ]
+
+
+class CNNSpec(ApiModel):
+    """Multi-scale 1-D convolutions over the feature window."""
+
+    layers: list[ConvLayer] = Field(
+        default_factory=_default_conv_layers, min_length=1, max_length=16
+    )
+    """Convolution scales, applied in parallel and concatenated."""
+    batch_norm: bool = True
+    """Batch normalisation after each convolution."""
+    attention_heads: int = Field(default=4, ge=0, le=64)
+    """Self-attention heads over the convolved sequence; 0 disables attention."""
+
+    cel_rules = (
+        CelRule(
+            "self.attentionHeads == 0 || "
+            "self.layers.all(l, l.outChannels % self.attentionHeads == 0)",
+            "every layer's outChannels must be divisible by attentionHeads",
+            ".attentionHeads",
+        ),
+    )
+
+
+class LSTMSpec(ApiModel):
+    """Recurrent encoder over the feature window."""
+
+    hidden_size: int = Field(default=128, ge=1, le=8192)
+    """Hidden units per direction."""
+    num_layers: int = Field(default=2, ge=1, le=16)
+    """Stacked LSTM layers."""
+    bidirectional: bool = True
+    """Read the window in both directions."""
+    skip_connections: bool = True
+    """Residual connections between stacked layers."""
+    attention_heads: int = Field(default=4, ge=0, le=64)
+    """Multi-head attention over the LSTM outputs; 0 disables attention."""
+
+    cel_rules = (
+        CelRule(
+            "self.attentionHeads == 0 || "
+            "(self.hiddenSize * (self.bidirectional ? 2 : 1)) % self.attentionHeads == 0",
+            "hiddenSize (x2 when bidirectional) must be divisible by attentionHeads",
+            ".attentionHeads",
+        ),
+    )
+
+
+class FusionSpec(ApiModel):
+    """How the hybrid model combines its CNN and LSTM branches."""
+
+    method: Literal["concat", "cross_attention"] = "concat"
+    """`concat` joins both embeddings; `cross_attention` lets the LSTM attend to the CNN."""
+    dim: int = Field(default=128, ge=1, le=8192)
+    """Width of the fused representation."""
+    heads: int = Field(default=4, ge=1, le=64)
+    """Attention heads for cross_attention."""
+
+    cel_rules = (
+        CelRule(
+            "self.method != 'cross_attention' || self.dim % self.heads == 0",
+            "dim must be divisible by heads for cross_attention",
+            ".dim",
+        ),
+    )
+
+
+class HeadsSpec(ApiModel):
+    """Output heads; each enabled head adds a term to the multi-task loss."""
+
+    num_classes: int = Field(default=3, ge=2, le=16)
+    """Classes of the classification head (3 = Sell, Hold, Buy)."""
+    regression: bool = True
+    """Predict the forward return."""
+    uncertainty: bool = True
+    """Predict the log-variance of the forward return (heteroscedastic uncertainty)."""
+
+    cel_rules = (
+        CelRule(
+            "!self.uncertainty || self.regression",
+            "uncertainty needs regression: true",
+            ".uncertainty",
+        ),
+    )
+
+
+class ModelSpec(ApiModel):
+    """The network: which architecture and its parts."""
+
+    type: Literal["cnn", "lstm", "attention_lstm", "hybrid"] = "hybrid"
+    """`cnn` (CNNModel), `lstm` (LSTMModel), `attention_lstm` (AttentionLSTM) or `hybrid`
+    (HybridCNNLSTM: CNN and LSTM branches fused)."""
+    cnn: CNNSpec = Field(default_factory=CNNSpec)
+    """CNN branch (cnn, hybrid)."""
+    lstm: LSTMSpec = Field(default_factory=LSTMSpec)
+    """LSTM branch (lstm, attention_lstm, hybrid)."""
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    """Branch fusion (hybrid)."""
+    heads: HeadsSpec = Field(default_factory=HeadsSpec)
+    """Output heads."""
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    """Dropout rate (the starting rate when training.dropoutSchedule is set)."""
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+class OptimizerSpec(ApiModel):
+    """Optimizer and its hyperparameters."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimizer."""
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    """Peak learning rate."""
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    """Decoupled (adamw) or L2 (adam, sgd) weight decay."""
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    """Adam beta1."""
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    """Adam beta2."""
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    """SGD momentum."""
+
+
+class SchedulerSpec(ApiModel):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["cosine_warm_restarts", "cosine", "step", "plateau", "onecycle", "none"] = (
+        "cosine_warm_restarts"
+    )
+    """Schedule."""
+    t0: int = Field(default=10, ge=1, le=100_000)
+    """cosine_warm_restarts: epochs of the first cycle."""
+    t_mult: int = Field(default=2, ge=1, le=16)
+    """cosine_warm_restarts: cycle length multiplier."""
+    step_size: int = Field(default=10, ge=1, le=100_000)
+    """step: epochs between decays."""
+    gamma: float = Field(default=0.5, gt=0, le=1)
+    """step and plateau: decay factor."""
+    patience: int = Field(default=5, ge=0, le=10_000)
+    """plateau: epochs without improvement before decaying."""
+    warmup_epochs: int = Field(default=0, ge=0, le=10_000)
+    """Linear warm-up epochs before the schedule starts."""
+    min_learning_rate: float = Field(default=0.0, ge=0)
+    """Floor of the learning rate."""
+
+
+class LossWeights(ApiModel):
+    """Weights of the multi-task loss terms."""
+
+    classification: float = Field(default=1.0, ge=0, le=1000)
+    """Cross-entropy on Buy/Hold/Sell."""
+    regression: float = Field(default=0.5, ge=0, le=1000)
+    """Error on the forward return (Gaussian NLL when the uncertainty head is on, else MSE)."""
+    uncertainty: float = Field(default=0.1, ge=0, le=1000)
+    """Regularisation of the predicted log-variance."""
+
+    cel_rules = (
+        CelRule(
+            "self.classification + self.regression > 0.0",
+            "at least one of classification and regression must have a positive weight",
+        ),
+    )
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Stop when the monitored validation metric stops improving."""
+
+    enabled: bool = True
+    """Set false to always train for all epochs."""
+    patience: int = Field(default=10, ge=1, le=100_000)
+    """Epochs without improvement before stopping."""
+    min_delta: float = Field(default=1e-3, ge=0)
+    """Smallest change that counts as an improvement."""
+    monitor: ShortStr = "val_loss"
+    """Metric to watch (any logged validation metric)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower or higher is better."""
+
+
+class AugmentationSpec(ApiModel):
+    """Training-time augmentation of feature windows."""
+
+    noise_std: float = Field(default=0.01, ge=0, le=10)
+    """Std of Gaussian noise added to normalised features."""
+    time_shift_max: int = Field(default=0, ge=0, le=1024)
+    """Random shift of the window start by up to this many bars."""
+    probability: float = Field(default=0.5, ge=0, le=1)
+    """Fraction of batches augmented."""
+
+
+class DropoutScheduleSpec(ApiModel):
+    """Anneal dropout linearly from `model.dropout` to `final` over the epochs."""
+
+    final: float = Field(default=0.1, ge=0, lt=1)
+    """Dropout rate at the last epoch."""
+
+
+class CurriculumSpec(ApiModel):
+    """Curriculum learning: start on easy (calm) data and widen to all of it."""
+
+    strategy: Literal["volatility", "regime"] = "volatility"
+    """Order windows by realised volatility, or by market regime (calm, trending, volatile)."""
+    stages: int = Field(default=3, ge=2, le=10)
+    """Difficulty stages; the last stage uses all data."""
+    min_epochs_per_stage: int = Field(default=2, ge=1, le=10_000)
+    """Epochs spent in a stage before it may progress."""
+    progress_threshold: float | None = Field(default=None, gt=0)
+    """Progress when val_loss falls below this; unset progresses after minEpochsPerStage."""
+
+
+class AdversarialSpec(ApiModel):
+    """Adversarial training with PGD perturbations of the inputs."""
+
+    epsilon: float = Field(default=0.01, gt=0, le=1)
+    """Max L-inf perturbation of normalised features."""
+    alpha: float = Field(default=0.002, gt=0, le=1)
+    """PGD step size."""
+    steps: int = Field(default=5, ge=1, le=100)
+    """PGD steps per batch."""
+    weight: float = Field(default=0.5, ge=0, le=1)
+    """Weight of the adversarial loss against the clean loss."""
+
+    cel_rules = (CelRule("self.alpha <= self.epsilon", "alpha must not exceed epsilon", ".alpha"),)
+
+
+class MetaLearningSpec(ApiModel):
+    """MAML across symbols: each symbol is a task."""
+
+    inner_learning_rate: float = Field(default=0.01, gt=0, le=10)
+    """Learning rate of the inner (task) adaptation."""
+    inner_steps: int = Field(default=3, ge=1, le=100)
+    """Adaptation steps per task."""
+    tasks_per_batch: int = Field(default=4, ge=1, le=1024)
+    """Symbols sampled per meta-batch."""
+    first_order: bool = True
+    """First-order MAML (no second derivatives)."""
+
+
+class Seq2SeqSpec(ApiModel):
+    """Sequence-to-sequence decoding of the next `outputLength` returns with teacher forcing."""
+
+    output_length: int = Field(default=5, ge=1, le=1024)
+    """Steps the decoder predicts."""
+    teacher_forcing_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Initial probability of feeding the true previous value to the decoder."""
+    teacher_forcing_decay: float = Field(default=0.95, gt=0, le=1)
+    """Per-epoch multiplier of the ratio."""
+
+
+class TrainingSpec(ApiModel):
+    """The training loop and its techniques."""
+
+    epochs: int = Field(default=20, ge=1, le=100_000)
+    """Passes over the training data."""
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    """Samples per step per process (global batch = batchSize x processes)."""
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    """Optimizer."""
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    """Learning-rate schedule."""
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    """Max gradient norm; unset disables clipping."""
+    loss_weights: LossWeights = Field(default_factory=LossWeights)
+    """Multi-task loss weights."""
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    """Early stopping; on by default (patience 10 on val_loss)."""
+    augmentation: AugmentationSpec | None = None
+    """Noise and time-shift augmentation; off when unset."""
+    dropout_schedule: DropoutScheduleSpec | None = None
+    """Dropout annealing; off when unset."""
+    curriculum: CurriculumSpec | None = None
+    """Curriculum learning; off when unset."""
+    adversarial: AdversarialSpec | None = None
+    """PGD adversarial training; off when unset."""
+    meta_learning: MetaLearningSpec | None = None
+    """MAML meta-learning across symbols; off when unset."""
+    seq2seq: Seq2SeqSpec | None = Field(default=None, alias="seq2seq")
+    """Seq2seq decoding with teacher forcing (lstm and attention_lstm only); off when unset."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision; bf16 where the hardware supports it, fp16 with a grad scaler."""
+    deterministic: bool = False
+    """Use deterministic kernels (slower on GPU)."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.metaLearning) || !has(self.curriculum)",
+            "metaLearning and curriculum cannot be combined",
+            ".metaLearning",
+        ),
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """Out-of-sample evaluation of the trained model."""
+
+    walk_forward_window: int | None = Field(default=None, ge=10, le=100_000)
+    """Walk-forward analysis: bars in each training window; unset disables it."""
+    walk_forward_step: int = Field(default=21, ge=1, le=100_000)
+    """Walk-forward analysis: bars the window advances each fold."""
+    cv_splits: int = Field(default=0, ge=0, le=50)
+    """Time-series cross-validation folds (expanding window); 0 disables it."""
+    transaction_cost: float = Field(default=0.001, ge=0, le=0.1)
+    """Proportional cost per unit of turnover in the backtest of the model's signals."""
+
+
+class TrainingRunSpec(RunBase):
+    """A supervised training run: data, model, training loop, evaluation, and where it runs."""
+
+    nodes: int = Field(default=1, ge=1, le=256)
+    """Pods (torchrun nodes); each runs procsPerNode processes."""
+    procs_per_node: int = Field(default=1, ge=1, le=16)
+    """Processes per node (one per GPU with device cuda)."""
+    data: TrainingData = Field(default_factory=TrainingData)
+    """Market data, features and labels."""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    """The network."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """The training loop."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Evaluation after training."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.training.seq2seq) || self.model.type in ['lstm', 'attention_lstm']",
+            "training.seq2seq needs model.type lstm or attention_lstm",
+            ".training.seq2seq",
+        ),
+        CelRule(
+            "self.training.precision != 'fp16' || self.device == 'cuda'",
+            "precision fp16 needs device cuda (use bf16 or fp32 on cpu)",
+            ".training.precision",
+        ),
+        CelRule(
+            "!has(self.evaluation.walkForwardWindow) || "
+            "self.evaluation.walkForwardWindow > "
+            "self.data.lookbackWindow + self.data.predictionHorizon",
+            "evaluation.walkForwardWindow must exceed data.lookbackWindow + data.predictionHorizon",
+            ".evaluation.walkForwardWindow",
+        ),
+    )

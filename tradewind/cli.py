@@ -1,0 +1,111 @@
+"""The `tradewind` command. Subcommands import what they need lazily, so `validate` and
+`crds` start fast and work without torch or kopf installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(
+    name="tradewind",
+    help="Train trading models on Kubernetes from TrainingRun, RLRun and Sweep manifests — or "
+    "run the same manifest on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ManifestOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--filename",
+        "-f",
+        help="Manifest file or folder of *.yaml holding TrainingRun, RLRun or Sweep documents "
+        "('-' reads stdin). Repeatable.",
+    ),
+]
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def validate(
+    filename: ManifestOption,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print each resource with every default filled in.")
+    ] = False,
+) -> None:
+    """Check manifests against the Tradewind API, exactly as the cluster would.
+
+    Every problem is printed on one line naming the field path and what is allowed; the
+    exit code is 1 if any manifest is invalid.
+    """
+    from tradewind.api import ManifestError, dump_resource, load_resources
+
+    problems: list[str] = []
+    paths = [p for f in filename for p in (sorted(f.glob("*.yaml")) if f.is_dir() else [f])]
+    for path in paths:
+        try:
+            resources = load_resources(path)
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+            continue
+        for res in resources:
+            out.print(f"[green]valid[/green] {escape(str(path))}: {res.kind}/{res.metadata.name}")
+            if show:
+                out.print(dump_resource(res, full=True), markup=False, soft_wrap=True)
+    if problems:
+        _fail(problems)
+
+
+@app.command()
+def crds(
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Folder to write the CRD manifests to.")
+    ] = Path("crds"),
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Write nothing; exit 1 if the folder differs from the models."
+        ),
+    ] = False,
+) -> None:
+    """Generate the CustomResourceDefinitions from the API models into crds/."""
+    from tradewind.api.crd import render_crds, write_crds
+
+    if check:
+        stale = [
+            name
+            for name, text in render_crds().items()
+            if not (output_dir / name).is_file() or (output_dir / name).read_text() != text
+        ]
+        if stale:
+            _fail([f"{output_dir / n} is stale; run `tradewind crds`" for n in stale])
+        out.print(f"{output_dir} is up to date")
+        return
+    for path in write_crds(output_dir):
+        out.print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
+
+
+@app.command()
+def version() -> None:
+    """Print Tradewind's version and the API version it serves."""
+    from tradewind import __version__
+    from tradewind.api import API_VERSION
+
+    out.print(f"tradewind {__version__} (API {API_VERSION}, Python {sys.version.split()[0]})")
+
+
+if __name__ == "__main__":
+    app()
