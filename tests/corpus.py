@@ -19,6 +19,9 @@ class InvalidCase:
     field: str
     fragment: str
     family: str
+    apiserver_rejects: bool
+    """False where only the operator can reject it (e.g. a Sweep's template checked against
+    its kind); the header says why."""
 
     @property
     def name(self) -> str:
@@ -32,7 +35,8 @@ def invalid_cases() -> list[InvalidCase]:
         expect = lines[0].removeprefix("# expect: ")
         field, fragment = expect.split(": ", 1)
         family = lines[1].removeprefix("# family: ")
-        cases.append(InvalidCase(path, field, fragment, family))
+        apiserver_rejects = not lines[2].startswith("# apiserver: accepts")
+        cases.append(InvalidCase(path, field, fragment, family, apiserver_rejects))
     return cases
 
 

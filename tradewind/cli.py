@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from tradewind.devstack import DevStack
 
 app = typer.Typer(
     name="tradewind",
@@ -96,6 +99,89 @@ def crds(
         return
     for path in write_crds(output_dir):
         out.print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
+
+
+dev_app = typer.Typer(
+    help="A local Kubernetes control plane (fake GPU nodes), MinIO and MLflow on 127.0.0.1, "
+    "built from package registries and cached by version.",
+    no_args_is_help=True,
+)
+app.add_typer(dev_app, name="dev")
+
+DevDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="Stack folder (state, logs, kubeconfig). "
+        "[default: $TRADEWIND_DEV_DIR or ~/.tradewind/dev]",
+    ),
+]
+
+
+def _stack(directory: Path | None, **config: object) -> DevStack:
+    from tradewind.devstack import DevStack, StackConfig, default_dev_dir
+
+    return DevStack(StackConfig(dev_dir=directory or default_dev_dir(), **config))  # type: ignore[arg-type]
+
+
+@dev_app.command("up")
+def dev_up(
+    directory: DevDir = None,
+    nodes: Annotated[int, typer.Option(min=1, max=500, help="Fake GPU nodes.")] = 4,
+    gpus_per_node: Annotated[int, typer.Option(min=0, max=64, help="nvidia.com/gpu per node.")] = 8,
+    gpu_pool: Annotated[
+        str, typer.Option(help="Value of the tradewind.dev/gpu-pool node label.")
+    ] = "a100",
+    mlflow: Annotated[bool, typer.Option(help="Start the MLflow server too.")] = True,
+) -> None:
+    """Start the stack (idempotent: healthy parts are kept). Prints how to point kubectl at it."""
+    from tradewind.devstack import StackError
+
+    stack = _stack(
+        directory, nodes=nodes, gpus_per_node=gpus_per_node, gpu_pool=gpu_pool, with_mlflow=mlflow
+    )
+    try:
+        stack.up(log=lambda line: out.print(line, markup=False, highlight=False))
+    except StackError as exc:
+        _fail([str(exc)])
+
+
+@dev_app.command("down")
+def dev_down(
+    directory: DevDir = None,
+    purge: Annotated[
+        bool, typer.Option(help="Also delete the stack's data, logs and certificates.")
+    ] = False,
+) -> None:
+    """Stop every process of the stack."""
+    stack = _stack(directory)
+    if purge:
+        stack.destroy()
+        out.print(f"stopped and removed {stack.dir}", markup=False)
+    else:
+        stack.down(log=lambda line: out.print(line, markup=False))
+
+
+@dev_app.command("status")
+def dev_status(directory: DevDir = None) -> None:
+    """Show each component's state; exit code 1 unless all run."""
+    stack = _stack(directory)
+    states = stack.status()
+    for name, state in states.items():
+        color = {"running": "green", "unhealthy": "yellow"}.get(state, "red")
+        out.print(f"{name:<24} [{color}]{state}[/{color}]")
+    if any(s != "running" for s in states.values()):
+        raise typer.Exit(code=1)
+
+
+@dev_app.command("env")
+def dev_env(directory: DevDir = None) -> None:
+    """Print `export` lines for KUBECONFIG, MinIO (AWS_*) and MLflow.
+
+    Use: eval "$(tradewind dev env)"
+    """
+    for key, value in _stack(directory).env().items():
+        print(f"export {key}={value}")
 
 
 @app.command()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
-from tradewind.api.resources import CATEGORY, GROUP, KINDS, VERSION, Resource
+from tradewind.api.resources import CATEGORY, GROUP, KINDS, NAME_PATTERN, VERSION, Resource
 from tradewind.api.spec_paths import unwrap_optional
 
 
@@ -25,26 +25,19 @@ class CRDSchemaError(ValueError):
 
 
 class _WithFactoryDefaults(GenerateJsonSchema):
-    """Emit defaults of default_factory fields: `{}` for objects (the apiserver then fills
-    the nested defaults), the dumped value for lists and maps."""
+    """Emit defaults of default_factory fields, fully dumped: the apiserver checks each
+    default against the CEL rules without filling nested defaults first."""
 
-    def default_schema(self, schema: core_schema.WithDefaultSchema) -> dict[str, Any]:
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
-            value = factory()  # type: ignore[call-arg]
-            dumped = (
-                {}
-                if isinstance(value, BaseModel)
-                else TypeAdapter(type(value)).dump_python(value, mode="json", by_alias=True)
-            )
-            schema = {k: v for k, v in schema.items() if k != "default_factory"}  # type: ignore[assignment]
-            schema["default"] = dumped
-        return super().default_schema(schema)
+            return factory()  # type: ignore[call-arg]
+        return super().get_default_value(schema)
 
     def encode_default(self, dft: Any) -> Any:
-        if isinstance(dft, BaseModel):
-            return dft.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        return super().encode_default(dft)
+        return TypeAdapter(type(dft)).dump_python(
+            dft, mode="json", by_alias=True, exclude_none=True
+        )
 
 
 _KEEP = {
@@ -142,7 +135,7 @@ class _Converter:
             if "maxProperties" not in node:
                 raise CRDSchemaError(f"{self.where}{path}: map without max_length")
             out["additionalProperties"] = self.convert(extra, f"{path}{{}}")
-        else:
+        else:  # dict[str, Any]: CEL sees the object, not its unknown fields
             out["x-kubernetes-preserve-unknown-fields"] = True
 
 
@@ -161,7 +154,11 @@ def build_crd(resource: type[Resource]) -> dict[str, Any]:
     spec = structural_schema(unwrap_optional(fields["spec"].annotation), f"{kind}.spec")
     spec["description"] = fields["spec"].description
     if not fields["spec"].is_required():
-        spec["default"] = {}
+        spec["default"] = (
+            fields["spec"]
+            .get_default(call_default_factory=True)
+            .model_dump(mode="json", by_alias=True, exclude_none=True)
+        )
     status = structural_schema(unwrap_optional(fields["status"].annotation), f"{kind}.status")
     status["description"] = fields["status"].description
     root: dict[str, Any] = {
@@ -170,7 +167,16 @@ def build_crd(resource: type[Resource]) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "tradewind.dev/v1alpha1"},
             "kind": {"type": "string", "description": kind},
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": resource.max_name_length,
+                        "pattern": NAME_PATTERN,
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },

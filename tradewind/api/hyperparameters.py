@@ -58,7 +58,8 @@ class _OffPolicy(_Hyperparameters):
 
 
 class SACHyperparameters(_OffPolicy):
-    ent_coef: float | Literal["auto"] = "auto"
+    ent_coef: float | None = Field(default=None, gt=0)
+    """Entropy coefficient; unset learns it (SB3's "auto")."""
     target_update_interval: int = Field(default=1, ge=1)
     use_sde: bool = False
 
@@ -115,12 +116,49 @@ def hyperparameter_errors(algorithm: str, given: dict[str, Any]) -> list[tuple[s
     return []
 
 
-def hyperparameter_names_rule() -> str:
-    """A CEL rule on an agent that admits only the hyperparameter names of its algorithm."""
-    clauses = []
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _crd_property(schema: dict[str, Any]) -> dict[str, Any]:
+    """The type and bounds of one hyperparameter, without its default."""
+    options = [o for o in schema.get("anyOf", [schema]) if o.get("type") != "null"]
+    (typed,) = options
+    out = {k: v for k, v in typed.items() if k in ("type", "enum", *_BOUNDS)}
+    if typed.get("type") == "array":
+        out |= {"items": {"type": typed["items"]["type"]}, "maxItems": typed["maxItems"]}
+    return out
+
+
+def hyperparameters_crd_schema() -> dict[str, Any]:
+    """Every hyperparameter name of every algorithm, typed, so that the apiserver rejects
+    unknown names and CEL can check which algorithm takes which."""
+    properties: dict[str, Any] = {}
     for algorithm, model in HYPERPARAMETERS.items():
-        names = ", ".join(f"'{n}'" for n in sorted(model.model_fields))
-        clauses.append(
-            f"(self.algorithm == '{algorithm}' && self.hyperparameters.all(k, k in [{names}]))"
+        for name, schema in model.model_json_schema()["properties"].items():
+            prop = _crd_property(schema)
+            entry = properties.setdefault(name, {**prop, "algorithms": []})
+            entry["algorithms"].append(algorithm)
+            for bound in _BOUNDS:  # keep only the bounds every algorithm shares
+                if entry.get(bound) != prop.get(bound):
+                    entry.pop(bound, None)
+    for name, entry in properties.items():
+        algorithms = ", ".join(entry.pop("algorithms"))
+        entry["description"] = f"stable-baselines3 `{name}` ({algorithms})."
+    return {"type": "object", "properties": dict(sorted(properties.items()))}
+
+
+def hyperparameter_name_rules() -> list[tuple[str, str]]:
+    """(CEL rule, message) per algorithm, refusing the names of other algorithms."""
+    every = set(hyperparameters_crd_schema()["properties"])
+    rules = []
+    for algorithm, model in HYPERPARAMETERS.items():
+        foreign = sorted(every - set(model.model_fields))
+        present = " || ".join(f"has(self.hyperparameters.{n})" for n in foreign)
+        allowed = ", ".join(sorted(model.model_fields))
+        rules.append(
+            (
+                f"self.algorithm != '{algorithm}' || !({present})",
+                f"{algorithm} takes only: {allowed}",
+            )
         )
-    return " || ".join(clauses)
+    return rules

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from tradewind.api.base import ApiModel, CelRule
+from tradewind.api.base import ApiModel
 from tradewind.api.rl import RLRunSpec
 from tradewind.api.status import RunStatus, SweepStatus
 from tradewind.api.sweep import SweepSpec
@@ -67,16 +69,7 @@ class ObjectMeta(ApiModel):
     """Annotations."""
 
 
-def _name_rules(max_length: int) -> tuple[CelRule, ...]:
-    return (
-        CelRule(
-            f"self.metadata.name.size() <= {max_length} && "
-            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-            f"metadata.name must be at most {max_length} characters of a-z, 0-9 and '-', "
-            "starting with a letter (it names Jobs, Services and pod hostnames)",
-            ".metadata.name",
-        ),
-    )
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 class Resource(ApiModel):
@@ -89,10 +82,26 @@ class Resource(ApiModel):
     metadata: ObjectMeta
     """Kubernetes object metadata."""
 
+    max_name_length: ClassVar[int] = 40
+    """metadata.name names Jobs, Services and pod hostnames (and, for a Sweep, its trial runs),
+    so it is a DNS label with room for suffixes."""
     plural: ClassVar[str]
     short_names: ClassVar[tuple[str, ...]]
     printer_columns: ClassVar[tuple[PrinterColumn, ...]]
     description: ClassVar[str]
+
+    def check_semantics(self) -> None:
+        name = self.metadata.name
+        if len(name) > self.max_name_length or not re.fullmatch(NAME_PATTERN, name):
+            raise PydanticCustomError(
+                "resource_name",
+                "{message}",
+                {
+                    "message": f"must be at most {self.max_name_length} characters of a-z, 0-9 "
+                    "and '-', starting with a letter (it names Jobs, Services and pod hostnames)",
+                    "field_path": ".metadata.name",
+                },
+            )
 
 
 class TrainingRun(Resource):
@@ -118,7 +127,6 @@ class TrainingRun(Resource):
         RESTARTS,
         AGE,
     )
-    cel_rules = _name_rules(40)
 
 
 class RLRun(Resource):
@@ -143,7 +151,6 @@ class RLRun(Resource):
         RESTARTS,
         AGE,
     )
-    cel_rules = _name_rules(40)
 
 
 class Sweep(Resource):
@@ -169,8 +176,7 @@ class Sweep(Resource):
         PrinterColumn("Best", "number", ".status.bestValue", "Best objective value"),
         AGE,
     )
-    # Trial runs are named <sweep>-<trial number>.
-    cel_rules = _name_rules(33)
+    max_name_length = 33  # trial runs are named <sweep>-<trial number>
 
 
 KINDS: dict[str, type[Resource]] = {k.__name__: k for k in (TrainingRun, RLRun, Sweep)}

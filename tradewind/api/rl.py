@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from tradewind.api.base import ApiModel, CelRule, DNSLabel
 from tradewind.api.common import DataSource, RunBase
-from tradewind.api.hyperparameters import hyperparameter_errors, hyperparameter_names_rule
+from tradewind.api.hyperparameters import (
+    hyperparameter_errors,
+    hyperparameter_name_rules,
+    hyperparameters_crd_schema,
+)
 
 Algorithm = Literal["ppo", "sac", "td3", "dqn", "a2c"]
 CONTINUOUS_ONLY = ("sac", "td3")
@@ -57,19 +61,17 @@ class AgentSpec(ApiModel):
     (discrete)."""
     policy: Literal["MlpPolicy"] = "MlpPolicy"
     """Policy network class."""
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    hyperparameters: Annotated[dict[str, Any], WithJsonSchema(hyperparameters_crd_schema())] = (
+        Field(default_factory=dict, max_length=32)
+    )
     """SB3 constructor arguments with rl-zoo3 names (learning_rate, n_steps, batch_size,
     gamma, buffer_size, tau, ...) plus net_arch and activation_fn; unset ones take SB3's
     defaults."""
     weight: float = Field(default=1.0, ge=0, le=1000)
     """Weight in a weighted_average ensemble."""
 
-    cel_rules = (
-        CelRule(
-            hyperparameter_names_rule(),
-            "hyperparameters has a name the algorithm does not take (see `kubectl explain`)",
-            ".hyperparameters",
-        ),
+    cel_rules = tuple(
+        CelRule(rule, message, ".hyperparameters") for rule, message in hyperparameter_name_rules()
     )
 
     def check_semantics(self) -> None:

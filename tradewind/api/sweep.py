@@ -80,8 +80,21 @@ class Parameter(ApiModel):
     """Step between values (uniform, int)."""
     log: bool = False
     """Sample an int on a log scale."""
-    values: list[Any] | None = Field(default=None, max_length=256)
+    values: list[Any] | None = Field(default=None, min_length=1, max_length=256)
     """Candidate values (choice, grid)."""
+
+    def check_semantics(self) -> None:
+        # Not CEL: the apiserver's CEL cannot see a list of untyped (mixed) values.
+        wants_values = self.type in ("choice", "grid")
+        if wants_values != (self.values is not None):
+            message = (
+                "choice and grid need values"
+                if wants_values
+                else "values is only for choice and grid"
+            )
+            raise PydanticCustomError(
+                "values", "{message}", {"message": message, "field_path": ".values"}
+            )
 
     cel_rules = (
         CelRule(
@@ -100,18 +113,8 @@ class Parameter(ApiModel):
             ".low",
         ),
         CelRule(
-            "!(self.type in ['choice', 'grid']) || (has(self.values) && size(self.values) > 0)",
-            "choice and grid need a non-empty values list",
-            ".values",
-        ),
-        CelRule(
             "!(self.type in ['choice', 'grid']) || (!has(self.low) && !has(self.high))",
             "choice and grid take values, not low/high",
-        ),
-        CelRule(
-            "self.type in ['choice', 'grid'] || !has(self.values)",
-            "values is only for choice and grid",
-            ".values",
         ),
         CelRule(
             "self.type != 'int' || ((!has(self.low) || self.low == double(int(self.low))) && "

@@ -76,7 +76,9 @@ def test_defaults_are_in_the_schema_so_cel_sees_them() -> None:
     crd = yaml.safe_load(RENDERED["trainingruns.tradewind.dev.yaml"])
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["nodes"]["default"] == 1
-    assert spec["properties"]["model"]["default"] == {}
+    # Full nested defaults: the apiserver checks a default against the CEL rules as it is.
+    assert spec["properties"]["model"]["default"]["fusion"]["method"] == "concat"
+    assert spec["default"]["training"]["epochs"] == 20
     assert spec["properties"]["model"]["properties"]["type"]["default"] == "hybrid"
     layers = spec["properties"]["model"]["properties"]["cnn"]["properties"]["layers"]
     assert layers["default"][0] == {"outChannels": 32, "kernelSize": 3, "stride": 1}

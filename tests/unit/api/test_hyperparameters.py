@@ -1,7 +1,8 @@
 from tradewind.api.hyperparameters import (
     HYPERPARAMETERS,
     hyperparameter_errors,
-    hyperparameter_names_rule,
+    hyperparameter_name_rules,
+    hyperparameters_crd_schema,
     resolve_hyperparameters,
 )
 
@@ -22,7 +23,21 @@ def test_errors_name_the_key_and_the_allowed_names() -> None:
     assert key == "gamma" and "less than or equal to 1" in problem
 
 
-def test_cel_rule_names_every_algorithm() -> None:
-    rule = hyperparameter_names_rule()
-    for algorithm in HYPERPARAMETERS:
-        assert f"self.algorithm == '{algorithm}'" in rule
+def test_cel_rules_refuse_names_of_other_algorithms() -> None:
+    import cel
+
+    rules = dict(zip(HYPERPARAMETERS, hyperparameter_name_rules(), strict=True))
+    rule, message = rules["sac"]
+    assert message.startswith("sac takes only:") and "buffer_size" in message
+    sac_with = lambda hp: {"self": {"algorithm": "sac", "hyperparameters": hp}}  # noqa: E731
+    assert cel.evaluate(rule, sac_with({"buffer_size": 10})) is True
+    assert cel.evaluate(rule, sac_with({"n_steps": 10})) is False
+    ppo_rule, _ = rules["ppo"]
+    assert cel.evaluate(ppo_rule, sac_with({"n_steps": 10})) is True  # not ppo: not its rule
+
+
+def test_crd_schema_types_every_name() -> None:
+    props = hyperparameters_crd_schema()["properties"]
+    assert props["n_steps"]["type"] == "integer"
+    assert props["net_arch"]["type"] == "array" and props["net_arch"]["maxItems"] == 16
+    assert "ppo" in props["n_steps"]["description"]

@@ -1,0 +1,100 @@
+"""Fixtures on the real local stack (tradewind.devstack): kube-apiserver with kwok GPU nodes,
+MinIO and MLflow on 127.0.0.1.
+
+The session reuses a stack that `tradewind dev up` started in $TRADEWIND_DEV_DIR (as .ci/run
+does); otherwise it starts its own in a temporary folder and removes it at the end. Tests
+only ever talk to that stack's kubeconfig, never to $KUBECONFIG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tradewind.devstack import DevStack, StackConfig
+
+pytestmark = pytest.mark.integration
+
+
+class Kubectl:
+    """kubectl bound to the test stack's kubeconfig."""
+
+    def __init__(self, stack: DevStack) -> None:
+        self.binary = str(stack.bin / "kubectl")
+        self.kubeconfig = str(stack.kubeconfig)
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, "--kubeconfig", self.kubeconfig, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=180,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def apply(self, manifest: dict[str, Any] | str, *args: str) -> str:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self.run("apply", "-f", "-", *args, stdin=text).stdout
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.run("get", *args, "-o", "json").stdout)
+
+    def wait(self, *args: str, timeout: int = 90) -> None:
+        """Block on a watch until the condition holds (`kubectl wait`), not on a sleep."""
+        self.run("wait", *args, f"--timeout={timeout}s")
+
+
+def _running_stack() -> DevStack | None:
+    directory = os.environ.get("TRADEWIND_DEV_DIR")
+    if not directory:
+        return None
+    stack = DevStack(StackConfig(dev_dir=Path(directory)))
+    return stack if set(stack.status().values()) == {"running"} else None
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    existing = _running_stack()
+    if existing is not None:
+        yield existing
+        return
+    own = DevStack(StackConfig(dev_dir=tmp_path_factory.mktemp("devstack"), nodes=3))
+    try:
+        own.up(log=lambda _: None)
+        yield own
+    finally:
+        own.destroy()
+
+
+@pytest.fixture(scope="session")
+def kubectl(stack: DevStack) -> Kubectl:
+    return Kubectl(stack)
+
+
+@pytest.fixture(scope="session")
+def crds_installed(kubectl: Kubectl, repo_root: Path) -> None:
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(repo_root / "crds"))
+    kubectl.wait("--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=tradewind")
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    kubectl.run("create", "namespace", name)
+    # Pods need the namespace's default ServiceAccount, made by the controller-manager.
+    kubectl.wait("--for=create", "serviceaccount/default", "-n", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)

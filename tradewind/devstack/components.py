@@ -1,0 +1,167 @@
+"""Command lines of the dev stack's components (flags as envtest and kwokctl use them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tradewind.devstack import kwok
+from tradewind.devstack.processes import ManagedProcess
+
+if TYPE_CHECKING:
+    from tradewind.devstack.stack import DevStack
+
+SERVICE_CIDR = "10.96.0.0/24"
+HEALTH_PATHS = "/healthz,/readyz,/livez,/metrics"
+
+
+def build_processes(stack: DevStack) -> list[ManagedProcess]:
+    """Every component, in start order."""
+    ports, b, d = stack.state["ports"], stack.bin, stack.dir
+    pki, kubeconfig, logs = d / "pki", str(stack.kubeconfig), d / "logs"
+    ready = stack.ready_checks()
+    admin_key, admin_crt, ca = str(pki / "admin.key"), str(pki / "admin.crt"), str(pki / "ca.crt")
+    common_client = [f"--kubeconfig={kubeconfig}", "--kube-api-qps=200", "--kube-api-burst=400"]
+    loopback_serving = [
+        "--bind-address=127.0.0.1",
+        f"--authorization-always-allow-paths={HEALTH_PATHS}",
+    ]
+
+    stages = d / "kwok-stages.yaml"
+    stages.write_text(kwok.render_stages(b / "kwok-stages"))
+    minio = stack.state["minio"]
+    minio_url = f"http://127.0.0.1:{ports['minio']}"
+
+    return [
+        ManagedProcess(
+            "etcd",
+            [
+                str(b / "etcd"),
+                f"--data-dir={d / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
+                f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+                f"--initial-cluster=default=http://127.0.0.1:{ports['etcd-peer']}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+            ],
+            logs / "etcd.log",
+            ready["etcd"],
+            ports=[ports["etcd"], ports["etcd-peer"]],
+        ),
+        ManagedProcess(
+            "kube-apiserver",
+            [
+                str(b / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['kube-apiserver']}",
+                f"--tls-cert-file={admin_crt}",
+                f"--tls-private-key-file={admin_key}",
+                f"--client-ca-file={ca}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={admin_key}",
+                f"--service-account-signing-key-file={admin_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+            ],
+            logs / "kube-apiserver.log",
+            ready["kube-apiserver"],
+            ports=[ports["kube-apiserver"]],
+            ready_timeout=120,
+        ),
+        ManagedProcess(
+            "kube-controller-manager",
+            [
+                str(b / "kube-controller-manager"),
+                *common_client,
+                *loopback_serving,
+                f"--secure-port={ports['kube-controller-manager']}",
+                "--leader-elect=false",
+                f"--root-ca-file={ca}",
+                f"--service-account-private-key-file={admin_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+                "--profiling=false",
+            ],
+            logs / "kube-controller-manager.log",
+            ready["kube-controller-manager"],
+            ports=[ports["kube-controller-manager"]],
+        ),
+        ManagedProcess(
+            "kube-scheduler",
+            [
+                str(b / "kube-scheduler"),
+                *common_client,
+                *loopback_serving,
+                f"--secure-port={ports['kube-scheduler']}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+            logs / "kube-scheduler.log",
+            ready["kube-scheduler"],
+            ports=[ports["kube-scheduler"]],
+        ),
+        ManagedProcess(
+            "kwok",
+            [
+                str(b / "kwok"),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={stages}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-label-selector={kwok.NODE_LABEL}=true",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=127.0.0.1",
+            ],
+            logs / "kwok.log",
+            ready["kwok"],
+            ports=[ports["kwok"]],
+        ),
+        ManagedProcess(
+            "minio",
+            [
+                str(b / "minio"),
+                "server",
+                str(d / "minio"),
+                f"--address=127.0.0.1:{ports['minio']}",
+                f"--console-address=127.0.0.1:{ports['minio-console']}",
+                "--quiet",
+            ],
+            logs / "minio.log",
+            ready["minio"],
+            env={"MINIO_ROOT_USER": minio["user"], "MINIO_ROOT_PASSWORD": minio["password"]},
+            ports=[ports["minio"], ports["minio-console"]],
+        ),
+        ManagedProcess(
+            "mlflow",
+            [
+                stack.python_bin("mlflow"),
+                "server",
+                "--host=127.0.0.1",
+                f"--port={ports['mlflow']}",
+                f"--backend-store-uri=sqlite:///{d / 'mlflow.db'}",
+                "--artifacts-destination=s3://mlflow/artifacts",
+                "--workers=1",
+            ],
+            logs / "mlflow.log",
+            ready["mlflow"],
+            env={
+                "MLFLOW_S3_ENDPOINT_URL": minio_url,
+                "AWS_ACCESS_KEY_ID": minio["user"],
+                "AWS_SECRET_ACCESS_KEY": minio["password"],
+                "AWS_DEFAULT_REGION": "us-east-1",
+                # The job runner (huey consumers) is for GenAI jobs; without it the server
+                # needs ~10x less memory.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+            ports=[ports["mlflow"]],
+            ready_timeout=120,
+        ),
+    ]
