@@ -3,7 +3,7 @@
 # (~/.cache/pip), so a second run is fast. Usage: hack/setup-python.sh [EXTRAS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-operator,dev}"
+extras="${1:-operator,trainer,dev}"
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "error: Tradewind needs Python >= 3.11 (found $("$python" --version 2>&1)); set PYTHON=" >&2
