@@ -134,7 +134,7 @@ class DevStack:
         if not self.state.get("ports"):
             return dict.fromkeys(COMPONENTS, "stopped")
         pids = self.state.get("pids", {})
-        out = {}
+        out = dict.fromkeys(COMPONENTS, "stopped")
         for proc in self._processes():
             alive = pid_alive(pids.get(proc.name))
             out[proc.name] = "stopped" if not alive else "running" if proc.ready() else "unhealthy"
