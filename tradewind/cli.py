@@ -101,6 +101,54 @@ def crds(
         out.print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
 
 
+@app.command("run")
+def run_manifest(
+    filename: Annotated[
+        Path, typer.Option("--filename", "-f", help="Manifest with one TrainingRun.")
+    ],
+    nodes: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Override spec.nodes (local ranks).")
+    ] = None,
+    procs_per_node: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Override spec.procsPerNode.")
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(help="Local checkpoints, MLflow store and feature cache of runs.")
+    ] = Path(".tradewind"),
+) -> None:
+    """Run a manifest on this machine, exactly as the cluster would run it.
+
+    Checkpoints: STATE_DIR/checkpoints/NAME unless the spec sets checkpoint.storage.
+
+    MLflow: $MLFLOW_TRACKING_URI, else a SQLite store in STATE_DIR.
+
+    Re-running resumes from the latest checkpoint.
+
+    With nodes x procsPerNode > 1 it launches torchrun with that many local processes (gloo).
+    """
+    from tradewind.api import ManifestError, TrainingRun, load_resources
+
+    try:
+        resources = load_resources(filename)
+    except ManifestError as exc:
+        _fail(exc.problems)
+    if len(resources) != 1:
+        _fail([f"{filename}: holds {len(resources)} resources; tradewind run takes one"])
+    (resource,) = resources
+    if not isinstance(resource, TrainingRun):
+        _fail([f"{filename}: tradewind run does not run {resource.kind} yet; only TrainingRun"])
+    assert isinstance(resource, TrainingRun)
+    from tradewind import local_run
+
+    run = local_run.with_overrides(resource, nodes, procs_per_node)
+    processes = run.spec.nodes * run.spec.procs_per_node
+    if processes > 1:
+        result = local_run.run_training_torchrun(run, state_dir, processes, out)
+    else:
+        result = local_run.run_training(run, state_dir, out)
+    local_run.print_summary(result, out)
+
+
 dev_app = typer.Typer(
     help="A local Kubernetes control plane (fake GPU nodes), MinIO and MLflow on 127.0.0.1, "
     "built from package registries and cached by version.",

@@ -173,7 +173,7 @@ class SyntheticData(ApiModel):
     num_symbols: int = Field(default=4, ge=1, le=5000)
     """How many symbols to generate (named SYN0000, SYN0001, ...)."""
     num_bars: int = Field(default=5000, ge=100, le=50_000_000)
-    """Bars per symbol."""
+    """Bars per symbol, at the data's `interval`."""
     seed: int = Field(default=0, ge=0)
     """Generator seed; the same seed gives the same prices."""
 
@@ -210,7 +210,8 @@ class DataSource(ApiModel):
     normalization: Literal["robust", "zscore", "minmax", "none"] = "robust"
     """Feature scaling, fitted on the training split only."""
     synthetic: SyntheticData | None = None
-    """Generator settings when `source` is `synthetic`."""
+    """Generator settings when `source` is `synthetic`; unset uses the defaults, seeded with
+    the run's seed."""
 
     cel_rules = (
         CelRule(

@@ -173,6 +173,14 @@ class ModelSpec(ApiModel):
     dropout: float = Field(default=0.2, ge=0, lt=1)
     """Dropout rate (the starting rate when training.dropoutSchedule is set)."""
 
+    cel_rules = (
+        CelRule(
+            "self.type != 'attention_lstm' || self.lstm.attentionHeads > 0",
+            "attention_lstm needs lstm.attentionHeads > 0",
+            ".lstm.attentionHeads",
+        ),
+    )
+
 
 # --- training ------------------------------------------------------------------------------
 
@@ -226,6 +234,8 @@ class LossWeights(ApiModel):
     """Error on the forward return (Gaussian NLL when the uncertainty head is on, else MSE)."""
     uncertainty: float = Field(default=0.1, ge=0, le=1000)
     """Regularisation of the predicted log-variance."""
+    sequence: float = Field(default=1.0, ge=0, le=1000)
+    """Error of the seq2seq forecast (with training.seq2seq)."""
 
     cel_rules = (
         CelRule(
@@ -258,7 +268,7 @@ class AugmentationSpec(ApiModel):
     time_shift_max: int = Field(default=0, ge=0, le=1024)
     """Random shift of the window start by up to this many bars."""
     probability: float = Field(default=0.5, ge=0, le=1)
-    """Fraction of batches augmented."""
+    """Probability that a sample is augmented."""
 
 
 class DropoutScheduleSpec(ApiModel):
@@ -272,7 +282,8 @@ class CurriculumSpec(ApiModel):
     """Curriculum learning: start on easy (calm) data and widen to all of it."""
 
     strategy: Literal["volatility", "regime"] = "volatility"
-    """Order windows by realised volatility, or by market regime (calm, trending, volatile)."""
+    """Order windows by realised volatility, or by market regime (calm, trending, volatile;
+    known for synthetic data, real data falls back to volatility)."""
     stages: int = Field(default=3, ge=2, le=10)
     """Difficulty stages; the last stage uses all data."""
     min_epochs_per_stage: int = Field(default=2, ge=1, le=10_000)
@@ -396,6 +407,13 @@ class TrainingRunSpec(RunBase):
         CelRule(
             "!has(self.training.seq2seq) || self.model.type in ['lstm', 'attention_lstm']",
             "training.seq2seq needs model.type lstm or attention_lstm",
+            ".training.seq2seq",
+        ),
+        CelRule(
+            "!has(self.training.seq2seq) || ('returns' in self.data.features && "
+            "self.training.seq2seq.outputLength <= self.data.predictionHorizon)",
+            "training.seq2seq forecasts the next bars' returns: data.features must include "
+            "returns and outputLength must not exceed data.predictionHorizon",
             ".training.seq2seq",
         ),
         CelRule(

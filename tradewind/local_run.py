@@ -1,0 +1,116 @@
+"""`tradewind run -f`: a manifest on this machine, on embedded defaults (checkpoints and a
+SQLite MLflow store under .tradewind/), with a progress bar and a summary at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tradewind.api import TrainingRun, dump_resource
+
+
+def run_training(run: TrainingRun, state_dir: Path, console: Console) -> dict[str, Any]:
+    """Train in this process with a live progress bar; returns the result as a dict."""
+    from tradewind.trainer.entrypoint import train
+
+    epochs = run.spec.training.epochs
+    columns = (
+        TextColumn("[bold]epoch"),
+        MofNCompleteColumn(),
+        BarColumn(bar_width=20),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[metrics]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(run.metadata.name, total=epochs, metrics="")
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            shown = "  ".join(
+                f"{k}={metrics[k]:.4f}"
+                for k in ("train_loss", "val_loss", "val_accuracy")
+                if k in metrics
+            )
+            progress.update(task, completed=epoch, metrics=shown)
+
+        result = train(run, state_dir, on_epoch=on_epoch)
+        progress.update(
+            task, completed=epochs if not result.stopped_early else progress.tasks[0].completed
+        )
+    return dict(result.__dict__)
+
+
+def run_training_torchrun(
+    run: TrainingRun, state_dir: Path, processes: int, console: Console
+) -> dict[str, Any]:
+    """Train with `torchrun --standalone` on this machine: `processes` ranks over gloo."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    manifest = state_dir / f"{run.metadata.name}.yaml"
+    manifest.write_text(dump_resource(run))
+    result_path = state_dir / f"{run.metadata.name}.result.json"
+    result_path.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc-per-node={processes}", "-m", "tradewind.trainer", "--config", str(manifest),
+            "--state-dir", str(state_dir), "--result", str(result_path)]  # fmt: skip
+    console.print(f"torchrun: {processes} processes (gloo)", highlight=False)
+    code = subprocess.run(argv, check=False).returncode
+    if code != 0:
+        raise SystemExit(code)
+    return dict(json.loads(result_path.read_text()))
+
+
+def print_summary(result: dict[str, Any], console: Console) -> None:
+    """Final metrics, the backtest against baselines and the walk-forward table."""
+    m = result["metrics"]
+    console.print(
+        f"\nvalidation accuracy {m.get('val_accuracy', float('nan')):.4f}   "
+        f"test accuracy {m.get('test_accuracy', float('nan')):.4f}   "
+        f"val_loss {m.get('val_loss', float('nan')):.4f}"
+        + ("   (stopped early)" if result.get("stopped_early") else ""),
+        highlight=False,
+    )
+    table = Table(title="Test-period backtest after costs")
+    for col in ("strategy", "return", "Sharpe", "Sortino", "max DD", "win", "turnover"):
+        table.add_column(col, justify="right" if col != "strategy" else "left")
+    for name, p in result["backtest"].items():
+        cells = [f"{p['total_return']:+.2%}", f"{p['sharpe']:.2f}", f"{p['sortino']:.2f}"]
+        cells += [f"{p['max_drawdown']:.2%}", f"{p['win_rate']:.2%}", f"{p['turnover']:.2f}"]
+        table.add_row(name, *cells)
+    console.print(table)
+    wf = Table(title="Walk-forward periods (out of sample)")
+    for col in ("period", "model", "Sharpe", "buy & hold", "random"):
+        wf.add_column(col, justify="right")
+    for row in result["walk_forward"]:
+        returns = (row[k] for k in ("model_return", "buy_and_hold_return", "random_return"))
+        model, hold, rand = (f"{r:+.2%}" for r in returns)
+        wf.add_row(str(row["period"]), model, f"{row['model_sharpe']:.2f}", hold, rand)
+    console.print(wf)
+    console.print(
+        f"checkpoint: {result.get('latest_checkpoint')}  (best: {result.get('best_checkpoint')})",
+        highlight=False,
+    )
+    if result.get("mlflow_url"):
+        console.print(f"MLflow run: {result['mlflow_url']}", highlight=False)
+    elif result.get("mlflow_run_id"):
+        store = result.get("mlflow_tracking_uri", "")
+        console.print(
+            f"MLflow run {result['mlflow_run_id']}; "
+            f"browse with: mlflow ui --backend-store-uri {store}",
+            highlight=False,
+        )
+
+
+def with_overrides(run: TrainingRun, nodes: int | None, procs_per_node: int | None) -> TrainingRun:
+    data = yaml.safe_load(dump_resource(run))
+    if nodes is not None:
+        data["spec"]["nodes"] = nodes
+    if procs_per_node is not None:
+        data["spec"]["procsPerNode"] = procs_per_node
+    return TrainingRun.model_validate(data)

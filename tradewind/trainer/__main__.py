@@ -1,0 +1,5 @@
+import sys
+
+from tradewind.trainer.entrypoint import main
+
+sys.exit(main())

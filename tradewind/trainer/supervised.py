@@ -1,0 +1,458 @@
+"""The supervised training loop of a TrainingRun, readable top to bottom:
+
+load data -> build model -> resume from the latest checkpoint -> for each epoch: train,
+validate, log, checkpoint, maybe stop -> test and backtest -> log the model.
+
+Runs alone or under torchrun (DDP, one shard of every epoch per rank). Rank 0 owns the side
+effects: checkpoints, MLflow, the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tradewind.api.resources import TrainingRun
+from tradewind.trainer import distributed as dist_utils
+from tradewind.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
+from tradewind.trainer.data.dataset import SupervisedDataset, SupervisedSplit, build_dataset
+from tradewind.trainer.distributed import DistEnv
+from tradewind.trainer.evaluation import bars_per_year, compare_strategies, periods, trade_samples
+from tradewind.trainer.losses import MultiTaskLoss
+from tradewind.trainer.models import TradingModel, build_model
+from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
+from tradewind.trainer.techniques.adversarial import pgd_perturb
+from tradewind.trainer.techniques.augmentation import augment
+from tradewind.trainer.techniques.maml import maml_step
+from tradewind.trainer.techniques.schedules import dropout_at, teacher_forcing_at
+from tradewind.trainer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the model and optimizer."""
+
+    epoch: int = 0
+    step: int = 0
+    best_metric: float | None = None
+    epochs_without_improvement: int = 0
+    curriculum_stage: int = 0
+    mlflow_run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """What a finished run reports (status, the CLI's summary table)."""
+
+    metrics: dict[str, float]
+    backtest: dict[str, dict[str, float]]
+    walk_forward: list[dict[str, float]]
+    latest_checkpoint: str | None
+    best_checkpoint: str | None
+    mlflow_run_id: str | None
+    mlflow_url: str | None
+    mlflow_tracking_uri: str | None
+    stopped_early: bool
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+@dataclass(frozen=True)
+class BatchMaker:
+    """Batches gathered straight from the window view (one copy per batch, no DataLoader).
+
+    Returns are divided by `ret_scale` (their training std) so the regression, uncertainty
+    and sequence terms are on a unit scale. With seq2seq, `y_seq` holds the next
+    `seq_len` bars' (normalised) returns: the last row of the windows that follow."""
+
+    device: torch.device
+    ret_scale: float = 1.0
+    seq_len: int = 0
+    returns_col: int = 0
+
+    def __call__(
+        self, split: SupervisedSplit, indices: np.ndarray, batch_size: int
+    ) -> Iterator[Batch]:
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            batch = {
+                "x": torch.from_numpy(split.inputs(idx)),
+                "y_class": torch.from_numpy(split.labels[idx]),
+                "y_ret": torch.from_numpy(split.forward_returns[idx] / self.ret_scale),
+            }
+            if self.seq_len:
+                ahead = split.window_index[idx][:, None] + np.arange(1, self.seq_len + 1)
+                batch["y_seq"] = torch.from_numpy(
+                    np.ascontiguousarray(split.windows[ahead, -1, self.returns_col])
+                )
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+def shard_indices(
+    n: int, epoch: int, seed: int, env: DistEnv, pool: np.ndarray | None = None
+) -> np.ndarray:
+    """This rank's shuffled share of an epoch; every rank gets the same count (DDP needs
+    equal steps). The order depends only on (seed, epoch), so a resumed epoch replays it."""
+    candidates = np.arange(n) if pool is None else pool
+    order = np.random.default_rng([seed, epoch]).permutation(candidates)
+    per_rank = len(order) // env.world_size
+    return order[env.rank * per_rank : (env.rank + 1) * per_rank]
+
+
+class SupervisedTrainer:
+    """Owns the model, optimizer and loop state of one TrainingRun attempt."""
+
+    def __init__(
+        self, run: TrainingRun, env: DistEnv, checkpointer: Checkpointer, tracker: Tracker
+    ) -> None:
+        self.run, self.spec, self.env = run, run.spec, env
+        self.checkpointer, self.tracker = checkpointer, tracker
+        seed_everything(self.spec.seed, self.spec.training.deterministic)
+        self.data: SupervisedDataset = build_dataset(self.spec.data, seed=self.spec.seed)
+        seq2seq = self.spec.training.seq2seq
+        self.model: TradingModel = build_model(
+            self.spec.model, self.data.num_features, self.data.lookback_window, seq2seq
+        ).to(env.device)
+        self.loss_fn = MultiTaskLoss(self.spec.training.loss_weights, self.spec.model.heads).to(
+            env.device
+        )
+        self.optimizer = build_optimizer(self.model.parameters(), self.spec.training.optimizer)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.spec.training.scheduler, self.spec.training.epochs
+        )
+        self.state = TrainState()
+        self.ddp: nn.Module = self.model
+        self.augment_rng = torch.Generator().manual_seed(self.spec.seed)
+        returns = self.data.train.forward_returns
+        self.batches = BatchMaker(
+            env.device,
+            ret_scale=float(returns.std()) or 1.0,
+            seq_len=seq2seq.output_length if seq2seq else 0,
+            returns_col=self.data.feature_names.index("returns") if seq2seq else 0,
+        )
+
+    # --- checkpoint -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "train_state": self.state.__dict__,
+            "rng": rng_state(),
+            "augment_rng": self.augment_rng.get_state(),
+            "normalizer": self.data.normalizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(**state["train_state"])
+        set_rng_state(state["rng"])
+        self.augment_rng.set_state(state["augment_rng"])
+
+    def resume(self) -> None:
+        """Continue from the latest checkpoint (`resumeFrom: latest`), another run's
+        checkpoint (a URI) or start fresh (`none`)."""
+        where = self.spec.checkpoint.resume_from
+        if where == "none":
+            return
+        state = (
+            self.checkpointer.load_latest()
+            if where == "latest"
+            else self.checkpointer.load_from_uri(where)
+        )
+        if state is not None:
+            self.load_state_dict(state)
+            log.info("resumed at epoch %d (step %d)", self.state.epoch, self.state.step)
+
+    # --- one epoch --------------------------------------------------------------------
+
+    def _train_pool(self) -> np.ndarray | None:
+        """Curriculum: the easiest (calmest) share of the training samples for this stage."""
+        cur = self.spec.training.curriculum
+        if cur is None:
+            return None
+        stage = min(self.state.curriculum_stage, cur.stages - 1)
+        train = self.data.train
+        key = (
+            train.volatility
+            if cur.strategy == "volatility" or (train.regimes < 0).all()
+            else train.regimes
+        )
+        cutoff = np.quantile(key, (stage + 1) / cur.stages)
+        return np.flatnonzero(key <= cutoff)
+
+    def _loss(self, batch: Batch, teacher_forcing: float) -> tuple[torch.Tensor, dict[str, float]]:
+        y_seq = batch.get("y_seq")
+        out = self.ddp(batch["x"], y_seq, teacher_forcing)
+        return self.loss_fn(out, batch["y_class"], batch["y_ret"], y_seq)  # type: ignore[no-any-return]
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        spec = self.spec.training
+        self.ddp.train()
+        if spec.dropout_schedule is not None:
+            self.model.set_dropout(
+                dropout_at(epoch, spec.epochs, self.spec.model.dropout, spec.dropout_schedule.final)
+            )
+        if spec.meta_learning is not None:
+            return self._maml_epoch(epoch)
+        tf = (
+            teacher_forcing_at(
+                epoch, spec.seq2seq.teacher_forcing_ratio, spec.seq2seq.teacher_forcing_decay
+            )
+            if spec.seq2seq
+            else 0.0
+        )
+        indices = shard_indices(
+            len(self.data.train), epoch, self.spec.seed, self.env, self._train_pool()
+        )
+        totals: dict[str, float] = {}
+        steps = 0
+        autocast = torch.autocast(
+            self.env.device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16"
+        )
+        for batch in self.batches(self.data.train, indices, spec.batch_size):
+            if spec.augmentation is not None:
+                batch["x"] = augment(batch["x"], spec.augmentation, self.augment_rng)
+            with autocast:
+                loss, parts = self._loss(batch, tf)
+                if spec.adversarial is not None:
+                    x_adv = pgd_perturb(
+                        self.ddp,
+                        self.loss_fn,
+                        batch["x"],
+                        batch["y_class"],
+                        batch["y_ret"],
+                        spec.adversarial,
+                    )
+                    adv_loss, _ = self._loss({**batch, "x": x_adv}, tf)
+                    loss = (1 - spec.adversarial.weight) * loss + spec.adversarial.weight * adv_loss
+                    parts["adversarial"] = float(adv_loss.detach())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if spec.grad_clip is not None:
+                parts["grad_norm"] = float(
+                    nn.utils.clip_grad_norm_(self.model.parameters(), spec.grad_clip)
+                )
+            self.optimizer.step()
+            self.state.step += 1
+            steps += 1
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                totals[k] = totals.get(k, 0.0) + v
+        return {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+
+    def _maml_epoch(self, epoch: int) -> dict[str, float]:
+        """MAML: each symbol is a task; support and query are two batches of its samples."""
+        spec = self.spec.training
+        assert spec.meta_learning is not None
+        train = self.data.train
+        rng = np.random.default_rng([self.spec.seed, epoch])
+        symbols = np.unique(train.symbol_ids)
+        results: list[dict[str, float]] = []
+        n_meta = max(1, len(train) // (2 * spec.batch_size * spec.meta_learning.tasks_per_batch))
+        for _ in range(n_meta):
+            tasks = []
+            for sym in rng.choice(symbols, size=spec.meta_learning.tasks_per_batch):
+                idx = rng.permutation(np.flatnonzero(train.symbol_ids == sym))[
+                    : 2 * spec.batch_size
+                ]
+                half = len(idx) // 2
+                support, query = (
+                    next(self.batches(train, part, spec.batch_size))
+                    for part in (idx[:half], idx[half:])
+                )
+                tasks.append((support, query))
+            results.append(
+                maml_step(self.ddp, self.loss_fn, tasks, spec.meta_learning, self.optimizer)
+            )
+            self.state.step += 1
+        return {f"train_{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
+
+    @torch.no_grad()
+    def predict(self, split: SupervisedSplit) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and predicted returns for every sample of a split."""
+        self.model.eval()
+        probs, rets = [], []
+        for batch in self.batches(split, np.arange(len(split)), 1024):
+            out = self.model(batch["x"])
+            probs.append(torch.softmax(out.logits.float(), dim=-1).cpu().numpy())
+            ret = out.ret if out.ret is not None else torch.zeros(len(batch["x"]))
+            rets.append(ret.float().cpu().numpy() * self.batches.ret_scale)
+        return np.concatenate(probs), np.concatenate(rets)
+
+    @torch.no_grad()
+    def validate(self, split: SupervisedSplit, prefix: str = "val") -> dict[str, float]:
+        self.model.eval()
+        totals: dict[str, float] = {}
+        correct, n = 0, 0
+        indices = (
+            shard_indices(len(split), 0, self.spec.seed, self.env)
+            if self.env.distributed
+            else np.arange(len(split))
+        )
+        for batch in self.batches(split, np.sort(indices), 1024):
+            out = self.model(batch["x"])
+            loss, parts = self.loss_fn(out, batch["y_class"], batch["y_ret"], batch.get("y_seq"))
+            k = len(batch["x"])
+            for key, v in {"loss": float(loss), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + v * k
+            correct += int((out.logits.argmax(-1) == batch["y_class"]).sum())
+            n += k
+        metrics = {f"{prefix}_{k}": v / max(n, 1) for k, v in totals.items()}
+        metrics[f"{prefix}_accuracy"] = correct / max(n, 1)
+        return dist_utils.mean_across_ranks(metrics, self.env)
+
+    def example_input(self) -> np.ndarray:
+        """A few training windows: the input signature of the logged model."""
+        return np.ascontiguousarray(self.data.train.inputs(np.arange(min(4, len(self.data.train)))))
+
+    @torch.no_grad()
+    def predict_logits(self, windows: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        logits = self.model(torch.from_numpy(windows).to(self.env.device)).logits
+        return logits.float().cpu().numpy()  # type: ignore[no-any-return]
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def fit(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Result:
+        spec = self.spec.training
+        if self.env.distributed:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model)
+        stopped_early = False
+        while self.state.epoch < spec.epochs and not stopped_early:
+            epoch = self.state.epoch
+            train = dist_utils.mean_across_ranks(self.train_epoch(epoch), self.env)
+            val = self.validate(self.data.validation)
+            step_scheduler(self.scheduler, val["val_loss"])
+            metrics = {
+                **train,
+                **val,
+                "epoch": epoch + 1,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+            improved = self._track_best(metrics)
+            self._advance_curriculum(metrics)
+            self.state.epoch += 1
+            self.state.history.append(metrics)
+            self.tracker.metrics(metrics, step=self.state.epoch)
+            if self.env.is_main and (
+                self.state.epoch % self.spec.checkpoint.interval == 0
+                or self.state.epoch == spec.epochs
+            ):
+                self.checkpointer.save(
+                    self.state.epoch,
+                    self.state_dict(),
+                    metrics.get(spec.early_stopping.monitor),
+                    spec.early_stopping.mode,
+                )
+            if on_epoch is not None:
+                on_epoch(self.state.epoch, metrics)
+            es = spec.early_stopping
+            stopped_early = dist_utils.any_rank(
+                es.enabled
+                and not improved
+                and self.state.epochs_without_improvement >= es.patience,
+                self.env,
+            )
+        return self._finish(stopped_early)
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        es = self.spec.training.early_stopping
+        value = metrics.get(es.monitor)
+        if value is None:
+            return True
+        best = self.state.best_metric
+        better = best is None or (
+            value < best - es.min_delta if es.mode == "min" else value > best + es.min_delta
+        )
+        if better:
+            self.state.best_metric = value
+            self.state.epochs_without_improvement = 0
+        else:
+            self.state.epochs_without_improvement += 1
+        return better
+
+    def _advance_curriculum(self, metrics: dict[str, float]) -> None:
+        cur = self.spec.training.curriculum
+        if cur is None or self.state.curriculum_stage >= cur.stages - 1:
+            return
+        epochs_in_stage = (
+            sum(
+                1
+                for h in self.state.history
+                if h.get("curriculum_stage", 0) == self.state.curriculum_stage
+            )
+            + 1
+        )
+        metrics["curriculum_stage"] = self.state.curriculum_stage
+        threshold_met = (
+            cur.progress_threshold is None or metrics["val_loss"] < cur.progress_threshold
+        )
+        if epochs_in_stage >= cur.min_epochs_per_stage and threshold_met:
+            self.state.curriculum_stage += 1
+
+    def _finish(self, stopped_early: bool) -> Result:
+        test = self.validate(self.data.test, prefix="test")
+        backtest, walk_forward = self.backtest(self.data.test)
+        final = {**(self.state.history[-1] if self.state.history else {}), **test}
+        self.tracker.metrics(
+            test | {f"backtest_{k}": v for k, v in backtest["model"].items()}, step=self.state.epoch
+        )
+        self.tracker.table(walk_forward, "walk_forward.json")
+        return Result(
+            metrics=final,
+            backtest=backtest,
+            walk_forward=walk_forward,
+            latest_checkpoint=self.checkpointer.latest_uri,
+            best_checkpoint=self.checkpointer.best_uri,
+            mlflow_run_id=self.tracker.run_id,
+            mlflow_url=self.tracker.url,
+            mlflow_tracking_uri=self.tracker.tracking_uri,
+            stopped_early=stopped_early,
+        )
+
+    def backtest(
+        self, split: SupervisedSplit
+    ) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
+        """Model vs buy-and-hold vs random on the split, overall and per walk-forward step."""
+        probs, _ = self.predict(split)
+        predicted = probs.argmax(-1)
+        horizon = self.data.prediction_horizon
+        cost = self.spec.evaluation.transaction_cost
+        ppy = bars_per_year(split.timestamps) / horizon
+        trades = trade_samples(split.symbol_ids, split.timestamps, split.forward_returns, horizon)
+        overall = compare_strategies(predicted, trades, cost, ppy, self.spec.seed)
+        rows = []
+        for i, group in enumerate(
+            periods(split.timestamps, self.spec.evaluation.walk_forward_step)
+        ):
+            sub = trade_samples(
+                split.symbol_ids[group],
+                split.timestamps[group],
+                split.forward_returns[group],
+                horizon,
+            )
+            table = compare_strategies(predicted[group], sub, cost, ppy, self.spec.seed)
+            row = {f"{k}_return": table[k]["total_return"] for k in table}
+            rows.append({"period": i, **row, "model_sharpe": table["model"]["sharpe"]})
+        return overall, rows

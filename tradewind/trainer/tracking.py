@@ -1,0 +1,127 @@
+"""MLflow tracking from rank 0: the spec as params, metrics per step and epoch, plots, model.
+
+The tracking server comes from MLFLOW_TRACKING_URI (set by the operator in a cluster);
+`tradewind run` defaults to a SQLite store under .tradewind/. Credentials stay in the
+environment and are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def flatten(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`: the spec as MLflow params."""
+    out: dict[str, str] = {}
+    for key, value in spec.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class Tracker:
+    """One MLflow run per resource; a restarted attempt continues the same run."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self.url: str | None = None
+        self.tracking_uri: str | None = None
+
+    def start(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+        resume_run_id: str | None = None,
+        system_metrics: bool = False,
+    ) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        uri = self.tracking_uri = mlflow.get_tracking_uri()
+        mlflow.set_experiment(experiment)
+        run = mlflow.start_run(
+            run_id=resume_run_id,
+            run_name=None if resume_run_id else run_name,
+            tags=dict(tags),
+            log_system_metrics=system_metrics,
+        )
+        self.run_id = run.info.run_id
+        if resume_run_id is None:
+            flat = flatten(params)
+            items = list(flat.items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
+                mlflow.log_params(dict(items[i : i + 100]))
+        if uri.startswith("http"):
+            self.url = (
+                f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            )
+        log.info("MLflow run %s (%s)", self.run_id, self.url or uri)
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        if self.enabled and values:
+            import mlflow
+
+            mlflow.log_metrics(dict(values), step=step)
+
+    def figure(self, figure: Any, name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_figure(figure, name)
+
+    def artifact(self, path: Path, directory: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifact(str(path), directory)
+
+    def table(self, rows: list[dict[str, Any]], name: str) -> None:
+        if self.enabled and rows:
+            import mlflow
+
+            columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+            mlflow.log_table(columns, name)
+
+    def model(self, model: Any, register_as: str | None, example: Any, logits: Any) -> None:
+        """Log the model (and register it under `register_as`) with its signature: windows
+        [batch, lookback, features] -> class logits."""
+        if not self.enabled:
+            return
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            registered_model_name=register_as,
+            signature=infer_signature(example, logits),
+            serialization_format="pickle",  # pt2 cannot trace the ModelOutput dataclass
+        )
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            import mlflow
+
+            mlflow.end_run(status=status)
+
+
+def default_tracking_uri(state_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite store in the local state folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(state_dir / 'mlflow.db').resolve()}"
