@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # build_<component>/cleanup are called indirectly
 # Build the third-party binaries Tradewind's tests need (etcd, Kubernetes
 # control plane + kubectl, kwok/kwokctl, helm, minio) from Go modules, and cache
 # them outside the repo:
@@ -21,9 +22,10 @@
 #   GO                go binary (default: go on PATH, else /usr/local/go/bin/go)
 #   TRADEWIND_GO_JOBS parallel compile jobs, go build -p (default: nproc)
 set -euo pipefail
+shopt -s inherit_errexit
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=hack/versions.env
+# shellcheck source-path=SCRIPTDIR source=versions.env
 source "$HACK_DIR/versions.env"
 
 CACHE_ROOT="${TRADEWIND_CACHE:-$HOME/.cache/tradewind}"
@@ -247,13 +249,29 @@ entry_complete() {
   done
 }
 
-# Remove temporary build dirs left by builds that were killed (their pid is gone).
+# Is PID a running (non-zombie) build-binaries.sh? Guards against pid reuse.
+build_running() {
+  local pid="$1" state
+  if [[ -d /proc ]]; then
+    [[ -r "/proc/$pid/stat" ]] || return 1
+    state="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)"
+    [[ "$state" != Z ]] || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q build-binaries
+  else
+    kill -0 "$pid" 2>/dev/null
+  fi
+}
+
+# Remove temporary dirs (<cache>/bin/.tmp-<component>-<version>.<pid>,
+# $TMPDIR/tradewind-build.<pid>) left by runs that were killed hard; those of
+# a run still in progress are kept.
 clean_stale_temp() {
   local d pid
-  for d in "$BIN_ROOT"/.tmp-*; do
+  for d in "$BIN_ROOT"/.tmp-* "${TMPDIR:-/tmp}"/tradewind-build.*; do
     [[ -d "$d" ]] || continue
     pid="${d##*.}"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null; then
+    if [[ "$pid" =~ ^[0-9]+$ ]] && ! build_running "$pid"; then
+      chmod -R u+w "$d" 2>/dev/null || true
       rm -rf "$d"
     fi
   done
@@ -263,7 +281,10 @@ TEMP_DIRS=()
 cleanup() {
   local d
   for d in "${TEMP_DIRS[@]+"${TEMP_DIRS[@]}"}"; do
-    [[ -n "$d" && -e "$d" ]] && chmod -R u+w "$d" 2>/dev/null; rm -rf "$d"
+    if [[ -n "$d" && -e "$d" ]]; then
+      chmod -R u+w "$d" 2>/dev/null || true
+      rm -rf "$d"
+    fi
   done
 }
 trap cleanup EXIT
@@ -275,7 +296,7 @@ FAILED=()
 
 # build_component COMPONENT: build unless cached, record a result line.
 build_component() {
-  local comp="$1" ver dest tmp logf start secs
+  local comp="$1" ver dest tmp logf start secs rc
   ver="$(component_version "$comp")"
   dest="$BIN_ROOT/$comp-$ver"
   logf="$LOG_DIR/$comp-$ver.log"
@@ -290,17 +311,22 @@ build_component() {
   TEMP_DIRS+=("$tmp")
   log "building $comp $ver (log: $logf)"
   start=$SECONDS
-  if (
-       set -euo pipefail
-       echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) building $comp $ver with $("$GO" version)"
-       echo "=== GOFLAGS=$GOFLAGS CGO_ENABLED=$CGO_ENABLED GOTOOLCHAIN=$GOTOOLCHAIN"
-       "build_$comp" "$tmp"
-       for b in $(component_binaries "$comp"); do
-         [[ -x "$tmp/$b" ]] || { echo "missing binary after build: $b"; exit 1; }
-       done
-       echo "=== smoke test"
-       smoke_test "$comp" "$tmp"
-     ) >"$logf" 2>&1 </dev/null; then
+  # Not `if ( ... )`: errexit is ignored inside a tested subshell.
+  set +e
+  (
+    set -euo pipefail
+    echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) building $comp $ver with $("$GO" version)"
+    echo "=== GOFLAGS=$GOFLAGS CGO_ENABLED=$CGO_ENABLED GOTOOLCHAIN=$GOTOOLCHAIN"
+    "build_$comp" "$tmp"
+    for b in $(component_binaries "$comp"); do
+      [[ -x "$tmp/$b" ]] || { echo "missing binary after build: $b"; exit 1; }
+    done
+    echo "=== smoke test"
+    smoke_test "$comp" "$tmp"
+  ) >"$logf" 2>&1 </dev/null
+  rc=$?
+  set -e
+  if ((rc == 0)); then
     secs=$((SECONDS - start))
     printf 'component=%s\nversion=%s\nbuild_seconds=%s\ngo=%s\nbuilt_at=%s\n' \
       "$comp" "$ver" "$secs" "$GO_VERSION_USED" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp/.build-info"
@@ -354,7 +380,7 @@ main() {
   local selected=() arg comp
   for arg in "$@"; do
     case "$arg" in
-      -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+      -h|--help) sed -n '3,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       --list)
         for comp in "${ALL_COMPONENTS[@]}"; do
           printf '%-11s %-36s %s\n' "$comp" "$(component_version "$comp")" "$(component_binaries "$comp")"
@@ -369,8 +395,10 @@ main() {
 
   setup_go
   mkdir -p "$BIN_ROOT" "$LOG_DIR"
-  WORK_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/tradewind-build.XXXXXX")"
+  WORK_ROOT="${TMPDIR:-/tmp}/tradewind-build.$$"
+  rm -rf "$WORK_ROOT"
   TEMP_DIRS+=("$WORK_ROOT")
+  mkdir -m 700 "$WORK_ROOT"
   clean_stale_temp
 
   for comp in "${selected[@]}"; do
