@@ -233,6 +233,30 @@ def dev_env(directory: DevDir = None) -> None:
 
 
 @app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Namespace to watch (repeatable); none watches all."
+        ),
+    ] = None,
+    liveness: Annotated[
+        str | None,
+        typer.Option(help="Serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz."),
+    ] = None,
+) -> None:
+    """Run the Tradewind operator: reconcile TrainingRuns and RLRuns into torchrun Jobs.
+
+    Uses the in-cluster service account, else $KUBECONFIG.
+
+    Configuration: TRADEWIND_* variables (tradewind/operator/settings.py).
+    """
+    from tradewind.operator.loop import run_operator
+
+    run_operator(namespace or [], liveness)
+
+
+@app.command()
 def version() -> None:
     """Print Tradewind's version and the API version it serves."""
     from tradewind import __version__

@@ -11,7 +11,7 @@ class _Blocker:
         return None
 
 sys.meta_path.insert(0, _Blocker())
-import tradewind.api, tradewind.api.crd, tradewind.operator, tradewind.operator.settings
+import tradewind.api, tradewind.api.crd, tradewind.operator.main, tradewind.operator.reconcile
 loaded = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY})
 assert not loaded, loaded
 print('ok')

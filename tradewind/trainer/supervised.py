@@ -32,7 +32,7 @@ from tradewind.trainer.techniques.adversarial import pgd_perturb
 from tradewind.trainer.techniques.augmentation import augment
 from tradewind.trainer.techniques.maml import maml_step
 from tradewind.trainer.techniques.schedules import dropout_at, teacher_forcing_at
-from tradewind.trainer.tracking import Tracker
+from tradewind.trainer.tracking import TAG_BEST, TAG_LATEST, Tracker
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -172,15 +172,9 @@ class SupervisedTrainer:
 
     def resume(self) -> None:
         """Continue from the latest checkpoint (`resumeFrom: latest`), another run's
-        checkpoint (a URI) or start fresh (`none`)."""
-        where = self.spec.checkpoint.resume_from
-        if where == "none":
-            return
-        state = (
-            self.checkpointer.load_latest()
-            if where == "latest"
-            else self.checkpointer.load_from_uri(where)
-        )
+        checkpoint (a URI; once this run has its own, a restart continues from that) or
+        start fresh (`none`)."""
+        state = self.checkpointer.resume(self.spec.checkpoint.resume_from)
         if state is not None:
             self.load_state_dict(state)
             log.info("resumed at epoch %d (step %d)", self.state.epoch, self.state.step)
@@ -235,18 +229,20 @@ class SupervisedTrainer:
             if spec.augmentation is not None:
                 batch["x"] = augment(batch["x"], spec.augmentation, self.augment_rng)
             with autocast:
-                loss, parts = self._loss(batch, tf)
-                if spec.adversarial is not None:
-                    x_adv = pgd_perturb(
-                        self.ddp,
-                        self.loss_fn,
-                        batch["x"],
-                        batch["y_class"],
-                        batch["y_ret"],
-                        spec.adversarial,
+                # PGD before the clean forward pass: it restores the batch-norm statistics in
+                # place, which would invalidate the graph of a forward pass made before it.
+                adv = spec.adversarial
+                x_adv = (
+                    None
+                    if adv is None
+                    else pgd_perturb(
+                        self.ddp, self.loss_fn, batch["x"], batch["y_class"], batch["y_ret"], adv
                     )
+                )
+                loss, parts = self._loss(batch, tf)
+                if adv is not None and x_adv is not None:
                     adv_loss, _ = self._loss({**batch, "x": x_adv}, tf)
-                    loss = (1 - spec.adversarial.weight) * loss + spec.adversarial.weight * adv_loss
+                    loss = (1 - adv.weight) * loss + adv.weight * adv_loss
                     parts["adversarial"] = float(adv_loss.detach())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -283,7 +279,14 @@ class SupervisedTrainer:
                 )
                 tasks.append((support, query))
             results.append(
-                maml_step(self.ddp, self.loss_fn, tasks, spec.meta_learning, self.optimizer)
+                maml_step(
+                    self.ddp,
+                    self.loss_fn,
+                    tasks,
+                    spec.meta_learning,
+                    self.optimizer,
+                    grad_clip=spec.grad_clip,
+                )
             )
             self.state.step += 1
         return {f"train_{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
@@ -348,6 +351,7 @@ class SupervisedTrainer:
                 **train,
                 **val,
                 "epoch": epoch + 1,
+                "progress": 100.0 * (epoch + 1) / spec.epochs,
                 "lr": self.optimizer.param_groups[0]["lr"],
             }
             improved = self._track_best(metrics)
@@ -364,6 +368,9 @@ class SupervisedTrainer:
                     self.state_dict(),
                     metrics.get(spec.early_stopping.monitor),
                     spec.early_stopping.mode,
+                )
+                self.tracker.tags(
+                    {TAG_LATEST: self.checkpointer.latest_uri, TAG_BEST: self.checkpointer.best_uri}
                 )
             if on_epoch is not None:
                 on_epoch(self.state.epoch, metrics)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+TAG_LATEST = "tradewind.checkpoint.latest"
+TAG_BEST = "tradewind.checkpoint.best"
 
 
 def flatten(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -51,6 +53,10 @@ class Tracker:
         import mlflow
 
         uri = self.tracking_uri = mlflow.get_tracking_uri()
+        if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
+            # A local store keeps artifacts beside its database, not in ./mlruns of the CWD.
+            root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment
+            mlflow.create_experiment(experiment, artifact_location=root.resolve().as_uri())
         mlflow.set_experiment(experiment)
         run = mlflow.start_run(
             run_id=resume_run_id,
@@ -75,6 +81,13 @@ class Tracker:
             import mlflow
 
             mlflow.log_metrics(dict(values), step=step)
+
+    def tags(self, values: Mapping[str, str | None]) -> None:
+        """Set run tags (the operator reads the checkpoint URIs from them)."""
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tags({k: v for k, v in values.items() if v})
 
     def figure(self, figure: Any, name: str) -> None:
         if self.enabled:

@@ -1,0 +1,279 @@
+"""The operator against the real control plane with kwok GPU nodes: children as specified,
+status, restarts from failures, permanent errors, suspend, deadlines, TTL, cascade, and an
+operator restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.conftest import Kubectl
+from tradewind.devstack import DevStack
+from tradewind.devstack.kwok import FAIL_EXIT_CODE, FAIL_LABEL, FAIL_REASON, HOLD_LABEL
+
+pytestmark = pytest.mark.integration
+
+
+class Operator:
+    """`tradewind operator` as a separate process, pointed at the test stack."""
+
+    def __init__(self, stack: DevStack, log: Path) -> None:
+        env = {**os.environ, **stack.env()}
+        env |= {
+            "TRADEWIND_MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
+            "TRADEWIND_S3_ENDPOINT": env["AWS_ENDPOINT_URL"],
+            "TRADEWIND_S3_CREDENTIALS_SECRET": "minio-credentials",
+            "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
+            "TRADEWIND_STATUS_POLL_SECONDS": "2",
+        }
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            argv = [sys.executable, "-m", "tradewind.cli", "operator"]
+            self.proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    op = Operator(stack, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+def _run(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _hold() -> dict[str, Any]:
+    return {"labels": {HOLD_LABEL: "true"}}
+
+
+def _fail(exit_code: int, reason: str = "Error") -> dict[str, Any]:
+    annotations = {FAIL_EXIT_CODE: str(exit_code), FAIL_REASON: reason}
+    return {"labels": {FAIL_LABEL: "true"}, "annotations": annotations}
+
+
+def _status(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any]:
+    return dict(kubectl.get(f"trainingrun/{name}", "-n", ns).get("status", {}))
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_children_are_built_as_specified_and_the_run_succeeds(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    run = _run(
+        "gpu-run", nodes=2, procsPerNode=4, device="cuda",
+        resources={"requests": {"cpu": "4", "memory": "16Gi"}},
+        podTemplate={**_hold(), "nodeSelector": {"tradewind.dev/gpu-pool": "a100"},
+                     "env": [{"name": "NCCL_DEBUG", "value": "WARN"}]},
+    )  # fmt: skip
+    kubectl.apply(run, "-n", namespace)
+    kubectl.wait("--for=condition=Running", "trainingrun/gpu-run", "-n", namespace)
+    uid = kubectl.get("trainingrun/gpu-run", "-n", namespace)["metadata"]["uid"]
+
+    job = kubectl.get("job/gpu-run-0", "-n", namespace)
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["metadata"]["ownerReferences"][0]["uid"] == uid
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == "gpu-run" and pod["nodeSelector"] == {
+        "tradewind.dev/gpu-pool": "a100"
+    }
+    (container,) = pod["containers"]
+    assert container["command"][:4] == [
+        "torchrun",
+        "--nnodes=2",
+        "--nproc-per-node=4",
+        "--node-rank=$(PET_NODE_RANK)",
+    ]
+    assert "--rdzv-endpoint=gpu-run-0-0.gpu-run:29400" in container["command"]
+    assert f"--rdzv-id={uid}-0" in container["command"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["resources"]["requests"]["memory"] == "16Gi"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["WORLD_SIZE"]["value"] == "8" and env["PET_NPROC_PER_NODE"]["value"] == "4"
+    assert env["MASTER_ADDR"]["value"] == "gpu-run-0-0.gpu-run"
+    assert "job-completion-index" in env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "minio-credentials"
+    assert env["NCCL_DEBUG"]["value"] == "WARN"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/etc/tradewind", "dshm": "/dev/shm"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+
+    config = kubectl.get("configmap/gpu-run-0-config", "-n", namespace)
+    assert yaml.safe_load(config["data"]["run.yaml"])["spec"]["nodes"] == 2
+    service = kubectl.get("service/gpu-run", "-n", namespace)
+    assert (
+        service["spec"]["clusterIP"] == "None"
+        and service["spec"]["publishNotReadyAddresses"] is True
+    )
+
+    status = _status(kubectl, namespace, "gpu-run")
+    assert status["phase"] == "Running" and status["nodesReady"] == 2 and status["nodesTotal"] == 2
+    assert _condition(status, "Ready")["status"] == "True"
+
+    kubectl.run(
+        "label", "pods", "-n", namespace, "-l", "tradewind.dev/run=gpu-run", f"{HOLD_LABEL}-"
+    )
+    kubectl.wait("--for=condition=Succeeded", "trainingrun/gpu-run", "-n", namespace)
+    status = _status(kubectl, namespace, "gpu-run")
+    assert (
+        status["phase"] == "Succeeded"
+        and status["completionTime"]
+        and status["progress"]["percent"] == 100
+    )
+    printed = kubectl.run("get", "trainingrun/gpu-run", "-n", namespace).stdout
+    assert "Succeeded" in printed.splitlines()[1]
+
+
+def test_a_failed_pod_restarts_the_gang_until_max_restarts(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(
+        _run("oom", nodes=2, maxRestarts=2, podTemplate=_fail(137, "OOMKilled")), "-n", namespace
+    )
+    kubectl.wait("--for=condition=Failed", "trainingrun/oom", "-n", namespace, timeout=120)
+    status = _status(kubectl, namespace, "oom")
+    assert status["restarts"] == 2 and status["attempt"] == 2
+    failed = _condition(status, "Failed")
+    assert failed["reason"] == "MaxRestartsReached"
+    assert "exit code 137 (OOMKilled)" in failed["message"] and "pod oom-2-" in failed["message"]
+    events = kubectl.get("events", "-n", namespace, "--field-selector", "involvedObject.name=oom")[
+        "items"
+    ]
+    assert sum(e["reason"] == "OOMKilled" for e in events) == 2
+    jobs = [j["metadata"]["name"] for j in kubectl.get("jobs", "-n", namespace)["items"]]
+    assert jobs == ["oom-2"]  # earlier attempts were torn down
+
+
+def test_a_permanent_exit_code_fails_without_retry(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("bad-config", podTemplate=_fail(64)), "-n", namespace)
+    kubectl.wait("--for=condition=Failed", "trainingrun/bad-config", "-n", namespace)
+    status = _status(kubectl, namespace, "bad-config")
+    assert status["restarts"] == 0
+    assert _condition(status, "Failed")["reason"] == "InvalidConfig"
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("pausable", nodes=2, podTemplate=_hold()), "-n", namespace)
+    kubectl.wait("--for=condition=Running", "trainingrun/pausable", "-n", namespace)
+    kubectl.run(
+        "patch",
+        "trainingrun/pausable",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"suspend": True}}),
+    )
+    kubectl.wait("--for=condition=Suspended", "trainingrun/pausable", "-n", namespace)
+    kubectl.wait("--for=delete", "pods", "-l", "tradewind.dev/run=pausable", "-n", namespace)
+    kubectl.run(
+        "patch",
+        "trainingrun/pausable",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"suspend": False}}),
+    )
+    kubectl.wait("--for=condition=Running", "trainingrun/pausable", "-n", namespace)
+    assert _status(kubectl, namespace, "pausable")["attempt"] == 0
+
+
+def test_active_deadline_fails_the_run(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("slow", activeDeadlineSeconds=3, podTemplate=_hold()), "-n", namespace)
+    kubectl.wait("--for=condition=Failed", "trainingrun/slow", "-n", namespace)
+    assert _condition(_status(kubectl, namespace, "slow"), "Failed")["reason"] == "DeadlineExceeded"
+    kubectl.wait("--for=delete", "job/slow-0", "-n", namespace)
+
+
+def test_ttl_deletes_a_finished_run_and_its_children(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("short-lived", ttlSecondsAfterFinished=1), "-n", namespace)
+    kubectl.wait("--for=delete", "trainingrun/short-lived", "-n", namespace, timeout=120)
+    kubectl.wait(
+        "--for=delete",
+        "job/short-lived-0",
+        "configmap/short-lived-0-config",
+        "service/short-lived",
+        "-n",
+        namespace,
+    )
+
+
+def test_delete_cascades_to_every_child(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("doomed", podTemplate=_hold()), "-n", namespace)
+    kubectl.wait("--for=condition=Running", "trainingrun/doomed", "-n", namespace)
+    kubectl.run("delete", "trainingrun/doomed", "-n", namespace)
+    kubectl.wait(
+        "--for=delete",
+        "job/doomed-0",
+        "configmap/doomed-0-config",
+        "service/doomed",
+        "-n",
+        namespace,
+    )
+
+
+def test_operator_killed_and_restarted_creates_nothing_twice(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("survivor", nodes=2, podTemplate=_hold()), "-n", namespace)
+    kubectl.wait("--for=create", "job/survivor-0", "-n", namespace)
+    operator.kill()
+    operator.start()
+    kubectl.wait("--for=condition=Running", "trainingrun/survivor", "-n", namespace)
+    jobs = kubectl.get("jobs", "-n", namespace)["items"]
+    assert [j["metadata"]["name"] for j in jobs] == ["survivor-0"]
+    assert len(kubectl.get("pods", "-n", namespace)["items"]) == 2
+    events = kubectl.get(
+        "events", "-n", namespace, "--field-selector", "involvedObject.name=survivor"
+    )["items"]
+    assert sum(e["reason"] == "Created" for e in events) == 1

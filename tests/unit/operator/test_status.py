@@ -1,0 +1,117 @@
+import datetime as dt
+from typing import Any
+
+from tradewind.api import TrainingRun, parse_resource
+from tradewind.api.status import RunStatus
+from tradewind.operator.status import AttemptState, PodFailure, decide, observe_attempt
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _run(**spec: Any) -> TrainingRun:
+    doc = {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "r", "namespace": "ns"},
+        "spec": spec,
+    }
+    run = parse_resource(doc)
+    assert isinstance(run, TrainingRun)
+    return run
+
+
+def _pod(
+    name: str, phase: str, exit_code: int | None = None, reason: str = "Error"
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {"state": {"terminated": {"exitCode": exit_code, "reason": reason}}}
+        ]
+    return {"metadata": {"name": name}, "status": status}
+
+
+JOB = {"metadata": {"name": "r-0"}, "spec": {"completions": 2}, "status": {}}
+
+
+def test_no_attempt_creates_one_and_is_pending() -> None:
+    d = decide(_run(nodes=2), RunStatus(), AttemptState(exists=False), NOW, 1)
+    assert d.actions == ["create_attempt"] and d.status.phase == "Pending"
+    assert {c.type for c in d.status.conditions} >= {"Created", "Ready"}
+
+
+def test_all_pods_running_is_running_and_ready() -> None:
+    state = observe_attempt(JOB, [_pod("a", "Running"), _pod("b", "Running")])
+    d = decide(_run(nodes=2), RunStatus(phase="Pending"), state, NOW, 1)
+    assert d.status.phase == "Running" and d.status.nodes_ready == 2 and d.status.start_time == NOW
+    ready = next(c for c in d.status.conditions if c.type == "Ready")
+    assert ready.status == "True" and d.events[0][1] == "AllNodesRunning"
+
+
+def test_failure_restarts_then_fails_at_max_restarts() -> None:
+    state = observe_attempt(
+        JOB, [_pod("r-0-0", "Failed", 137, "OOMKilled"), _pod("r-0-1", "Running")]
+    )
+    assert state.failure == PodFailure("r-0-0", 137, "OOMKilled", "")
+    d = decide(_run(maxRestarts=1), RunStatus(phase="Running"), state, NOW, 1)
+    assert d.status.phase == "Restarting" and d.status.attempt == 1 and d.status.restarts == 1
+    assert "pod r-0-0 failed with exit code 137 (OOMKilled)" in d.events[0][2]
+    d2 = decide(_run(maxRestarts=1), d.status, state, NOW, 1)
+    assert d2.status.phase == "Failed" and d2.status.completion_time == NOW
+    failed = next(c for c in d2.status.conditions if c.type == "Failed")
+    assert failed.reason == "MaxRestartsReached"
+
+
+def test_permanent_exit_codes_are_not_retried() -> None:
+    for code, reason in ((64, "InvalidConfig"), (66, "DataNotFound")):
+        state = observe_attempt(JOB, [_pod("r-0-0", "Failed", code)])
+        d = decide(_run(maxRestarts=5), RunStatus(phase="Running"), state, NOW, 1)
+        assert d.status.phase == "Failed" and d.status.restarts == 0
+        assert next(c for c in d.status.conditions if c.type == "Failed").reason == reason
+
+
+def test_suspend_and_resume() -> None:
+    running = observe_attempt(JOB, [_pod("a", "Running")])
+    d = decide(_run(suspend=True), RunStatus(phase="Running"), running, NOW, 2)
+    assert d.actions == ["suspend_job"] and d.status.phase == "Suspended"
+    suspended = AttemptState(exists=True, suspended=True, total=1)
+    d2 = decide(_run(), d.status, suspended, NOW, 3)
+    assert d2.actions == ["resume_job"]
+
+
+def test_deadline_and_ttl() -> None:
+    started = RunStatus(phase="Running", start_time=NOW - dt.timedelta(seconds=61))
+    d = decide(
+        _run(activeDeadlineSeconds=60),
+        started,
+        AttemptState(exists=True, total=1, running=1),
+        NOW,
+        1,
+    )
+    assert d.status.phase == "Failed" and d.actions == ["delete_attempt"]
+    done = RunStatus(phase="Succeeded", completion_time=NOW - dt.timedelta(seconds=11))
+    assert decide(
+        _run(ttlSecondsAfterFinished=10), done, AttemptState(exists=True), NOW, 1
+    ).actions == ["delete_run"]
+    assert (
+        decide(_run(ttlSecondsAfterFinished=60), done, AttemptState(exists=True), NOW, 1).actions
+        == []
+    )
+
+
+def test_image_pull_failures_are_named() -> None:
+    pod = _pod("r-0-0", "Pending")
+    pod["status"]["containerStatuses"] = [
+        {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}
+    ]
+    d = decide(_run(), RunStatus(phase="Pending"), observe_attempt(JOB, [pod]), NOW, 1)
+    ready = next(c for c in d.status.conditions if c.type == "Ready")
+    assert ready.reason == "ImagePullFailure" and "pod r-0-0: ImagePullBackOff" in ready.message
+
+
+def test_condition_transition_time_moves_only_on_a_flip() -> None:
+    state = observe_attempt(JOB, [_pod("a", "Running"), _pod("b", "Running")])
+    first = decide(_run(nodes=2), RunStatus(phase="Pending"), state, NOW, 1).status
+    later = decide(_run(nodes=2), first, state, NOW + dt.timedelta(minutes=5), 1).status
+    ready = next(c for c in later.conditions if c.type == "Ready")
+    assert ready.last_transition_time == NOW

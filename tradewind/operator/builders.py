@@ -1,0 +1,262 @@
+"""Pure builders: a run and its attempt -> the ConfigMap, headless Service and Indexed Job.
+
+No API calls here; `reconcile` applies what these return. Names are deterministic (run name
+and attempt), so re-running a reconcile never creates anything twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tradewind.api import GROUP, RLRun, TrainingRun, dump_resource
+from tradewind.operator.settings import OperatorSettings
+
+Run = TrainingRun | RLRun
+Manifest = dict[str, Any]
+
+RUN_LABEL = f"{GROUP}/run"
+KIND_LABEL = f"{GROUP}/kind"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RDZV_PORT = 29400
+CONFIG_DIR = "/etc/tradewind"
+STATE_DIR = "/var/tmp/tradewind"
+CONTAINER = "trainer"
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def job_name(run: Run, attempt: int) -> str:
+    return f"{run.metadata.name}-{attempt}"
+
+
+def service_name(run: Run) -> str:
+    return run.metadata.name
+
+
+def config_name(run: Run, attempt: int) -> str:
+    return f"{run.metadata.name}-{attempt}-config"
+
+
+def owner_reference(run_body: Manifest) -> Manifest:
+    """The controller reference children carry, so deleting the run deletes them."""
+    meta = run_body["metadata"]
+    return {
+        "apiVersion": run_body["apiVersion"],
+        "kind": run_body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(run: Run, attempt: int | None = None) -> dict[str, str]:
+    out = {RUN_LABEL: run.metadata.name, KIND_LABEL: run.kind}
+    if attempt is not None:
+        out[ATTEMPT_LABEL] = str(attempt)
+    return out
+
+
+def build_configmap(run: Run, attempt: int, owner: Manifest) -> Manifest:
+    """The run as the trainer reads it (`--config /etc/tradewind/run.yaml`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_name(run, attempt),
+            "namespace": run.metadata.namespace,
+            "labels": labels(run, attempt),
+            "ownerReferences": [owner],
+        },
+        "data": {"run.yaml": _manifest_without_status(run)},
+    }
+
+
+def _manifest_without_status(run: Run) -> str:
+    doc = yaml.safe_load(dump_resource(run))
+    doc.pop("status", None)
+    meta = doc["metadata"]
+    doc["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def build_service(run: Run, owner: Manifest) -> Manifest:
+    """Headless Service: stable DNS for every pod (`<job>-<index>.<service>`), also before
+    the pods are ready, so rank 0's rendezvous endpoint resolves at once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(run),
+            "namespace": run.metadata.namespace,
+            "labels": labels(run),
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {RUN_LABEL: run.metadata.name},
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
+        },
+    }
+
+
+def rendezvous_endpoint(run: Run, attempt: int) -> str:
+    return f"{job_name(run, attempt)}-0.{service_name(run)}:{RDZV_PORT}"
+
+
+def shape(run: Run) -> tuple[int, int]:
+    """(nodes, processes per node) of an attempt. An RLRun trains each agent in its own pod."""
+    if isinstance(run, TrainingRun):
+        return run.spec.nodes, run.spec.procs_per_node
+    return len(run.spec.agents), 1
+
+
+def trainer_command(run: Run, attempt: int, uid: str) -> list[str]:
+    """torchrun for a TrainingRun; the RL trainer (one agent per completion index) for an
+    RLRun."""
+    nodes, procs = shape(run)
+    if isinstance(run, RLRun):
+        return ["python", "-m", "tradewind.trainer.rl", "--config", f"{CONFIG_DIR}/run.yaml",
+                "--agent-index", "$(PET_NODE_RANK)", "--state-dir", STATE_DIR]  # fmt: skip
+    return [
+        "torchrun",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={procs}",
+        "--node-rank=$(PET_NODE_RANK)",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rendezvous_endpoint(run, attempt)}",
+        f"--rdzv-id={uid}-{attempt}",
+        "-m",
+        "tradewind.trainer",
+        "--config",
+        f"{CONFIG_DIR}/run.yaml",
+        "--state-dir",
+        STATE_DIR,
+    ]
+
+
+def trainer_env(run: Run, attempt: int, uid: str, settings: OperatorSettings) -> list[Manifest]:
+    """torchrun's PET_* variables and the MASTER_ADDR family (Kubeflow's names), the
+    object store and MLflow endpoints, credentials by Secret reference, then the user's."""
+    nodes, procs = shape(run)
+    master = f"{job_name(run, attempt)}-0.{service_name(run)}"
+    index = {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}
+    env: list[Manifest] = [
+        {"name": "PET_NODE_RANK", **index},
+        {"name": "RANK", **index},
+        {"name": "PET_NNODES", "value": str(nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(procs)},
+        {"name": "WORLD_SIZE", "value": str(nodes * procs)},
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": str(RDZV_PORT)},
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(RDZV_PORT)},
+        {"name": "PET_RDZV_BACKEND", "value": "c10d"},
+        {"name": "PET_RDZV_ENDPOINT", "value": rendezvous_endpoint(run, attempt)},
+        {"name": "PET_RDZV_ID", "value": f"{uid}-{attempt}"},
+        {"name": "TRADEWIND_RUN_UID", "value": uid},
+        {"name": "TRADEWIND_ATTEMPT", "value": str(attempt)},
+        {"name": "TRADEWIND_STATE_DIR", "value": STATE_DIR},
+        {"name": "TRADEWIND_CHECKPOINT_URI", "value": f"s3://{settings.checkpoint_bucket}"},
+    ]
+    if settings.s3_endpoint:
+        env += [{"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint}]
+    if settings.s3_credentials_secret:
+        env += _secret_env(
+            settings.s3_credentials_secret, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        )
+    if settings.mlflow_tracking_uri:
+        env += [{"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri}]
+    if settings.mlflow_credentials_secret:
+        keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        env += _secret_env(settings.mlflow_credentials_secret, keys)
+    user = [e.model_dump(by_alias=True, exclude_none=True) for e in run.spec.pod_template.env]
+    return env + user
+
+
+def _secret_env(secret: str, keys: tuple[str, ...]) -> list[Manifest]:
+    return [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} for k in keys]
+
+
+def _resources(run: Run) -> Manifest:
+    spec = run.spec
+    requests = {k: str(v) for k, v in spec.resources.requests.items()}
+    limits = {k: str(v) for k, v in spec.resources.limits.items()}
+    if spec.device == "cuda":
+        _, procs = shape(run)
+        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(procs)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def build_job(
+    run: Run, attempt: int, uid: str, owner: Manifest, settings: OperatorSettings
+) -> Manifest:
+    """The Indexed Job of one attempt: completions = parallelism = nodes, no Job-level
+    retries (the operator restarts the whole gang from the latest checkpoint)."""
+    nodes, _ = shape(run)
+    spec, template = run.spec, run.spec.pod_template
+    pod_labels = {**template.labels, **labels(run, attempt)}
+    job_labels = labels(run, attempt)
+    if QUEUE_LABEL in (run.metadata.labels or {}):
+        job_labels[QUEUE_LABEL] = run.metadata.labels[QUEUE_LABEL]
+    volumes = [
+        {"name": "config", "configMap": {"name": config_name(run, attempt)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        *[v.model_dump(by_alias=True, exclude_none=True) for v in template.volumes],
+    ]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        *[m.model_dump(by_alias=True, exclude_none=True) for m in template.volume_mounts],
+    ]
+    container: Manifest = {
+        "name": CONTAINER,
+        "image": spec.image or settings.trainer_image,
+        "command": trainer_command(run, attempt, uid),
+        "env": trainer_env(run, attempt, uid, settings),
+        "volumeMounts": mounts,
+        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
+    }
+    if resources := _resources(run):
+        container["resources"] = resources
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "subdomain": service_name(run),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    optional = {
+        "nodeSelector": template.node_selector or None,
+        "tolerations": [
+            t.model_dump(by_alias=True, exclude_none=True) for t in template.tolerations
+        ]
+        or None,
+        "affinity": template.affinity,
+        "priorityClassName": template.priority_class_name,
+        "serviceAccountName": template.service_account_name,
+    }
+    pod_spec |= {k: v for k, v in optional.items() if v}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(run, attempt),
+            "namespace": run.metadata.namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            "backoffLimit": 0,
+            "suspend": spec.suspend,
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": dict(template.annotations)},
+                "spec": pod_spec,
+            },
+        },
+    }

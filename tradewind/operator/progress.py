@@ -1,0 +1,95 @@
+"""Live progress of a running run, read from MLflow's REST API (no MLflow client in the
+operator image): latest metrics, progress, checkpoint URIs and the run's link."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from tradewind.api.status import RunStatus
+from tradewind.operator.kube import Kube
+
+log = logging.getLogger(__name__)
+HEADLINE = ("val_loss", "eval_mean_reward", "train_loss")
+TAG_LATEST = "tradewind.checkpoint.latest"  # set by tradewind.trainer.tracking
+TAG_BEST = "tradewind.checkpoint.best"
+
+
+class ProgressReader:
+    """Finds the MLflow run of a resource by its tags and folds it into the status."""
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        self.uri = tracking_uri.rstrip("/") if tracking_uri else None
+
+    def _call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self.uri is not None
+        url = f"{self.uri}/api/2.0/mlflow/{path}"
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(
+            url, data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    def find_run(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
+        if self.uri is None:
+            return None
+        try:
+            query = urllib.parse.urlencode({"experiment_name": experiment})
+            exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
+            found = self._call(
+                "runs/search",
+                {
+                    "experiment_ids": [exp["experiment_id"]],
+                    "filter": f"tags.\"tradewind.name\" = '{name}' and "
+                    f"tags.\"tradewind.namespace\" = '{namespace}'",
+                    "order_by": ["attributes.start_time DESC"],
+                    "max_results": 1,
+                },
+            )
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            log.debug("no MLflow progress for %s/%s: %s", namespace, name, exc)
+            return None
+        runs = found.get("runs") or []
+        return dict(runs[0]) if runs else None
+
+    def update(self, body: dict[str, Any], status: RunStatus, kube: Kube) -> None:
+        """Write the latest MLflow metrics, progress and checkpoints into the status."""
+        meta, spec = body["metadata"], body.get("spec", {})
+        experiment = (spec.get("tracking") or {}).get("experiment", "tradewind")
+        run = self.find_run(experiment, meta["name"], meta["namespace"])
+        if run is None:
+            return
+        new = fold_progress(status, run, self.uri or "", spec)
+        if new != status:
+            kube.patch_status(body, new)
+
+
+def fold_progress(
+    status: RunStatus, mlflow_run: dict[str, Any], uri: str, spec: dict[str, Any]
+) -> RunStatus:
+    """The status with an MLflow run's latest metrics, progress, checkpoints and link."""
+    new = status.model_copy(deep=True)
+    data, info = mlflow_run.get("data", {}), mlflow_run["info"]
+    metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
+    tags = {t["key"]: t["value"] for t in data.get("tags", [])}
+    new.metrics = dict(sorted(metrics.items())[:128])
+    epochs = (spec.get("training") or {}).get("epochs")
+    if "epoch" in metrics and epochs:
+        new.progress.epoch, new.progress.total_epochs = int(metrics["epoch"]), int(epochs)
+        new.progress.percent = min(100, int(100 * metrics["epoch"] / epochs))
+    elif "progress" in metrics:
+        new.progress.percent = min(100, int(metrics["progress"]))
+    for key in HEADLINE:
+        if key in metrics:
+            new.headline_metric = f"{key}={metrics[key]:.4g}"
+            break
+    new.checkpoint.latest = tags.get(TAG_LATEST, new.checkpoint.latest)
+    new.checkpoint.best = tags.get(TAG_BEST, new.checkpoint.best)
+    new.mlflow.run_id = info["run_id"]
+    new.mlflow.url = f"{uri}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}"
+    return new

@@ -1,0 +1,271 @@
+"""Pure status logic: (run, its status, the observed attempt, now) -> the new status, what to
+do, and the Events to post. Unit-tested without a cluster; `reconcile` applies it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tradewind.api.status import Condition, RunStatus
+from tradewind.operator.builders import Run, shape
+
+PERMANENT_EXIT_CODES = {64: "InvalidConfig", 66: "DataNotFound"}
+"""Trainer exit codes that no restart can fix (see tradewind.trainer.entrypoint)."""
+IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+TERMINAL = ("Succeeded", "Failed")
+
+Action = Literal["create_attempt", "delete_attempt", "suspend_job", "resume_job", "delete_run"]
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    pod: str
+    exit_code: int | None
+    reason: str
+    message: str
+
+    def describe(self) -> str:
+        code = f" with exit code {self.exit_code}" if self.exit_code is not None else ""
+        detail = f": {self.message}" if self.message else ""
+        return f"pod {self.pod} failed{code} ({self.reason}){detail}"
+
+
+@dataclass(frozen=True)
+class AttemptState:
+    """What the cluster shows of the current attempt."""
+
+    exists: bool
+    suspended: bool = False
+    succeeded: bool = False
+    failure: PodFailure | None = None
+    running: int = 0
+    total: int = 0
+    waiting: str = ""
+    """Why pods wait, e.g. `pod x: ImagePullBackOff: ...`."""
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        state = status.get("state") or {}
+        if "terminated" in state and state["terminated"].get("exitCode", 0) != 0:
+            return dict(state["terminated"])
+    return None
+
+
+def observe_attempt(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> AttemptState:
+    """Summarise the Job of the current attempt and its pods."""
+    if job is None:
+        return AttemptState(exists=False)
+    conditions = {
+        c["type"]: c
+        for c in job.get("status", {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
+    failure = None
+    waiting = ""
+    running = 0
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        name = pod["metadata"]["name"]
+        phase = pod.get("status", {}).get("phase")
+        term = _terminated(pod)
+        if (phase == "Failed" or term) and failure is None:
+            term = term or {}
+            reason = term.get("reason") or pod["status"].get("reason") or "Error"
+            message = term.get("message") or pod["status"].get("message") or ""
+            failure = PodFailure(name, term.get("exitCode"), reason, message)
+        if phase in ("Running", "Succeeded"):  # a finished node stays counted while others run
+            running += 1
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            wait = (status.get("state") or {}).get("waiting") or {}
+            if wait.get("reason") in IMAGE_PULL_REASONS:
+                waiting = f"pod {name}: {wait['reason']}: {wait.get('message', '')}".strip()
+    if failure is None and "Failed" in conditions:
+        cond = conditions["Failed"]
+        failure = PodFailure(
+            job["metadata"]["name"], None, cond.get("reason", "JobFailed"), cond.get("message", "")
+        )
+    return AttemptState(
+        exists=True,
+        suspended=bool(job.get("spec", {}).get("suspend")),
+        succeeded="Complete" in conditions or "SuccessCriteriaMet" in conditions,
+        failure=failure,
+        running=running,
+        total=int(job.get("spec", {}).get("completions") or 0),
+        waiting=waiting,
+    )
+
+
+@dataclass
+class Decision:
+    status: RunStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type Normal|Warning, reason, message) per transition."""
+    written_version: str | None = None
+    """resourceVersion of the status write, once applied."""
+
+
+def set_condition(
+    status: RunStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    generation: int,
+) -> None:
+    """Add or update a condition; lastTransitionTime moves only when its status flips."""
+    new = "True" if value else "False"
+    since = now
+    for cond in status.conditions:
+        if cond.type == type_ and cond.status == new:
+            since = cond.last_transition_time or now
+    condition = Condition(
+        type=type_,
+        status=new,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    position = next((i for i, c in enumerate(status.conditions) if c.type == type_), None)
+    if position is None:
+        status.conditions.append(condition)
+    else:
+        status.conditions[position] = condition
+
+
+def _phase(
+    decision: Decision, phase: str, reason: str, message: str, now: dt.datetime, gen: int
+) -> None:
+    """Move to `phase`, keeping the conditions in step and posting an Event on a change."""
+    status = decision.status
+    if status.phase != phase:
+        kind = "Warning" if phase in ("Failed", "Restarting") else "Normal"
+        decision.events.append((kind, reason, message))
+    status.phase = phase  # type: ignore[assignment]
+    for cond in ("Running", "Restarting", "Suspended", "Succeeded", "Failed"):
+        if cond == phase:
+            set_condition(status, cond, True, reason, message, now, gen)
+        elif any(c.type == cond for c in status.conditions):
+            set_condition(status, cond, False, reason, message, now, gen)
+    ready = phase in ("Running", "Succeeded")
+    set_condition(status, "Ready", ready, reason, message, now, gen)
+    if phase in TERMINAL and status.completion_time is None:
+        status.completion_time = now
+
+
+def decide(
+    run: Run, status: RunStatus, attempt: AttemptState, now: dt.datetime, generation: int
+) -> Decision:
+    """The next status of a run and the actions that converge the cluster to it."""
+    d = Decision(status=status.model_copy(deep=True))
+    s = d.status
+    s.observed_generation = generation
+    s.nodes_total = shape(run)[0]
+    s.nodes_ready = attempt.running if attempt.exists else 0
+    if s.phase in TERMINAL:
+        ttl = run.spec.ttl_seconds_after_finished
+        if (
+            ttl is not None
+            and s.completion_time
+            and now >= s.completion_time + dt.timedelta(seconds=ttl)
+        ):
+            d.actions.append("delete_run")
+    elif run.spec.suspend:
+        if attempt.exists and not attempt.suspended:
+            d.actions.append("suspend_job")
+        message = "spec.suspend is true: pods deleted, state kept"
+        _phase(d, "Suspended", "Suspended", message, now, generation)
+    elif _past_deadline(run, s, now):
+        d.actions += ["delete_attempt"] if attempt.exists else []
+        message = f"active for more than activeDeadlineSeconds={run.spec.active_deadline_seconds}"
+        _phase(d, "Failed", "DeadlineExceeded", message, now, generation)
+    elif not attempt.exists:
+        _create(d, now, generation)
+    else:
+        if attempt.suspended:
+            d.actions.append("resume_job")
+        _progress(run, d, attempt, now, generation)
+    return d
+
+
+def _past_deadline(run: Run, s: RunStatus, now: dt.datetime) -> bool:
+    deadline = run.spec.active_deadline_seconds
+    return bool(deadline and s.start_time and now >= s.start_time + dt.timedelta(seconds=deadline))
+
+
+def _create(d: Decision, now: dt.datetime, gen: int) -> None:
+    s = d.status
+    d.actions.append("create_attempt")
+    if not any(c.type == "Created" for c in s.conditions):
+        set_condition(
+            s, "Created", True, "AttemptCreated", f"attempt {s.attempt} created", now, gen
+        )
+        d.events.append(
+            ("Normal", "Created", f"attempt {s.attempt}: ConfigMap, Service and Job created")
+        )
+    if s.phase != "Restarting":
+        message = f"waiting for {s.nodes_total} pod(s) of attempt {s.attempt}"
+        _phase(d, "Pending", "AttemptCreated", message, now, gen)
+
+
+def _progress(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, gen: int) -> None:
+    """An attempt exists: has it succeeded, failed, or how far is it?"""
+    s = d.status
+    counts = f"{attempt.running}/{attempt.total} pods running (attempt {s.attempt})"
+    if attempt.succeeded:
+        message = f"attempt {s.attempt} completed on {s.nodes_total} node(s)"
+        s.progress.percent = 100
+        _phase(d, "Succeeded", "Completed", message, now, gen)
+    elif attempt.failure is not None:
+        _on_failure(run, d, attempt.failure, now, gen)
+    elif attempt.total > 0 and attempt.running == attempt.total:
+        s.start_time = s.start_time or now
+        _phase(d, "Running", "AllNodesRunning", counts, now, gen)
+    elif attempt.waiting:
+        _phase(
+            d,
+            s.phase if s.phase == "Restarting" else "Pending",
+            "ImagePullFailure",
+            attempt.waiting,
+            now,
+            gen,
+        )
+    elif s.phase != "Restarting":
+        _phase(d, "Pending", "PodsPending", counts, now, gen)
+
+
+def _on_failure(run: Run, d: Decision, failure: PodFailure, now: dt.datetime, gen: int) -> None:
+    s = d.status
+    what = failure.describe()
+    permanent = PERMANENT_EXIT_CODES.get(failure.exit_code or 0)
+    if permanent:
+        _phase(d, "Failed", permanent, f"{what}: a permanent error, not retried", now, gen)
+    elif s.restarts >= run.spec.max_restarts:
+        _phase(
+            d,
+            "Failed",
+            "MaxRestartsReached",
+            f"{what}; maxRestarts={run.spec.max_restarts} reached",
+            now,
+            gen,
+        )
+    else:
+        d.actions.append("delete_attempt")
+        s.restarts += 1
+        s.attempt += 1
+        reason = (
+            failure.reason
+            if failure.reason in ("OOMKilled", "Evicted", "DeadlineExceeded")
+            else "AttemptFailed"
+        )
+        message = (
+            f"{what}; starting attempt {s.attempt} from the latest checkpoint "
+            f"(restart {s.restarts} of {run.spec.max_restarts})"
+        )
+        if s.phase == "Restarting":  # a restart during a restart is a transition too
+            d.events.append(("Warning", reason, message))
+        _phase(d, "Restarting", reason, message, now, gen)
