@@ -113,7 +113,7 @@ def run_manifest(
         int | None, typer.Option(min=1, max=64, help="Override spec.procsPerNode.")
     ] = None,
     state_dir: Annotated[
-        Path, typer.Option(help="Local checkpoints, MLflow store and feature cache of runs.")
+        Path, typer.Option(help="Local checkpoints and MLflow store of runs.")
     ] = Path(".tradewind"),
 ) -> None:
     """Run a manifest on this machine, exactly as the cluster would run it.

@@ -128,3 +128,27 @@ def test_a_pod_can_be_made_to_fail_with_an_exit_code(kubectl: Kubectl, namespace
         if "terminated" in s["state"]
     ]
     assert {"exitCode": 137, "reason": "OOMKilled"}.items() <= terminated[0].items()
+
+
+def test_fields_fixed_at_creation_reject_changes_and_others_apply(
+    kubectl: Kubectl, crds_installed: None, namespace: str
+) -> None:
+    run = {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "fixed"},
+        "spec": {"nodes": 2},
+    }
+    kubectl.apply(run, "-n", namespace)
+    patch = '{"spec": {"nodes": 4}}'
+    result = kubectl.run(
+        "patch", "trainingrun/fixed", "-n", namespace, "--type=merge", "-p", patch, check=False
+    )
+    assert result.returncode != 0
+    assert (
+        "spec.nodes" in result.stderr and "cannot change after the run is created" in result.stderr
+    )
+    patch = '{"spec": {"training": {"epochs": 50}, "maxRestarts": 5}}'
+    kubectl.run("patch", "trainingrun/fixed", "-n", namespace, "--type=merge", "-p", patch)
+    spec = kubectl.get("trainingrun/fixed", "-n", namespace)["spec"]
+    assert spec["training"]["epochs"] == 50 and spec["maxRestarts"] == 5 and spec["nodes"] == 2

@@ -35,11 +35,30 @@ class CelRule:
     field_path: str = ""
     """Where the error points, relative to the model (`.dim`); empty for the model itself."""
 
+    @property
+    def is_transition(self) -> bool:
+        """Compares with the stored object (oldSelf): only the apiserver can check it, on
+        update."""
+        return "oldSelf" in self.rule
+
     def to_crd(self) -> dict[str, str]:
         out = {"rule": self.rule, "message": self.message}
         if self.field_path:
             out["fieldPath"] = self.field_path
         return out
+
+
+def immutable(*fields: str) -> tuple[CelRule, ...]:
+    """Transition rules: these fields keep their value after creation (checkpoints and
+    running pods depend on them); a change is rejected at `kubectl apply`."""
+    return tuple(
+        CelRule(
+            f"self.{f} == oldSelf.{f}",
+            f"{f} cannot change after the run is created; create a new run instead",
+            f".{f}",
+        )
+        for f in fields
+    )
 
 
 def _add_cel_rules(schema: dict[str, Any], cls: type) -> None:
@@ -73,6 +92,8 @@ class ApiModel(BaseModel):
             return self
         context = {"self": self.model_dump(mode="json", by_alias=True, exclude_none=True)}
         for rule in self.cel_rules:
+            if rule.is_transition:
+                continue
             if cel.evaluate(rule.rule, context) is not True:
                 raise PydanticCustomError(
                     "cel_rule",

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from tradewind.api.base import ApiModel, CelRule, DNSLabel
+from tradewind.api.base import ApiModel, CelRule, DNSLabel, immutable
 from tradewind.api.common import DataSource, RunBase
 from tradewind.api.hyperparameters import (
     hyperparameter_errors,
@@ -129,6 +129,7 @@ class RLRunSpec(RunBase):
     """Evaluation."""
 
     cel_rules = (
+        *immutable("environment", "agents", "device"),
         CelRule(
             "self.agents.all(a, self.agents.exists_one(b, b.name == a.name))",
             "agent names must be unique",

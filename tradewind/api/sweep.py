@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from tradewind.api.base import ApiModel, CelRule, ShortStr
+from tradewind.api.base import ApiModel, CelRule, ShortStr, immutable
 from tradewind.api.rl import RLRunSpec
 from tradewind.api.spec_paths import SpecPathError, check_path, set_path
 from tradewind.api.training import TrainingRunSpec
@@ -185,6 +185,7 @@ class SweepSpec(ApiModel):
     """Sampler seed."""
 
     cel_rules = (
+        *immutable("template", "searchSpace", "sampler"),
         CelRule(
             "has(self.objective) != has(self.objectives)",
             "set exactly one of objective and objectives",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tradewind.api.base import ApiModel, CelRule, ShortStr
+from tradewind.api.base import ApiModel, CelRule, ShortStr, immutable
 from tradewind.api.common import DataSource, RunBase
 
 # --- data ----------------------------------------------------------------------------------
@@ -404,6 +404,7 @@ class TrainingRunSpec(RunBase):
     """Evaluation after training."""
 
     cel_rules = (
+        *immutable("nodes", "procsPerNode", "device", "data", "model"),
         CelRule(
             "!has(self.training.seq2seq) || self.model.type in ['lstm', 'attention_lstm']",
             "training.seq2seq needs model.type lstm or attention_lstm",

@@ -74,7 +74,11 @@ def train(
             system_metrics=tracking.system_metrics and env.is_main,
         )  # fmt: skip
         trainer.state.mlflow_run_id = tracker.run_id
-        result = trainer.fit(on_epoch=on_epoch if env.is_main else None)
+        try:
+            result = trainer.fit(on_epoch=on_epoch if env.is_main else None)
+        except BaseException:
+            tracker.end("FAILED")
+            raise
         if env.is_main:
             example = trainer.example_input()
             logits = trainer.predict_logits(example)
@@ -99,10 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        (run,) = load_resources(args.config)
+        resources = load_resources(args.config)
     except (ManifestError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    if len(resources) != 1:
+        print(
+            f"error: {args.config}: holds {len(resources)} resources; expected one", file=sys.stderr
+        )
+        return EXIT_BAD_CONFIG
+    (run,) = resources
     if not isinstance(run, TrainingRun):
         print(f"error: {args.config}: expected a TrainingRun, got {run.kind}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -174,10 +174,16 @@ class SupervisedTrainer:
         """Continue from the latest checkpoint (`resumeFrom: latest`), another run's
         checkpoint (a URI; once this run has its own, a restart continues from that) or
         start fresh (`none`)."""
+        own = self.checkpointer.latest_step is not None
         state = self.checkpointer.resume(self.spec.checkpoint.resume_from)
-        if state is not None:
+        if state is None:
+            return
+        if own or self.spec.checkpoint.resume_from == "latest":
             self.load_state_dict(state)
             log.info("resumed at epoch %d (step %d)", self.state.epoch, self.state.step)
+        else:  # another run's checkpoint: its weights, but this run's own fresh training
+            self.model.load_state_dict(state["model"])
+            log.info("fine-tuning from %s", self.spec.checkpoint.resume_from)
 
     # --- one epoch --------------------------------------------------------------------
 
@@ -359,21 +365,6 @@ class SupervisedTrainer:
             self.state.epoch += 1
             self.state.history.append(metrics)
             self.tracker.metrics(metrics, step=self.state.epoch)
-            if self.env.is_main and (
-                self.state.epoch % self.spec.checkpoint.interval == 0
-                or self.state.epoch == spec.epochs
-            ):
-                self.checkpointer.save(
-                    self.state.epoch,
-                    self.state_dict(),
-                    metrics.get(spec.early_stopping.monitor),
-                    spec.early_stopping.mode,
-                )
-                self.tracker.tags(
-                    {TAG_LATEST: self.checkpointer.latest_uri, TAG_BEST: self.checkpointer.best_uri}
-                )
-            if on_epoch is not None:
-                on_epoch(self.state.epoch, metrics)
             es = spec.early_stopping
             stopped_early = dist_utils.any_rank(
                 es.enabled
@@ -381,7 +372,18 @@ class SupervisedTrainer:
                 and self.state.epochs_without_improvement >= es.patience,
                 self.env,
             )
+            last = stopped_early or self.state.epoch == spec.epochs
+            if self.env.is_main and (self.state.epoch % self.spec.checkpoint.interval == 0 or last):
+                self._save_checkpoint(metrics.get(es.monitor))
+            if on_epoch is not None:
+                on_epoch(self.state.epoch, metrics)
         return self._finish(stopped_early)
+
+    def _save_checkpoint(self, metric: float | None) -> None:
+        mode = self.spec.training.early_stopping.mode
+        self.checkpointer.save(self.state.epoch, self.state_dict(), metric, mode)
+        latest, best = self.checkpointer.latest_uri, self.checkpointer.best_uri
+        self.tracker.tags({TAG_LATEST: latest, TAG_BEST: best})
 
     def _track_best(self, metrics: dict[str, float]) -> bool:
         es = self.spec.training.early_stopping
