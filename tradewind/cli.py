@@ -242,8 +242,15 @@ def operator(
     ] = None,
     liveness: Annotated[
         str | None,
-        typer.Option(help="Serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz."),
+        typer.Option(
+            help="Serve liveness/readiness at this URL, e.g. http://0.0.0.0:8080/healthz."
+        ),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port at /metrics.")
+    ] = None,
+    json_logs: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Log every watch event and handler.")] = False,
 ) -> None:
     """Run the Tradewind operator: reconcile TrainingRuns and RLRuns into torchrun Jobs.
 
@@ -253,7 +260,7 @@ def operator(
     """
     from tradewind.operator.loop import run_operator
 
-    run_operator(namespace or [], liveness)
+    run_operator(namespace or [], liveness, metrics_port, json_logs, verbose)
 
 
 @app.command()

@@ -27,6 +27,9 @@ class Operator:
     """`tradewind operator` as a separate process, pointed at the test stack."""
 
     def __init__(self, stack: DevStack, log: Path) -> None:
+        from tradewind.devstack.processes import free_port
+
+        self.metrics_port, self.health_port = free_port(), free_port()
         env = {**os.environ, **stack.env()}
         env |= {
             "TRADEWIND_MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
@@ -40,7 +43,9 @@ class Operator:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            argv = [sys.executable, "-m", "tradewind.cli", "operator"]
+            argv = [sys.executable, "-m", "tradewind.cli", "operator", "--json-logs",
+                    f"--metrics-port={self.metrics_port}",
+                    f"--liveness=http://127.0.0.1:{self.health_port}/healthz"]  # fmt: skip
             self.proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
@@ -277,3 +282,29 @@ def test_operator_killed_and_restarted_creates_nothing_twice(
         "events", "-n", namespace, "--field-selector", "involvedObject.name=survivor"
     )["items"]
     assert sum(e["reason"] == "Created" for e in events) == 1
+
+
+def test_metrics_liveness_and_json_logs(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    import urllib.request
+
+    kubectl.apply(_run("observed"), "-n", namespace)
+    kubectl.wait("--for=condition=Succeeded", "trainingrun/observed", "-n", namespace)
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5
+    ) as resp:
+        text = resp.read().decode()
+    assert 'tradewind_reconcile_duration_seconds_count{kind="TrainingRun"}' in text
+    succeeded = [
+        line
+        for line in text.splitlines()
+        if line.startswith('tradewind_runs{kind="TrainingRun",phase="Succeeded"}')
+    ]
+    assert succeeded and float(succeeded[0].split()[-1]) >= 1
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5
+    ) as resp:
+        assert resp.status == 200
+    lines = [line for line in operator.log.read_text().splitlines() if line.startswith("{")]
+    assert lines and all("message" in json.loads(line) for line in lines)

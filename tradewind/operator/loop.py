@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from tradewind.operator import metrics
 from tradewind.operator.kube import Kube
 from tradewind.operator.progress import ProgressReader
 from tradewind.operator.reconcile import reconcile
@@ -47,6 +48,7 @@ async def run_daemon(
     settings: OperatorSettings = memo.settings
     last_progress = 0.0
     written: dict[str, Any] = {}  # our last status write and the resourceVersion it produced
+    counted: str | None = None  # the phase this run is counted under in the gauge
     while not stopped:
         wakeup.clear()
         snapshot = {
@@ -58,8 +60,15 @@ async def run_daemon(
             snapshot["status"] = written["status"]
         jobs, pods = list(jobs_index.get(key, [])), list(pods_index.get(key, []))
         phase = None
+        kind = snapshot["kind"]
         try:
-            decision = await asyncio.to_thread(reconcile, snapshot, jobs, pods, memo.kube, settings)
+            with metrics.RECONCILE_SECONDS.labels(kind).time():
+                decision = await asyncio.to_thread(
+                    reconcile, snapshot, jobs, pods, memo.kube, settings
+                )
+            counted = _count(kind, counted, decision.status.phase)
+            if decision.status.restarts > int((snapshot.get("status") or {}).get("restarts") or 0):
+                metrics.RESTARTS.labels(kind).inc()
             if decision.written_version is not None:
                 status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
                 written.update(version=decision.written_version, status=status)
@@ -68,11 +77,23 @@ async def run_daemon(
                 last_progress = time.monotonic()
                 await asyncio.to_thread(memo.progress.update, snapshot, decision.status, memo.kube)
         except Exception:  # a failed reconcile is retried on the next wake-up
+            metrics.RECONCILE_ERRORS.labels(kind).inc()
             log.exception("reconcile of %s/%s failed", *key)
         timeout = settings.status_poll_seconds if phase is None or phase in ACTIVE else 60.0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), timeout=timeout)
     memo.wakeups.pop(key, None)
+    if counted:
+        metrics.RUNS_BY_PHASE.labels(body["kind"], counted).dec()
+
+
+def _count(kind: str, counted: str | None, phase: str) -> str:
+    """Move this run in the runs-by-phase gauge from where it was counted to `phase`."""
+    if counted != phase:
+        if counted:
+            metrics.RUNS_BY_PHASE.labels(kind, counted).dec()
+        metrics.RUNS_BY_PHASE.labels(kind, phase).inc()
+    return phase
 
 
 def _older(version: str | None, than: str) -> bool:
@@ -84,11 +105,23 @@ def _older(version: str | None, than: str) -> bool:
         return False
 
 
-def run_operator(namespaces: list[str], liveness: str | None = None) -> None:
+def run_operator(
+    namespaces: list[str],
+    liveness: str | None = None,
+    metrics_port: int | None = None,
+    json_logs: bool = False,
+    verbose: bool = False,
+) -> None:
     """Run the operator in this process until interrupted."""
     import tradewind.operator.main  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=False)
+    kopf.configure(
+        verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL
+    )
+    if not verbose:  # one line per watch event and handler is too much at a thousand runs
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
