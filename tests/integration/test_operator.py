@@ -308,3 +308,61 @@ def test_metrics_liveness_and_json_logs(
         assert resp.status == 200
     lines = [line for line in operator.log.read_text().splitlines() if line.startswith("{")]
     assert lines and all("message" in json.loads(line) for line in lines)
+
+
+def test_an_rl_ensemble_trains_agents_in_parallel_then_combines(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    run = {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "RLRun",
+        "metadata": {"name": "ensemble"},
+        "spec": {
+            "environment": {"actionSpace": "continuous"},
+            "agents": [{"name": "ppo", "algorithm": "ppo"}, {"name": "sac", "algorithm": "sac"}],
+            "ensemble": {"method": "thompson_sampling"},
+        },
+    }
+    kubectl.apply(run, "-n", namespace)
+    kubectl.wait("--for=condition=Succeeded", "rlrun/ensemble", "-n", namespace, timeout=120)
+    train = kubectl.get("job/ensemble-0", "-n", namespace)
+    assert train["spec"]["completions"] == 2 and train["status"]["succeeded"] == 2
+    combine = kubectl.get("job/ensemble-0-combine", "-n", namespace)
+    assert combine["status"]["succeeded"] == 1
+    assert "--combine" in combine["spec"]["template"]["spec"]["containers"][0]["command"]
+    train_done = next(c for c in train["status"]["conditions"] if c["type"] == "Complete")
+    assert combine["metadata"]["creationTimestamp"] >= train_done["lastTransitionTime"]
+
+
+def test_status_follows_the_runs_mlflow_metrics(
+    kubectl: Kubectl, operator: Operator, stack: DevStack, namespace: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    kubectl.apply(_run("tracked", training={"epochs": 10}, podTemplate=_hold()), "-n", namespace)
+    kubectl.wait("--for=condition=Running", "trainingrun/tracked", "-n", namespace)
+    client = MlflowClient(stack.env()["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("tradewind")
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("tradewind")
+    )
+    tags = {"tradewind.name": "tracked", "tradewind.namespace": namespace,
+            "tradewind.checkpoint.latest": "s3://tradewind/x/step-0000000004"}  # fmt: skip
+    mlflow_run = client.create_run(experiment_id, tags=tags)
+    for epoch, loss in ((1, 0.9), (2, 0.7), (3, 0.61), (4, 0.55)):
+        client.log_metric(mlflow_run.info.run_id, "val_loss", loss, step=epoch)
+        client.log_metric(mlflow_run.info.run_id, "epoch", epoch, step=epoch)
+    kubectl.wait(
+        "--for=jsonpath={.status.progress.percent}=40",
+        "trainingrun/tracked",
+        "-n",
+        namespace,
+        timeout=60,
+    )
+    status = _status(kubectl, namespace, "tracked")
+    assert status["progress"]["epoch"] == 4 and status["progress"]["totalEpochs"] == 10
+    assert status["headlineMetric"] == "val_loss=0.55" and status["metrics"]["val_loss"] == 0.55
+    assert status["checkpoint"]["latest"] == "s3://tradewind/x/step-0000000004"
+    assert status["mlflow"]["runId"] == mlflow_run.info.run_id
+    assert status["mlflow"]["url"].endswith(f"/runs/{mlflow_run.info.run_id}")
+    assert "val_loss=0.55" in kubectl.run("get", "trainingrun/tracked", "-n", namespace).stdout

@@ -19,6 +19,8 @@ Manifest = dict[str, Any]
 RUN_LABEL = f"{GROUP}/run"
 KIND_LABEL = f"{GROUP}/kind"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+ROLE_LABEL = f"{GROUP}/role"
+"""`train` for the Job that trains, `combine` for an RLRun ensemble's evaluation step."""
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RDZV_PORT = 29400
 CONFIG_DIR = "/etc/tradewind"
@@ -33,6 +35,15 @@ def job_name(run: Run, attempt: int) -> str:
 
 def service_name(run: Run) -> str:
     return run.metadata.name
+
+
+def combine_job_name(run: Run, attempt: int) -> str:
+    return f"{run.metadata.name}-{attempt}-combine"
+
+
+def needs_combine(run: Run) -> bool:
+    """An RLRun ensemble evaluates its trained agents together in a last step."""
+    return isinstance(run, RLRun) and run.spec.ensemble is not None
 
 
 def config_name(run: Run, attempt: int) -> str:
@@ -52,10 +63,12 @@ def owner_reference(run_body: Manifest) -> Manifest:
     }
 
 
-def labels(run: Run, attempt: int | None = None) -> dict[str, str]:
+def labels(run: Run, attempt: int | None = None, role: str | None = None) -> dict[str, str]:
     out = {RUN_LABEL: run.metadata.name, KIND_LABEL: run.kind}
     if attempt is not None:
         out[ATTEMPT_LABEL] = str(attempt)
+    if role is not None:
+        out[ROLE_LABEL] = role
     return out
 
 
@@ -119,8 +132,9 @@ def trainer_command(run: Run, attempt: int, uid: str) -> list[str]:
     RLRun."""
     nodes, procs = shape(run)
     if isinstance(run, RLRun):
-        return ["python", "-m", "tradewind.trainer.rl", "--config", f"{CONFIG_DIR}/run.yaml",
-                "--agent-index", "$(PET_NODE_RANK)", "--state-dir", STATE_DIR]  # fmt: skip
+        config = f"{CONFIG_DIR}/run.yaml"
+        command = ["python", "-m", "tradewind.trainer.rl", "--config", config]
+        return [*command, "--agent-index", "$(PET_NODE_RANK)", "--state-dir", STATE_DIR]
     return [
         "torchrun",
         f"--nnodes={nodes}",
@@ -198,8 +212,8 @@ def build_job(
     retries (the operator restarts the whole gang from the latest checkpoint)."""
     nodes, _ = shape(run)
     spec, template = run.spec, run.spec.pod_template
-    pod_labels = {**template.labels, **labels(run, attempt)}
-    job_labels = labels(run, attempt)
+    pod_labels = {**template.labels, **labels(run, attempt, "train")}
+    job_labels = labels(run, attempt, "train")
     if QUEUE_LABEL in (run.metadata.labels or {}):
         job_labels[QUEUE_LABEL] = run.metadata.labels[QUEUE_LABEL]
     volumes = [
@@ -260,3 +274,22 @@ def build_job(
             },
         },
     }
+
+
+def build_combine_job(
+    run: Run, attempt: int, uid: str, owner: Manifest, settings: OperatorSettings
+) -> Manifest:
+    """The RLRun ensemble's last step: one pod that loads every agent of the attempt,
+    combines them and evaluates the ensemble against each member and buy-and-hold."""
+    job = build_job(run, attempt, uid, owner, settings)
+    job["metadata"]["name"] = combine_job_name(run, attempt)
+    job["metadata"]["labels"][ROLE_LABEL] = "combine"
+    job["spec"] |= {"completions": 1, "parallelism": 1}
+    template = job["spec"]["template"]
+    template["metadata"]["labels"][ROLE_LABEL] = "combine"
+    template["spec"].pop("subdomain", None)
+    (container,) = template["spec"]["containers"]
+    config = f"{CONFIG_DIR}/run.yaml"
+    container["command"] = ["python", "-m", "tradewind.trainer.rl", "--config", config, "--combine"]
+    container["command"] += ["--state-dir", STATE_DIR]
+    return job

@@ -18,7 +18,13 @@ from tradewind.api.status import RunStatus
 from tradewind.operator import builders
 from tradewind.operator.kube import Kube
 from tradewind.operator.settings import OperatorSettings
-from tradewind.operator.status import Decision, decide, observe_attempt, set_condition
+from tradewind.operator.status import (
+    AttemptState,
+    Decision,
+    decide,
+    observe_attempt,
+    set_condition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +73,39 @@ def reconcile(
         decision.written_version = kube.patch_status(body, decision.status)
         return decision
     status = RunStatus.model_validate(body.get("status") or {})
-    current = [
-        j
-        for j in jobs
-        if j["metadata"]["labels"].get(builders.ATTEMPT_LABEL) == str(status.attempt)
-    ]
-    attempt_pods = [
-        p
-        for p in pods
-        if p["metadata"]["labels"].get(builders.ATTEMPT_LABEL) == str(status.attempt)
-    ]
-    decision = decide(
-        run,
-        status,
-        observe_attempt(current[0] if current else None, attempt_pods),
-        now,
-        meta.get("generation", 0),
-    )
+    state, create_combine = _observe(run, status.attempt, jobs, pods)
+    decision = decide(run, status, state, now, meta.get("generation", 0))
+    if create_combine and decision.status.phase not in ("Failed", "Suspended"):
+        decision.actions.append("create_combine")
     _apply(run, body, decision, jobs, kube, settings)
     if decision.status != status:
         decision.written_version = kube.patch_status(body, decision.status)
     return decision
+
+
+def _observe(
+    run: TrainingRun | RLRun, attempt: int, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> tuple[AttemptState, bool]:
+    """The state of the current attempt, and whether its combine step is due. An ensemble's
+    attempt is done when its combine Job is: until then a finished training Job is still
+    running."""
+
+    def of(items: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+        labels = [(i, i["metadata"]["labels"]) for i in items]
+        return [
+            i
+            for i, lab in labels
+            if lab.get(builders.ATTEMPT_LABEL) == str(attempt)
+            and lab.get(builders.ROLE_LABEL, "train") == role
+        ]
+
+    train_jobs, combine_jobs = of(jobs, "train"), of(jobs, "combine")
+    train = observe_attempt(train_jobs[0] if train_jobs else None, of(pods, "train"))
+    if not (builders.needs_combine(run) and train.succeeded):
+        return train, False
+    if not combine_jobs:
+        return AttemptState(exists=True, running=train.total, total=train.total), True
+    return observe_attempt(combine_jobs[0], of(pods, "combine")), False
 
 
 def _apply(
@@ -103,19 +121,26 @@ def _apply(
     for job in jobs:  # children of other attempts are stale: tear them down with their pods
         if job["metadata"]["labels"].get(builders.ATTEMPT_LABEL) != str(attempt):
             kube.delete("Job", ns, job["metadata"]["name"])
-            kube.delete("ConfigMap", ns, job["metadata"]["name"] + "-config")
+            stale = int(job["metadata"]["labels"].get(builders.ATTEMPT_LABEL, -1))
+            kube.delete("ConfigMap", ns, builders.config_name(run, stale))
     actions = decision.actions
     if "delete_run" in actions:
         kube.delete(run.kind, ns, run.metadata.name)
         return
     if "delete_attempt" in actions:
         kube.delete("Job", ns, builders.job_name(run, attempt))
+        kube.delete("Job", ns, builders.combine_job_name(run, attempt))
     if "create_attempt" in actions:
         owner = builders.owner_reference(body)
         uid = body["metadata"]["uid"]
         kube.create(builders.build_configmap(run, attempt, owner))
         kube.create(builders.build_service(run, owner))
         kube.create(builders.build_job(run, attempt, uid, owner, settings))
+    if "create_combine" in actions:
+        owner = builders.owner_reference(body)
+        kube.create(
+            builders.build_combine_job(run, attempt, body["metadata"]["uid"], owner, settings)
+        )
     if "suspend_job" in actions or "resume_job" in actions:
         kube.set_job_suspended(ns, builders.job_name(run, attempt), "suspend_job" in actions)
     for kind, reason, message in decision.events:

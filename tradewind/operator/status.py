@@ -16,7 +16,9 @@ PERMANENT_EXIT_CODES = {64: "InvalidConfig", 66: "DataNotFound"}
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 TERMINAL = ("Succeeded", "Failed")
 
-Action = Literal["create_attempt", "delete_attempt", "suspend_job", "resume_job", "delete_run"]
+Action = Literal[
+    "create_attempt", "create_combine", "delete_attempt", "suspend_job", "resume_job", "delete_run"
+]
 
 
 @dataclass(frozen=True)
