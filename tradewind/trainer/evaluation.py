@@ -22,6 +22,7 @@ class TradeSamples:
 
     symbol_ids: npt.NDArray[np.int64]
     forward_returns: FloatArray
+    timestamps: npt.NDArray[np.datetime64]
     order: npt.NDArray[np.int64]
     """Positions into the split's samples (chronological within each symbol)."""
 
@@ -37,7 +38,9 @@ def trade_samples(
         idx = idx[np.argsort(timestamps[idx], kind="stable")]
         keep.append(idx[::horizon])
     order = np.concatenate(keep) if keep else np.empty(0, np.int64)
-    return TradeSamples(symbol_ids[order], forward_returns[order].astype(np.float64), order)
+    return TradeSamples(
+        symbol_ids[order], forward_returns[order].astype(np.float64), timestamps[order], order
+    )
 
 
 def strategy_returns(positions: FloatArray, trades: TradeSamples, cost: float) -> FloatArray:
@@ -49,6 +52,14 @@ def strategy_returns(positions: FloatArray, trades: TradeSamples, cost: float) -
         turnover = np.abs(np.diff(pos, prepend=0.0))
         out[m] = pos * trades.forward_returns[m] - cost * turnover
     return out
+
+
+def portfolio_returns(returns: FloatArray, trades: TradeSamples) -> FloatArray:
+    """Equal-weight portfolio over symbols: the mean return of the trades entered at each
+    bar, in time order."""
+    bars, index = np.unique(trades.timestamps, return_inverse=True)
+    sums = np.bincount(index, weights=returns, minlength=len(bars))
+    return sums / np.bincount(index, minlength=len(bars))
 
 
 def performance(
@@ -76,21 +87,29 @@ def performance(
     }
 
 
+def strategy_signals(
+    predicted_classes: npt.NDArray[np.int64], trades: TradeSamples, seed: int = 0
+) -> dict[str, FloatArray]:
+    """Positions of the model, buy-and-hold and a seeded random signal on the trades."""
+    rng = np.random.default_rng(seed)
+    return {
+        "model": predicted_classes[trades.order].astype(np.float64) - 1.0,
+        "buy_and_hold": np.ones(len(trades.order)),
+        "random": rng.integers(-1, 2, len(trades.order)).astype(np.float64),
+    }
+
+
 def compare_strategies(
     predicted_classes: npt.NDArray[np.int64], trades: TradeSamples, cost: float,
     periods_per_year: float, seed: int = 0,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """The model against buy-and-hold and a seeded random signal, after costs."""
-    rng = np.random.default_rng(seed)
-    signals = {
-        "model": predicted_classes[trades.order].astype(np.float64) - 1.0,
-        "buy_and_hold": np.ones(len(trades.order)),
-        "random": rng.integers(-1, 2, len(trades.order)).astype(np.float64),
-    }
-    return {
-        name: performance(strategy_returns(pos, trades, cost), pos, periods_per_year)
-        for name, pos in signals.items()
-    }
+    signals = strategy_signals(predicted_classes, trades, seed)
+    out = {}
+    for name, pos in signals.items():
+        returns = portfolio_returns(strategy_returns(pos, trades, cost), trades)
+        out[name] = performance(returns, pos, periods_per_year)
+    return out
 
 
 def periods(timestamps: npt.NDArray[np.datetime64], step: int) -> list[npt.NDArray[np.int64]]:

@@ -24,7 +24,15 @@ from tradewind.trainer import distributed as dist_utils
 from tradewind.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from tradewind.trainer.data.dataset import SupervisedDataset, SupervisedSplit, build_dataset
 from tradewind.trainer.distributed import DistEnv
-from tradewind.trainer.evaluation import bars_per_year, compare_strategies, periods, trade_samples
+from tradewind.trainer.evaluation import (
+    bars_per_year,
+    compare_strategies,
+    periods,
+    portfolio_returns,
+    strategy_returns,
+    strategy_signals,
+    trade_samples,
+)
 from tradewind.trainer.losses import MultiTaskLoss
 from tradewind.trainer.models import TradingModel, build_model
 from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
@@ -428,6 +436,8 @@ class SupervisedTrainer:
             test | {f"backtest_{k}": v for k, v in backtest["model"].items()}, step=self.state.epoch
         )
         self.tracker.table(walk_forward, "walk_forward.json")
+        if self.env.is_main and self.tracker.enabled:
+            self._log_figures()
         return Result(
             metrics=final,
             backtest=backtest,
@@ -439,6 +449,46 @@ class SupervisedTrainer:
             mlflow_tracking_uri=self.tracker.tracking_uri,
             stopped_early=stopped_early,
         )
+
+    def _log_figures(self) -> None:
+        """Loss curves, test confusion matrix, equity curves and attention, to MLflow."""
+        import matplotlib.pyplot as plt
+
+        from tradewind.trainer import plots
+
+        test = self.data.test
+        predicted = self.predict(test)[0].argmax(-1)
+        trades = trade_samples(
+            test.symbol_ids, test.timestamps, test.forward_returns, self.data.prediction_horizon
+        )
+        cost = self.spec.evaluation.transaction_cost
+        signals = strategy_signals(predicted, trades, self.spec.seed)
+        returns = {
+            name: portfolio_returns(strategy_returns(pos, trades, cost), trades)
+            for name, pos in signals.items()
+        }
+        figures = {
+            "loss_curves.png": plots.loss_curves(self.state.history),
+            "confusion_matrix.png": plots.confusion_matrix(
+                test.labels, predicted, self.spec.model.heads.num_classes
+            ),
+            "equity_curve.png": plots.equity_curves(returns),
+        }
+        attention = self._mean_attention(test)
+        if attention is not None:
+            figures["attention.png"] = plots.attention_heatmap(attention)
+        for name, figure in figures.items():
+            self.tracker.figure(figure, name)
+            plt.close(figure)
+
+    @torch.no_grad()
+    def _mean_attention(self, split: SupervisedSplit) -> np.ndarray | None:
+        self.model.eval()
+        batch = next(self.batches(split, np.arange(min(256, len(split))), 256), None)
+        if batch is None:
+            return None
+        attention = self.model(batch["x"]).attention
+        return None if attention is None else attention.float().mean(0).cpu().numpy()
 
     def backtest(
         self, split: SupervisedSplit

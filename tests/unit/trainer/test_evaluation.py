@@ -6,6 +6,7 @@ from tradewind.trainer.evaluation import (
     compare_strategies,
     performance,
     periods,
+    portfolio_returns,
     strategy_returns,
     trade_samples,
 )
@@ -59,3 +60,31 @@ def test_periods_group_consecutive_bars() -> None:
 
 def test_bars_per_year_of_daily_calendar_days() -> None:
     assert bars_per_year(_days(731)) == pytest.approx(365, rel=0.01)
+
+
+def test_portfolio_averages_symbols_per_bar() -> None:
+    ts = np.concatenate([_days(2), _days(2)])
+    trades = trade_samples(np.array([0, 0, 1, 1]), ts, np.zeros(4), horizon=1)
+    out = portfolio_returns(np.array([0.02, 0.04, 0.0, -0.02]), trades)
+    assert out == pytest.approx([0.01, 0.01])
+
+
+def test_figures_render(tmp_path) -> None:
+    from tradewind.trainer import plots
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.4},
+               {"epoch": 2, "train_loss": 0.9, "val_loss": 1.0, "val_accuracy": 0.45}]  # fmt: skip
+    figures = [
+        plots.loss_curves(history),
+        plots.confusion_matrix(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 1])),
+        plots.equity_curves(
+            {"model": np.array([0.01, -0.02]), "buy_and_hold": np.array([0.0, 0.01])}
+        ),
+        plots.attention_heatmap(np.full((5, 5), 0.2, dtype=np.float32)),
+        plots.attention_heatmap(np.full(5, 0.2, dtype=np.float32)),
+    ]
+    for i, fig in enumerate(figures):
+        fig.savefig(tmp_path / f"{i}.png")
+        assert (tmp_path / f"{i}.png").read_bytes()[:4] == b"\x89PNG"
+    texts = [t.get_text() for t in figures[1].axes[0].texts]
+    assert texts == ["1", "0", "0", "0", "0", "1", "0", "1", "1"]

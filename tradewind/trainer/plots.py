@@ -1,0 +1,93 @@
+"""Figures logged to MLflow at the end of a run: loss curves, confusion matrix, equity
+curves against the baselines, and an attention heatmap."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in pods
+
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+from matplotlib.figure import Figure
+
+CLASS_NAMES = ("Sell", "Hold", "Buy")
+
+
+def loss_curves(history: Sequence[Mapping[str, float]]) -> Figure:
+    """Training and validation loss per epoch, with validation accuracy on a second axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    epochs = [h["epoch"] for h in history]
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], style, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if any("val_accuracy" in h for h in history):
+        acc = ax.twinx()
+        acc.plot(
+            epochs,
+            [h.get("val_accuracy", np.nan) for h in history],
+            ":",
+            color="tab:green",
+            label="val_accuracy",
+        )
+        acc.set_ylabel("validation accuracy")
+        acc.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title("Loss curves")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(
+    y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], classes: int = 3
+) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (y_true, y_pred), 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(counts, cmap="Blues")
+    names = CLASS_NAMES if classes == 3 else tuple(str(i) for i in range(classes))
+    ax.set_xticks(range(classes), names)
+    ax.set_yticks(range(classes), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="black")
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    return fig
+
+
+def equity_curves(returns: Mapping[str, npt.NDArray[np.float64]]) -> Figure:
+    """Compounded equity of each strategy's per-period returns (after costs)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, series in returns.items():
+        ax.plot(np.cumprod(1.0 + series), label=name)
+    ax.axhline(1.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("trade period (test)")
+    ax.set_ylabel("equity")
+    ax.set_title("Equity: model vs buy-and-hold vs random")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def attention_heatmap(weights: npt.NDArray[np.float32]) -> Figure:
+    """Mean attention over a batch: [T, T] (query x key) or [T] (pooling over time)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if weights.ndim == 1:
+        ax.bar(range(len(weights)), weights)
+        ax.set_xlabel("bar in window (oldest -> newest)")
+        ax.set_ylabel("weight")
+    else:
+        image = ax.imshow(weights, cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax)
+        ax.set_xlabel("key bar")
+        ax.set_ylabel("query bar")
+    ax.set_title("Attention")
+    fig.tight_layout()
+    return fig
