@@ -84,7 +84,7 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
         cells += [f"{p['max_drawdown']:.2%}", f"{p['win_rate']:.2%}", f"{p['turnover']:.2f}"]
         table.add_row(name, *cells)
     console.print(table)
-    wf = Table(title="Walk-forward periods (out of sample)")
+    wf = Table(title="Test split by walkForwardStep bars (the trained model, out of sample)")
     for col in ("period", "model", "Sharpe", "buy & hold", "random"):
         wf.add_column(col, justify="right")
     for row in result["walk_forward"]:
@@ -92,6 +92,8 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
         model, hold, rand = (f"{r:+.2%}" for r in returns)
         wf.add_row(str(row["period"]), model, f"{row['model_sharpe']:.2f}", hold, rand)
     console.print(wf)
+    for name, rows in (result.get("folds") or {}).items():
+        console.print(_folds_table(name, rows))
     console.print(
         f"checkpoint: {result.get('latest_checkpoint')}  (best: {result.get('best_checkpoint')})",
         highlight=False,
@@ -105,6 +107,28 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
             f"browse with: mlflow ui --backend-store-uri {store}",
             highlight=False,
         )
+
+
+def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
+    titles = {
+        "cross_validation": "Time-series cross-validation (retrained per fold)",
+        "walk_forward_retrained": "Walk-forward analysis (retrained per window)",
+    }
+    title = titles.get(name, name)
+    table = Table(title=title)
+    for col in ("fold", "test period", "accuracy", "model", "Sharpe", "buy & hold", "random"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["fold"]),
+            f"{r['test_from']}..{r['test_to']}",
+            f"{r['test_accuracy']:.3f}",
+            f"{r['model_return']:+.2%}",
+            f"{r['model_sharpe']:.2f}",
+            f"{r['buy_and_hold_return']:+.2%}",
+            f"{r['random_return']:+.2%}",
+        )
+    return table
 
 
 def with_overrides(run: TrainingRun, nodes: int | None, procs_per_node: int | None) -> TrainingRun:

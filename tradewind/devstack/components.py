@@ -28,6 +28,17 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
 
     stages = d / "kwok-stages.yaml"
     stages.write_text(kwok.render_stages(b / "kwok-stages"))
+    # kwok moves at most 4 pods through a stage at once by default: with hundreds of pods
+    # starting together (bench/operator_scale.py) that queue, not the cluster, sets the pace.
+    kwok_config = d / "kwok-config.yaml"
+    kwok_config.write_text(
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
+        "kind: KwokConfiguration\n"
+        "options:\n"
+        "  podPlayStageParallelism: 32\n"
+        "  nodePlayStageParallelism: 4\n"  # a config file gets no defaults: kwok's own
+        "  nodeLeaseParallelism: 4\n"
+    )
     minio = stack.state["minio"]
     minio_url = f"http://127.0.0.1:{ports['minio']}"
 
@@ -87,6 +98,8 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 f"--service-account-private-key-file={admin_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+                # 5 by default; each Job is synced on every change of its pods
+                "--concurrent-job-syncs=50",
                 "--profiling=false",
             ],
             logs / "kube-controller-manager.log",
@@ -113,6 +126,7 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 str(b / "kwok"),
                 f"--kubeconfig={kubeconfig}",
                 f"--config={stages}",
+                f"--config={kwok_config}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-label-selector={kwok.NODE_LABEL}=true",
                 f"--server-address=127.0.0.1:{ports['kwok']}",

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tradewind.api import ManifestError, TrainingRun, load_resources
 
@@ -80,6 +80,7 @@ def train(
             tracker.end("FAILED")
             raise
         if env.is_main:
+            result.folds = _retraining_evaluations(run, trainer, tracker)
             example = trainer.example_input()
             logits = trainer.predict_logits(example)
             tracker.model(trainer.model, tracking.register_model, example, logits)
@@ -87,6 +88,19 @@ def train(
         return result
     finally:
         teardown()
+
+
+def _retraining_evaluations(run: TrainingRun, trainer: Any, tracker: Any) -> dict[str, Any]:
+    """Cross-validation and walk-forward retraining (rank 0, one process), logged as tables."""
+    import dataclasses
+
+    from tradewind.trainer.folds import evaluate_folds
+
+    local = dataclasses.replace(trainer.env, rank=0, world_size=1)
+    tables = evaluate_folds(run, trainer.data, local)
+    for name, rows in tables.items():
+        tracker.table(rows, f"{name}.json")
+    return tables
 
 
 def main(argv: list[str] | None = None) -> int:

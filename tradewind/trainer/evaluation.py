@@ -63,26 +63,26 @@ def portfolio_returns(returns: FloatArray, trades: TradeSamples) -> FloatArray:
 
 
 def performance(
-    returns: FloatArray, positions: FloatArray, periods_per_year: float
+    portfolio: FloatArray, trades: FloatArray, positions: FloatArray, periods_per_year: float
 ) -> dict[str, float]:
-    """Total return, annualised Sharpe and Sortino, max drawdown, win rate, turnover."""
-    if len(returns) == 0:
-        return dict.fromkeys(
-            ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "turnover"), 0.0
-        )
-    equity = np.cumprod(1.0 + returns)
+    """Total return, annualised Sharpe and Sortino and max drawdown of the portfolio's
+    per-period returns; win rate and turnover of the individual trades."""
+    if len(portfolio) == 0:
+        keys = ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "turnover")
+        return dict.fromkeys(keys, 0.0)
+    equity = np.cumprod(1.0 + portfolio)
     peak = np.maximum.accumulate(equity)
-    downside = returns[returns < 0]
+    downside = portfolio[portfolio < 0]
     scale = np.sqrt(periods_per_year)
-    std = returns.std()
+    std = portfolio.std()
     down_std = np.sqrt(np.mean(downside**2)) if len(downside) else 0.0
     traded = positions != 0
     return {
         "total_return": float(equity[-1] - 1.0),
-        "sharpe": float(returns.mean() / std * scale) if std > 0 else 0.0,
-        "sortino": float(returns.mean() / down_std * scale) if down_std > 0 else 0.0,
+        "sharpe": float(portfolio.mean() / std * scale) if std > 0 else 0.0,
+        "sortino": float(portfolio.mean() / down_std * scale) if down_std > 0 else 0.0,
         "max_drawdown": float(np.max(1.0 - equity / peak)),
-        "win_rate": float(np.mean(returns[traded] > 0)) if traded.any() else 0.0,
+        "win_rate": float(np.mean(trades[traded] > 0)) if traded.any() else 0.0,
         "turnover": float(np.mean(np.abs(np.diff(positions, prepend=0.0)))),
     }
 
@@ -107,8 +107,10 @@ def compare_strategies(
     signals = strategy_signals(predicted_classes, trades, seed)
     out = {}
     for name, pos in signals.items():
-        returns = portfolio_returns(strategy_returns(pos, trades, cost), trades)
-        out[name] = performance(returns, pos, periods_per_year)
+        per_trade = strategy_returns(pos, trades, cost)
+        out[name] = performance(
+            portfolio_returns(per_trade, trades), per_trade, pos, periods_per_year
+        )
     return out
 
 

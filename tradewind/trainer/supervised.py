@@ -72,6 +72,8 @@ class Result:
     mlflow_url: str | None
     mlflow_tracking_uri: str | None
     stopped_early: bool
+    folds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Retraining evaluations (cross_validation, walk_forward_retrained), when asked for."""
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -128,12 +130,17 @@ class SupervisedTrainer:
     """Owns the model, optimizer and loop state of one TrainingRun attempt."""
 
     def __init__(
-        self, run: TrainingRun, env: DistEnv, checkpointer: Checkpointer, tracker: Tracker
+        self,
+        run: TrainingRun,
+        env: DistEnv,
+        checkpointer: Checkpointer,
+        tracker: Tracker,
+        data: SupervisedDataset | None = None,
     ) -> None:
         self.run, self.spec, self.env = run, run.spec, env
         self.checkpointer, self.tracker = checkpointer, tracker
         seed_everything(self.spec.seed, self.spec.training.deterministic)
-        self.data: SupervisedDataset = build_dataset(self.spec.data, seed=self.spec.seed)
+        self.data: SupervisedDataset = data or build_dataset(self.spec.data, seed=self.spec.seed)
         seq2seq = self.spec.training.seq2seq
         self.model: TradingModel = build_model(
             self.spec.model, self.data.num_features, self.data.lookback_window, seq2seq

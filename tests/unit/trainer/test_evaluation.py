@@ -33,7 +33,7 @@ def test_costs_are_charged_on_position_changes_per_symbol() -> None:
 
 def test_performance_of_a_known_series() -> None:
     returns = np.array([0.1, -0.1, 0.1])
-    out = performance(returns, np.ones(3), periods_per_year=252)
+    out = performance(returns, returns, np.ones(3), periods_per_year=252)
     assert out["total_return"] == pytest.approx(1.1 * 0.9 * 1.1 - 1)
     assert out["max_drawdown"] == pytest.approx(0.1)
     assert out["win_rate"] == pytest.approx(2 / 3)
@@ -88,3 +88,12 @@ def test_figures_render(tmp_path) -> None:
         assert (tmp_path / f"{i}.png").read_bytes()[:4] == b"\x89PNG"
     texts = [t.get_text() for t in figures[1].axes[0].texts]
     assert texts == ["1", "0", "0", "0", "0", "1", "0", "1", "1"]
+
+
+def test_several_symbols_trade_as_one_equal_weight_portfolio() -> None:
+    ts = np.concatenate([_days(4), _days(4)])
+    fwd = np.array([0.01, 0.01, 0.01, 0.01, -0.01, -0.01, -0.01, -0.01])
+    trades = trade_samples(np.array([0] * 4 + [1] * 4), ts, fwd, horizon=1)
+    table = compare_strategies(np.full(8, 2, np.int64), trades, cost=0.0, periods_per_year=252)
+    assert table["buy_and_hold"]["total_return"] == pytest.approx(0.0)  # +1% and -1% each bar
+    assert table["model"]["win_rate"] == pytest.approx(0.5)
