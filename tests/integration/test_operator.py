@@ -366,3 +366,20 @@ def test_status_follows_the_runs_mlflow_metrics(
     assert status["mlflow"]["runId"] == mlflow_run.info.run_id
     assert status["mlflow"]["url"].endswith(f"/runs/{mlflow_run.info.run_id}")
     assert "val_loss=0.55" in kubectl.run("get", "trainingrun/tracked", "-n", namespace).stdout
+
+
+def test_runs_managed_by_another_controller_are_left_alone(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    kubectl.apply(_run("elsewhere", managedBy="kueue.x-k8s.io/multikueue"), "-n", namespace)
+    kubectl.apply(_run("here"), "-n", namespace)
+    kubectl.wait("--for=condition=Succeeded", "trainingrun/here", "-n", namespace)
+    assert "status" not in kubectl.get("trainingrun/elsewhere", "-n", namespace)
+    assert [j["metadata"]["name"] for j in kubectl.get("jobs", "-n", namespace)["items"]] == [
+        "here-0"
+    ]
+    patch = '{"spec": {"managedBy": "tradewind.dev/operator"}}'
+    result = kubectl.run(
+        "patch", "trainingrun/elsewhere", "-n", namespace, "--type=merge", "-p", patch, check=False
+    )
+    assert result.returncode != 0 and "managedBy cannot change" in result.stderr

@@ -53,7 +53,7 @@ def immutable(*fields: str) -> tuple[CelRule, ...]:
     running pods depend on them); a change is rejected at `kubectl apply`."""
     return tuple(
         CelRule(
-            f"self.{f} == oldSelf.{f}",
+            f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
             f"{f} cannot change after the run is created; create a new run instead",
             f".{f}",
         )

@@ -287,6 +287,10 @@ class Lifecycle(ApiModel):
     """Fail the run if it has been active longer than this."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the run this long after it finished; unset keeps it."""
+    managed_by: Annotated[str, Field(max_length=63)] | None = None
+    """The controller that reconciles this run; unset (or `tradewind.dev/operator`) is the
+    Tradewind operator. Any other value (e.g. Kueue's `kueue.x-k8s.io/multikueue`) makes
+    this operator leave the run alone."""
 
 
 class RunBase(Lifecycle):

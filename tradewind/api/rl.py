@@ -129,7 +129,7 @@ class RLRunSpec(RunBase):
     """Evaluation."""
 
     cel_rules = (
-        *immutable("environment", "agents", "device"),
+        *immutable("environment", "agents", "device", "managedBy"),
         CelRule(
             "self.agents.all(a, self.agents.exists_one(b, b.name == a.name))",
             "agent names must be unique",

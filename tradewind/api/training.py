@@ -404,7 +404,7 @@ class TrainingRunSpec(RunBase):
     """Evaluation after training."""
 
     cel_rules = (
-        *immutable("nodes", "procsPerNode", "device", "data", "model"),
+        *immutable("nodes", "procsPerNode", "device", "data", "model", "managedBy"),
         CelRule(
             "!has(self.training.seq2seq) || self.model.type in ['lstm', 'attention_lstm']",
             "training.seq2seq needs model.type lstm or attention_lstm",

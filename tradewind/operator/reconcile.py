@@ -27,6 +27,7 @@ from tradewind.operator.status import (
 )
 
 log = logging.getLogger(__name__)
+MANAGED_BY = "tradewind.dev/operator"
 
 
 def parse_run(body: dict[str, Any]) -> TrainingRun | RLRun:
@@ -73,6 +74,8 @@ def reconcile(
         decision.written_version = kube.patch_status(body, decision.status)
         return decision
     status = RunStatus.model_validate(body.get("status") or {})
+    if run.spec.managed_by not in (None, MANAGED_BY):
+        return Decision(status=status)  # another controller's run (e.g. Kueue MultiKueue)
     state, create_combine = _observe(run, status.attempt, jobs, pods)
     decision = decide(run, status, state, now, meta.get("generation", 0))
     if create_combine and decision.status.phase not in ("Failed", "Suspended"):
