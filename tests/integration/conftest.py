@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +30,14 @@ class Kubectl:
     def __init__(self, stack: DevStack) -> None:
         self.binary = str(stack.bin / "kubectl")
         self.kubeconfig = str(stack.kubeconfig)
+        # Discovery cached per stack, never shared with another cluster on a reused port.
+        self.cache_dir = str(stack.dir / "kubectl-cache")
 
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [self.binary, "--kubeconfig", self.kubeconfig, *args],
+            [self.binary, "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache_dir, *args],
             input=stdin,
             capture_output=True,
             text=True,
@@ -88,6 +91,12 @@ def kubectl(stack: DevStack) -> Kubectl:
 def crds_installed(kubectl: Kubectl, repo_root: Path) -> None:
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(repo_root / "crds"))
     kubectl.wait("--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=tradewind")
+    # The OpenAPI schema (`kubectl explain`) is published a moment after Established, and no
+    # condition says when: poll for it, bounded.
+    deadline = time.monotonic() + 60
+    while kubectl.run("explain", "trainingrun.spec", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the CRDs' OpenAPI schema was not published in 60 s"
+        time.sleep(0.5)
 
 
 @pytest.fixture
