@@ -14,11 +14,22 @@ from tradewind.devstack.kwok import FAIL_EXIT_CODE, FAIL_LABEL, FAIL_REASON, HOL
 pytestmark = pytest.mark.integration
 
 
-def test_crds_install_and_explain(kubectl: Kubectl, crds_installed: None) -> None:
+def test_crds_install_and_explain(kubectl: Kubectl, crds_installed: None, namespace: str) -> None:
     explained = kubectl.run("explain", "trainingrun.spec.model").stdout
     assert "The network." in explained
     assert "fusion" in explained and "Branch fusion (hybrid)." in explained
-    assert "No resources found" in kubectl.run("get", "tradewind", "-A").stderr
+    assert "No resources found" in kubectl.run("get", "tradewind", "-n", namespace).stderr
+    specs = {"TrainingRun": {}, "RLRun": {"agents": [{"name": "a", "algorithm": "ppo"}]}}
+    for kind, spec in specs.items():
+        meta = {"name": f"listed-{kind.lower()}"}
+        kubectl.apply(
+            {"apiVersion": "tradewind.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": spec},
+            "-n",
+            namespace,
+        )
+    listed = kubectl.run("get", "tradewind", "-n", namespace).stdout
+    assert "trainingrun.tradewind.dev/listed-trainingrun" in listed
+    assert "rlrun.tradewind.dev/listed-rlrun" in listed
 
 
 @pytest.mark.parametrize("path", example_paths(), ids=lambda p: p.stem)
