@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -27,11 +28,16 @@ def setup(memo: kopf.Memo) -> None:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    api_client = client.ApiClient()
-    api_client.configuration.connection_pool_maxsize = 64
-    memo.kube = Kube(api_client)
-    memo.settings = OperatorSettings()
-    memo.progress = ProgressReader(memo.settings.mlflow_tracking_uri)
+    memo.settings = settings = OperatorSettings()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = settings.reconcile_workers * 2
+    memo.kube = Kube(client.ApiClient(configuration))
+    # Reconciles run in threads (asyncio.to_thread): enough of them that a thousand runs do
+    # not queue behind the default pool of min(32, cores + 4).
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=settings.reconcile_workers)
+    )
+    memo.progress = ProgressReader(settings.mlflow_tracking_uri)
 
 
 async def run_daemon(

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from tradewind.api import GROUP, VERSION
-from tradewind.operator import builders
+from tradewind.operator import builders, observed
 from tradewind.operator.loop import run_daemon, setup
 
 RUNS = ("trainingruns", "rlruns")
@@ -44,12 +44,12 @@ def _key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str | None, 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_LABELS)
 def run_jobs(*, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return {_key(namespace, labels): dict(body)}
+    return {_key(namespace, labels): observed.job(body)}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_LABELS)
 def run_pods(*, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return {_key(namespace, labels): dict(body)}
+    return {_key(namespace, labels): observed.pod(body)}
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)

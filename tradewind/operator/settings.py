@@ -30,3 +30,5 @@ class OperatorSettings(BaseSettings):
     """Optuna RDB storage URL for in-cluster sweeps."""
     status_poll_seconds: float = Field(default=15.0, gt=0)
     """How often running runs' progress is read from MLflow."""
+    reconcile_workers: int = Field(default=32, ge=1, le=512)
+    """Threads that run reconciles (each does a few blocking API calls) concurrently."""
