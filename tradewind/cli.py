@@ -126,7 +126,7 @@ def run_manifest(
 
     With nodes x procsPerNode > 1 it launches torchrun with that many local processes (gloo).
     """
-    from tradewind.api import ManifestError, TrainingRun, load_resources
+    from tradewind.api import ManifestError, RLRun, TrainingRun, load_resources
 
     try:
         resources = load_resources(filename)
@@ -135,10 +135,14 @@ def run_manifest(
     if len(resources) != 1:
         _fail([f"{filename}: holds {len(resources)} resources; tradewind run takes one"])
     (resource,) = resources
-    if not isinstance(resource, TrainingRun):
-        _fail([f"{filename}: tradewind run does not run {resource.kind} yet; only TrainingRun"])
-    assert isinstance(resource, TrainingRun)
     from tradewind import local_run
+
+    if isinstance(resource, RLRun):
+        local_run.run_rl(resource, state_dir, out)
+        return
+    if not isinstance(resource, TrainingRun):
+        _fail([f"{filename}: tradewind run does not run {resource.kind} yet"])
+    assert isinstance(resource, TrainingRun)
 
     run = local_run.with_overrides(resource, nodes, procs_per_node)
     processes = run.spec.nodes * run.spec.procs_per_node

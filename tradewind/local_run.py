@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tradewind.api import TrainingRun, dump_resource
+from tradewind.api import RLRun, TrainingRun, dump_resource
 
 
 def run_training(run: TrainingRun, state_dir: Path, console: Console) -> dict[str, Any]:
@@ -129,6 +129,28 @@ def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
             f"{r['random_return']:+.2%}",
         )
     return table
+
+
+def run_rl(run: RLRun, state_dir: Path, console: Console) -> list[dict[str, Any]]:
+    """Train every agent here, one after the other (resuming any that has checkpoints), then
+    evaluate them, the ensemble and buy-and-hold on the held-out bars."""
+    from tradewind.trainer.rl.run import combine, train_one
+
+    for index, agent in enumerate(run.spec.agents):
+        console.print(
+            f"agent {agent.name} ({agent.algorithm}): {run.spec.total_timesteps} timesteps",
+            highlight=False,
+        )
+        train_one(run, index, state_dir, progress_bar=True)
+    rows = combine(run, state_dir)
+    table = Table(title="Held-out market, after costs")
+    for col in ("strategy", "return", "Sharpe", "max DD", "turnover"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in rows:
+        table.add_row(r["strategy"], f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}",
+                      f"{r['max_drawdown']:.2%}", f"{r['turnover']:.3f}")  # fmt: skip
+    console.print(table)
+    return rows
 
 
 def with_overrides(run: TrainingRun, nodes: int | None, procs_per_node: int | None) -> TrainingRun:

@@ -1,0 +1,5 @@
+import sys
+
+from tradewind.trainer.rl.run import main
+
+sys.exit(main())

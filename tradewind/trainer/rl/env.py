@@ -1,0 +1,372 @@
+"""TradingEnvironment: a multi-symbol portfolio over a `Market`, as one gymnasium env.
+
+Timing (no look-ahead). The environment is at bar t when the agent observes it: the
+observation holds the features of bars t-L+1..t (L = lookbackWindow; features of bar t use
+bars <= t) and the portfolio weights held from the close of bar t. `step(action)` then
+1. lets the held weights earn the close-to-close return of bar t -> t+1 (weights drift
+   with the prices);
+2. fills the action at the close of bar t+1: the weights are rebalanced to the action's
+   targets, paying (transactionCost + slippage) x traded value, where traded value =
+   equity x sum_i |target_i - drifted_weight_i| (both at the close of bar t+1);
+3. moves to bar t+1 and observes it.
+So the action chosen after observing bar t is executed at bar t+1, and the return of bar
+t+1 -> t+2 accrues to the new position (in the next step's reward). Nothing of step t
+depends on a price after bar t+1.
+
+Accounting per step (w = held weights, r = returns of bar t -> t+1, g = target weights,
+c = transactionCost + slippage, V = equity):
+    growth = 1 + sum_i w_i r_i               equity after the price move, over V
+    w'_i   = w_i (1 + r_i) / growth          drifted weights
+    turnover = sum_i |g_i - w'_i|
+    G      = growth x (1 - c x turnover)     equity after costs, over V
+    V     <- V x G;  costs = V x growth x c x turnover;  weights <- g
+The targets are fractions of the equity after costs (the cost is taken from every position
+pro rata, a second-order trade that is not charged again). A weight w_i < 0 is a short
+(it earns -r_i); cash is 1 - sum_i w_i and earns nothing. When G <= 0 the portfolio is
+bankrupt: equity 0, weights 0, step return -1, and the episode terminates.
+
+Actions: `continuous` = Box(-1, 1, (S,)), target weight a_i x maxPositionSize (clipped to
+[-1, 1] first); `discrete` = Discrete(3**S), action = sum_i d_i 3**i with digit d_i in
+{0: short, 1: flat, 2: long} for symbol i (symbol 0 the least significant digit), target
+(d_i - 1) x maxPositionSize. So |weight| <= maxPositionSize per symbol; the gross exposure
+can reach S x maxPositionSize (use maxPositionSize <= 1/S for no leverage).
+
+Rewards (step return R = G - 1): returns R; log_returns log G; sharpe mean/std (population)
+and sortino mean/sqrt(mean(min(R, 0)^2)) of the episode's last min(k, rewardWindow) step
+returns, 0 while the window is flat (variance <= 1e-12 x mean square) or has no negative
+return; differential_sharpe (Moody & Saffell 1998) with eta = 1/rewardWindow, A_0 = B_0 = 0
+at reset: D = (B dA - A dB / 2) / (B - A^2)^(3/2), 0 while B - A^2 <= 1e-12 x B (it is
+large in the first steps of an episode, while A and B warm up).
+
+Episodes: `episodeLength` steps (then truncated), starting at bar L-1 or, with randomStart,
+at a uniformly drawn bar that leaves room for the whole episode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+import numpy.typing as npt
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from numpy.lib.stride_tricks import as_strided
+
+from tradewind.api.rl import EnvironmentSpec
+from tradewind.trainer.data import DataError
+from tradewind.trainer.rl.market import Market, required_bars
+
+MAX_DISCRETE_SYMBOLS = 12
+"""Discrete(3**S) grows fast: 12 symbols are already 531,441 actions."""
+FLAT_TOLERANCE = 1e-12
+"""A variance below this fraction of the mean square counts as zero (flat window)."""
+LOG_FLOOR = 1e-12
+"""log_returns of a bankrupt step is log(LOG_FLOOR), not -inf."""
+
+Observation = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class MarketArrays:
+    """What stepping needs from a Market, precomputed once (shared with the batched env)."""
+
+    window_source: npt.NDArray[np.float32]
+    """The features flattened (T*S*F) plus S zeros: the observation at bar t starts with
+    `window_size` values at (t - L + 1) * row_size."""
+    gross: npt.NDArray[np.float64]
+    """(T, S) close[t] / close[t-1]; row 0 is 1."""
+    returns: npt.NDArray[np.float64]
+    """(T, S) gross - 1."""
+    n_symbols: int
+    row_size: int
+    """S * F values per bar."""
+    window_size: int
+    """L * S * F feature values in an observation."""
+    first_bar: int
+    """L - 1, the first bar with a full window."""
+    n_starts: int
+    """Bars an episode may start at: first_bar .. first_bar + n_starts - 1."""
+
+    @property
+    def observation_size(self) -> int:
+        """Window values plus one weight per symbol."""
+        return self.window_size + self.n_symbols
+
+    @classmethod
+    def build(cls, market: Market, spec: EnvironmentSpec) -> MarketArrays:
+        """Check that `market` fits an episode of `spec` and precompute its arrays."""
+        if market.num_bars < required_bars(spec):
+            raise DataError(
+                f"the market has {market.num_bars} bars; an episode needs lookbackWindow + "
+                f"episodeLength = {required_bars(spec)}"
+            )
+        n_symbols, row_size = market.num_symbols, market.num_symbols * market.num_features
+        if spec.action_space == "discrete" and n_symbols > MAX_DISCRETE_SYMBOLS:
+            raise ValueError(
+                f"actionSpace discrete supports at most {MAX_DISCRETE_SYMBOLS} symbols "
+                f"(3**S actions); this market has {n_symbols}: use continuous"
+            )
+        source = np.zeros(market.features.size + n_symbols, dtype=np.float32)
+        source[: market.features.size] = market.features.reshape(-1)
+        source.flags.writeable = False
+        gross = np.ones_like(market.prices)
+        gross[1:] = market.prices[1:] / market.prices[:-1]
+        gross.flags.writeable = False
+        returns = gross - 1.0
+        returns.flags.writeable = False
+        return cls(
+            window_source=source,
+            gross=gross,
+            returns=returns,
+            n_symbols=n_symbols,
+            row_size=row_size,
+            window_size=spec.lookback_window * row_size,
+            first_bar=spec.lookback_window - 1,
+            n_starts=market.num_bars - required_bars(spec) + 1,
+        )
+
+    def windows(self) -> npt.NDArray[np.float32]:
+        """Read-only (T - L + 1, observation_size) view: row t - L + 1 is the window of bar t
+        followed by S values that the caller overwrites with the weights (they belong to the
+        next bar, so they must never be returned). Nothing is copied."""
+        n_windows = (len(self.window_source) - self.n_symbols) // self.row_size - self.first_bar
+        itemsize = self.window_source.itemsize
+        view: npt.NDArray[np.float32] = as_strided(
+            self.window_source,
+            shape=(n_windows, self.observation_size),
+            strides=(self.row_size * itemsize, itemsize),
+            writeable=False,
+        )
+        return view
+
+
+def observation_space_of(arrays: MarketArrays) -> spaces.Box:
+    """Box of the flattened window (bar, symbol, feature; oldest bar first) and weights."""
+    return spaces.Box(-np.inf, np.inf, (arrays.observation_size,), np.float32)
+
+
+def action_space_of(spec: EnvironmentSpec, n_symbols: int) -> spaces.Space[Any]:
+    """Discrete(3**S) or Box(-1, 1, (S,)) (see the module docstring)."""
+    if spec.action_space == "discrete":
+        return spaces.Discrete(3**n_symbols)
+    return spaces.Box(-1.0, 1.0, (n_symbols,), np.float32)
+
+
+def discrete_targets(action: int, n_symbols: int, max_position: float) -> tuple[float, ...]:
+    """Target weights of a discrete action: digit i (base 3) of `action` is symbol i's
+    0 short / 1 flat / 2 long, scaled by `max_position`."""
+    targets = []
+    for _ in range(n_symbols):
+        action, digit = divmod(action, 3)
+        targets.append((digit - 1) * max_position)
+    return tuple(targets)
+
+
+class _RewardState:
+    """The reward of one environment, from its step returns (pure Python floats)."""
+
+    def __init__(self, spec: EnvironmentSpec) -> None:
+        self.kind = spec.reward
+        self.window = spec.reward_window
+        self.eta = 1.0 / spec.reward_window
+        rewards = {
+            "returns": self._returns,
+            "log_returns": self._log_returns,
+            "sharpe": self._rolling_ratio,
+            "sortino": self._rolling_ratio,
+            "differential_sharpe": self._differential_sharpe,
+        }
+        self.compute: Callable[[float, float], float] = rewards[spec.reward]
+        """compute(step_return, growth): the reward of a step (growth = 1 + step_return)."""
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the episode's returns."""
+        self.count = 0
+        self.ring = [0.0] * self.window
+        self.total = self.squares = self.downside = 0.0
+        self.negatives = 0
+        self.mean_ema = self.square_ema = 0.0
+
+    def _returns(self, step_return: float, growth: float) -> float:
+        return step_return
+
+    def _log_returns(self, step_return: float, growth: float) -> float:
+        # numpy's array log, not math.log: the batched env's log is bit-for-bit the same
+        return float(np.log(np.array(max(growth, LOG_FLOOR))))
+
+    def _rolling_ratio(self, value: float, growth: float) -> float:
+        # Running sums over a ring buffer of the window: O(1) per step whatever its length.
+        slot = self.count % self.window
+        if self.count >= self.window:
+            old = self.ring[slot]
+            self.total -= old
+            self.squares -= old * old
+            if old < 0.0:
+                self.downside -= old * old
+                self.negatives -= 1
+        self.ring[slot] = value
+        self.total += value
+        self.squares += value * value
+        if value < 0.0:
+            self.downside += value * value
+            self.negatives += 1
+        self.count += 1
+        n = min(self.count, self.window)
+        mean = self.total / n
+        if self.kind == "sortino":
+            down = self.downside / n
+            return mean / math.sqrt(down) if self.negatives > 0 and down > 0.0 else 0.0
+        mean_square = self.squares / n
+        variance = mean_square - mean * mean
+        return mean / math.sqrt(variance) if variance > FLAT_TOLERANCE * mean_square else 0.0
+
+    def _differential_sharpe(self, value: float, growth: float) -> float:
+        a, b = self.mean_ema, self.square_ema
+        delta_a, delta_b = value - a, value * value - b
+        variance = b - a * a
+        ratio = 0.0
+        if variance > FLAT_TOLERANCE * b:
+            ratio = (b * delta_a - 0.5 * a * delta_b) / (variance * math.sqrt(variance))
+        self.mean_ema = a + self.eta * delta_a
+        self.square_ema = b + self.eta * delta_b
+        return ratio
+
+
+class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
+    """One multi-symbol trading environment over `market` configured by `spec` (timing,
+    accounting, spaces and rewards: see the module docstring).
+
+    `seed` seeds the episode-start generator (`reset(seed=...)` re-seeds it, as usual);
+    `random_start` overrides `spec.randomStart` (e.g. False for evaluation). `info` of
+    reset and step: portfolio_value (equity), positions (tuple of the S weights after the
+    fill, in symbol order), costs (charged this step, in currency), turnover (sum |traded
+    weight|), step (steps taken in the episode)."""
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's convention)
+
+    def __init__(
+        self,
+        market: Market,
+        spec: EnvironmentSpec,
+        seed: int | None = None,
+        random_start: bool | None = None,
+    ) -> None:
+        self.market, self.env_spec = market, spec
+        self.arrays = MarketArrays.build(market, spec)
+        self.random_start = spec.random_start if random_start is None else random_start
+        self.observation_space = observation_space_of(self.arrays)
+        self.action_space = action_space_of(spec, market.num_symbols)
+        self.render_mode = None
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        self._discrete = spec.action_space == "discrete"
+        self._box_shape = None if self._discrete else (market.num_symbols,)
+        self._max_position = spec.max_position_size
+        self._cost_rate = spec.transaction_cost + spec.slippage
+        self._episode_length = spec.episode_length
+        self._rewards = _RewardState(spec)
+        self._reward = self._rewards.compute
+        # What step reads, as attributes; a row of `_moves` is (returns, gross) of a bar.
+        self._moves = np.concatenate([self.arrays.returns, self.arrays.gross], axis=1)
+        self._window_source = self.arrays.window_source
+        self._observation_size = self.arrays.observation_size
+        self._window_size, self._row_size = self.arrays.window_size, self.arrays.row_size
+        self._first_bar = self.arrays.first_bar
+        self._bar = -1  # not reset yet
+        self._steps = 0
+        self._value = spec.initial_balance
+        self._weights: tuple[float, ...] = (0.0,) * market.num_symbols
+        self._over = True
+
+    @property
+    def bar(self) -> int:
+        """The bar (index into the market) the environment is at: the last bar observed."""
+        return self._bar
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Observation, dict[str, Any]]:
+        """Start an episode (at a random bar when random_start); `options` is unused."""
+        super().reset(seed=seed)
+        offset = int(self.np_random.integers(0, self.arrays.n_starts)) if self.random_start else 0
+        self._bar = self.arrays.first_bar + offset
+        self._steps = 0
+        self._value = self.env_spec.initial_balance
+        self._weights = (0.0,) * self.arrays.n_symbols
+        self._over = False
+        self._rewards.reset()
+        info = {
+            "portfolio_value": self._value,
+            "positions": self._weights,
+            "costs": 0.0,
+            "turnover": 0.0,
+            "step": 0,
+        }
+        return self._observe(), info
+
+    def step(self, action: Any) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """Hold through bar t -> t+1, fill `action` at bar t+1's close, observe bar t+1."""
+        if self._over:
+            raise RuntimeError("the episode is over (or not started): call reset()")
+        if type(action) is np.ndarray and action.shape == self._box_shape:  # the common case
+            limit = self._max_position
+            targets = tuple(
+                [(-1.0 if v < -1.0 else 1.0 if v > 1.0 else v) * limit for v in action.tolist()]
+            )
+        else:
+            targets = self._targets(action)
+        weights, bar = self._weights, self._bar + 1
+        moves = self._moves[bar].tolist()  # returns of bar t -> t+1, then close ratios
+        exposure = 0.0
+        for weight, change in zip(weights, moves, strict=False):
+            exposure += weight * change
+        growth = 1.0 + exposure
+        turnover = 0.0
+        if growth > 0.0:
+            for weight, ratio, target in zip(weights, moves[len(weights) :], targets, strict=False):
+                turnover += abs(target - weight * ratio / growth)
+        cost_fraction = self._cost_rate * turnover
+        step_growth = growth * (1.0 - cost_fraction)
+        costs = self._value * growth * cost_fraction
+        bankrupt = not step_growth > 0.0
+        if bankrupt:
+            step_growth, step_return, targets = 0.0, -1.0, (0.0,) * len(targets)
+        else:
+            step_return = step_growth - 1.0
+        self._value *= step_growth
+        self._weights, self._bar = targets, bar
+        self._steps += 1
+        truncated = self._steps >= self._episode_length
+        self._over = bankrupt or truncated
+        info = None
+        reward = self._reward(step_return, step_growth)
+        start = (bar - self._first_bar) * self._row_size
+        observation = self._window_source[start : start + self._observation_size].copy()
+        observation[self._window_size :] = targets  # over the next bar's first S values
+        return observation, reward, bankrupt, truncated, info
+
+    def _targets(self, action: Any) -> tuple[float, ...]:
+        n_symbols, limit = self.arrays.n_symbols, self._max_position
+        if self._discrete:
+            index = int(action)
+            if not 0 <= index < 3**n_symbols:
+                raise ValueError(f"discrete action {index} outside [0, {3**n_symbols})")
+            return discrete_targets(index, n_symbols, limit)
+        if type(action) is np.ndarray and action.ndim == 1:
+            values = action.tolist()
+        else:
+            values = np.ravel(np.asarray(action)).tolist()
+        if len(values) != n_symbols:
+            raise ValueError(f"continuous action needs {n_symbols} values, got {len(values)}")
+        return tuple([(-1.0 if v < -1.0 else 1.0 if v > 1.0 else v) * limit for v in values])
+
+    def _observe(self) -> Observation:
+        start = (self._bar - self._first_bar) * self._row_size
+        observation = self._window_source[start : start + self._observation_size].copy()
+        observation[self._window_size :] = self._weights  # over the next bar's first S values
+        return observation

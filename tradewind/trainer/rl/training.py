@@ -1,0 +1,162 @@
+"""Training one agent of an RLRun: batched env (+ VecNormalize), the SB3 algorithm,
+periodic evaluation keeping the best model, resumable checkpoints (model, replay buffer,
+normalisation statistics), SB3's metrics and evaluation returns to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from tradewind.api.rl import AgentSpec, RLRunSpec
+from tradewind.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
+from tradewind.trainer.rl.agents import (
+    build_agent,
+    load_agent,
+    model_bytes,
+    replay_buffer_bytes,
+    restore_replay_buffer,
+)
+from tradewind.trainer.rl.market import Market
+from tradewind.trainer.rl.vec_env import BatchedTradingEnv
+from tradewind.trainer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def to_tensor(data: bytes) -> torch.Tensor:
+    """Bytes in a form the weights-only checkpoint loader accepts."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+
+
+def to_bytes(tensor: torch.Tensor) -> bytes:
+    return bytes(tensor.numpy().tobytes())
+
+
+@dataclass
+class AgentEnvs:
+    train: VecEnv
+    evaluation: VecEnv
+
+
+def make_envs(spec: RLRunSpec, train: Market, evaluation: Market, seed: int) -> AgentEnvs:
+    """The training env (n_envs, random starts) and the evaluation env (fixed start), both
+    behind VecNormalize when the spec asks, sharing its statistics at evaluation."""
+    env = spec.environment
+    train_env: VecEnv = BatchedTradingEnv(train, env, spec.n_envs, seed=seed)
+    eval_env: VecEnv = BatchedTradingEnv(evaluation, env, 1, seed=seed + 10_000, random_start=False)
+    if spec.normalize:
+        train_env = VecNormalize(train_env)
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+    return AgentEnvs(train_env, eval_env)
+
+
+def _sync(envs: AgentEnvs) -> None:
+    if isinstance(envs.train, VecNormalize) and isinstance(envs.evaluation, VecNormalize):
+        envs.evaluation.obs_rms = envs.train.obs_rms.copy()
+
+
+class EvalCheckpointCallback(BaseCallback):
+    """At the first rollout end after every `eval.freq` timesteps: evaluate, log to MLflow,
+    checkpoint (the best evaluation is the best checkpoint). SB3's own metrics go to MLflow
+    at each rollout's end."""
+
+    def __init__(
+        self, spec: RLRunSpec, envs: AgentEnvs, checkpointer: Checkpointer, tracker: Tracker
+    ) -> None:
+        super().__init__()
+        self.spec, self.envs, self.checkpointer, self.tracker = spec, envs, checkpointer, tracker
+        self.next_eval = spec.eval.freq
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        # At a rollout's end every transition of it is stored (on_step runs before SB3 adds
+        # the step to the replay buffer), so a checkpoint here loses none.
+        values = {k.replace("/", "_"): float(v) for k, v in self.model.logger.name_to_value.items()}
+        values["progress"] = 100.0 * self.num_timesteps / self.spec.total_timesteps
+        self.tracker.metrics(values, step=self.num_timesteps)
+        if self.num_timesteps >= self.next_eval:
+            self.next_eval += self.spec.eval.freq * (
+                1 + (self.num_timesteps - self.next_eval) // self.spec.eval.freq
+            )
+            self.evaluate_and_save()
+
+    def evaluate_and_save(self) -> float:
+        _sync(self.envs)
+        ev = self.spec.eval
+        rewards, _ = evaluate_policy(
+            self.model,
+            self.envs.evaluation,
+            n_eval_episodes=ev.episodes,
+            deterministic=ev.deterministic,
+            return_episode_rewards=True,
+        )
+        mean = float(np.mean(rewards))
+        self.tracker.metrics(
+            {"eval_mean_reward": mean, "timesteps": self.num_timesteps}, step=self.num_timesteps
+        )
+        self.checkpointer.save(self.num_timesteps, agent_state(self.model, self.envs), mean, "max")
+        return mean
+
+
+def agent_state(model: BaseAlgorithm, envs: AgentEnvs) -> dict[str, Any]:
+    """Everything a resumed agent needs: the SB3 zip, the replay buffer, the VecNormalize
+    statistics, the timestep count and the RNG states."""
+    state: dict[str, Any] = {
+        "timesteps": int(model.num_timesteps),
+        "model": to_tensor(model_bytes(model)),
+        "rng": rng_state(),
+    }
+    buffer = replay_buffer_bytes(model)
+    if buffer is not None:
+        state["replay_buffer"] = to_tensor(buffer)
+    if isinstance(envs.train, VecNormalize):
+        state["vecnormalize"] = to_tensor(pickle.dumps(envs.train))
+    return state
+
+
+def restore_agent(
+    agent: AgentSpec, state: dict[str, Any], envs: AgentEnvs, device: str
+) -> BaseAlgorithm:
+    if "vecnormalize" in state and isinstance(envs.train, VecNormalize):
+        stats: VecNormalize = pickle.loads(to_bytes(state["vecnormalize"]))  # our own checkpoint
+        envs.train.obs_rms, envs.train.ret_rms = stats.obs_rms, stats.ret_rms
+    model = load_agent(agent, to_bytes(state["model"]), envs.train, device)
+    if "replay_buffer" in state:
+        restore_replay_buffer(model, to_bytes(state["replay_buffer"]))
+    set_rng_state(state["rng"])
+    return model
+
+
+def train_agent(
+    spec: RLRunSpec, agent: AgentSpec, markets: tuple[Market, Market], checkpointer: Checkpointer,
+    tracker: Tracker, seed: int, device: str = "cpu", progress_bar: bool = False,
+) -> tuple[BaseAlgorithm, AgentEnvs]:  # fmt: skip
+    """Train (or resume) one agent to spec.totalTimesteps; returns the final model."""
+    envs = make_envs(spec, *markets, seed=seed)
+    state = checkpointer.resume(spec.checkpoint.resume_from)
+    if state is not None:
+        model = restore_agent(agent, state, envs, device)
+        log.info("agent %s resumed at %d timesteps", agent.name, model.num_timesteps)
+    else:
+        model = build_agent(agent, envs.train, seed=seed, device=device)
+    callback = EvalCheckpointCallback(spec, envs, checkpointer, tracker)
+    callback.next_eval = (model.num_timesteps // spec.eval.freq + 1) * spec.eval.freq
+    remaining = spec.total_timesteps - model.num_timesteps
+    if remaining > 0:
+        model.learn(
+            remaining, callback=callback, reset_num_timesteps=False, progress_bar=progress_bar
+        )
+        callback.evaluate_and_save()
+    return model, envs
