@@ -343,7 +343,13 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         self._steps += 1
         truncated = self._steps >= self._episode_length
         self._over = bankrupt or truncated
-        info = None
+        info = {
+            "portfolio_value": self._value,
+            "positions": targets,
+            "costs": costs,
+            "turnover": turnover,
+            "step": self._steps,
+        }
         reward = self._reward(step_return, step_growth)
         start = (bar - self._first_bar) * self._row_size
         observation = self._window_source[start : start + self._observation_size].copy()

@@ -124,6 +124,12 @@ def test_batched_env_is_step_for_step_identical_to_single_envs(
     assert counts["done"] >= 40  # several autoresets per environment
 
 
+def test_batched_env_matches_with_many_symbols() -> None:
+    # Above 16 symbols the sums over symbols use cumsum instead of a loop over columns.
+    spec = env_spec(episode_length=4, random_start=True, transaction_cost=0.001, reward="sharpe")
+    _compare(random_market(n_bars=20, n_symbols=17, seed=8), spec, n_envs=3, n_steps=12)
+
+
 @pytest.mark.parametrize("action_space", ["discrete", "continuous"])
 def test_batched_env_matches_through_bankruptcies(action_space: str) -> None:
     spec = env_spec(
