@@ -1,0 +1,1310 @@
+"""Operator scale: N TrainingRuns of 2 nodes each, from apply to Running, on a fresh dev stack.
+
+For each size N, in its own temporary folder:
+
+1. `tradewind dev up --no-mlflow` with enough kwok GPU nodes (64 GPUs, 64 pods of this shape
+   per node, 25% headroom); the CRDs applied server-side; namespace `bench`.
+2. `tradewind operator` (clusterwide) as a subprocess; ready once a warm-up run (namespace
+   `bench-warmup`) is Running, so operator start-up is not measured.
+3. Watches (list, then watch from that resourceVersion; no polling) on TrainingRuns, Jobs and
+   pods in `bench`, then N TrainingRuns POSTed from a thread pool as fast as it goes. Each
+   run: 2 nodes x 1 GPU, pods labelled `tradewind.dev/fake-hold: "true"` so kwok keeps them
+   Running.
+4. Timings on the harness's monotonic clock, per run: created (POST returned) -> Job ADDED
+   (operator) -> both pods ADDED (Job controller) -> both bound (scheduler) -> both Running
+   (kwok) -> status.phase Running arrives (operator). Also the server's own view:
+   creationTimestamp -> the Running condition's lastTransitionTime (1 s resolution).
+5. CPU seconds (utime+stime from /proc/<pid>/stat) of the operator, kube-apiserver,
+   kube-controller-manager, kube-scheduler, kwok, etcd and this harness over the burst (first
+   POST to all Running) and over a steady window after it (all runs Running, nothing to do
+   but the operator's periodic reconciles); peak RSS (VmHWM); apiserver requests by verb and
+   resource (from its /metrics), so the load each part puts on the apiserver shows.
+6. The operator is stopped and `tradewind dev down --purge` run whatever happened.
+
+kwok's pod-create stage (1-5 s per pod as the dev stack configures it) is shortened to
+0.1-0.3 s with kwok's per-pod annotations in the run's pod template, so a bound pod is Running
+after 0.3-0.6 s and the measurement is not kwok's sleep.
+
+With --profile-operator the operator runs inside this script (`_operator` mode), the same
+code with (a) exact meters on its functions (calls, thread CPU, wall; reconcile, parse_run,
+build_configmap, each Kube call, kopf's event processing), how long reconciles waited for a
+thread of asyncio.to_thread's executor and the event loop's lag, and (b) a sampling profiler
+that charges each thread's CPU (pthread CPU clocks) to its Python stack. That costs the
+operator some speed, so its numbers go in their own file; --attach-profile FILE puts such a
+file's findings into the recorded JSON under `profiled_runs`.
+
+    .venv/bin/python bench/operator_scale.py [--sizes 100 500 1000]
+        [--out bench/results/operator_scale.json] [--timeout 420] [--steady-seconds 15]
+        [--profile-operator] [--attach-profile FILE...] [--keep-logs DIR]
+
+Targets (reported, not asserted): 1000 runs Running within 60 s of the first apply; operator
+RSS under 250 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import datetime as dt
+import functools
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+NAMESPACE = "bench"
+WARMUP_NAMESPACE = "bench-warmup"
+GROUP, VERSION, PLURAL = "tradewind.dev", "v1alpha1", "trainingruns"
+RUN_LABEL = "tradewind.dev/run"
+HOLD_LABEL = "tradewind.dev/fake-hold"
+GPU_POOL_LABEL = "tradewind.dev/gpu-pool"
+NODES_PER_RUN = 2
+GPUS_PER_NODE = 64
+PODS_PER_NODE = 64
+"""Pods of this shape one kwok node takes: 64 GPUs; 32 CPUs / 500m; 256Gi / 2Gi; 110 pods."""
+KWOK_POD_START = {
+    "pod-create.stage.kwok.x-k8s.io/delay": "100ms",
+    "pod-create.stage.kwok.x-k8s.io/jitter-delay": "300ms",
+}
+"""kwok's pod-create stage (the dev stack keeps kwok's: 1 s + up to 4 s jitter per pod) made
+0.1-0.3 s with its own per-pod annotations; with pod-ready's 0.2-0.3 s a bound pod is Running
+after 0.3-0.6 s, a container start's worth, so the measurement is not kwok's sleep."""
+COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+TARGET_RUNNING_S = 60.0
+TARGET_RUNS = 1000
+TARGET_RSS_MB = 250.0
+STAGES = (
+    ("operator: create -> Job", "created", "job"),
+    ("job controller: Job -> pods", "job", "pods_created"),
+    ("scheduler: pods -> bound", "pods_created", "pods_bound"),
+    ("kwok: bound -> pods Running", "pods_bound", "pods_running"),
+    ("operator: pods Running -> status", "pods_running", "running"),
+)
+OPERATOR_DETAIL = (
+    ("watch: create -> first event at the harness", "created", "seen"),
+    ("kopf: first event -> finalizer added", "seen", "finalizer"),
+    ("operator: finalizer -> Job", "finalizer", "job"),
+    ("operator: create -> first status", "created", "first_status"),
+)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads, dead ones included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat), so what the
+    stack and the operator did not use shows as `other processes`: on a shared box, other
+    people's load."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def proc_status_mb(pid: int, key: str) -> float | None:
+    """VmRSS / VmHWM of a process, in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def thread_cpu_split(pid: int) -> dict[str, float]:
+    """CPU of the main thread (the operator's asyncio loop: kopf) and of every other live
+    thread (executor workers: reconciles, sync handlers), in seconds."""
+    main = cpu_seconds(pid) or 0.0
+    out = {"main": 0.0, "others": 0.0}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        secs = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out["main" if int(tid) == pid else "others"] += secs
+    out["exited_threads"] = max(0.0, main - out["main"] - out["others"])
+    return out
+
+
+class Sampler(threading.Thread):
+    """CPU seconds and RSS of every watched process, every `interval` seconds."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="sampler")
+        self.pids, self.interval = pids, interval
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.peak_rss: dict[str, float] = collections.defaultdict(float)
+        self._stop = threading.Event()
+
+    def snapshot(self) -> dict[str, float]:
+        out = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
+        busy = machine_busy_seconds()
+        out["other processes"] = busy - sum(out.values())
+        return out
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.monotonic(), self.snapshot()))
+            for name, pid in self.pids.items():
+                rss = proc_status_mb(pid, "VmRSS") or 0.0
+                self.peak_rss[name] = max(self.peak_rss[name], rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def timeline(self, start: float, end: float) -> list[dict[str, Any]]:
+        """Per-second CPU use (percent of one core) of each process between start and end."""
+        rows = [(t, s) for t, s in self.samples if start - 1.0 <= t <= end + 1.0]
+        out: list[dict[str, Any]] = []
+        for (t0, a), (t1, b) in itertools.pairwise(rows):
+            if t1 - t0 <= 0:
+                continue
+            pct = {k: round(100 * (b[k] - a[k]) / (t1 - t0)) for k in b if k in a}
+            out.append({"t": round(t1 - start, 1), **pct})
+        # one row per second is enough for the JSON
+        by_second: dict[int, dict[str, Any]] = {}
+        for row in out:
+            by_second.setdefault(math.floor(row["t"]), row)
+        return list(by_second.values())
+
+
+# --- the apiserver, over HTTPS with the stack's admin certificate ---------------------------
+
+
+class Api:
+    """Just enough of the Kubernetes REST API: POST, GET, list+watch, /metrics."""
+
+    def __init__(self, kubeconfig: Path, pool_size: int = 32) -> None:
+        import urllib3
+
+        config = json.loads(kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        user = config["users"][0]["user"]
+        self.host = cluster["server"]
+        self.pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=pool_size,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=cluster["certificate-authority"],
+            cert_file=user["client-certificate"],
+            key_file=user["client-key"],
+            retries=False,
+        )
+
+    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        return self.pool.request(method, self.host + path, body=data, headers=headers, **kw)
+
+    def get_json(self, path: str) -> Any:
+        resp = self.request("GET", path, timeout=30)
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: {resp.status} {resp.data[:300]!r}")
+        return json.loads(resp.data)
+
+    def metrics(self) -> dict[str, float]:
+        """apiserver_request_total summed by VERB group/resource[/subresource]."""
+        resp = self.pool.request("GET", self.host + "/metrics", timeout=30)
+        out: dict[str, float] = collections.defaultdict(float)
+        for line in resp.data.decode().splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels_text, value = line[len("apiserver_request_total{") :].rsplit("} ", 1)
+            labels = dict(
+                part.split("=", 1) for part in labels_text.replace('"', "").split(",") if part
+            )
+            what = labels.get("resource", "")
+            if labels.get("group"):
+                what = f"{labels['group']}/{what}"
+            if labels.get("subresource"):
+                what += "/" + labels["subresource"]
+            out[f"{labels.get('verb', '?')} {what}"] += float(value)
+        return dict(out)
+
+
+class Watch(threading.Thread):
+    """List, then watch from the list's resourceVersion, calling `on_event(type, obj, t)` with
+    the arrival time; reconnects from the last resourceVersion (re-lists after 410 Gone)."""
+
+    def __init__(self, api: Api, path: str, on_event: Callable[[str, Any, float], None]) -> None:
+        super().__init__(daemon=True, name=f"watch {path}")
+        self.api, self.path, self.on_event = api, path, on_event
+        self.rv = self._list()
+        self.stopped = threading.Event()
+        self.errors: list[str] = []
+        self.connects = 0
+
+    def _list(self) -> str:
+        doc = self.api.get_json(self.path)
+        now = time.monotonic()
+        for item in doc.get("items", []):
+            self.on_event("ADDED", item, now)
+        return str(doc["metadata"]["resourceVersion"])
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self._watch_once()
+            except Exception as exc:  # reconnect; a benchmark should not die on a dropped watch
+                self.errors.append(repr(exc)[:300])
+                time.sleep(0.2)
+
+    def _watch_once(self) -> None:
+        query = f"?watch=1&allowWatchBookmarks=true&timeoutSeconds=60&resourceVersion={self.rv}"
+        resp = self.api.request("GET", self.path + query, preload_content=False, timeout=None)
+        self.connects += 1
+        try:
+            if resp.status != 200:
+                raise RuntimeError(f"watch {self.path}: {resp.status}")
+            buffer = b""
+            for chunk in resp.stream(1 << 16):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        self._handle(json.loads(line), time.monotonic())
+                if self.stopped.is_set():
+                    return
+        finally:
+            resp.release_conn()
+
+    def _handle(self, event: dict[str, Any], now: float) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:  # too old: start over from a fresh list
+                self.rv = self._list()
+            return
+        self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
+        if kind != "BOOKMARK":
+            self.on_event(str(kind), obj, now)
+
+
+# --- what the watches see -------------------------------------------------------------------
+
+
+class Tracker:
+    """Per run: when each stage was first seen, on the harness's monotonic clock."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.lock = threading.Lock()
+        self.t: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        self.pods: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(dict)
+        self.server_latency: dict[str, float] = {}
+        self.all_running = threading.Event()
+        self.all_jobs = threading.Event()
+        self.running = 0
+        self.jobs = 0
+
+    def created(self, name: str, t: float) -> None:
+        with self.lock:
+            self.t[name].setdefault("created", t)
+
+    def on_run(self, kind: str, obj: dict[str, Any], t: float) -> None:
+        if kind == "DELETED":
+            return
+        name, status = obj["metadata"]["name"], obj.get("status") or {}
+        with self.lock:
+            times = self.t[name]
+            times.setdefault("seen", t)
+            if obj["metadata"].get("finalizers"):
+                times.setdefault("finalizer", t)
+            if status.get("phase"):
+                times.setdefault("first_status", t)
+            if status.get("phase") == "Running" and "running" not in times:
+                times["running"] = t
+                self.running += 1
+                self.server_latency[name] = _server_latency(obj)
+                if self.running >= self.expected:
+                    self.all_running.set()
+
+    def on_job(self, kind: str, obj: dict[str, Any], t: float) -> None:
+        run = (obj["metadata"].get("labels") or {}).get(RUN_LABEL)
+        if run is None or kind == "DELETED":
+            return
+        with self.lock:
+            if "job" not in self.t[run]:
+                self.t[run]["job"] = t
+                self.jobs += 1
+                if self.jobs >= self.expected:
+                    self.all_jobs.set()
+
+    def on_pod(self, kind: str, obj: dict[str, Any], t: float) -> None:
+        run = (obj["metadata"].get("labels") or {}).get(RUN_LABEL)
+        if run is None or kind == "DELETED":
+            return
+        with self.lock:
+            pod = self.pods[run].setdefault(obj["metadata"]["name"], {})
+            pod.setdefault("created", t)
+            if (obj.get("spec") or {}).get("nodeName"):
+                pod.setdefault("bound", t)
+            if (obj.get("status") or {}).get("phase") == "Running":
+                pod.setdefault("running", t)
+            pods, times = self.pods[run], self.t[run]
+            if len(pods) >= NODES_PER_RUN:
+                for stage, key in (
+                    ("pods_created", "created"),
+                    ("pods_bound", "bound"),
+                    ("pods_running", "running"),
+                ):
+                    if stage not in times and all(key in p for p in pods.values()):
+                        times[stage] = max(p[key] for p in pods.values())
+
+
+def _parse_time(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _server_latency(obj: dict[str, Any]) -> float:
+    """creationTimestamp (1 s resolution) -> lastTransitionTime of the Running condition."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Running" and cond.get("status") == "True":
+            return _parse_time(cond["lastTransitionTime"]) - _parse_time(
+                obj["metadata"]["creationTimestamp"]
+            )
+    return float("nan")
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    values = sorted(v for v in values if not math.isnan(v))
+    if not values:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
+
+    def rank(q: float) -> float:  # nearest rank
+        return round(values[max(0, math.ceil(q * len(values)) - 1)], 3)
+
+    return {
+        "n": len(values),
+        "p50": rank(0.50),
+        "p90": rank(0.90),
+        "p99": rank(0.99),
+        "max": round(values[-1], 3),
+    }
+
+
+# --- the stack and the operator -------------------------------------------------------------
+
+
+def tradewind(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tradewind.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Stack:
+    """One `tradewind dev up --no-mlflow` stack in its own folder."""
+
+    def __init__(self, directory: Path, nodes: int) -> None:
+        self.dir, self.nodes = directory, nodes
+        self.kubeconfig = directory / "kubeconfig"
+        self.kubectl_bin = str(_bin_dir() / "kubectl")
+
+    def up(self) -> None:
+        result = tradewind(
+            "dev", "up", "--dir", str(self.dir), "--nodes", str(self.nodes),
+            "--gpus-per-node", str(GPUS_PER_NODE), "--no-mlflow",
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"tradewind dev up failed:\n{result.stdout}\n{result.stderr}")
+
+    def down(self) -> None:
+        result = tradewind("dev", "down", "--purge", "--dir", str(self.dir), timeout=180)
+        if result.returncode != 0:
+            log(f"tradewind dev down failed: {result.stderr.strip()[-500:]}")
+
+    @property
+    def pids(self) -> dict[str, int]:
+        state = json.loads((self.dir / "state.json").read_text())
+        return {name: int(state["pids"][name]) for name in COMPONENTS}
+
+    def env(self) -> dict[str, str]:
+        out = {}
+        for line in tradewind("dev", "env", "--dir", str(self.dir)).stdout.splitlines():
+            if line.startswith("export ") and "=" in line:
+                key, value = line[len("export ") :].split("=", 1)
+                out[key] = value
+        return out
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 180) -> str:
+        result = subprocess.run(
+            [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+
+def _bin_dir() -> Path:
+    from tradewind.devstack.stack import cache_dir
+
+    return cache_dir() / "bin" / "current"
+
+
+class Operator:
+    """`tradewind operator` (clusterwide) as a subprocess, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, profile: Path | None) -> None:
+        self.env = {
+            **os.environ,
+            **env,
+            "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:bench",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.pop("TRADEWIND_MLFLOW_TRACKING_URI", None)
+        self.env.pop("TRADEWIND_NAMESPACES", None)
+        self.log_path, self.profile = log_path, profile
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.profile is not None:
+            argv = [sys.executable, str(Path(__file__).resolve()), "_operator", str(self.profile)]
+        else:
+            argv = [sys.executable, "-m", "tradewind.cli", "operator"]
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_summary(self) -> dict[str, Any]:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return {}
+        errors = [ln for ln in lines if "ERROR" in ln or "Traceback" in ln]
+        return {
+            "lines": len(lines),
+            "bytes": self.log_path.stat().st_size,
+            "error_lines": len(errors),
+            "reconcile_failures": sum("reconcile of" in ln and "failed" in ln for ln in lines),
+            "first_errors": [ln[:300] for ln in errors[:5]],
+        }
+
+
+# --- one size -------------------------------------------------------------------------------
+
+
+def training_run(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodes": NODES_PER_RUN,
+            "procsPerNode": 1,
+            "device": "cuda",
+            "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}},
+            "podTemplate": {
+                "labels": {HOLD_LABEL: "true"},
+                "annotations": KWOK_POD_START,
+                "nodeSelector": {GPU_POOL_LABEL: "a100"},
+            },
+        },
+    }
+
+
+def kwok_nodes(size: int) -> int:
+    return max(2, math.ceil(size * NODES_PER_RUN * 1.25 / PODS_PER_NODE))
+
+
+def runs_path(namespace: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+
+
+def apply_runs(api: Api, tracker: Tracker, size: int, workers: int) -> dict[str, Any]:
+    """POST `size` TrainingRuns from a thread pool; each run's `created` is when its POST
+    returned."""
+    path, failures = runs_path(NAMESPACE), []
+
+    def create(i: int) -> None:
+        name = f"run-{i:05d}"
+        resp = api.request("POST", path, training_run(name, NAMESPACE), timeout=60)
+        if resp.status != 201:
+            failures.append(f"{name}: {resp.status} {resp.data[:200]!r}")
+            return
+        tracker.created(name, time.monotonic())
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(create, range(size)))
+    elapsed = time.monotonic() - start
+    return {
+        "seconds": round(elapsed, 3),
+        "per_second": round(size / elapsed, 1),
+        "workers": workers,
+        "failures": len(failures),
+        "first_failures": failures[:3],
+    }
+
+
+def wait_namespace(stack: Stack, namespace: str) -> None:
+    stack.kubectl("create", "namespace", namespace)
+    # pods need the namespace's default ServiceAccount (made by the controller-manager)
+    stack.kubectl(
+        "wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"
+    )
+
+
+class Bench:
+    """One size on a fresh stack: set-up, the burst, the steady window, tear-down."""
+
+    def __init__(self, size: int, args: argparse.Namespace, workdir: Path) -> None:
+        self.size, self.args, self.workdir = size, args, workdir
+        self.stack = Stack(workdir / "stack", kwok_nodes(size))
+        self.profile = workdir / "operator-profile.json" if args.profile_operator else None
+        self.operator: Operator | None = None
+        self.sampler: Sampler | None = None
+        self.watches: list[Watch] = []
+        self.tracker = Tracker(size)
+        self.result: dict[str, Any] = {
+            "size": size,
+            "kwok_nodes": self.stack.nodes,
+            "gpus_per_node": GPUS_PER_NODE,
+        }
+
+    def log(self, message: str) -> None:
+        log(f"N={self.size}: {message}")
+
+    def run(self) -> dict[str, Any]:
+        """Measure; the stack and the operator are gone when this returns."""
+        try:
+            self.setup()
+            self.burst()
+            if self.args.steady_seconds > 0 and self.operator and self.operator.alive():
+                self.steady()
+            self.result["rss_mb"] = self.rss()
+            try:  # after the measurement: an overloaded apiserver may not answer in time
+                self.result["events"] = self.events_by_source()
+            except Exception as exc:
+                self.result["events"] = {"error": repr(exc)[:300]}
+            self.result["watch_errors"] = [e for w in self.watches for e in w.errors][:5]
+            self.result["harness_watch_connects"] = {w.path: w.connects for w in self.watches}
+        finally:
+            self.teardown()
+        return self.result
+
+    def setup(self) -> None:
+        stack, t = self.stack, time.monotonic()
+        self.log(f"dev up ({stack.nodes} kwok nodes x {GPUS_PER_NODE} GPUs) in {stack.dir}")
+        stack.up()
+        self.result["stack_up_s"] = round(time.monotonic() - t, 1)
+        stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        stack.kubectl(
+            "wait", "--for=condition=Established", "crd",
+            "-l", "app.kubernetes.io/part-of=tradewind", "--timeout=60s",
+        )  # fmt: skip
+        for namespace in (NAMESPACE, WARMUP_NAMESPACE):
+            wait_namespace(stack, namespace)
+
+        t = time.monotonic()
+        self.operator = Operator(stack.env(), self.workdir / "operator.log", self.profile)
+        self.operator.start()
+        self.api = Api(stack.kubeconfig, pool_size=max(32, self.args.apply_workers + 8))
+        warmup = training_run("warmup", WARMUP_NAMESPACE)
+        resp = self.api.request("POST", runs_path(WARMUP_NAMESPACE), warmup)
+        if resp.status != 201:
+            raise RuntimeError(f"warm-up run not created: {resp.status} {resp.data[:300]!r}")
+        stack.kubectl(
+            "wait", "--for=condition=Running", "trainingrun/warmup", "-n", WARMUP_NAMESPACE,
+            "--timeout=120s",
+        )  # fmt: skip
+        self.result["operator_ready_s"] = round(time.monotonic() - t, 1)
+        self.log(f"operator ready after {self.result['operator_ready_s']} s (warm-up Running)")
+
+        pids = {"operator": self.operator.pid, **stack.pids, "harness": os.getpid()}
+        self.sampler = Sampler(pids)
+        self.sampler.start()
+        self.watches = [
+            Watch(self.api, runs_path(NAMESPACE), self.tracker.on_run),
+            Watch(self.api, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", self.tracker.on_job),
+            Watch(self.api, f"/api/v1/namespaces/{NAMESPACE}/pods", self.tracker.on_pod),
+        ]
+        for watch in self.watches:
+            watch.start()
+
+    def burst(self) -> None:
+        """Apply every run; wait (on the watches) until all are Running or the timeout."""
+        assert self.operator is not None and self.sampler is not None
+        api, tracker, size, result = self.api, self.tracker, self.size, self.result
+        op_pid = self.operator.pid
+        metrics0, cpu0, threads0 = api.metrics(), self.sampler.snapshot(), thread_cpu_split(op_pid)
+        t0 = time.monotonic()
+        self.log(f"applying {size} TrainingRuns ({self.args.apply_workers} workers)")
+        result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers)
+        self.log(
+            f"applied in {result['apply']['seconds']} s ({result['apply']['per_second']}/s); "
+            "waiting for Running"
+        )
+        last_report = time.monotonic()
+        while not tracker.all_running.wait(1.0):
+            now = time.monotonic()
+            if now > t0 + self.args.timeout or not self.operator.alive():
+                break
+            if now - last_report >= 10:
+                last_report = now
+                self.log(f"{now - t0:5.1f} s: {tracker.jobs} Jobs, {tracker.running} Running")
+        t_end = time.monotonic()
+        cpu1, threads1, metrics1 = self.sampler.snapshot(), thread_cpu_split(op_pid), api.metrics()
+
+        job_times = [times["job"] for times in tracker.t.values() if "job" in times]
+        result |= {
+            "timed_out": tracker.running < size,
+            "operator_alive": self.operator.alive(),
+            "runs_running": tracker.running,
+            "jobs_created": len(job_times),
+            "all_jobs_s": round(max(job_times) - t0, 3) if len(job_times) >= size else None,
+            "all_running_s": round(t_end - t0, 3) if tracker.running >= size else None,
+        }
+        self.log(
+            f"{tracker.running}/{size} Running after {t_end - t0:.1f} s "
+            f"(all Jobs after {result['all_jobs_s']} s)"
+        )
+        runs = [ts for name, ts in tracker.t.items() if name.startswith("run-")]
+
+        def spans(a: str, b: str) -> dict[str, float | None]:
+            return percentiles([ts[b] - ts[a] for ts in runs if {a, b} <= ts.keys()])
+
+        result["latency_s"] = spans("created", "running")
+        result["server_latency_s"] = percentiles(list(tracker.server_latency.values()))
+        result["stages_s"] = {label: spans(a, b) for label, a, b in STAGES}
+        result["operator_detail_s"] = {label: spans(a, b) for label, a, b in OPERATOR_DETAIL}
+        result["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu1}
+        result["operator_threads_cpu_s"] = {
+            k: round(threads1.get(k, 0.0) - threads0.get(k, 0.0), 2) for k in threads1
+        }
+        result["apiserver_requests"] = _diff_requests(metrics0, metrics1)
+        result["timeline_pct_of_core"] = self.sampler.timeline(t0, t_end)
+
+    def steady(self) -> None:
+        """Every run Running, nothing to converge: what does keeping them cost?"""
+        assert self.sampler is not None
+        seconds = self.args.steady_seconds
+        running = "every run" if self.tracker.running >= self.size else "the runs so far"
+        self.log(f"steady state, {seconds:.0f} s with {running} Running")
+        cpu0, metrics0 = self.sampler.snapshot(), self.api.metrics()
+        time.sleep(seconds)
+        cpu1, metrics1 = self.sampler.snapshot(), self.api.metrics()
+        self.result["steady"] = {
+            "seconds": seconds,
+            "cpu_pct_of_core": {k: round(100 * (cpu1[k] - cpu0[k]) / seconds, 1) for k in cpu1},
+            "apiserver_requests": _diff_requests(metrics0, metrics1),
+        }
+
+    def events_by_source(self) -> dict[str, int]:
+        """Events in the bench namespace by who posted them, about what kind, and why (the
+        core and events.k8s.io APIs are two views of the same objects: one is read)."""
+        counts: collections.Counter[str] = collections.Counter()
+        for ev in self.api.get_json(f"/api/v1/namespaces/{NAMESPACE}/events").get("items", []):
+            source = (
+                ev.get("reportingComponent") or (ev.get("source") or {}).get("component") or "?"
+            )
+            kind = (ev.get("involvedObject") or {}).get("kind", "?")
+            counts[f"{source} {kind} {ev.get('reason')}"] += max(1, int(ev.get("count") or 1))
+        return dict(counts.most_common(20))
+
+    def rss(self) -> dict[str, float]:
+        assert self.operator is not None
+        op = self.operator.pid
+        return {
+            "operator_peak": round(proc_status_mb(op, "VmHWM") or 0.0, 1),
+            "operator_end": round(proc_status_mb(op, "VmRSS") or 0.0, 1),
+            **{
+                f"{k}_peak": round(proc_status_mb(pid, "VmHWM") or 0.0, 1)
+                for k, pid in self.stack.pids.items()
+            },
+        }
+
+    def final_profile(self) -> None:
+        """Ask the profiler for its last dump, with the memory breakdown; wait for it."""
+        assert self.operator is not None and self.profile is not None
+        os.kill(self.operator.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(self.profile.read_text()).get("memory"):
+                    return
+
+    def teardown(self) -> None:
+        for watch in self.watches:
+            watch.stopped.set()
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.operator is not None:
+            if self.profile is not None and self.operator.alive():
+                self.final_profile()
+            self.operator.stop()
+            self.result["operator_log"] = self.operator.log_summary()
+            if self.args.keep_logs:
+                dest = Path(self.args.keep_logs) / f"operator-{self.size}.log"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(self.operator.log_path, dest)
+        if self.profile is not None and self.profile.is_file():
+            self.result["operator_profile"] = json.loads(self.profile.read_text())
+        self.log("tearing down")
+        self.stack.down()
+
+
+def _diff_requests(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    diff = {k: int(v - before.get(k, 0.0)) for k, v in after.items()}
+    top = sorted(((v, k) for k, v in diff.items() if v > 0), reverse=True)
+    return {k: v for v, k in top[:25]}
+
+
+# --- the sampling profiler for `_operator` mode ---------------------------------------------
+
+IDLE_LEAVES = {
+    ("selectors.py", "select"),
+    ("threading.py", "wait"),
+    ("threading.py", "_wait_for_tstate_lock"),
+    ("thread.py", "_worker"),
+    ("queue.py", "get"),
+}
+
+
+def _where(code: Any) -> str:
+    path = code.co_filename
+    for marker in ("site-packages/", "/work/main/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker == "/lib/python3":
+                path = "stdlib/" + path.split("/", 1)[1]
+            break
+    return f"{path}:{code.co_name}"
+
+
+def _package(code: Any) -> str:
+    where = _where(code)
+    head = where.split("/", 1)[0]
+    if head == "stdlib":
+        return "stdlib/" + where.split("/")[1].split(":")[0].removesuffix(".py")
+    if head == "tradewind":
+        return "/".join(where.split("/")[:2]).split(":")[0].removesuffix(".py")
+    return head.split(":")[0].removesuffix(".py")
+
+
+class Profiler:
+    """Charges each thread's CPU (its pthread CPU clock) since the last sample to its current
+    Python stack. Every 5 s, and on SIGUSR1, writes the top functions (self and inclusive),
+    CPU by package of the leaf frame and by thread, and the meters; the SIGUSR1 dump adds
+    where the memory is (_memory_breakdown)."""
+
+    def __init__(self, out: Path, interval: float = 0.01) -> None:
+        self.out, self.interval = out, interval
+        self.self_cpu: collections.Counter[str] = collections.Counter()
+        self.incl_cpu: collections.Counter[str] = collections.Counter()
+        self.pkg_cpu: collections.Counter[str] = collections.Counter()
+        self.thread_cpu: collections.Counter[str] = collections.Counter()
+        self.last: dict[int, float] = {}
+        self.me = 0
+        self.main = threading.main_thread().ident
+        self.final = threading.Event()
+        self.memory: dict[str, float] = {}
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self.loop, daemon=True, name="profiler")
+        thread.start()
+        self.me = thread.ident or 0
+        signal.signal(signal.SIGUSR1, lambda *_: self.final.set())
+
+    def loop(self) -> None:
+        next_dump = time.monotonic() + 5
+        while True:
+            time.sleep(self.interval)
+            self.sample()
+            if self.final.is_set():
+                self.memory = _memory_breakdown()
+                self.final.clear()
+                next_dump = 0.0
+            if time.monotonic() >= next_dump:
+                next_dump = time.monotonic() + 5
+                self.dump()
+
+    def sample(self) -> None:
+        for tid, frame in sys._current_frames().items():
+            if tid == self.me:
+                continue
+            try:
+                cpu = time.clock_gettime(time.pthread_getcpuclockid(tid))
+            except OSError:
+                continue
+            delta, self.last[tid] = cpu - self.last.get(tid, cpu), cpu
+            if delta <= 0:
+                continue
+            code = frame.f_code
+            kind = "main (asyncio loop)" if tid == self.main else "worker threads"
+            self.thread_cpu[kind] += delta
+            if (Path(code.co_filename).name, code.co_name) in IDLE_LEAVES:
+                self.thread_cpu[kind + ", in a waiting leaf"] += delta
+            self.self_cpu[_where(code)] += delta
+            self.pkg_cpu[_package(code)] += delta
+            seen = set()
+            f: Any = frame
+            while f is not None:
+                where = _where(f.f_code)
+                if where not in seen:
+                    seen.add(where)
+                    self.incl_cpu[where] += delta
+                f = f.f_back
+
+    def dump(self) -> None:
+        def top(counter: collections.Counter[str], n: int) -> dict[str, float]:
+            return {k: round(v, 2) for k, v in counter.most_common(n)}
+
+        doc = {
+            "profiled_cpu_s": round(sum(self.self_cpu.values()), 2),
+            "by_thread": top(self.thread_cpu, 10),
+            "by_package_self": top(self.pkg_cpu, 15),
+            "top_self": top(self.self_cpu, 25),
+            "top_inclusive": top(self.incl_cpu, 45),
+            "calls": METER.report(),
+            "memory": self.memory,
+        }
+        tmp = self.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(self.out)
+
+
+def _memory_breakdown() -> dict[str, Any]:
+    """Where the operator's memory is: deep size of each kopf index (dicts, lists and
+    scalars only) and the most numerous object types."""
+    import gc
+
+    from kopf._core.engines import indexing
+
+    gc.collect()
+    objects = gc.get_objects()
+    seen: set[int] = set()
+
+    def deep(root: Any) -> int:
+        total, stack = 0, [root]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            total += sys.getsizeof(obj)
+            if isinstance(obj, dict):
+                stack.extend(obj.keys())
+                stack.extend(obj.values())
+            elif isinstance(obj, list | tuple | set | frozenset):
+                stack.extend(obj)
+            elif isinstance(obj, indexing.Index | indexing.Store):
+                stack.append(vars(obj))
+        return total
+
+    out: dict[str, Any] = {}
+    for obj in objects:
+        if isinstance(obj, indexing.OperatorIndexers):
+            for handler_id, indexer in obj.items():
+                out[f"kopf index {handler_id}"] = {
+                    "keys": len(indexer.index),
+                    "mb": round(deep(indexer.index) / 2**20, 1),
+                }
+    counts = collections.Counter(type(o).__name__ for o in objects)
+    out["gc_objects"] = len(objects)
+    out["top_types"] = dict(counts.most_common(12))
+    return out
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/work/main/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+class Meter:
+    """Exact per-call accounting of chosen functions: calls, CPU of the calling thread
+    (time.thread_time, so waits on the network or the GIL are not counted) and wall time;
+    for the default executor behind asyncio.to_thread, how long work waited for a thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.cpu: collections.Counter[str] = collections.Counter()
+        self.wall: collections.Counter[str] = collections.Counter()
+        self.waits: dict[str, list[float]] = collections.defaultdict(list)
+
+    def add(self, name: str, cpu: float, wall: float) -> None:
+        with self.lock:
+            self.calls[name] += 1
+            self.cpu[name] += cpu
+            self.wall[name] += wall
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            cpu, wall = time.thread_time(), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(name, time.thread_time() - cpu, time.perf_counter() - wall)
+
+        return timed
+
+    def wrap_async(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Calls and wall time only: CPU across awaits belongs to other tasks too."""
+
+        @functools.wraps(fn)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            wall = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self.add(name, 0.0, time.perf_counter() - wall)
+
+        return timed
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            out: dict[str, Any] = {
+                name: {
+                    "calls": n,
+                    "cpu_s": round(self.cpu[name], 3),
+                    "wall_s": round(self.wall[name], 3),
+                    "cpu_ms_per_call": round(1000 * self.cpu[name] / n, 3),
+                    "wall_ms_per_call": round(1000 * self.wall[name] / n, 3),
+                }
+                for name, n in self.calls.most_common()
+            }
+            for name, waits in self.waits.items():
+                out[f"queue wait for a thread: {name}"] = percentiles(list(waits))
+        return out
+
+
+METER = Meter()
+
+
+def _instrument() -> None:
+    """Wrap the operator's functions (the same code, timed) before kopf registers anything."""
+    import asyncio
+
+    from kopf._core.reactor import processing
+
+    from tradewind.operator import builders, kube, loop, reconcile, status
+
+    processing.process_resource_event = METER.wrap_async(
+        "kopf process_resource_event (wall)", processing.process_resource_event
+    )
+    loop.reconcile = METER.wrap("reconcile (all of it)", reconcile.reconcile)
+    reconcile.parse_run = METER.wrap("reconcile: parse_run (pydantic)", reconcile.parse_run)
+    reconcile.decide = METER.wrap("reconcile: decide", reconcile.decide)
+    reconcile.observe_attempt = METER.wrap("reconcile: observe_attempt", status.observe_attempt)
+    builders.build_configmap = METER.wrap("build_configmap (YAML)", builders.build_configmap)
+    for method in ("create", "delete", "patch_status", "event", "set_job_suspended"):
+        setattr(kube.Kube, method, METER.wrap(f"Kube.{method} (HTTP)", getattr(kube.Kube, method)))
+    to_thread = asyncio.to_thread
+
+    async def timed_to_thread(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        submitted = time.perf_counter()
+        name = getattr(func, "__name__", "?")
+
+        def run(*a: Any, **k: Any) -> Any:
+            wait = time.perf_counter() - submitted
+            with METER.lock:
+                METER.waits[name].append(wait)
+            return func(*a, **k)
+
+        return await to_thread(run, *args, **kwargs)
+
+    asyncio.to_thread = timed_to_thread  # type: ignore[assignment]
+
+
+def _loop_lag_monitor() -> None:
+    """A kopf startup handler that measures the event loop's lag (how late a 50 ms sleep
+    wakes): the main thread is kopf's, so its lag delays every watch event."""
+    import asyncio
+
+    import kopf
+
+    async def monitor() -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.05)
+            METER.waits["(event loop lag)"].append(time.perf_counter() - start - 0.05)
+
+    tasks: list[Any] = []
+
+    @kopf.on.startup()
+    async def start_lag_monitor(**_: Any) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(monitor()))
+
+
+def operator_child(profile_path: str) -> None:
+    """`_operator PROFILE`: the operator, as `tradewind operator` runs it, with the profiler
+    and the meters."""
+    from tradewind.operator.loop import run_operator
+
+    _instrument()
+    _loop_lag_monitor()
+    Profiler(Path(profile_path)).start()
+    run_operator([])
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def versions(stack_bin: Path) -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("tradewind", "kopf", "kubernetes", "pydantic", "aiohttp", "urllib3"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    for binary, flag in (
+        ("kube-apiserver", "--version"),
+        ("kwok", "--version"),
+        ("etcd", "--version"),
+    ):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            text = subprocess.run(
+                [str(stack_bin / binary), flag], capture_output=True, text=True, timeout=30
+            ).stdout
+            out[binary] = text.splitlines()[0].strip() if text else "?"
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu_model": model,
+        "cpus_available": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_gb, 1),
+        "kernel": platform.release(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    def f(value: Any, width: int, digits: int = 1) -> str:
+        if value is None:
+            return "-".rjust(width)
+        if isinstance(value, float):
+            return f"{value:.{digits}f}".rjust(width)
+        return str(value).rjust(width)
+
+    head = (
+        f"{'runs':>5} {'nodes':>5} {'apply s':>7} {'jobs s':>7} {'run s':>7} {'p50 s':>6} "
+        f"{'p99 s':>6} {'opRSS MB':>8} | CPU s: {'oper':>5} {'apisrv':>6} {'etcd':>5} "
+        f"{'kcm':>5} {'sched':>5} {'kwok':>5} {'harn':>5} {'other':>5}"
+    )
+    print()
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        if "apply" not in r:
+            print(f"{r['size']:>5} failed: {r.get('error', '?')}")
+            continue
+        cpu, lat = r.get("cpu_s", {}), r.get("latency_s", {})
+        running = r.get("all_running_s")
+        run_s = (
+            f(running, 7) if running is not None else f"{r['runs_running']}/{r['size']}".rjust(7)
+        )
+        print(
+            f"{r['size']:>5} {r['kwok_nodes']:>5} {f(r['apply']['seconds'], 7)} "
+            f"{f(r.get('all_jobs_s'), 7)} {run_s} {f(lat.get('p50'), 6, 2)} "
+            f"{f(lat.get('p99'), 6, 2)} {f(r.get('rss_mb', {}).get('operator_peak'), 8)} | "
+            f"       {f(cpu.get('operator'), 5)} {f(cpu.get('kube-apiserver'), 6)} "
+            f"{f(cpu.get('etcd'), 5)} {f(cpu.get('kube-controller-manager'), 5)} "
+            f"{f(cpu.get('kube-scheduler'), 5)} {f(cpu.get('kwok'), 5)} {f(cpu.get('harness'), 5)} "
+            f"{f(cpu.get('other processes'), 5)}"
+        )
+    print("\nper-run stage latency, p50 / p99 s:")
+    labels = [label for label, _, _ in STAGES]
+    print(f"{'runs':>5}  " + "  ".join(f"{label:>34}" for label in labels))
+    for r in results:
+        stages = r.get("stages_s")
+        if not stages:
+            continue
+        cells = [
+            f"{f(stages[label]['p50'], 6, 2)} / {f(stages[label]['p99'], 6, 2)}".rjust(34)
+            for label in labels
+        ]
+        print(f"{r['size']:>5}  " + "  ".join(cells))
+    print()
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "_operator":
+        operator_child(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/operator_scale.json")
+    parser.add_argument("--apply-workers", type=int, default=16)
+    parser.add_argument(
+        "--timeout", type=float, default=420.0, help="Per size: give up waiting for Running."
+    )
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=15.0,
+        help="After all are Running, measure CPU this long (the operator's status poll is 15 s).",
+    )
+    parser.add_argument("--profile-operator", action="store_true")
+    parser.add_argument("--keep-logs", help="Copy each size's operator log into this folder.")
+    parser.add_argument(
+        "--attach-profile",
+        type=Path,
+        nargs="+",
+        help="JSON of earlier --profile-operator runs to include under `profiled_runs`.",
+    )
+    args = parser.parse_args()
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    started = dt.datetime.now(dt.UTC)
+    doc: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(_bin_dir()),
+        "config": {
+            "run": training_run("run-NNNNN", NAMESPACE),
+            "nodes_per_run": NODES_PER_RUN,
+            "pods_per_kwok_node_planned": PODS_PER_NODE,
+            "apply": f"POST from a thread pool of {args.apply_workers}",
+            "operator": "tradewind operator, clusterwide, TRADEWIND_* defaults, no MLflow",
+            "status_poll_seconds": 15,
+            "profiled": args.profile_operator,
+            "kwok_pod_start": KWOK_POD_START,
+            "components_flags": "tradewind/devstack/components.py",
+        },
+        "targets": {
+            "runs": TARGET_RUNS,
+            "all_running_within_s": TARGET_RUNNING_S,
+            "operator_rss_mb_under": TARGET_RSS_MB,
+        },
+        "results": [],
+    }
+    if args.attach_profile:
+        doc["profiled_runs"] = [
+            _profiled_run(json.loads(p.read_text())) for p in args.attach_profile
+        ]
+    try:
+        for size in args.sizes:
+            with tempfile.TemporaryDirectory(prefix=f"tw-opscale-{size}-") as tmp:
+                bench = Bench(size, args, Path(tmp))
+                try:
+                    doc["results"].append(bench.run())
+                except Exception as exc:  # recorded with what was measured; the stack is down
+                    log(f"N={size}: failed: {exc}")
+                    doc["results"].append({**bench.result, "error": str(exc)[:2000]})
+            last = doc["results"][-1]
+            if last.get("timed_out") or "error" in last:
+                log("stopping: the last size did not finish")
+                break
+    finally:
+        doc["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        doc["wall_s"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
+        doc["targets"]["met"] = _targets_met(doc["results"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print_table(doc["results"])
+        print(f"targets: {json.dumps(doc['targets']['met'])}")
+        print(f"wrote {args.out}")
+
+
+def _profiled_run(profiled: dict[str, Any]) -> dict[str, Any]:
+    """What a --profile-operator run found, per size: the meters and profiles, and the
+    headline numbers (slower than unprofiled ones)."""
+    keep = ("size", "all_running_s", "latency_s", "stages_s", "operator_detail_s", "cpu_s")
+    return {
+        "date": profiled.get("date"),
+        "note": "the operator ran with meters and a sampling profiler: timings are inflated",
+        "results": [
+            {**{k: r.get(k) for k in keep}, "operator_profile": r.get("operator_profile")}
+            for r in profiled.get("results", [])
+        ],
+    }
+
+
+def _targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
+    at = next((r for r in results if r.get("size") == TARGET_RUNS and "apply" in r), None)
+    if at is None:
+        return {"measured_at_target_size": False}
+    running = at.get("all_running_s")
+    rss = at.get("rss_mb", {}).get("operator_peak")
+    return {
+        "measured_at_target_size": True,
+        "all_running_s": running,
+        "running_within_target": running is not None and running <= TARGET_RUNNING_S,
+        "operator_rss_peak_mb": rss,
+        "rss_within_target": rss is not None and rss < TARGET_RSS_MB,
+    }
+
+
+if __name__ == "__main__":
+    main()
