@@ -83,6 +83,9 @@ def reconcile(
     _apply(run, body, decision, jobs, kube, settings)
     if decision.status != status:
         decision.written_version = kube.patch_status(body, decision.status)
+    # Events last: the status is the record; an Event lost to a crash here is not re-posted.
+    for kind, reason, message in decision.events:
+        kube.event(body, kind, reason, message)
     return decision
 
 
@@ -146,5 +149,3 @@ def _apply(
         )
     if "suspend_job" in actions or "resume_job" in actions:
         kube.set_job_suspended(ns, builders.job_name(run, attempt), "suspend_job" in actions)
-    for kind, reason, message in decision.events:
-        kube.event(body, kind, reason, message)

@@ -188,6 +188,16 @@ def decide(
     elif not attempt.exists:
         _create(d, now, generation)
     else:
+        if not any(c.type == "Created" for c in s.conditions):  # e.g. the operator died
+            set_condition(
+                s,
+                "Created",
+                True,
+                "AttemptCreated",
+                f"attempt {s.attempt} created",
+                now,
+                generation,
+            )
         if attempt.suspended:
             d.actions.append("resume_job")
         _progress(run, d, attempt, now, generation)
