@@ -805,8 +805,32 @@ class Bench:
                 shutil.copy(self.operator.log_path, dest)
         if self.profile is not None and self.profile.is_file():
             self.result["operator_profile"] = json.loads(self.profile.read_text())
+        with contextlib.suppress(OSError):
+            self.result["component_log_signals"] = component_log_signals(self.stack.dir / "logs")
         self.log("tearing down")
         self.stack.down()
+
+
+LOG_SIGNALS = {
+    "watcher closed (too slow)": "unresponsiveness",
+    "watch cache lagging": "objects queued in incoming channel",
+    "client-side throttling": "Throttling request took",
+    "update conflicts": "the object has been modified",
+    "kwok errors": '"level":"ERROR"',
+}
+"""Lines in the components' logs that say the cluster itself was struggling."""
+
+
+def component_log_signals(logs: Path) -> dict[str, dict[str, int]]:
+    """How often each LOG_SIGNALS pattern appears in each component's log (read before
+    `dev down --purge` deletes them)."""
+    out: dict[str, dict[str, int]] = {}
+    for log_file in sorted(logs.glob("*.log")):
+        text = log_file.read_text(errors="replace")
+        counts = {name: text.count(pattern) for name, pattern in LOG_SIGNALS.items()}
+        if any(counts.values()):
+            out[log_file.stem] = {k: v for k, v in counts.items() if v}
+    return out
 
 
 def _diff_requests(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
