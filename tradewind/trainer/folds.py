@@ -25,33 +25,26 @@ from tradewind.trainer.distributed import DistEnv
 from tradewind.trainer.storage import LocalStore
 from tradewind.trainer.tracking import Tracker
 
+PER_SAMPLE = (
+    "window_index",
+    "labels",
+    "forward_returns",
+    "volatility",
+    "regimes",
+    "symbol_ids",
+    "timestamps",
+)
+"""The SupervisedSplit fields with one entry per sample (the window view is shared)."""
+
 
 def subset(split: SupervisedSplit, samples: np.ndarray) -> SupervisedSplit:
     """The samples at `samples` of a split (the window view stays shared)."""
-    per_sample = (
-        "window_index",
-        "labels",
-        "forward_returns",
-        "volatility",
-        "regimes",
-        "symbol_ids",
-        "timestamps",
-    )
-    return dataclasses.replace(split, **{f: getattr(split, f)[samples] for f in per_sample})
+    return dataclasses.replace(split, **{f: getattr(split, f)[samples] for f in PER_SAMPLE})
 
 
 def concat(a: SupervisedSplit, b: SupervisedSplit) -> SupervisedSplit:
-    per_sample = (
-        "window_index",
-        "labels",
-        "forward_returns",
-        "volatility",
-        "regimes",
-        "symbol_ids",
-        "timestamps",
-    )
     return dataclasses.replace(
-        a, **{f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in per_sample}
+        a, **{f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in PER_SAMPLE}
     )
 
 

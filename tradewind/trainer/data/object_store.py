@@ -63,21 +63,13 @@ def minio_client_from_env(environ: Mapping[str, str] | None = None) -> Minio:
     The endpoint is `AWS_ENDPOINT_URL` or `TRADEWIND_S3_ENDPOINT` (`http://host:port` for a
     plain-HTTP MinIO; without a scheme, HTTPS); credentials are `AWS_ACCESS_KEY_ID`,
     `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN` and `AWS_REGION`."""
-    from minio import Minio
+    from tradewind.trainer.storage import StorageError, s3_client_from_env
 
-    env = os.environ if environ is None else environ
-    endpoint = env.get("AWS_ENDPOINT_URL") or env.get("TRADEWIND_S3_ENDPOINT")
-    if not endpoint:
-        raise DataError("s3:// sources need AWS_ENDPOINT_URL or TRADEWIND_S3_ENDPOINT to be set")
-    url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-    return Minio(
-        url.netloc,
-        access_key=env.get("AWS_ACCESS_KEY_ID"),
-        secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        session_token=env.get("AWS_SESSION_TOKEN"),
-        secure=url.scheme == "https",
-        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-    )
+    try:
+        client: Minio = s3_client_from_env(os.environ if environ is None else environ)  # type: ignore[assignment]
+    except StorageError as exc:
+        raise DataError(str(exc).replace("s3:// storage", "s3:// sources")) from None
+    return client
 
 
 def read_object(uri: str, client: ObjectStoreClient) -> bytes:
