@@ -128,6 +128,7 @@ def run_operator(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if metrics_port is not None:
         metrics.serve(metrics_port)
+    log.info("tradewind operator starting; namespaces: %s", ", ".join(namespaces) or "all")
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
