@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,16 +294,22 @@ def test_metrics_liveness_and_json_logs(
 
     kubectl.apply(_run("observed"), "-n", namespace)
     kubectl.wait("--for=condition=Succeeded", "trainingrun/observed", "-n", namespace)
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5
-    ) as resp:
-        text = resp.read().decode()
+
+    def succeeded_gauge() -> tuple[str, list[str]]:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5
+        ) as resp:
+            text = resp.read().decode()
+        prefix = 'tradewind_runs{kind="TrainingRun",phase="Succeeded"}'
+        return text, [line for line in text.splitlines() if line.startswith(prefix)]
+
+    # The gauge moves just after the status write that `kubectl wait` sees: poll briefly.
+    deadline = time.monotonic() + 30
+    text, succeeded = succeeded_gauge()
+    while not succeeded and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text, succeeded = succeeded_gauge()
     assert 'tradewind_reconcile_duration_seconds_count{kind="TrainingRun"}' in text
-    succeeded = [
-        line
-        for line in text.splitlines()
-        if line.startswith('tradewind_runs{kind="TrainingRun",phase="Succeeded"}')
-    ]
     assert succeeded and float(succeeded[0].split()[-1]) >= 1
     with urllib.request.urlopen(
         f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5
