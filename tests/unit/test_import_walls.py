@@ -44,3 +44,16 @@ def test_cli_help_does_not_load_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_sweeps_import_where_torch_cannot() -> None:
+    code = BLOCK_AND_IMPORT.replace(
+        "import tradewind.api,", "import tradewind.sweeps.study, tradewind.api,"
+    )
+    code = code.replace("{BLOCKED}", repr({"torch", "stable_baselines3", "gymnasium", "mlflow"}))
+    code = code.replace("{HEAVY}", repr({"torch", "pandas", "mlflow"}))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -49,7 +49,7 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
             return optuna.samplers.RandomSampler(seed=seed)
         case "grid":
             grid = {path: list(_choices(p)) for path, p in spec.search_space.items()}
-            return optuna.samplers.GridSampler(grid, seed=seed)
+            return _GridSampler(grid, seed=seed)
         case "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         case "nsga2":
@@ -247,6 +247,20 @@ def _summary(trial: FrozenTrial, spec: SweepSpec, names: Mapping[int, str]) -> T
         params=decode_params(spec, trial.params),
         values=list(trial.values or []),
     )
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler that does not stop the study when the grid is done: Study.stop() works
+    only inside study.optimize, and the sweep stops itself at `trial_budget`."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        pass
 
 
 def _live_trial(study: optuna.Study, number: int) -> optuna.trial.Trial:
