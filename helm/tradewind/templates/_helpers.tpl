@@ -1,0 +1,81 @@
+{{/* Names, labels and computed settings shared by the templates. */}}
+
+{{- define "tradewind.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tradewind.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/part-of: tradewind
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "tradewind.selectorLabels" -}}
+app.kubernetes.io/name: tradewind-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tradewind.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tradewind.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tradewind.image" -}}
+{{- $repo := .image.repository -}}
+{{- if .registry -}}{{- $repo = printf "%s/%s" (trimSuffix "/" .registry) $repo -}}{{- end -}}
+{{- printf "%s:%s" $repo (default .appVersion .image.tag) -}}
+{{- end -}}
+
+{{- define "tradewind.operatorImage" -}}
+{{- include "tradewind.image" (dict "registry" .Values.image.registry "image" .Values.image.operator "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "tradewind.trainerImage" -}}
+{{- include "tradewind.image" (dict "registry" .Values.image.registry "image" .Values.image.trainer "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "tradewind.minioName" -}}{{ include "tradewind.fullname" . }}-minio{{- end -}}
+{{- define "tradewind.minioSecret" -}}{{ include "tradewind.fullname" . }}-minio-credentials{{- end -}}
+{{- define "tradewind.mlflowName" -}}{{ include "tradewind.fullname" . }}-mlflow{{- end -}}
+
+{{/* The object store endpoint and credentials: bundled MinIO, else the values. */}}
+{{- define "tradewind.s3Endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "http://%s.%s.svc:9000" (include "tradewind.minioName" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.objectStore.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tradewind.s3CredentialsSecret" -}}
+{{- if .Values.minio.enabled -}}
+{{- include "tradewind.minioSecret" . -}}
+{{- else -}}
+{{- .Values.objectStore.credentialsSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tradewind.mlflowUri" -}}
+{{- if .Values.mlflowServer.enabled -}}
+{{- printf "http://%s.%s.svc:5000" (include "tradewind.mlflowName" .) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.mlflow.trackingUri -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tradewind.optunaStorage" -}}
+{{- default "sqlite:////var/lib/tradewind/optuna.db" .Values.optuna.storage -}}
+{{- end -}}
+
+{{- define "tradewind.optunaVolume" -}}
+{{- and (not .Values.optuna.storage) .Values.optuna.persistence.enabled -}}
+{{- end -}}
