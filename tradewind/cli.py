@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -151,6 +151,80 @@ def run_manifest(
     else:
         result = local_run.run_training(run, state_dir, out)
     local_run.print_summary(result, out)
+
+
+rl_app = typer.Typer(help="Reinforcement-learning tools for RLRuns.", no_args_is_help=True)
+app.add_typer(rl_app, name="rl")
+
+
+@rl_app.command("grid-search")
+def rl_grid_search(
+    filename: Annotated[Path, typer.Option("--filename", "-f", help="Manifest with one RLRun.")],
+    param: Annotated[
+        list[str],
+        typer.Option(
+            "--param",
+            "-p",
+            help="NAME=V1,V2,... : a hyperparameter (rl-zoo3/SB3 name) and its values. "
+            "Repeatable; every combination is tried. Lists in brackets: net_arch=[64,64],[32].",
+        ),
+    ],
+    agent: Annotated[
+        str | None, typer.Option(help="Agent to search (needed when the run has several).")
+    ] = None,
+    timesteps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Timesteps per combination. [default: spec.totalTimesteps]"),
+    ] = None,
+    seeds: Annotated[
+        int, typer.Option(min=1, max=100, help="Seeds per combination (scores averaged).")
+    ] = 1,
+    score: Annotated[
+        str, typer.Option(help="Rank by sharpe, total_return or eval_mean_reward.")
+    ] = "sharpe",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the results as JSON.")
+    ] = None,
+) -> None:
+    """Train every combination of a small hyperparameter grid here, briefly, and rank them
+    on the run's held-out bars after costs (a Sweep does large searches in the cluster).
+
+    Example: tradewind rl grid-search -f rlrun.yaml --agent ppo
+    --param learning_rate=1e-4,3e-4 --param gamma=0.95,0.99 --timesteps 20000
+    """
+    import json
+
+    import yaml
+
+    from tradewind.api import ManifestError, RLRun, load_resources
+
+    try:
+        resources = load_resources(filename)
+    except ManifestError as exc:
+        _fail(exc.problems)
+    if len(resources) != 1 or not isinstance(resources[0], RLRun):
+        _fail([f"{filename}: expected one RLRun"])
+    run = resources[0]
+    assert isinstance(run, RLRun)
+    from tradewind.trainer.rl import grid_search as gs
+
+    def report(i: int, n: int, row: dict[str, Any]) -> None:
+        out.print(gs.trial_line(i, n, row, score), highlight=False)
+
+    try:
+        grid = gs.parse_grid(param)
+        result = gs.grid_search(run.spec, grid, agent, timesteps, seeds, score, on_trial=report)
+    except gs.GridError as exc:
+        _fail([str(exc)])
+    out.print(gs.result_table(result))
+    out.print("best hyperparameters (add to the agent in the RLRun):", highlight=False)
+    best = yaml.safe_dump(
+        {"hyperparameters": result.best}, sort_keys=False, default_flow_style=None
+    )
+    out.print(best, markup=False)
+    if output is not None:
+        output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        out.print(f"wrote {output}", highlight=False)
 
 
 dev_app = typer.Typer(

@@ -1,5 +1,5 @@
 """Figures logged to MLflow at the end of a run: loss curves, confusion matrix, equity
-curves against the baselines, and an attention heatmap."""
+curves against the baselines, an attention heatmap, and an RL ensemble's uncertainty."""
 
 from __future__ import annotations
 
@@ -62,15 +62,19 @@ def confusion_matrix(
     return fig
 
 
-def equity_curves(returns: Mapping[str, npt.NDArray[np.float64]]) -> Figure:
+def equity_curves(
+    returns: Mapping[str, npt.NDArray[np.float64]],
+    title: str = "Equity: model vs buy-and-hold vs random",
+    xlabel: str = "trade period (test)",
+) -> Figure:
     """Compounded equity of each strategy's per-period returns (after costs)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, series in returns.items():
         ax.plot(np.cumprod(1.0 + series), label=name)
     ax.axhline(1.0, color="grey", linewidth=0.5)
-    ax.set_xlabel("trade period (test)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("equity")
-    ax.set_title("Equity: model vs buy-and-hold vs random")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     return fig
@@ -89,5 +93,30 @@ def attention_heatmap(weights: npt.NDArray[np.float32]) -> Figure:
         ax.set_xlabel("key bar")
         ax.set_ylabel("query bar")
     ax.set_title("Attention")
+    fig.tight_layout()
+    return fig
+
+
+def ensemble_uncertainty(
+    member_exposure: Mapping[str, npt.NDArray[np.float64]],
+    ensemble_exposure: npt.NDArray[np.float64],
+    uncertainty: npt.NDArray[np.float64],
+) -> Figure:
+    """An RL ensemble over an episode: each member's and the ensemble's net exposure (sum of
+    target weights over symbols) per step, and below it the members' disagreement (standard
+    deviation of their target weights, averaged over symbols)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=(2, 1))
+    for name, series in member_exposure.items():
+        top.plot(series, linewidth=0.8, alpha=0.8, label=name)
+    top.plot(ensemble_exposure, color="black", linewidth=1.4, label="ensemble")
+    top.axhline(0.0, color="grey", linewidth=0.5)
+    top.set_ylabel("net exposure")
+    top.legend(loc="upper left", fontsize="small")
+    top.set_title("Ensemble members and their disagreement")
+    steps = np.arange(len(uncertainty))
+    bottom.fill_between(steps, 0.0, uncertainty, color="tab:red", alpha=0.35, linewidth=0)
+    bottom.plot(steps, uncertainty, color="tab:red", linewidth=0.8)
+    bottom.set_ylabel("uncertainty (std)")
+    bottom.set_xlabel("step (held-out bars)")
     fig.tight_layout()
     return fig

@@ -59,6 +59,7 @@ class RLEnsemble:
         self.rng = np.random.default_rng(seed)
         self.last_uncertainty: FloatArray = np.zeros(0)
         self.last_weights: FloatArray = np.zeros(0)
+        self.last_combined: FloatArray = np.zeros(0)
 
     def member_weights(self, obs: np.ndarray) -> FloatArray:
         """[members, n_envs, symbols] target weights of every member."""
@@ -74,6 +75,10 @@ class RLEnsemble:
         return np.stack(out)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        """The combined action; `last_weights` [members, n_envs, symbols] keeps the members'
+        target weights, `last_combined` [n_envs, symbols] the ensemble's (as acted) and
+        `last_uncertainty` [n_envs] the members' disagreement: the standard deviation of
+        their target weights, averaged over symbols."""
         weights = self.member_weights(obs)
         self.last_weights = weights
         self.last_uncertainty = weights.std(axis=0).mean(axis=-1)
@@ -85,7 +90,12 @@ class RLEnsemble:
         else:
             w = np.array([m.weight for m in self.members], dtype=np.float64)
             combined = np.tensordot(w / w.sum(), weights, axes=1)
-        return encode_discrete(combined) if self.discrete else combined.astype(np.float32)
+        if self.discrete:
+            self.last_combined = np.clip(np.rint(combined), -1, 1)
+            return encode_discrete(combined)
+        self.last_combined = combined
+        action: np.ndarray = combined.astype(np.float32)
+        return action
 
     def record(self, member_returns: Sequence[float]) -> None:
         """Update each member's recent returns and its Beta(wins, losses) belief."""

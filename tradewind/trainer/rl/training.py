@@ -60,7 +60,8 @@ def make_envs(spec: RLRunSpec, train: Market, evaluation: Market, seed: int) -> 
     return AgentEnvs(train_env, eval_env)
 
 
-def _sync(envs: AgentEnvs) -> None:
+def sync_normalization(envs: AgentEnvs) -> None:
+    """Evaluate with the training env's current observation statistics."""
     if isinstance(envs.train, VecNormalize) and isinstance(envs.evaluation, VecNormalize):
         envs.evaluation.obs_rms = envs.train.obs_rms.copy()
 
@@ -93,7 +94,7 @@ class EvalCheckpointCallback(BaseCallback):
             self.evaluate_and_save()
 
     def evaluate_and_save(self) -> float:
-        _sync(self.envs)
+        sync_normalization(self.envs)
         ev = self.spec.eval
         rewards, _ = evaluate_policy(
             self.model,

@@ -1,0 +1,326 @@
+"""In-process grid search over one agent's hyperparameters: the quick study of the training
+guide, before a Sweep takes over at scale.
+
+Every combination of the grid (rl-zoo3 / SB3 names, e.g. learning_rate, gamma, n_steps,
+batch_size, tau, ent_coef, net_arch) is laid over the agent's own hyperparameters, trained
+for `timesteps` on the run's training market (its batched env, VecNormalize, n_envs, seed)
+and scored on the held-out market: SB3's `evaluate_policy` mean episode reward over
+`eval.episodes`, and a deterministic pass over the held-out bars after costs (total return,
+annualised Sharpe, max drawdown, turnover), averaged over `seeds` seeds. Nothing is
+checkpointed or tracked: the result is a table sorted by the score, best first, and the best
+combination, to copy into the RLRun.
+
+    tradewind rl grid-search -f run.yaml --agent ppo \\
+        --param learning_rate=1e-4,3e-4 --param gamma=0.95,0.99 --timesteps 20000
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from tradewind.api.hyperparameters import HYPERPARAMETERS, hyperparameter_errors
+from tradewind.api.rl import AgentSpec, RLRunSpec
+from tradewind.trainer.rl.agents import build_agent
+from tradewind.trainer.rl.market import Market
+from tradewind.trainer.rl.run import (
+    BUY_AND_HOLD,
+    agent_policy,
+    buy_and_hold,
+    play_episode,
+    run_markets,
+    strategy_rows,
+)
+from tradewind.trainer.rl.training import make_envs, sync_normalization
+
+Score = Literal["sharpe", "total_return", "eval_mean_reward"]
+SCORES: tuple[Score, ...] = ("sharpe", "total_return", "eval_mean_reward")
+METRICS = ("eval_mean_reward", "total_return", "sharpe", "max_drawdown", "turnover")
+MAX_COMBINATIONS = 1000
+"""More than this is a Sweep's job."""
+
+
+class GridError(ValueError):
+    """A grid that cannot run: unknown parameter, bad value, no such agent."""
+
+
+def parse_value(text: str) -> Any:
+    """One grid value: int, float (1e-4 too), true/false, null, a JSON list ([64,64]), or
+    the text itself."""
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GridError(f"{text!r}: not a list ({exc.msg})") from None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets: `[64,64],[32,32]` is two values."""
+    parts: list[str] = []
+    depth, current = 0, list[str]()
+    for char in text:
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_param(text: str) -> tuple[str, list[Any]]:
+    """`name=v1,v2,...` -> (name, [values])."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not values.strip():
+        raise GridError(f"{text!r}: expected NAME=VALUE[,VALUE...], e.g. learning_rate=1e-4,3e-4")
+    parsed = [parse_value(v) for v in _split_top_level(values)]
+    if any(isinstance(v, str) and not v for v in parsed):
+        raise GridError(f"{text!r}: empty value")
+    return name, parsed
+
+
+def parse_grid(params: Sequence[str]) -> dict[str, list[Any]]:
+    """Repeated `--param NAME=V1,V2` options -> {name: values} (a name given twice is an
+    error)."""
+    grid: dict[str, list[Any]] = {}
+    for text in params:
+        name, values = parse_param(text)
+        if name in grid:
+            raise GridError(f"{name}: given twice")
+        grid[name] = values
+    return grid
+
+
+def combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values (the last parameter varies fastest)."""
+    names = list(grid)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def pick_agent(spec: RLRunSpec, name: str | None) -> AgentSpec:
+    """The agent named `name`, or the run's only agent."""
+    if name is None:
+        if len(spec.agents) > 1:
+            names = ", ".join(a.name for a in spec.agents)
+            raise GridError(f"the run has several agents ({names}): choose one with --agent")
+        return spec.agents[0]
+    for agent in spec.agents:
+        if agent.name == name:
+            return agent
+    raise GridError(f"no agent {name!r} in the run ({', '.join(a.name for a in spec.agents)})")
+
+
+def check_grid(agent: AgentSpec, grid: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse, before any training, a grid with an unknown name or a value the agent's
+    algorithm does not take (each combination is validated as the RLRun would be)."""
+    if not grid:
+        raise GridError("the grid is empty: give at least one --param NAME=V1,V2")
+    allowed = HYPERPARAMETERS[agent.algorithm].model_fields
+    for name, values in grid.items():
+        if name not in allowed:
+            raise GridError(
+                f"{name}: not a {agent.algorithm} hyperparameter; allowed: "
+                f"{', '.join(sorted(allowed))}"
+            )
+        if not values:
+            raise GridError(f"{name}: no values")
+    count = math.prod(len(v) for v in grid.values())
+    if count > MAX_COMBINATIONS:
+        raise GridError(f"{count} combinations (at most {MAX_COMBINATIONS}): use a Sweep")
+    for combination in combinations(grid):
+        errors = hyperparameter_errors(agent.algorithm, {**agent.hyperparameters, **combination})
+        if errors:
+            key, problem = errors[0]
+            raise GridError(f"{key}={combination.get(key.split('.')[0])!r}: {problem}")
+
+
+@dataclass
+class GridSearchResult:
+    agent: str
+    algorithm: str
+    score: Score
+    timesteps: int
+    seeds: int
+    rows: list[dict[str, Any]]
+    """One per combination, best first: {"params": {...}, metric: mean over seeds, ...,
+    "seconds": training + evaluation time}."""
+    baseline: dict[str, Any]
+    """Buy-and-hold on the same held-out bars (total_return, sharpe, max_drawdown,
+    turnover)."""
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The best combination's hyperparameters (only the searched ones)."""
+        params: dict[str, Any] = self.rows[0]["params"]
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "algorithm": self.algorithm,
+            "score": self.score,
+            "timesteps": self.timesteps,
+            "seeds": self.seeds,
+            "best": self.best,
+            "rows": self.rows,
+            "buy_and_hold": self.baseline,
+        }
+
+
+def _sort_key(score: Score) -> Callable[[dict[str, Any]], tuple[bool, float]]:
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
+        value = float(row[score])
+        return (math.isnan(value), -value if not math.isnan(value) else 0.0)
+
+    return key
+
+
+def evaluate_trial(
+    spec: RLRunSpec, agent: AgentSpec, markets: tuple[Market, Market], timesteps: int, seed: int,
+    device: str = "cpu",
+) -> dict[str, float]:  # fmt: skip
+    """Train `agent` for `timesteps` from scratch and score it on the held-out market."""
+    train, evaluation = markets
+    envs = make_envs(spec, train, evaluation, seed=seed)
+    model = build_agent(agent, envs.train, seed=seed, device=device)
+    model.learn(timesteps)
+    sync_normalization(envs)
+    with warnings.catch_warnings():  # the batched env has no Monitor: episodes are exact
+        warnings.filterwarnings("ignore", "Evaluation environment is not wrapped")
+        rewards, _ = evaluate_policy(
+            model,
+            envs.evaluation,
+            n_eval_episodes=spec.eval.episodes,
+            deterministic=spec.eval.deterministic,
+            return_episode_rewards=True,
+        )
+    series = {agent.name: play_episode(evaluation, spec, agent_policy(model, envs))}
+    (row,) = strategy_rows(series, evaluation)
+    return {"eval_mean_reward": float(np.mean(rewards)), **{k: row[k] for k in METRICS[1:]}}
+
+
+def grid_search(
+    spec: RLRunSpec,
+    grid: Mapping[str, Sequence[Any]],
+    agent: str | None = None,
+    timesteps: int | None = None,
+    seeds: int = 1,
+    score: str = "sharpe",
+    markets: tuple[Market, Market] | None = None,
+    on_trial: Callable[[int, int, dict[str, Any]], None] | None = None,
+    device: str = "cpu",
+) -> GridSearchResult:
+    """Train and score every combination of `grid` for the agent (see the module docstring);
+    `timesteps` defaults to spec.totalTimesteps; seeds spec.seed .. spec.seed + seeds - 1;
+    `markets` (train, eval) defaults to the run's data; `on_trial(i, n, row)` after each."""
+    if score not in SCORES:
+        raise GridError(f"score {score!r}: one of {', '.join(SCORES)}")
+    ranked_by: Score = score
+    if seeds < 1:
+        raise GridError("seeds must be at least 1")
+    chosen = pick_agent(spec, agent)
+    check_grid(chosen, grid)
+    budget = spec.total_timesteps if timesteps is None else timesteps
+    if budget < 1:
+        raise GridError("timesteps must be at least 1")
+    if markets is None:
+        markets = run_markets(spec)
+    trials = combinations(grid)
+    rows: list[dict[str, Any]] = []
+    for i, params in enumerate(trials):
+        trial_agent = chosen.model_copy(
+            update={"hyperparameters": {**chosen.hyperparameters, **params}}
+        )
+        start = time.perf_counter()
+        scores = [
+            evaluate_trial(spec, trial_agent, markets, budget, spec.seed + k, device)
+            for k in range(seeds)
+        ]
+        row: dict[str, Any] = {"params": params}
+        for metric in METRICS:
+            row[metric] = float(np.mean([s[metric] for s in scores]))
+        if seeds > 1:
+            row[f"{score}_std"] = float(np.std([s[score] for s in scores]))
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        if on_trial is not None:
+            on_trial(i, len(trials), row)
+    rows.sort(key=_sort_key(ranked_by))
+    evaluation = markets[1]
+    hold = play_episode(evaluation, spec, buy_and_hold(spec, evaluation))
+    (baseline,) = strategy_rows({BUY_AND_HOLD: hold}, evaluation)
+    baseline.pop("strategy")
+    return GridSearchResult(chosen.name, chosen.algorithm, ranked_by, budget, seeds, rows, baseline)
+
+
+def trial_line(i: int, n: int, row: dict[str, Any], score: str) -> str:
+    """`[i+1/n] name=value ...: score value (seconds)`, after each combination."""
+    params = " ".join(f"{k}={format_value(v)}" for k, v in row["params"].items())
+    return f"[{i + 1}/{n}] {params}: {score} {row[score]:.4g} ({row['seconds']:.1f} s)"
+
+
+def format_value(value: Any) -> str:
+    """A grid value as given on the command line (lists as JSON)."""
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def result_table(result: GridSearchResult) -> Any:
+    """A rich Table of the result, best first, with buy-and-hold as the last line."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"Grid search: agent {result.agent} ({result.algorithm}), {result.timesteps} "
+        f"timesteps x {result.seeds} seed(s), held-out bars after costs, by {result.score}"
+    )
+    names = list(result.rows[0]["params"]) if result.rows else []
+    for column in ["#", *names, "eval reward", "return", "Sharpe", "max DD", "turnover", "s"]:
+        if column in names:
+            table.add_column(column, min_width=min(len(column), 16))
+        else:
+            table.add_column(column, justify="right")
+    for rank, row in enumerate(result.rows, 1):
+        table.add_row(
+            str(rank),
+            *(format_value(row["params"][n]) for n in names),
+            f"{row['eval_mean_reward']:.4g}",
+            f"{row['total_return']:+.2%}",
+            f"{row['sharpe']:.2f}",
+            f"{row['max_drawdown']:.2%}",
+            f"{row['turnover']:.3f}",
+            f"{row['seconds']:.1f}",
+        )
+    base = result.baseline
+    table.add_row(
+        "",
+        *(["buy-and-hold"] + [""] * (len(names) - 1) if names else []),
+        "",
+        f"{base['total_return']:+.2%}",
+        f"{base['sharpe']:.2f}",
+        f"{base['max_drawdown']:.2%}",
+        f"{base['turnover']:.3f}",
+        "",
+    )
+    return table
