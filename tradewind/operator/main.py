@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 
+import tradewind.operator.sweeps  # noqa: F401  (registers the Sweep handlers)
 from tradewind.api import GROUP, VERSION
 from tradewind.operator import builders, observed
 from tradewind.operator.loop import run_daemon, setup
