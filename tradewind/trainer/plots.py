@@ -110,7 +110,7 @@ def ensemble_uncertainty(
         top.plot(series, linewidth=0.8, alpha=0.8, label=name)
     top.plot(ensemble_exposure, color="black", linewidth=1.4, label="ensemble")
     top.axhline(0.0, color="grey", linewidth=0.5)
-    top.set_ylabel("net exposure")
+    top.set_ylabel("net target (action units)")
     top.legend(loc="upper left", fontsize="small")
     top.set_title("Ensemble members and their disagreement")
     steps = np.arange(len(uncertainty))

@@ -1,0 +1,149 @@
+"""What an RLRun leaves in MLflow: each agent's equity curve against buy-and-hold, and the
+combine step's table, metrics, equity curves and the ensemble's uncertainty (here on the local
+SQLite store; tests/integration/test_rl_tracking.py does the same against the MLflow server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tradewind.api import RLRun
+from tradewind.trainer.rl.run import EnsembleTrace, combine, train_one
+
+PNG = b"\x89PNG"
+
+
+def tiny_rlrun(name: str, experiment: str, uncertainty: bool = True) -> RLRun:
+    """Two small agents on one bundled stock, an ensemble over them; seconds to train."""
+    return RLRun.model_validate(
+        {
+            "apiVersion": "tradewind.dev/v1alpha1",
+            "kind": "RLRun",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "environment": {
+                    "data": {"source": "stocks", "symbols": ["AAPL", "MSFT"]},
+                    "actionSpace": "continuous",
+                    "episodeLength": 40,
+                    "maxPositionSize": 0.5,
+                },
+                "agents": [
+                    {
+                        "name": "ppo",
+                        "algorithm": "ppo",
+                        "hyperparameters": {"n_steps": 16, "batch_size": 16, "net_arch": [8]},
+                    },
+                    {
+                        "name": "a2c",
+                        "algorithm": "a2c",
+                        "hyperparameters": {"net_arch": [8]},
+                        "weight": 2.0,
+                    },
+                ],
+                "ensemble": {"method": "weighted_average", "uncertainty": uncertainty},
+                "totalTimesteps": 64,
+                "nEnvs": 2,
+                "eval": {"freq": 32, "episodes": 1},
+                "tracking": {"experiment": experiment, "systemMetrics": False},
+            },
+        }
+    )
+
+
+def train_and_combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
+    for index in range(len(run.spec.agents)):
+        train_one(run, index, state_dir)
+    return combine(run, state_dir)
+
+
+def check_logged(client: Any, run: RLRun, rows: list[dict[str, Any]]) -> None:
+    """The MLflow runs of `run` hold the figures, tables and metrics the trainer logs."""
+    experiment = client.get_experiment_by_name(run.spec.tracking.experiment)
+    found = client.search_runs(
+        [experiment.experiment_id], f"tags.`tradewind.name` = '{run.metadata.name}'"
+    )
+    by_role = {r.data.tags["tradewind.role"]: r for r in found}
+    assert set(by_role) == {"ppo", "a2c", "combine"}
+    episode = run.spec.environment.episode_length
+    for agent in ("ppo", "a2c"):
+        logged = by_role[agent]
+        artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+        assert {"equity_curve.png", "evaluation.json"} <= artifacts
+        for key in (
+            "eval_total_return",
+            "eval_sharpe",
+            "eval_max_drawdown",
+            "eval_turnover",
+            "buy_and_hold_total_return",
+            "buy_and_hold_sharpe",
+            "eval_mean_reward",
+        ):
+            assert key in logged.data.metrics, key
+        local = client.download_artifacts(logged.info.run_id, "equity_curve.png")
+        assert Path(local).read_bytes()[:4] == PNG
+    combined = by_role["combine"]
+    artifacts = {a.path for a in client.list_artifacts(combined.info.run_id)}
+    assert {"equity_curves.png", "ensemble_uncertainty.png", "evaluation.json"} <= artifacts
+    metrics = combined.data.metrics
+    for row in rows:  # the table printed is the table logged
+        for key in ("total_return", "sharpe", "max_drawdown", "turnover"):
+            assert metrics[f"{row['strategy']}_{key}"] == pytest.approx(row[key])
+    assert {r["strategy"] for r in rows} == {"ppo", "a2c", "ensemble", "buy_and_hold"}
+    history = client.get_metric_history(combined.info.run_id, "ensemble_uncertainty")
+    values = np.array([m.value for m in sorted(history, key=lambda m: m.step)])
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(episode))
+    assert (values >= 0).all()
+    assert metrics["ensemble_uncertainty_mean"] == pytest.approx(values.mean())
+    assert metrics["ensemble_uncertainty_max"] == pytest.approx(values.max())
+    assert 0.0 <= metrics["ensemble_side_agreement"] <= 1.0
+    local = client.download_artifacts(combined.info.run_id, "ensemble_uncertainty.png")
+    assert Path(local).read_bytes()[:4] == PNG
+
+
+@pytest.fixture
+def local_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in ("MLFLOW_TRACKING_URI", "TRADEWIND_CHECKPOINT_URI", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TRADEWIND_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "state"
+
+
+def test_agents_and_the_combine_step_log_plots_and_uncertainty(local_only: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run = tiny_rlrun("tracked", "rl-tracking")
+    rows = train_and_combine(run, local_only)
+    check_logged(MlflowClient(f"sqlite:///{local_only / 'mlflow.db'}"), run, rows)
+
+
+def test_without_uncertainty_the_ensemble_logs_no_disagreement(local_only: Path) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = tiny_rlrun("quiet", "rl-tracking-quiet", uncertainty=False)
+    train_and_combine(run, local_only)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    experiment = client.get_experiment_by_name("rl-tracking-quiet")
+    (combined,) = client.search_runs(
+        [experiment.experiment_id], "tags.`tradewind.role` = 'combine'"
+    )
+    assert "ensemble_sharpe" in combined.data.metrics
+    assert not any(k.startswith("ensemble_uncertainty") for k in combined.data.metrics)
+    assert "ensemble_uncertainty.png" not in {
+        a.path for a in client.list_artifacts(combined.info.run_id)
+    }
+
+
+def test_trace_metrics_measure_the_members_disagreement() -> None:
+    trace = EnsembleTrace(["a", "b"])
+    # step 0: same side on both symbols; step 1: opposite sides on symbol 0, flat vs long on 1
+    trace.member_weights = [np.array([[0.5, 1.0], [1.0, 0.2]]), np.array([[1.0, 0.0], [-1.0, 1.0]])]
+    trace.uncertainty = [0.2, 0.75]
+    assert trace.metrics() == {
+        "ensemble_uncertainty_mean": pytest.approx(0.475),
+        "ensemble_uncertainty_max": 0.75,
+        "ensemble_side_agreement": 0.5,
+    }
