@@ -21,9 +21,10 @@ For each size N, in its own temporary folder:
    resource (from its /metrics), so the load each part puts on the apiserver shows.
 6. The operator is stopped and `tradewind dev down --purge` run whatever happened.
 
-kwok's pod-create stage (1-5 s per pod as the dev stack configures it) is shortened to
-0.1-0.3 s with kwok's per-pod annotations in the run's pod template, so a bound pod is Running
-after 0.3-0.6 s and the measurement is not kwok's sleep.
+kwok's stages are the dev stack's (tradewind/devstack/kwok.py STAGES): a bound pod is Running
+after 0.1-0.3 s and Ready 0.2-0.3 s later, a container start's worth, so the measurement is
+not kwok's sleep. The load average and the CPU of processes outside the stack and operator
+(`other processes`) are recorded per size: the machine may be shared.
 
 With --profile-operator the operator runs inside this script (`_operator` mode), the same
 code with (a) exact meters on its functions (calls, thread CPU, wall; reconcile, parse_run,
@@ -79,13 +80,6 @@ NODES_PER_RUN = 2
 GPUS_PER_NODE = 64
 PODS_PER_NODE = 64
 """Pods of this shape one kwok node takes: 64 GPUs; 32 CPUs / 500m; 256Gi / 2Gi; 110 pods."""
-KWOK_POD_START = {
-    "pod-create.stage.kwok.x-k8s.io/delay": "100ms",
-    "pod-create.stage.kwok.x-k8s.io/jitter-delay": "300ms",
-}
-"""kwok's pod-create stage (the dev stack keeps kwok's: 1 s + up to 4 s jitter per pod) made
-0.1-0.3 s with its own per-pod annotations; with pod-ready's 0.2-0.3 s a bound pod is Running
-after 0.3-0.6 s, a container start's worth, so the measurement is not kwok's sleep."""
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
 TARGET_RUNNING_S = 60.0
 TARGET_RUNS = 1000
@@ -99,8 +93,7 @@ STAGES = (
 )
 OPERATOR_DETAIL = (
     ("watch: create -> first event at the harness", "created", "seen"),
-    ("kopf: first event -> finalizer added", "seen", "finalizer"),
-    ("operator: finalizer -> Job", "finalizer", "job"),
+    ("operator: first event at the harness -> Job", "seen", "job"),
     ("operator: create -> first status", "created", "first_status"),
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -343,8 +336,6 @@ class Tracker:
         with self.lock:
             times = self.t[name]
             times.setdefault("seen", t)
-            if obj["metadata"].get("finalizers"):
-                times.setdefault("finalizer", t)
             if status.get("phase"):
                 times.setdefault("first_status", t)
             if status.get("phase") == "Running" and "running" not in times:
@@ -560,7 +551,6 @@ def training_run(name: str, namespace: str) -> dict[str, Any]:
             "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}},
             "podTemplate": {
                 "labels": {HOLD_LABEL: "true"},
-                "annotations": KWOK_POD_START,
                 "nodeSelector": {GPU_POOL_LABEL: "a100"},
             },
         },
@@ -692,6 +682,7 @@ class Bench:
         api, tracker, size, result = self.api, self.tracker, self.size, self.result
         op_pid = self.operator.pid
         metrics0, cpu0, threads0 = api.metrics(), self.sampler.snapshot(), thread_cpu_split(op_pid)
+        load0 = os.getloadavg()
         t0 = time.monotonic()
         self.log(f"applying {size} TrainingRuns ({self.args.apply_workers} workers)")
         result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers)
@@ -733,6 +724,10 @@ class Bench:
         result["stages_s"] = {label: spans(a, b) for label, a, b in STAGES}
         result["operator_detail_s"] = {label: spans(a, b) for label, a, b in OPERATOR_DETAIL}
         result["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu1}
+        result["loadavg"] = {
+            "start": [round(x, 2) for x in load0],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        }
         result["operator_threads_cpu_s"] = {
             k: round(threads1.get(k, 0.0) - threads0.get(k, 0.0), 2) for k in threads1
         }
@@ -1263,7 +1258,7 @@ def main() -> None:
             "operator": "tradewind operator, clusterwide, TRADEWIND_* defaults, no MLflow",
             "status_poll_seconds": 15,
             "profiled": args.profile_operator,
-            "kwok_pod_start": KWOK_POD_START,
+            "kwok_stages": _kwok_stages(),
             "components_flags": "tradewind/devstack/components.py",
         },
         "targets": {
@@ -1299,6 +1294,15 @@ def main() -> None:
         print_table(doc["results"])
         print(f"targets: {json.dumps(doc['targets']['met'])}")
         print(f"wrote {args.out}")
+
+
+def _kwok_stages() -> dict[str, Any]:
+    from tradewind.devstack.kwok import STAGES
+
+    return {
+        "source": "tradewind/devstack/kwok.py STAGES: (delay ms, jitter ms), None = kwok's",
+        "stages": {rel: list(timing) if timing else None for rel, timing in STAGES.items()},
+    }
 
 
 def _profiled_run(profiled: dict[str, Any]) -> dict[str, Any]:

@@ -257,6 +257,8 @@ def test_delete_cascades_to_every_child(
 ) -> None:
     kubectl.apply(_run("doomed", podTemplate=_hold()), "-n", namespace)
     kubectl.wait("--for=condition=Running", "trainingrun/doomed", "-n", namespace)
+    # No finalizer: the children's ownerReferences are enough, and deletes need no operator.
+    assert not kubectl.get("trainingrun/doomed", "-n", namespace)["metadata"].get("finalizers")
     kubectl.run("delete", "trainingrun/doomed", "-n", namespace)
     kubectl.wait(
         "--for=delete",
@@ -266,6 +268,17 @@ def test_delete_cascades_to_every_child(
         "-n",
         namespace,
     )
+
+
+def test_the_finalizer_of_an_older_operator_is_removed_on_delete(
+    kubectl: Kubectl, operator: Operator, namespace: str
+) -> None:
+    run = _run("legacy", podTemplate=_hold())
+    run["metadata"]["finalizers"] = ["tradewind.dev/finalizer"]  # as operators <= 0.1 left it
+    kubectl.apply(run, "-n", namespace)
+    kubectl.wait("--for=condition=Running", "trainingrun/legacy", "-n", namespace)
+    kubectl.run("delete", "trainingrun/legacy", "-n", namespace, "--wait=false")
+    kubectl.wait("--for=delete", "trainingrun/legacy", "job/legacy-0", "-n", namespace)
 
 
 def test_operator_killed_and_restarted_creates_nothing_twice(

@@ -1,8 +1,8 @@
 """kwok for the dev stack: fake GPU nodes, and the stages that move their pods along.
 
 The stages are kwok's own (from its module, copied into the binary cache by
-hack/build-binaries.sh) with two changes to the pod-complete stage, so tests decide what a pod
-does:
+hack/build-binaries.sh) with shorter delays (STAGES) and two changes to the pod-complete
+stage, so tests decide what a pod does:
 
 - a pod labelled `tradewind.dev/fake-hold: "true"` stays Running until the label is removed;
 - a pod labelled `pod-container-running-failed.stage.kwok.x-k8s.io: "true"` fails instead,
@@ -28,13 +28,17 @@ GPU_POOL_LABEL = "tradewind.dev/gpu-pool"
 STAGES = {
     "node/fast/node-initialize.yaml": None,
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml": None,
-    "pod/general/pod-create.yaml": None,
+    "pod/general/pod-create.yaml": (100, 300),
     "pod/general/pod-ready.yaml": (200, 300),
     "pod/general/pod-complete.yaml": (1000, 1000),
     "pod/general/pod-delete.yaml": None,
     "pod/chaos/pod-container-running-failed.yaml": (500, 0),
 }
-"""Stage file -> (delay ms, jitter ms) to use instead of kwok's, or None to keep it."""
+"""Stage file -> (delay ms, jitter ms) to use instead of kwok's, or None to keep it (kwok
+waits between the two). kwok's pod-create (1-5 s per pod) would be most of a test's wait and
+of bench/operator_scale's apply-to-Running: here a bound pod is Running after 0.1-0.3 s and
+Ready 0.2-0.3 s later (a container start's worth). Pods can still ask for other delays with kwok's
+per-pod annotations (e.g. `pod-create.stage.kwok.x-k8s.io/delay`)."""
 
 
 def _not_labelled(label: str) -> dict[str, Any]:

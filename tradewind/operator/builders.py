@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tradewind.api import GROUP, RLRun, TrainingRun, dump_resource
+from tradewind.api import GROUP, RLRun, TrainingRun
 from tradewind.operator.settings import OperatorSettings
 
 Run = TrainingRun | RLRun
@@ -88,11 +88,16 @@ def build_configmap(run: Run, attempt: int, owner: Manifest) -> Manifest:
 
 
 def _manifest_without_status(run: Run) -> str:
-    doc = yaml.safe_load(dump_resource(run))
+    """The run as written, without status and with only name, namespace and labels of its
+    metadata: one dump (libyaml's C emitter where the yaml package has it)."""
+    doc = run.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
     doc.pop("status", None)
     meta = doc["metadata"]
     doc["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}
-    return yaml.safe_dump(doc, sort_keys=False)
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, allow_unicode=False)
+
+
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def build_service(run: Run, owner: Manifest) -> Manifest:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import logging
-import time
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -15,8 +17,9 @@ from kubernetes import client, config
 from tradewind.operator import metrics
 from tradewind.operator.kube import Kube
 from tradewind.operator.progress import ProgressReader
-from tradewind.operator.reconcile import reconcile
+from tradewind.operator.reconcile import SpecCache, reconcile
 from tradewind.operator.settings import OperatorSettings
+from tradewind.operator.status import TERMINAL, Decision
 
 log = logging.getLogger(__name__)
 ACTIVE = ("Pending", "Running", "Restarting")
@@ -38,59 +41,191 @@ def setup(memo: kopf.Memo) -> None:
         concurrent.futures.ThreadPoolExecutor(max_workers=settings.reconcile_workers)
     )
     memo.progress = ProgressReader(settings.mlflow_tracking_uri)
+    memo.workers = Workers()
 
 
-async def run_daemon(
-    body: kopf.Body,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    jobs_index: kopf.Index[Any, Any],
-    pods_index: kopf.Index[Any, Any],
-) -> None:
-    """Reconcile on every child change (or every status_poll_seconds) until the run is gone;
-    while it runs, fold MLflow progress into its status."""
-    key = (body["metadata"].get("namespace"), body["metadata"]["name"])
-    wakeup: asyncio.Event = memo.wakeups[key]
-    settings: OperatorSettings = memo.settings
-    last_progress = 0.0
-    written: dict[str, Any] = {}  # our last status write and the resourceVersion it produced
-    counted: str | None = None  # the phase this run is counted under in the gauge
-    while not stopped:
-        wakeup.clear()
-        snapshot = {
-            k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body
-        }
-        if written and _older(snapshot["metadata"].get("resourceVersion"), written["version"]):
-            # The watch has not delivered our own status write yet: decide from what we wrote,
-            # not from the stale copy (no double restarts, no duplicate Events).
-            snapshot["status"] = written["status"]
-        jobs, pods = list(jobs_index.get(key, [])), list(pods_index.get(key, []))
-        phase = None
-        kind = snapshot["kind"]
+COALESCE_SECONDS = 0.5
+"""A run reconciles at most once per this interval: the burst of child events an attempt
+brings (pods created, bound, started, ready; the Job's status) folds into fewer reconciles and
+status writes. The first event after a quiet spell is handled at once."""
+RESYNC_SECONDS = 60.0
+"""Level-based safety net: every run reconciles at least this often, events or not."""
+
+
+class RunWorker:
+    """One run's reconcile loop, an asyncio task: woken by the run's watch events and its
+    children's; also at its deadline or TTL, and every status_poll_seconds while active when
+    MLflow progress is read. No kopf daemon: a daemon makes kopf add a finalizer to every run
+    (one more write of the run, and deletes wait for the operator), while ownerReferences
+    already delete the children with their run."""
+
+    def __init__(
+        self,
+        body: Mapping[str, Any],
+        memo: kopf.Memo,
+        jobs_index: kopf.Index[Any, Any],
+        pods_index: kopf.Index[Any, Any],
+    ) -> None:
+        meta = body["metadata"]
+        self.key: tuple[str | None, str] = (meta.get("namespace"), meta["name"])
+        self.uid: str | None = meta.get("uid")
+        self.body = _slim(body)
+        self.memo, self.jobs_index, self.pods_index = memo, jobs_index, pods_index
+        self.wakeup = asyncio.Event()
+        self.stopped = False
+        self.spec = SpecCache()
+        self.task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"reconcile {self.key[0]}/{self.key[1]}"
+        )
+
+    def update(self, body: Mapping[str, Any]) -> None:
+        self.body = _slim(body)
+        self.wakeup.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wakeup.set()
+
+    async def _loop(self) -> None:
+        settings: OperatorSettings = self.memo.settings
+        loop = asyncio.get_running_loop()
+        last_progress = -math.inf
+        written: dict[str, Any] = {}  # our last status write and the resourceVersion it produced
+        counted: str | None = None  # the phase this run is counted under in the gauge
+        kind = self.body["kind"]
         try:
-            with metrics.RECONCILE_SECONDS.labels(kind).time():
-                decision = await asyncio.to_thread(
-                    reconcile, snapshot, jobs, pods, memo.kube, settings
-                )
-            counted = _count(kind, counted, decision.status.phase)
-            if decision.status.restarts > int((snapshot.get("status") or {}).get("restarts") or 0):
-                metrics.RESTARTS.labels(kind).inc()
-            if decision.written_version is not None:
-                status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-                written.update(version=decision.written_version, status=status)
-            phase = decision.status.phase
-            if phase in ACTIVE and time.monotonic() - last_progress >= settings.status_poll_seconds:
-                last_progress = time.monotonic()
-                await asyncio.to_thread(memo.progress.update, snapshot, decision.status, memo.kube)
-        except Exception:  # a failed reconcile is retried on the next wake-up
-            metrics.RECONCILE_ERRORS.labels(kind).inc()
-            log.exception("reconcile of %s/%s failed", *key)
-        timeout = settings.status_poll_seconds if phase is None or phase in ACTIVE else 60.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wakeup.wait(), timeout=timeout)
-    memo.wakeups.pop(key, None)
-    if counted:
-        metrics.RUNS_BY_PHASE.labels(body["kind"], counted).dec()
+            while not self.stopped:
+                self.wakeup.clear()
+                started = loop.time()
+                snapshot = dict(self.body)
+                if written and _older(
+                    snapshot["metadata"].get("resourceVersion"), written["version"]
+                ):
+                    # The watch has not delivered our own status write yet: decide from what we
+                    # wrote, not from the stale copy (no double restarts, no duplicate Events).
+                    snapshot["status"] = written["status"]
+                jobs = list(self.jobs_index.get(self.key, []))
+                pods = list(self.pods_index.get(self.key, []))
+                decision = None
+                try:
+                    with metrics.RECONCILE_SECONDS.labels(kind).time():
+                        decision = await asyncio.to_thread(
+                            reconcile, snapshot, jobs, pods, self.memo.kube, settings,
+                            spec_cache=self.spec,
+                        )  # fmt: skip
+                    counted = _count(kind, counted, decision.status.phase)
+                    previous = int((snapshot.get("status") or {}).get("restarts") or 0)
+                    if decision.status.restarts > previous:
+                        metrics.RESTARTS.labels(kind).inc()
+                    if decision.written_version is not None:
+                        status = decision.status.model_dump(
+                            mode="json", by_alias=True, exclude_none=True
+                        )
+                        written.update(version=decision.written_version, status=status)
+                    reader: ProgressReader = self.memo.progress
+                    if (
+                        reader.uri is not None
+                        and decision.status.phase in ACTIVE
+                        and loop.time() - last_progress >= settings.status_poll_seconds
+                    ):
+                        last_progress = loop.time()
+                        await asyncio.to_thread(
+                            reader.update, snapshot, decision.status, self.memo.kube
+                        )
+                except Exception:  # a failed reconcile is retried on the next wake-up
+                    metrics.RECONCILE_ERRORS.labels(kind).inc()
+                    log.exception("reconcile of %s/%s failed", *self.key)
+                timeout = self._next_wake(decision, settings)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=timeout)
+                rest = started + COALESCE_SECONDS - loop.time()
+                if rest > 0 and not self.stopped:
+                    await asyncio.sleep(rest)
+        finally:
+            if counted:
+                metrics.RUNS_BY_PHASE.labels(kind, counted).dec()
+
+    def _next_wake(self, decision: Decision | None, settings: OperatorSettings) -> float:
+        """Seconds until this run needs a reconcile that no event will bring: its deadline,
+        its TTL, MLflow progress, or the resync."""
+        if decision is None:  # failed: retry soon
+            return settings.status_poll_seconds
+        status, now = decision.status, dt.datetime.now(dt.UTC)
+        run = self.spec.run
+        wake = RESYNC_SECONDS
+        if status.phase in ACTIVE and self.memo.progress.uri is not None:
+            wake = min(wake, settings.status_poll_seconds)
+        if run is not None:
+            deadline, ttl = run.spec.active_deadline_seconds, run.spec.ttl_seconds_after_finished
+            if status.phase in ACTIVE and deadline and status.start_time:
+                due = status.start_time + dt.timedelta(seconds=deadline)
+                wake = min(wake, (due - now).total_seconds() + 0.1)
+            if status.phase in TERMINAL and ttl is not None and status.completion_time:
+                due = status.completion_time + dt.timedelta(seconds=ttl)
+                wake = min(wake, (due - now).total_seconds() + 0.1)
+        return max(wake, 0.0)
+
+
+class Workers:
+    """The RunWorker of every live run, by (namespace, name)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str | None, str], RunWorker] = {}
+
+    def on_run_event(
+        self,
+        event_type: str | None,
+        body: Mapping[str, Any],
+        memo: kopf.Memo,
+        jobs_index: kopf.Index[Any, Any],
+        pods_index: kopf.Index[Any, Any],
+    ) -> None:
+        """Start, wake or stop the run's worker. A run being deleted is left to the garbage
+        collector (its children carry ownerReferences)."""
+        meta = body["metadata"]
+        key = (meta.get("namespace"), meta["name"])
+        worker = self.by_key.get(key)
+        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        if worker is not None and (gone or worker.uid != meta.get("uid")):
+            worker.stop()
+            del self.by_key[key]
+            worker = None
+        if gone:
+            return
+        if worker is None:
+            self.by_key[key] = RunWorker(body, memo, jobs_index, pods_index)
+        else:
+            worker.update(body)
+
+    def wake(self, key: tuple[str | None, str]) -> None:
+        worker = self.by_key.get(key)
+        if worker is not None:
+            worker.wakeup.set()
+
+    async def stop_all(self, timeout: float = 5.0) -> None:
+        workers = list(self.by_key.values())
+        self.by_key.clear()
+        for worker in workers:
+            worker.stop()
+        if workers:
+            tasks = [w.task for w in workers]
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a run: managedFields and the like are dropped."""
+    meta = body["metadata"]
+    out = {k: body[k] for k in ("apiVersion", "kind", "spec", "status") if k in body}
+    out["metadata"] = {k: meta[k] for k in KEPT_METADATA if k in meta}
+    return out
+
+
+KEPT_METADATA = (
+    "name", "namespace", "uid", "generation", "resourceVersion", "labels", "annotations",
+    "creationTimestamp", "deletionTimestamp",
+)  # fmt: skip
 
 
 def _count(kind: str, counted: str | None, phase: str) -> str:

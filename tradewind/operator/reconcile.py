@@ -30,12 +30,54 @@ log = logging.getLogger(__name__)
 MANAGED_BY = "tradewind.dev/operator"
 
 
+PARSED_METADATA = ("name", "namespace", "labels", "annotations")
+"""What of a run's metadata the models keep (not managedFields, uid, resourceVersion...)."""
+
+
 def parse_run(body: dict[str, Any]) -> TrainingRun | RLRun:
     model = KINDS[body["kind"]]
-    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    doc: dict[str, Any] = {k: body[k] for k in ("apiVersion", "kind", "spec") if k in body}
+    meta = body["metadata"]
+    doc["metadata"] = {k: meta[k] for k in PARSED_METADATA if k in meta}
     run = model.model_validate(doc)
     assert isinstance(run, TrainingRun | RLRun)
     return run
+
+
+class SpecCache:
+    """parse_run of one run, redone only when what it reads changes: the spec (its
+    generation), labels or annotations. Callers must not modify the model it returns."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._value: TrainingRun | RLRun | ValidationError | None = None
+
+    @property
+    def run(self) -> TrainingRun | RLRun | None:
+        """The last model parsed, if the spec was valid."""
+        return self._value if isinstance(self._value, TrainingRun | RLRun) else None
+
+    def parse(self, body: dict[str, Any]) -> TrainingRun | RLRun:
+        meta = body["metadata"]
+        key = (
+            body["kind"],
+            meta.get("uid"),
+            meta.get("generation"),
+            meta.get("name"),
+            meta.get("namespace"),
+            tuple(sorted((meta.get("labels") or {}).items())),
+            tuple(sorted((meta.get("annotations") or {}).items())),
+        )
+        if meta.get("generation") is None or key != self._key:
+            try:
+                self._value = parse_run(body)
+            except ValidationError as exc:
+                self._value = exc
+            self._key = key
+        if isinstance(self._value, ValidationError):
+            raise self._value
+        assert self._value is not None
+        return self._value
 
 
 def invalid_spec_decision(body: dict[str, Any], exc: ValidationError, now: dt.datetime) -> Decision:
@@ -63,12 +105,13 @@ def reconcile(
     kube: Kube,
     settings: OperatorSettings,
     now: dt.datetime | None = None,
+    spec_cache: SpecCache | None = None,
 ) -> Decision:
     """Converge one run. `jobs` and `pods` are the run's children as the indexes see them."""
     now = now or dt.datetime.now(dt.UTC)
     meta = body["metadata"]
     try:
-        run = parse_run(body)
+        run = spec_cache.parse(body) if spec_cache is not None else parse_run(body)
     except ValidationError as exc:
         decision = invalid_spec_decision(body, exc, now)
         decision.written_version = kube.patch_status(body, decision.status)

@@ -140,11 +140,18 @@ def set_condition(
 
 
 def _phase(
-    decision: Decision, phase: str, reason: str, message: str, now: dt.datetime, gen: int
+    decision: Decision,
+    phase: str,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    gen: int,
+    event: bool = True,
 ) -> None:
-    """Move to `phase`, keeping the conditions in step and posting an Event on a change."""
+    """Move to `phase`, keeping the conditions in step and posting an Event on a change
+    (unless the caller posts one that says it)."""
     status = decision.status
-    if status.phase != phase:
+    if status.phase != phase and event:
         kind = "Warning" if phase in ("Failed", "Restarting") else "Normal"
         decision.events.append((kind, reason, message))
     status.phase = phase  # type: ignore[assignment]
@@ -212,16 +219,17 @@ def _past_deadline(run: Run, s: RunStatus, now: dt.datetime) -> bool:
 def _create(d: Decision, now: dt.datetime, gen: int) -> None:
     s = d.status
     d.actions.append("create_attempt")
-    if not any(c.type == "Created" for c in s.conditions):
+    created = not any(c.type == "Created" for c in s.conditions)
+    if created:
         set_condition(
             s, "Created", True, "AttemptCreated", f"attempt {s.attempt} created", now, gen
         )
         d.events.append(
             ("Normal", "Created", f"attempt {s.attempt}: ConfigMap, Service and Job created")
         )
-    if s.phase != "Restarting":
+    if s.phase != "Restarting":  # the Created Event says it: no second one for Pending
         message = f"waiting for {s.nodes_total} pod(s) of attempt {s.attempt}"
-        _phase(d, "Pending", "AttemptCreated", message, now, gen)
+        _phase(d, "Pending", "AttemptCreated", message, now, gen, event=not created)
 
 
 def _progress(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, gen: int) -> None:
@@ -247,6 +255,9 @@ def _progress(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, ge
             gen,
         )
     elif s.phase != "Restarting":
+        ready = next((c for c in s.conditions if c.type == "Ready"), None)
+        if attempt.running == 0 and ready is not None and ready.reason == "AttemptCreated":
+            return  # "waiting for N pod(s) of attempt A" still says it: no status write
         _phase(d, "Pending", "PodsPending", counts, now, gen)
 
 
