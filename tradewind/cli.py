@@ -253,18 +253,33 @@ def _stack(directory: Path | None, **config: object) -> DevStack:
 @dev_app.command("up")
 def dev_up(
     directory: DevDir = None,
-    nodes: Annotated[int, typer.Option(min=1, max=500, help="Fake GPU nodes.")] = 4,
+    nodes: Annotated[
+        int | None,
+        typer.Option(min=0, max=500, help="Fake GPU nodes.  [default: 4, 0 with --executor]"),
+    ] = None,
     gpus_per_node: Annotated[int, typer.Option(min=0, max=64, help="nvidia.com/gpu per node.")] = 8,
     gpu_pool: Annotated[
         str, typer.Option(help="Value of the tradewind.dev/gpu-pool node label.")
     ] = "a100",
     mlflow: Annotated[bool, typer.Option(help="Start the MLflow server too.")] = True,
+    executor: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the executor node, whose pods really run (as root: network "
+            "namespaces); see tradewind/devstack/executor.py."
+        ),
+    ] = False,
 ) -> None:
     """Start the stack (idempotent: healthy parts are kept). Prints how to point kubectl at it."""
     from tradewind.devstack import StackError
 
     stack = _stack(
-        directory, nodes=nodes, gpus_per_node=gpus_per_node, gpu_pool=gpu_pool, with_mlflow=mlflow
+        directory,
+        nodes=nodes if nodes is not None else 0 if executor else 4,
+        gpus_per_node=gpus_per_node,
+        gpu_pool=gpu_pool,
+        with_mlflow=mlflow,
+        executor=executor,
     )
     try:
         stack.up(log=lambda line: out.print(line, markup=False, highlight=False))
@@ -306,8 +321,80 @@ def dev_env(directory: DevDir = None) -> None:
 
     Use: eval "$(tradewind dev env)"
     """
-    for key, value in _stack(directory).env().items():
+    stack = _stack(directory)
+    for key, value in (stack.env() | stack.pod_endpoints()).items():
         print(f"export {key}={value}")
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="The demo stack's folder.  [default: ~/.tradewind/demo]"),
+    ] = None,
+    filename: Annotated[
+        Path | None,
+        typer.Option(
+            "--filename",
+            "-f",
+            help="TrainingRun to apply.  [default: examples/trainingrun-quickstart-2node.yaml]",
+        ),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Leave the stack and the operator running afterwards.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800,
+) -> None:
+    """The whole loop on this machine: the dev stack with a node whose pods really run, the
+    operator, and the 2-node quickstart TrainingRun (torchrun across two network
+    namespaces), with live status until it succeeds; then its checkpoint in MinIO, its MLflow
+    run and the final metrics. Needs root. A second run reuses every cache."""
+    from tradewind.demo import DEFAULT_MANIFEST, DemoError, default_demo_dir, run_demo
+    from tradewind.devstack import StackError
+
+    try:
+        run_demo(directory or default_demo_dir(), filename or DEFAULT_MANIFEST, keep, timeout, out)
+    except (DemoError, StackError) as exc:
+        _fail([str(exc)])
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+
+
+@app.command()
+def logs(
+    pod: Annotated[str, typer.Argument(help="Pod name (or a unique prefix of one).")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    container: Annotated[str, typer.Option("--container", "-c")] = "trainer",
+    directory: DevDir = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+) -> None:
+    """Print the log of a pod that ran on the executor node of a dev stack (`tradewind dev
+    up --executor` or `tradewind demo`; DIR defaults to the dev stack, else the demo's)."""
+    import time
+
+    from tradewind.demo import DemoError, default_demo_dir, pod_logs
+    from tradewind.devstack import default_dev_dir
+
+    dirs = [directory] if directory else [default_dev_dir(), default_demo_dir()]
+    errors: list[str] = []
+    for d in dirs:
+        try:
+            path = pod_logs(d, pod, namespace, container)
+            break
+        except DemoError as exc:
+            errors.append(str(exc))
+    else:
+        _fail(errors[-1:])
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            elif not follow:
+                return
+            else:
+                time.sleep(0.5)
 
 
 @app.command()

@@ -62,6 +62,8 @@ class StackConfig:
     gpus_per_node: int = 8
     gpu_pool: str = "a100"
     with_mlflow: bool = True
+    executor: bool = False
+    """Also run the executor node (tradewind.devstack.executor), whose pods really run."""
 
 
 class DevStack:
@@ -75,6 +77,7 @@ class DevStack:
         self.state: dict[str, Any] = (
             json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
         )
+        self.with_executor = config.executor or "executor" in self.state
 
     # --- public ------------------------------------------------------------------------
 
@@ -97,6 +100,13 @@ class DevStack:
         if "mlflow" in ports:
             out["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports['mlflow']}"
         return out
+
+    def pod_endpoints(self) -> dict[str, str]:
+        """With the executor: the operator's TRADEWIND_* settings that point pods at MinIO and
+        MLflow through the pod network's bridge (reachable from this machine too)."""
+        from tradewind.devstack.executor import pod_endpoints
+
+        return pod_endpoints(self) if self.with_executor and "ports" in self.state else {}
 
     def up(self, log: Callable[[str], None] = print) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +131,7 @@ class DevStack:
 
     def down(self, log: Callable[[str], None] = print) -> None:
         pids = self.state.get("pids", {})
-        for name in reversed(COMPONENTS):
+        for name in ("executor", *reversed(COMPONENTS)):
             if pid_alive(pids.get(name)):
                 stop(pids[name])
                 log(f"{name}: stopped")
@@ -131,10 +141,11 @@ class DevStack:
 
     def status(self) -> dict[str, str]:
         """Component -> 'running', 'unhealthy' or 'stopped'."""
+        names = (*COMPONENTS, "executor") if self.with_executor else COMPONENTS
         if not self.state.get("ports"):
-            return dict.fromkeys(COMPONENTS, "stopped")
+            return dict.fromkeys(names, "stopped")
         pids = self.state.get("pids", {})
-        out = dict.fromkeys(COMPONENTS, "stopped")
+        out = dict.fromkeys(names, "stopped")
         for proc in self._processes():
             alive = pid_alive(pids.get(proc.name))
             out[proc.name] = "stopped" if not alive else "running" if proc.ready() else "unhealthy"
@@ -180,6 +191,11 @@ class DevStack:
         ):
             ports.setdefault(name, free_port())
         self.state.setdefault("minio", {"user": "tradewind", "password": secrets.token_urlsafe(18)})
+        if self.with_executor:
+            from tradewind.devstack.executor_net import plan_network
+
+            ports.setdefault("executor", free_port())
+            self.state.setdefault("executor", plan_network(str(self.dir.resolve())).to_json())
         self._save()
 
     def _save(self) -> None:
@@ -238,6 +254,8 @@ class DevStack:
         return result.stdout
 
     def _create_nodes(self) -> None:
+        if self.config.nodes == 0:
+            return
         nodes = [
             kwok.fake_node(f"gpu-node-{i}", self.config.gpus_per_node, self.config.gpu_pool)
             for i in range(self.config.nodes)
@@ -275,6 +293,10 @@ class DevStack:
         from tradewind.devstack.components import build_processes
 
         procs = build_processes(self)
+        if self.with_executor:
+            from tradewind.devstack.executor import executor_process
+
+            procs.append(executor_process(self))
         return [p for p in procs if p.name != "mlflow" or self.config.with_mlflow]
 
     def python_bin(self, name: str) -> str:
