@@ -104,7 +104,8 @@ def crds(
 @app.command("run")
 def run_manifest(
     filename: Annotated[
-        Path, typer.Option("--filename", "-f", help="Manifest with one TrainingRun.")
+        Path,
+        typer.Option("--filename", "-f", help="Manifest with one TrainingRun, RLRun or Sweep."),
     ],
     nodes: Annotated[
         int | None, typer.Option(min=1, max=64, help="Override spec.nodes (local ranks).")
@@ -125,8 +126,12 @@ def run_manifest(
     Re-running resumes from the latest checkpoint.
 
     With nodes x procsPerNode > 1 it launches torchrun with that many local processes (gloo).
+
+    A Sweep runs its trials as local processes (parallelism at a time) with a live table,
+    prunes them from their logged metrics and prints the best parameters; its Optuna study
+    is in STATE_DIR/sweeps/NAME, so re-running continues it.
     """
-    from tradewind.api import ManifestError, RLRun, TrainingRun, load_resources
+    from tradewind.api import ManifestError, RLRun, Sweep, TrainingRun, load_resources
 
     try:
         resources = load_resources(filename)
@@ -139,6 +144,12 @@ def run_manifest(
 
     if isinstance(resource, RLRun):
         local_run.run_rl(resource, state_dir, out)
+        return
+    if isinstance(resource, Sweep):
+        from tradewind.sweeps.local import run_sweep
+
+        if not run_sweep(resource, state_dir, out).succeeded:
+            raise typer.Exit(1)
         return
     if not isinstance(resource, TrainingRun):
         _fail([f"{filename}: tradewind run does not run {resource.kind} yet"])

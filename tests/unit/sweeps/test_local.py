@@ -1,0 +1,170 @@
+"""`tradewind run -f` on a Sweep: real trial processes of a tiny TrainingRun, pruned by
+successive halving, nested under the sweep's MLflow run, resumed without duplicates."""
+
+import io
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from rich.console import Console
+from typer.testing import CliRunner
+
+from tests.corpus import invalid_cases
+from tradewind.api import Sweep, TrainingRun, load_resources
+from tradewind.cli import app
+from tradewind.sweeps import study as sw
+from tradewind.sweeps.local import PARENT_RUN_ATTR, STEPS_RUN_ATTR, run_sweep
+
+EPOCHS = 4
+SWEEP: dict[str, Any] = {
+    "apiVersion": "tradewind.dev/v1alpha1",
+    "kind": "Sweep",
+    "metadata": {"name": "tiny-sweep"},
+    "spec": {
+        "template": {
+            "kind": "TrainingRun",
+            "spec": {
+                "seed": 7,
+                "data": {
+                    "source": "synthetic",
+                    "synthetic": {"numSymbols": 2, "numBars": 1200},
+                    "lookbackWindow": 10,
+                },
+                "model": {
+                    "cnn": {"layers": [{"outChannels": 8, "kernelSize": 3}], "attentionHeads": 2},
+                    "lstm": {"hiddenSize": 8, "numLayers": 1},
+                    "fusion": {"dim": 8},
+                },
+                "training": {"epochs": EPOCHS, "batchSize": 64},
+                "tracking": {"systemMetrics": False, "experiment": "sweep-test"},
+            },
+        },
+        "objective": {"metric": "val_loss"},
+        "searchSpace": {
+            "training.optimizer.learningRate": {"type": "loguniform", "low": 1e-5, "high": 3e-2},
+            "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.3},
+        },
+        "sampler": "random",
+        "pruner": {"type": "successive_halving", "minResource": 1, "reductionFactor": 3},
+        "maxTrials": 5,
+        "parallelism": 2,
+        "seed": 3,
+    },
+}
+
+
+def _sweep(path: Path) -> Sweep:
+    path.write_text(yaml.safe_dump(SWEEP))
+    (sweep,) = load_resources(path)
+    assert isinstance(sweep, Sweep)
+    return sweep
+
+
+def test_a_local_sweep_prunes_nests_its_runs_and_resumes_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tmp_path / "state"
+    sweep = _sweep(tmp_path / "sweep.yaml")
+    storage = f"sqlite:///{state / 'sweeps' / 'tiny-sweep' / 'optuna.db'}"
+    (state / "sweeps" / "tiny-sweep").mkdir(parents=True)
+    # A sweep killed while trial 0 ran: the study holds it Running.
+    killed = sw.create_or_load(sweep.spec, "tiny-sweep", storage)
+    _, left_params = sw.ask(killed, sweep.spec)
+
+    out = io.StringIO()
+    outcome = run_sweep(sweep, state, Console(file=out, width=200))
+    text = out.getvalue()
+    assert outcome.succeeded, text
+
+    study = outcome.study
+    assert sw.interrupted(study) == {0}
+    counted = sw.counted_trials(study)
+    assert len(counted) == 5  # maxTrials, the interrupted trial re-run in place of itself
+    assert sw.decode_params(sweep.spec, counted[0].params) == left_params
+    states = [t.state for t in counted]
+    assert TrialState.COMPLETE in states and TrialState.PRUNED in states, text
+    for t in counted:
+        if t.state == TrialState.PRUNED:
+            assert len(t.intermediate_values) < EPOCHS
+        if t.state == TrialState.COMPLETE:
+            assert len(t.intermediate_values) == EPOCHS == t.user_attrs[STEPS_RUN_ATTR]
+    assert outcome.steps_run < 5 * EPOCHS
+
+    # MLflow: one parent run, one nested run per trial that started; pruned runs killed.
+    client = MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
+    parent_id = study.user_attrs[PARENT_RUN_ATTR]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["tradewind.kind"] == "Sweep"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == outcome.best_value
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    by_name = {r.data.tags["tradewind.name"]: r for r in children}
+    for t in counted:
+        child = by_name[f"tiny-sweep-{t.number}"]
+        expected = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}[t.state]
+        assert child.info.status == expected
+
+    # The best trial, printed with the manifest that re-runs it.
+    best = study.best_trial
+    assert outcome.best_value == best.value
+    (rerun,) = load_resources(outcome.folder / "best.yaml")
+    assert isinstance(rerun, TrainingRun)
+    lr = best.params["training.optimizer.learningRate"]
+    assert rerun.spec.training.optimizer.learning_rate == lr
+    assert f"tradewind run -f {outcome.folder / 'best.yaml'}" in text
+
+    # Re-running a finished sweep starts nothing and duplicates nothing.
+    again = run_sweep(sweep, state, Console(file=io.StringIO()))
+    assert len(again.study.trials) == len(study.trials)
+    assert again.best_value == outcome.best_value
+    assert study.user_attrs[PARENT_RUN_ATTR] == again.study.user_attrs[PARENT_RUN_ATTR]
+
+
+def test_a_failing_trial_fails_the_sweep_after_max_failed_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    doc = yaml.safe_load(yaml.safe_dump(SWEEP))
+    # No such file: every trial's trainer exits 66 at once.
+    doc["spec"]["template"]["spec"]["data"] = {"source": f"file://{tmp_path}/missing.csv"}
+    doc["spec"] |= {"maxFailedTrials": 0, "maxTrials": 3, "parallelism": 1}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(app, ["run", "-f", str(path), "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 1, result.output
+    assert "sweep failed" in result.output
+    storage = f"sqlite:///{tmp_path / 's' / 'sweeps' / 'tiny-sweep' / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny-sweep", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "sw-path-not-in-template",
+        "sw-choice-empty",
+        "sw-low-not-below-high",
+        "sw-log-low-zero",
+        "sw-pruner-multi-objective",
+    ],
+)
+def test_run_rejects_a_bad_sweep_with_one_line_naming_the_field(case: str) -> None:
+    (bad,) = [c for c in invalid_cases() if c.name == case]
+    result = CliRunner().invoke(app, ["run", "-f", str(bad.path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert f"{bad.field}: " in lines[0]
+    assert bad.fragment in lines[0]
+
+
+def test_run_help_mentions_sweeps() -> None:
+    result = CliRunner().invoke(app, ["run", "--help"])
+    assert "Sweep" in result.output
