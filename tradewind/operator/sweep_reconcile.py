@@ -326,38 +326,38 @@ class _SweepReconcile:
         self.sw.tell(self.study, self.spec, number, None)
         self.events.append(("Warning", "TrialFailed", f"trial {number}: {reason}"))
 
-    def _report(self, trial: FrozenTrial, run: dict[str, Any] | None) -> tuple[bool, int | None]:
-        """Report the steps of the child's intermediate metric (one per epoch or evaluation,
-        from MLflow) not reported yet; whether the pruner stops the trial, and the last step."""
+    def _report(self, trial: FrozenTrial, run: dict[str, Any] | None) -> tuple[bool, list[float]]:
+        """Report the child's intermediate values not reported yet; whether the pruner stops
+        the trial, and the values. The pruner's steps count the values (epochs, or
+        evaluations of an RLRun that logs them at its timestep), from 1, as a local sweep's
+        do: minResource is in those units."""
         metric = self.sw.intermediate_metric(self.spec)
         if metric is None or self.spec.pruner.type == "none" or run is None:
-            return False, None
+            return False, []
         history = self.metrics.history(run["info"]["run_id"], metric)
-        new = sorted((s, v) for s, v in history.items() if s not in trial.intermediate_values)
-        verdicts = [self.sw.report(self.study, trial.number, s, v) for s, v in new]
-        if not new and trial.intermediate_values:  # other trials moved on: ask again
+        values = [history[s] for s in sorted(history)]
+        done = len(trial.intermediate_values)
+        verdicts = [
+            self.sw.report(self.study, trial.number, step, values[step - 1])
+            for step in range(done + 1, len(values) + 1)
+        ]
+        if not verdicts and done:  # other trials moved on since: ask again
             verdicts.append(self._live(trial.number).should_prune())
-        return any(verdicts), max(history, default=None)
+        return any(verdicts), values
 
     def _maybe_prune(self, trial: FrozenTrial, child: Child) -> None:
-        if self.sw.intermediate_metric(self.spec) is None or self.spec.pruner.type == "none":
+        metric = self.sw.intermediate_metric(self.spec)
+        if metric is None or self.spec.pruner.type == "none":
             return
         run = self.metrics.latest(self._experiment(), child.name, self.ns)
-        prune, step = self._report(trial, run)
+        prune, values = self._report(trial, run)
         if not prune:
             return
         self.sw.prune(self.study, trial.number)  # told first: a kill before the delete
         self._delete(child.name)  # leaves a child to clean up
-        metric = self.sw.intermediate_metric(self.spec)
-        last = self.study.trials[trial.number].intermediate_values.get(step or 0)
-        shown = f" ({metric}={last:.6g})" if last is not None else ""
-        self.events.append(
-            (
-                "Normal",
-                "TrialPruned",
-                f"trial {trial.number}: {child.name} pruned at step {step}{shown}",
-            )
-        )
+        shown = f" ({metric}={values[-1]:.6g})" if values else ""
+        message = f"trial {trial.number}: {child.name} pruned at step {len(values)}{shown}"
+        self.events.append(("Normal", "TrialPruned", message))
 
     def _stop_running(self, children: dict[int, Child]) -> int:
         """maxFailedTrials exceeded: stop the trials still running (told Fail)."""

@@ -202,10 +202,11 @@ def test_the_pruner_stops_a_worse_trial_and_its_child_is_deleted(tmp_path: Path)
     h.metrics.runs["sw-0"] = {"val_loss": {1: 0.5, 2: 0.4}}
     h.kube.finish("sw-0", "Succeeded")
     h.kube.start("sw-1")
-    h.metrics.runs["sw-1"] = {"val_loss": {1: 0.45}}  # better than trial 0 at step 1
+    # Logged at its timestep (as an RLRun does): the pruner counts evaluations, from 1.
+    h.metrics.runs["sw-1"] = {"val_loss": {5000: 0.45}}  # better than trial 0 at step 1
     h.reconcile()
     assert "sw-1" in h.children() and h.study().trials[1].intermediate_values == {1: 0.45}
-    h.metrics.runs["sw-1"]["val_loss"][2] = 0.9  # worse at step 2
+    h.metrics.runs["sw-1"]["val_loss"][10000] = 0.9  # worse at step 2
     status = h.reconcile()
     assert "sw-1" not in h.children() and h.kube.deleted == ["sw-1"]
     assert h.study().trials[1].state == TrialState.PRUNED
