@@ -166,75 +166,160 @@ def discrete_targets(action: int, n_symbols: int, max_position: float) -> tuple[
     return tuple(targets)
 
 
-class _RewardState:
-    """The reward of one environment, from its step returns (pure Python floats)."""
+Reward = Callable[[float, float], float]
+"""reward(step_return, growth) of one step (growth = 1 + step_return)."""
 
-    def __init__(self, spec: EnvironmentSpec) -> None:
-        self.kind = spec.reward
-        self.window = spec.reward_window
-        self.eta = 1.0 / spec.reward_window
-        rewards = {
-            "returns": self._returns,
-            "log_returns": self._log_returns,
-            "sharpe": self._rolling_ratio,
-            "sortino": self._rolling_ratio,
-            "differential_sharpe": self._differential_sharpe,
-        }
-        self.compute: Callable[[float, float], float] = rewards[spec.reward]
-        """compute(step_return, growth): the reward of a step (growth = 1 + step_return)."""
-        self.reset()
 
-    def reset(self) -> None:
-        """Forget the episode's returns."""
-        self.count = 0
-        self.ring = [0.0] * self.window
-        self.total = self.squares = self.downside = 0.0
-        self.negatives = 0
-        self.mean_ema = self.square_ema = 0.0
+def _returns(step_return: float, growth: float) -> float:
+    return step_return
 
-    def _returns(self, step_return: float, growth: float) -> float:
-        return step_return
 
-    def _log_returns(self, step_return: float, growth: float) -> float:
-        # numpy's array log, not math.log: the batched env's log is bit-for-bit the same
-        return float(np.log(np.array(max(growth, LOG_FLOOR))))
+def _log_returns(step_return: float, growth: float) -> float:
+    # numpy's array log, not math.log: the batched env's log is bit-for-bit the same
+    return float(np.log(np.array(max(growth, LOG_FLOOR))))
 
-    def _rolling_ratio(self, value: float, growth: float) -> float:
-        # Running sums over a ring buffer of the window: O(1) per step whatever its length.
-        slot = self.count % self.window
-        if self.count >= self.window:
-            old = self.ring[slot]
-            self.total -= old
-            self.squares -= old * old
+
+def _rolling_ratio(window: int, sortino: bool) -> Reward:
+    """Sharpe (or Sortino) of the last min(k, window) step returns, from running sums over a
+    ring buffer: O(1) per step whatever the window."""
+    ring = [0.0] * window
+    count = negatives = 0
+    total = squares = downside = 0.0
+
+    def reward(value: float, growth: float) -> float:
+        nonlocal count, negatives, total, squares, downside
+        slot = count % window
+        if count >= window:
+            old = ring[slot]
+            total -= old
+            squares -= old * old
             if old < 0.0:
-                self.downside -= old * old
-                self.negatives -= 1
-        self.ring[slot] = value
-        self.total += value
-        self.squares += value * value
+                downside -= old * old
+                negatives -= 1
+        ring[slot] = value
+        total += value
+        squares += value * value
         if value < 0.0:
-            self.downside += value * value
-            self.negatives += 1
-        self.count += 1
-        n = min(self.count, self.window)
-        mean = self.total / n
-        if self.kind == "sortino":
-            down = self.downside / n
-            return mean / math.sqrt(down) if self.negatives > 0 and down > 0.0 else 0.0
-        mean_square = self.squares / n
+            downside += value * value
+            negatives += 1
+        count += 1
+        n = count if count < window else window
+        mean = total / n
+        if sortino:
+            down = downside / n
+            return mean / math.sqrt(down) if negatives > 0 and down > 0.0 else 0.0
+        mean_square = squares / n
         variance = mean_square - mean * mean
         return mean / math.sqrt(variance) if variance > FLAT_TOLERANCE * mean_square else 0.0
 
-    def _differential_sharpe(self, value: float, growth: float) -> float:
-        a, b = self.mean_ema, self.square_ema
+    return reward
+
+
+def _differential_sharpe(eta: float) -> Reward:
+    """Moody & Saffell's differential Sharpe ratio, from A_0 = B_0 = 0."""
+    a = b = 0.0
+
+    def reward(value: float, growth: float) -> float:
+        nonlocal a, b
         delta_a, delta_b = value - a, value * value - b
         variance = b - a * a
         ratio = 0.0
         if variance > FLAT_TOLERANCE * b:
             ratio = (b * delta_a - 0.5 * a * delta_b) / (variance * math.sqrt(variance))
-        self.mean_ema = a + self.eta * delta_a
-        self.square_ema = b + self.eta * delta_b
+        a += eta * delta_a
+        b += eta * delta_b
         return ratio
+
+    return reward
+
+
+UNROLL_LIMIT = 32
+"""Up to this many symbols, step's per-symbol arithmetic runs as generated straight-line code
+(a loop over zip costs several times more in CPython); above, as loops."""
+Clip = Callable[[list[float], float], tuple[float, ...]]
+Account = Callable[[tuple[float, ...], list[float], tuple[float, ...]], tuple[float, float]]
+
+
+def _clip_loop(values: list[float], limit: float) -> tuple[float, ...]:
+    return tuple([(-1.0 if v < -1.0 else 1.0 if v > 1.0 else v) * limit for v in values])
+
+
+def _account_loop(
+    weights: tuple[float, ...], moves: list[float], targets: tuple[float, ...]
+) -> tuple[float, float]:
+    exposure = 0.0
+    for weight, change in zip(weights, moves, strict=False):
+        exposure += weight * change
+    growth = 1.0 + exposure
+    turnover = 0.0
+    if growth > 0.0:
+        for weight, ratio, target in zip(weights, moves[len(weights) :], targets, strict=False):
+            turnover += abs(target - weight * ratio / growth)
+    return growth, turnover
+
+
+def _kernels(n_symbols: int) -> tuple[Clip, Account]:
+    """clip(values, limit): the targets of a continuous action; account(weights, moves,
+    targets): (growth, turnover) of a step (see the module docstring). Straight-line code for
+    `n_symbols` (the same operations in the same order as the loops: sums left to right),
+    like `dataclasses` generates its methods; loops above UNROLL_LIMIT."""
+    if n_symbols > UNROLL_LIMIT:
+        return _clip_loop, _account_loop
+    n = range(n_symbols)
+
+    def unpack(name: str) -> str:
+        return ", ".join(f"{name}{i}" for i in n) + ","
+
+    clipped = ", ".join(
+        f"(-1.0 if v{i} < -1.0 else 1.0 if v{i} > 1.0 else v{i}) * limit" for i in n
+    )
+    exposure = " + ".join(f"w{i} * r{i}" for i in n)
+    turnover = " + ".join(f"abs(t{i} - w{i} * g{i} / growth)" for i in n)
+    source = f"""
+def clip(values, limit):
+    {unpack("v")} = values
+    return ({clipped},)
+
+def account(weights, moves, targets):
+    {unpack("w")} = weights
+    {unpack("r")} {unpack("g")} = moves
+    growth = 1.0 + ({exposure})
+    if growth > 0.0:
+        {unpack("t")} = targets
+        return growth, 0.0 + {turnover}
+    return growth, 0.0
+"""
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<trading kernels, {n_symbols} symbols>", "exec"), namespace)
+    return namespace["clip"], namespace["account"]
+
+
+class _RewardState:
+    """The reward of one environment, from its step returns (pure Python floats; the state
+    of an episode lives in the closure `compute`, made afresh by `reset`)."""
+
+    def __init__(self, spec: EnvironmentSpec) -> None:
+        self.kind = spec.reward
+        self.window = spec.reward_window
+        self.eta = 1.0 / spec.reward_window
+        self.compute: Reward = _returns
+        """compute(step_return, growth): the reward of a step (growth = 1 + step_return)."""
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the episode's returns."""
+        if self.kind == "returns":
+            self.compute = _returns
+        elif self.kind == "log_returns":
+            self.compute = _log_returns
+        elif self.kind == "differential_sharpe":
+            self.compute = _differential_sharpe(self.eta)
+        else:
+            self.compute = _rolling_ratio(self.window, self.kind == "sortino")
+
+
+OBSERVATION_BLOCK = 256
+"""Observations are cut from the market's windows this many bars at a time (one copy)."""
 
 
 class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
@@ -245,7 +330,13 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
     `random_start` overrides `spec.randomStart` (e.g. False for evaluation). `info` of
     reset and step: portfolio_value (equity), positions (tuple of the S weights after the
     fill, in symbol order), costs (charged this step, in currency), turnover (sum |traded
-    weight|), step (steps taken in the episode)."""
+    weight|), step (steps taken in the episode).
+
+    Observations: each one is its own memory, which the environment never writes again once
+    returned (keep it, stack it, change it: later steps do not touch it). They are rows of
+    a block the environment copies from the market's windows `OBSERVATION_BLOCK` bars at a
+    time, its weights written in at the step, so one observation keeps its block (~0.5 MB at
+    the quickstart's size) alive; copy it to keep a lone observation for long."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's convention)
 
@@ -271,12 +362,18 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         self._episode_length = spec.episode_length
         self._rewards = _RewardState(spec)
         self._reward = self._rewards.compute
-        # What step reads, as attributes; a row of `_moves` is (returns, gross) of a bar.
-        self._moves = np.concatenate([self.arrays.returns, self.arrays.gross], axis=1)
-        self._window_source = self.arrays.window_source
-        self._observation_size = self.arrays.observation_size
-        self._window_size, self._row_size = self.arrays.window_size, self.arrays.row_size
+        # What step reads, as plain Python: a row of `_moves` is (returns, gross) of a bar.
+        moves = np.concatenate([self.arrays.returns, self.arrays.gross], axis=1)
+        self._moves: list[list[float]] = moves.tolist()
+        self._clip, self._account = _kernels(market.num_symbols)
+        self._windows = self.arrays.windows()
+        self._window_size = self.arrays.window_size
         self._first_bar = self.arrays.first_bar
+        self._observation_size = self.arrays.observation_size
+        self._block: Observation = np.zeros((1, self._observation_size), np.float32)
+        self._block_cells = self._block.data.cast("B").cast("f")
+        self._block_rows = 0
+        self._block_end = 0  # the block holds the windows of bars [_block_end - rows, _block_end)
         self._bar = -1  # not reset yet
         self._steps = 0
         self._value = spec.initial_balance
@@ -300,6 +397,7 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         self._weights = (0.0,) * self.arrays.n_symbols
         self._over = False
         self._rewards.reset()
+        self._reward = self._rewards.compute
         info = {
             "portfolio_value": self._value,
             "positions": self._weights,
@@ -307,6 +405,7 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
             "turnover": 0.0,
             "step": 0,
         }
+        self._new_block(self._bar)
         return self._observe(), info
 
     def step(self, action: Any) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
@@ -314,22 +413,12 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         if self._over:
             raise RuntimeError("the episode is over (or not started): call reset()")
         if type(action) is np.ndarray and action.shape == self._box_shape:  # the common case
-            limit = self._max_position
-            targets = tuple(
-                [(-1.0 if v < -1.0 else 1.0 if v > 1.0 else v) * limit for v in action.tolist()]
-            )
+            targets = self._clip(action.tolist(), self._max_position)
         else:
             targets = self._targets(action)
         weights, bar = self._weights, self._bar + 1
-        moves = self._moves[bar].tolist()  # returns of bar t -> t+1, then close ratios
-        exposure = 0.0
-        for weight, change in zip(weights, moves, strict=False):
-            exposure += weight * change
-        growth = 1.0 + exposure
-        turnover = 0.0
-        if growth > 0.0:
-            for weight, ratio, target in zip(weights, moves[len(weights) :], targets, strict=False):
-                turnover += abs(target - weight * ratio / growth)
+        # returns of bar t -> t+1, then close ratios
+        growth, turnover = self._account(weights, self._moves[bar], targets)
         cost_fraction = self._cost_rate * turnover
         step_growth = growth * (1.0 - cost_fraction)
         costs = self._value * growth * cost_fraction
@@ -351,10 +440,16 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
             "step": self._steps,
         }
         reward = self._reward(step_return, step_growth)
-        start = (bar - self._first_bar) * self._row_size
-        observation = self._window_source[start : start + self._observation_size].copy()
-        observation[self._window_size :] = targets  # over the next bar's first S values
-        return observation, reward, bankrupt, truncated, info
+        if bar >= self._block_end:
+            self._new_block(bar)
+        row = bar - self._block_end + self._block_rows
+        # The weights over the next bar's first S values, through a memoryview of the block:
+        # a Python float to float32 there is the same cast as numpy's, without its overhead.
+        cells, at = self._block_cells, row * self._observation_size + self._window_size
+        for target in targets:
+            cells[at] = target
+            at += 1
+        return self._block[row], reward, bankrupt, truncated, info
 
     def _targets(self, action: Any) -> tuple[float, ...]:
         n_symbols, limit = self.arrays.n_symbols, self._max_position
@@ -369,10 +464,20 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
             values = np.ravel(np.asarray(action)).tolist()
         if len(values) != n_symbols:
             raise ValueError(f"continuous action needs {n_symbols} values, got {len(values)}")
-        return tuple([(-1.0 if v < -1.0 else 1.0 if v > 1.0 else v) * limit for v in values])
+        return self._clip(values, limit)
+
+    def _new_block(self, bar: int) -> None:
+        """A fresh copy of the windows of bars `bar` .. up to OBSERVATION_BLOCK - 1 later
+        (no further than the episode's or the market's last bar)."""
+        first = bar - self._first_bar
+        last_of_episode = self._bar - self._first_bar + self._episode_length - self._steps
+        end = min(first + OBSERVATION_BLOCK, last_of_episode + 1, len(self._windows))
+        self._block = self._windows[first:end].copy()
+        self._block_cells = self._block.data.cast("B").cast("f")
+        self._block_rows = end - first
+        self._block_end = self._first_bar + end
 
     def _observe(self) -> Observation:
-        start = (self._bar - self._first_bar) * self._row_size
-        observation = self._window_source[start : start + self._observation_size].copy()
+        observation: Observation = self._block[self._bar - self._block_end + len(self._block)]
         observation[self._window_size :] = self._weights  # over the next bar's first S values
         return observation

@@ -329,3 +329,64 @@ def test_a_market_too_short_for_an_episode_is_a_data_error() -> None:
 def test_discrete_actions_are_limited_to_twelve_symbols() -> None:
     with pytest.raises(ValueError, match="at most 12"):
         TradingEnvironment(random_market(n_symbols=13), env_spec(action_space="discrete"))
+
+
+# --- observations and the generated step arithmetic -----------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 3, 256])
+def test_observations_are_never_written_after_they_are_returned(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tradewind.trainer.rl import env as env_module
+
+    monkeypatch.setattr(env_module, "OBSERVATION_BLOCK", block)
+    market = random_market(n_bars=40, n_symbols=2, seed=4)
+    lookback = 4
+    env = TradingEnvironment(
+        market, env_spec(lookback_window=lookback, episode_length=9, random_start=True), seed=1
+    )
+    actions = np.random.default_rng(2).uniform(-1.5, 1.5, (30, 2)).astype(np.float32)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []  # (as returned, a copy taken then)
+    observation, _ = env.reset()
+    for action in actions:
+        kept.append((observation, observation.copy()))
+        bar, weights = env.bar, np.clip(action, -1, 1) * 1.0
+        # What the observation holds: the window of bars <= t, then the weights held.
+        np.testing.assert_array_equal(
+            observation[:-2], market.features[bar - lookback + 1 : bar + 1].reshape(-1)
+        )
+        observation, _, terminated, truncated, _ = env.step(action)
+        np.testing.assert_array_equal(observation[-2:], weights.astype(np.float32))
+        if terminated or truncated:
+            kept.append((observation, observation.copy()))
+            observation, _ = env.reset()
+    assert len(kept) > 30  # several episodes, each re-visiting bars of the last
+    for returned, then in kept:
+        np.testing.assert_array_equal(returned, then)
+    assert len({id(returned) for returned, _ in kept}) == len(kept)
+
+
+@pytest.mark.parametrize("n_symbols", [1, 2, 5, 32])
+def test_generated_step_arithmetic_is_the_loops_bit_for_bit(n_symbols: int) -> None:
+    from tradewind.trainer.rl.env import UNROLL_LIMIT, _account_loop, _clip_loop, _kernels
+
+    assert n_symbols <= UNROLL_LIMIT
+    clip, account = _kernels(n_symbols)
+    rng = np.random.default_rng(n_symbols)
+    for trial in range(200):
+        values = rng.uniform(-2, 2, n_symbols).tolist()
+        assert clip(values, 0.7) == _clip_loop(values, 0.7)
+        weights = tuple(rng.uniform(-3 if trial % 4 == 0 else -1, 1, n_symbols).tolist())
+        moves = [
+            *rng.normal(0, 0.3, n_symbols).tolist(),
+            *rng.uniform(0.5, 1.5, n_symbols).tolist(),
+        ]
+        targets = tuple(rng.uniform(-1, 1, n_symbols).tolist())
+        assert account(weights, moves, targets) == _account_loop(weights, moves, targets)
+    assert account(
+        (2.0,) * n_symbols, [-1.0] * n_symbols + [0.0] * n_symbols, (0.0,) * n_symbols
+    ) == (
+        1.0 - 2.0 * n_symbols,
+        0.0,
+    )  # bankrupt: no turnover

@@ -217,3 +217,12 @@ def test_sb3_wrappers_and_ppo_run_on_the_batched_env() -> None:
     assert (
         model.ep_info_buffer is not None and len(model.ep_info_buffer) >= 4
     )  # VecMonitor saw the autoresets
+
+
+def test_batched_env_matches_above_the_unroll_limit() -> None:
+    # Above UNROLL_LIMIT symbols the single environment's arithmetic runs as loops.
+    from tradewind.trainer.rl.env import UNROLL_LIMIT
+
+    spec = env_spec(episode_length=4, random_start=True, transaction_cost=0.001)
+    market = random_market(n_bars=20, n_symbols=UNROLL_LIMIT + 1, seed=5)
+    _compare(market, spec, n_envs=2, n_steps=10)
