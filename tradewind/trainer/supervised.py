@@ -9,8 +9,10 @@ effects: checkpoints, MLflow, the progress bar.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +38,16 @@ from tradewind.trainer.evaluation import (
 from tradewind.trainer.losses import MultiTaskLoss
 from tradewind.trainer.models import TradingModel, build_model
 from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
+from tradewind.trainer.storage import StorageError
 from tradewind.trainer.techniques.adversarial import pgd_perturb
 from tradewind.trainer.techniques.augmentation import augment
 from tradewind.trainer.techniques.maml import maml_step
 from tradewind.trainer.techniques.schedules import dropout_at, teacher_forcing_at
 from tradewind.trainer.tracking import TAG_BEST, TAG_LATEST, Tracker
+
+SAVE_RETRY_SECONDS = 600.0
+"""How long the last checkpoint of a run is retried while the object store is unreachable
+(one between epochs: a twentieth of it)."""
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -389,14 +396,41 @@ class SupervisedTrainer:
             )
             last = stopped_early or self.state.epoch == spec.epochs
             if self.env.is_main and (self.state.epoch % self.spec.checkpoint.interval == 0 or last):
-                self._save_checkpoint(metrics.get(es.monitor))
+                self._save_checkpoint(metrics.get(es.monitor), final=last)
             if on_epoch is not None:
                 on_epoch(self.state.epoch, metrics)
         return self._finish(stopped_early)
 
-    def _save_checkpoint(self, metric: float | None) -> None:
+    def _save_checkpoint(self, metric: float | None, final: bool = False) -> None:
+        """Save, retrying while the object store is unreachable: a checkpoint between epochs
+        is given up after a few tries (training goes on; the next one retries), the final
+        one is retried for up to SAVE_RETRY_SECONDS. `latest.json` moves only after a
+        complete save, so a failed try never leaves it pointing at a partial checkpoint."""
         mode = self.spec.training.early_stopping.mode
-        self.checkpointer.save(self.state.epoch, self.state_dict(), metric, mode)
+        deadline = time.monotonic() + (SAVE_RETRY_SECONDS if final else SAVE_RETRY_SECONDS / 20)
+        for attempt in itertools.count(1):
+            try:
+                self.checkpointer.save(self.state.epoch, self.state_dict(), metric, mode)
+                break
+            except StorageError as err:
+                if time.monotonic() >= deadline:
+                    if final:
+                        raise
+                    log.warning(
+                        "checkpoint of epoch %d not saved (%s); training goes on, the next "
+                        "checkpoint retries",
+                        self.state.epoch,
+                        err,
+                    )
+                    return
+                delay = min(2.0 * attempt, 10.0)
+                log.warning(
+                    "checkpoint of epoch %d failed (%s); retrying in %.0fs",
+                    self.state.epoch,
+                    err,
+                    delay,
+                )
+                time.sleep(delay)
         latest, best = self.checkpointer.latest_uri, self.checkpointer.best_uri
         self.tracker.tags({TAG_LATEST: latest, TAG_BEST: best})
 

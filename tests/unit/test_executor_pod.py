@@ -1,0 +1,149 @@
+"""The executor's kubelet logic without a cluster: `$(VAR)` expansion, environment from
+values, fieldRefs, Secrets and ConfigMaps, volumes, the hosts file and the namespaces'
+init script."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tradewind.devstack.executor_net import NetworkPlan
+from tradewind.devstack.executor_pod import (
+    ConfigError,
+    container_mounts,
+    exit_code,
+    expand,
+    hosts_file,
+    init_script,
+    materialise_volumes,
+    quantity_bytes,
+    resolve_env,
+    write_in_place,
+)
+
+INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def _pod(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "run-0-1-abcde",
+            "namespace": "ns",
+            "uid": "u-1",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "1"},
+            "labels": {"app": "x"},
+        },
+        "spec": {"nodeName": "executor-0", **spec},
+    }
+
+
+OBJECTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("secrets", "creds"): {"data": {"KEY": base64.b64encode(b"s3cr3t").decode()}},
+    ("configmaps", "cfg"): {"data": {"run.yaml": "kind: TrainingRun\n", "MODE": "fast"}},
+}
+
+
+def _fetch(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    assert namespace == "ns"
+    return OBJECTS.get((kind, name))
+
+
+def test_expand_follows_kubernetes_rules() -> None:
+    env = {"RANK": "1", "A": "x"}
+    assert expand("--node-rank=$(RANK)", env) == "--node-rank=1"
+    assert expand("$(MISSING) stays", env) == "$(MISSING) stays"
+    assert expand("$$(RANK) is escaped", env) == "$(RANK) is escaped"
+
+
+def test_env_values_field_refs_secrets_and_configmaps() -> None:
+    container = {
+        "name": "trainer",
+        "env": [
+            {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "KEY"}}},
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "MODE"}}},
+            {"name": "ARG", "value": "rank-$(RANK)"},
+            {
+                "name": "OPT",
+                "valueFrom": {"secretKeyRef": {"name": "gone", "key": "K", "optional": True}},
+            },
+        ],
+    }
+    env = resolve_env(_pod(), container, "10.200.0.3", _fetch)
+    assert env == {
+        "RANK": "1",
+        "POD": "run-0-1-abcde",
+        "IP": "10.200.0.3",
+        "SECRET": "s3cr3t",
+        "MODE": "fast",
+        "ARG": "rank-1",
+    }
+
+
+def test_a_missing_secret_key_is_a_config_error() -> None:
+    container = {
+        "name": "c",
+        "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "NOPE"}}}],
+    }
+    with pytest.raises(ConfigError, match="NOPE"):
+        resolve_env(_pod(), container, None, _fetch)
+
+
+def test_volumes_are_materialised_and_mounted(tmp_path: Path) -> None:
+    items = [{"key": "KEY", "path": "k"}]
+    pod = _pod(
+        volumes=[
+            {"name": "config", "configMap": {"name": "cfg"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "creds", "secret": {"secretName": "creds", "items": items}},
+        ]
+    )
+    volumes = materialise_volumes(pod, tmp_path, _fetch, lambda sa, src: "token")
+    assert (tmp_path / "volumes" / "config" / "run.yaml").read_text() == "kind: TrainingRun\n"
+    assert (tmp_path / "volumes" / "creds" / "k").read_text() == "s3cr3t"
+    assert volumes["dshm"] is None
+    mounts = container_mounts(
+        {
+            "volumeMounts": [
+                {"name": "config", "mountPath": "/etc/tradewind", "readOnly": True},
+                {"name": "dshm", "mountPath": "/dev/shm"},
+            ]
+        },
+        volumes,
+    )
+    script = init_script("run-0-1", mounts, tmp_path, "/")
+    assert "hostname run-0-1" in script
+    assert f"mount --bind -o ro {tmp_path}/volumes/config /etc/tradewind" in script
+    assert "mount -t tmpfs -o mode=1777 tmpfs /dev/shm" in script
+    assert f"mount --bind {tmp_path}/etc-hosts /etc/hosts" in script
+    assert script.rstrip().endswith('exec "$@"')
+
+
+def test_unsupported_volumes_say_so(tmp_path: Path) -> None:
+    pod = _pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}])
+    with pytest.raises(ConfigError, match="persistentVolumeClaim"):
+        materialise_volumes(pod, tmp_path, _fetch, lambda sa, src: "")
+
+
+def test_hosts_file_is_rewritten_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
+    write_in_place(path, hosts_file([("10.0.0.2", ["a.svc.ns.svc.cluster.local", "a.svc", "a"])]))
+    inode = path.stat().st_ino
+    write_in_place(path, hosts_file([("10.0.0.3", ["b"])]))
+    assert path.stat().st_ino == inode  # a bind mount keeps seeing it
+    assert "10.0.0.3\tb" in path.read_text() and "10.0.0.2" not in path.read_text()
+
+
+def test_quantities_exit_codes_and_names() -> None:
+    assert quantity_bytes("512Mi") == 512 * 2**20 and quantity_bytes("1G") == 10**9
+    assert exit_code(-9) == 137 and exit_code(3) == 3
+    plan = NetworkPlan("tw1234", "10.201.7.0/24")
+    assert plan.bridge == "tw1234br" and plan.bridge_ip == "10.201.7.1"
+    assert plan.address(2) == "10.201.7.2" and plan.netns(2) == "tw1234-p2"
+    assert all(len(n) <= 15 for n in (plan.bridge, plan.veth(254), "tw1234c254"))
