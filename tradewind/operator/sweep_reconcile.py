@@ -286,7 +286,8 @@ class _SweepReconcile:
             )
         except ApiException as exc:
             if exc.status == 409:
-                return  # created before a restart, and deleted since: seen on the next pass
+                self._exists(number, name)
+                return
             if exc.status != 422:
                 raise
             self._fail_number(number, f"the apiserver rejected {name}: {exc.body or exc.reason}")
@@ -294,6 +295,20 @@ class _SweepReconcile:
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         self.events.append(("Normal", "TrialCreated", f"trial {number}: {name} with {shown}"))
         log.info("sweep %s/%s: created %s %s", self.ns, self.name, self.kind, name)
+
+    def _exists(self, number: int, name: str) -> None:
+        """Creating trial `number`'s child found the name taken: ours (made just before a
+        restart) is fine, another object's fails the trial rather than holding its slot."""
+        try:
+            found: Any = self.kube.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.ns, self.plural, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # ours, deleted since: created again on the next pass
+            raise
+        if observe_child(found, self.uid) is None:
+            self._fail_number(number, f"{self.kind} {name} exists and is not this Sweep's")
 
     def _launch(self) -> None:
         trial, params = self.sw.ask(self.study, self.spec)

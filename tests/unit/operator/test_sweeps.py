@@ -51,6 +51,11 @@ class FakeCustom:
         self.objects[name] = copy.deepcopy(body)
         self.created.append(name)
 
+    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        if args[-1] not in self.objects:
+            raise ApiException(status=404)
+        return copy.deepcopy(self.objects[args[-1]])
+
     def patch_namespaced_custom_object_status(self, *args: Any) -> None:
         self.status = args[-1]["status"]
 
@@ -232,6 +237,18 @@ def test_a_child_of_a_finished_trial_is_deleted_and_not_replaced_twice(tmp_path:
     h.study().tell(1, state=TrialState.PRUNED)  # pruned, then killed before the delete
     h.reconcile(restart=True)
     assert h.kube.deleted == ["sw-1"] and h.children() == ["sw-0", "sw-2"]
+
+
+def test_a_name_taken_by_another_run_fails_the_trial_instead_of_blocking(tmp_path: Path) -> None:
+    h = Harness(tmp_path, _body())
+    h.kube.custom.objects["sw-1"] = {"metadata": {"name": "sw-1", "labels": {}}, "spec": {}}
+    h.reconcile()
+    status = h.reconcile()
+    assert h.children() == ["sw-0", "sw-1", "sw-2"] and h.child("sw-1")["spec"] == {}
+    trial = h.study().trials[1]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["tradewind.reason"] == "TrainingRun sw-1 exists and is not this Sweep's"
+    assert status.trials.failed == 1 and status.phase == "Running"
 
 
 def test_more_failures_than_allowed_fail_the_sweep_and_stop_its_trials(tmp_path: Path) -> None:
