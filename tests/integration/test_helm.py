@@ -1,0 +1,520 @@
+"""The Helm chart against the real control plane: lint, several value sets rendered and
+validated by the apiserver (--dry-run=server), installs with the operator's service account
+checked by `kubectl auth can-i`, and the real operator run with that service account's
+token, so the RBAC is shown to be enough, not only narrow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.conftest import Kubectl
+from tradewind.devstack import DevStack
+from tradewind.devstack.kwok import HOLD_LABEL
+from tradewind.operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.integration
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "tradewind"
+
+
+class Helm:
+    def __init__(self, stack: DevStack, home: Path) -> None:
+        self.binary = str(stack.bin / "helm")
+        self.kubeconfig = str(stack.kubeconfig)
+        self.home = home
+        self.env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, "--kubeconfig", self.kubeconfig, *args],
+            capture_output=True, text=True, check=False, timeout=180, env=self.env,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def with_values(
+        self,
+        command: str,
+        release: str,
+        namespace: str,
+        values: dict[str, Any],
+        *extra: str,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """`helm COMMAND [RELEASE] CHART -n NAMESPACE -f VALUES ...`."""
+        values_file = self.home / f"values-{uuid.uuid4().hex}.yaml"
+        values_file.write_text(yaml.safe_dump(values))
+        name = [release] if release else []
+        return self.run(
+            command, *name, str(CHART), "-n", namespace, "-f", str(values_file), *extra,
+            check=check,
+        )  # fmt: skip
+
+    def template(self, release: str, namespace: str, values: dict[str, Any]) -> list[Any]:
+        out = self.with_values("template", release, namespace, values, "--include-crds")
+        return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def helm(stack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(stack, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture
+def namespaces(kubectl: Kubectl) -> Iterator[list[str]]:
+    """Three more fresh namespaces (the `namespace` fixture gives one)."""
+    names = [f"test-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for name in names:
+        kubectl.run("create", "namespace", name)
+    yield names
+    for name in names:
+        kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _of(docs: list[Any], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def _one(docs: list[Any], kind: str) -> dict[str, Any]:
+    (doc,) = _of(docs, kind)
+    return doc
+
+
+def _value_sets(ns: str, others: list[str]) -> dict[str, dict[str, Any]]:
+    return {
+        "defaults": {},
+        "namespaced": {"watchNamespaces": others[:2]},
+        "all-in-one": {
+            "watchNamespaces": others[:1],
+            "image": {"registry": "registry.example.com/ml/", "operator": {"tag": "v1"}},
+            "imagePullSecrets": [{"name": "regcred"}],
+            "minio": {"enabled": True, "persistence": {"enabled": True, "size": "5Gi"}},
+            "mlflowServer": {"enabled": True, "persistence": {"enabled": True}},
+            "operator": {
+                "verbose": True,
+                "logFormat": "full",
+                "extraEnv": [{"name": "TZ", "value": "UTC"}],
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            },
+        },
+        "external-services": {
+            "objectStore": {
+                "endpoint": "https://s3.example.com",
+                "credentialsSecret": "s3-creds",
+                "checkpointBucket": "models",
+            },
+            "mlflow": {"trackingUri": "http://mlflow.mlops:5000", "credentialsSecret": "mlf"},
+            "optuna": {"storage": "postgresql://optuna@db/optuna"},
+            "serviceAccount": {"create": False, "name": "default"},
+            "metrics": {"service": {"enabled": False}},
+        },
+        "service-monitor": {
+            "optuna": {"persistence": {"existingClaim": "studies"}},
+            "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        },
+    }
+
+
+def test_the_chart_lints_strictly(helm: Helm) -> None:
+    result = helm.run("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_every_value_set_lints_and_the_apiserver_accepts_what_it_renders(
+    helm: Helm, kubectl: Kubectl, crds_installed: None, namespace: str, namespaces: list[str]
+) -> None:
+    for label, values in _value_sets(namespace, namespaces).items():
+        lint = helm.with_values("lint", "", namespace, values, "--strict")
+        assert "0 chart(s) failed" in lint.stdout, (label, lint.stdout)
+        docs = helm.template(f"v-{label}", namespace, values)
+        # The ServiceMonitor kind is the Prometheus Operator's, absent from this cluster.
+        known = [d for d in docs if d["kind"] != "ServiceMonitor"]
+        result = kubectl.run(
+            "apply", "--dry-run=server", "--server-side", "-f", "-",
+            stdin="\n---\n".join(json.dumps(d) for d in known), check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, (label, result.stderr)
+        assert len(result.stdout.splitlines()) == len(known), (label, result.stdout)
+
+
+def test_rendered_objects_follow_the_values(
+    helm: Helm, namespace: str, namespaces: list[str]
+) -> None:
+    sets = _value_sets(namespace, namespaces)
+    rendered = {label: helm.template("rel", namespace, v) for label, v in sets.items()}
+
+    for label, docs in rendered.items():
+        # The operator never reads Secrets: no rule anywhere names them (or a wildcard).
+        for role in _of(docs, "ClusterRole") + _of(docs, "Role"):
+            for rule in role["rules"]:
+                assert not {"secrets", "*"} & set(rule["resources"]), (label, rule)
+                assert "*" not in rule["verbs"] and "*" not in rule["apiGroups"], (label, rule)
+        # Every TRADEWIND_* variable is an operator setting, and parses as one.
+        config = _one(docs, "ConfigMap")["data"]
+        fields = {f"TRADEWIND_{name.upper()}" for name in OperatorSettings.model_fields}
+        assert set(config) <= fields, (label, set(config) - fields)
+        mp = pytest.MonkeyPatch()
+        for key, value in config.items():
+            mp.setenv(key, value)
+        settings = OperatorSettings()
+        mp.undo()
+        assert settings.trainer_image.endswith(":0.1.0") or label == "all-in-one"
+        # The Deployment: one pod, replaced (never two operators), hardened.
+        deployment = _one(docs, "Deployment") if label != "all-in-one" else None
+        if deployment:
+            assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+            pod = deployment["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert {"/tmp", "/var/lib/tradewind"} <= mounts
+            probe = container["livenessProbe"]["httpGet"]
+            assert probe["path"] == "/healthz" and container["readinessProbe"]["httpGet"] == probe
+            assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+
+    default = rendered["defaults"]
+    (cluster_role,) = _of(default, "ClusterRole")
+    assert not _of(default, "Role") and not _of(default, "RoleBinding")
+    resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert {"trainingruns", "jobs", "pods", "configmaps", "customresourcedefinitions"} <= resources
+    (container,) = _one(default, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--namespace")]
+    assert _one(default, "PersistentVolumeClaim")["metadata"]["name"] == "rel-tradewind-optuna"
+
+    namespaced = rendered["namespaced"]
+    roles = _of(namespaced, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces[:2])
+    assert sorted(b["metadata"]["namespace"] for b in _of(namespaced, "RoleBinding")) == sorted(
+        namespaces[:2]
+    )
+    cluster_rules = _one(namespaced, "ClusterRole")["rules"]
+    assert {r for rule in cluster_rules for r in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    (container,) = _one(namespaced, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == [
+        f"--namespace={n}" for n in namespaces[:2]
+    ]
+
+    aio = rendered["all-in-one"]
+    operator = _of(aio, "Deployment", "rel-tradewind")[0]
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example.com/ml/tradewind-operator:v1"
+    assert "--verbose" in container["args"] and "--json-logs" not in container["args"]
+    config = _one(aio, "ConfigMap")["data"]
+    assert config["TRADEWIND_TRAINER_IMAGE"] == "registry.example.com/ml/tradewind-trainer:0.1.0"
+    assert config["TRADEWIND_S3_ENDPOINT"] == f"http://rel-tradewind-minio.{namespace}.svc:9000"
+    assert config["TRADEWIND_S3_CREDENTIALS_SECRET"] == "rel-tradewind-minio-credentials"
+    assert config["TRADEWIND_MLFLOW_TRACKING_URI"] == (
+        f"http://rel-tradewind-mlflow.{namespace}.svc:5000"
+    )
+    secrets = _of(aio, "Secret", "rel-tradewind-minio-credentials")
+    # The credentials are where run pods read them: the release namespace and each watched one.
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == sorted([namespace, namespaces[0]])
+    assert len({json.dumps(s["data"], sort_keys=True) for s in secrets}) == 1
+    assert {d["metadata"]["name"] for d in _of(aio, "Service")} >= {
+        "rel-tradewind-minio",
+        "rel-tradewind-mlflow",
+    }
+
+    external = rendered["external-services"]
+    config = _one(external, "ConfigMap")["data"]
+    assert config["TRADEWIND_OPTUNA_STORAGE"] == "postgresql://optuna@db/optuna"
+    assert config["TRADEWIND_S3_CREDENTIALS_SECRET"] == "s3-creds"
+    assert config["TRADEWIND_MLFLOW_CREDENTIALS_SECRET"] == "mlf"
+    assert not _of(external, "PersistentVolumeClaim") and not _of(external, "ServiceAccount")
+    assert not _of(external, "Service")
+    binding = _one(external, "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == "default"
+
+    monitored = rendered["service-monitor"]
+    monitor = _one(monitored, "ServiceMonitor")
+    service = _one(monitored, "Service")
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    volumes = _one(monitored, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    optuna = next(v for v in volumes if v["name"] == "optuna")
+    assert optuna["persistentVolumeClaim"]["claimName"] == "studies"
+    assert not _of(monitored, "PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces/0"),
+        ({"operator": {"reconcileWorkers": 0}}, "reconcileWorkers"),
+        ({"objectStore": {"endpoint": "minio:9000"}}, "endpoint"),
+        ({"operatorr": {}}, "operatorr"),
+        ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}, ""),
+    ],
+)
+def test_the_values_schema_rejects_mistakes(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    result = helm.with_values("template", "rel", "default", values, check=False)
+    assert result.returncode != 0 and "schema" in result.stderr and message in result.stderr
+
+
+def test_the_packaged_chart_ships_the_generated_crds(
+    helm: Helm, repo_root: Path, tmp_path: Path
+) -> None:
+    """helm/tradewind/crds links to crds/: the package holds the files themselves, byte for
+    byte (what `helm install` creates, and `kubectl apply -f crds/` upgrades)."""
+    helm.run("package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("tradewind-*.tgz")
+    with tarfile.open(package) as tar:
+        shipped = {
+            Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.name.startswith("tradewind/crds/")
+        }
+    generated = {p.name: p.read_bytes() for p in (repo_root / "crds").glob("*.yaml")}
+    assert shipped == generated
+    assert set(shipped) == {
+        "trainingruns.tradewind.dev.yaml",
+        "rlruns.tradewind.dev.yaml",
+        "sweeps.tradewind.dev.yaml",
+    }
+
+
+class Release:
+    """A chart release in its own namespace, uninstalled at the end."""
+
+    def __init__(self, helm: Helm, namespace: str, values: dict[str, Any]) -> None:
+        self.helm, self.namespace = helm, namespace
+        self.name = f"tw-{uuid.uuid4().hex[:6]}"
+        self.fullname = f"{self.name}-tradewind"
+        self.service_account = f"system:serviceaccount:{namespace}:{self.fullname}"
+        self.values = values
+
+    def __enter__(self) -> Release:
+        self.helm.with_values("install", self.name, self.namespace, self.values)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.helm.run("uninstall", self.name, "-n", self.namespace, "--wait", check=False)
+
+
+def _can(kubectl: Kubectl, who: str, verb: str, resource: str, namespace: str | None) -> bool:
+    where = ["-n", namespace] if namespace else []
+    result = kubectl.run("auth", "can-i", verb, resource, "--as", who, *where, check=False)
+    assert result.stdout.strip() in ("yes", "no"), result.stderr
+    return result.stdout.strip() == "yes"
+
+
+NEEDED = [  # (verb, resource): what the operator does in a watched namespace
+    *[(v, "trainingruns.tradewind.dev") for v in ("list", "watch", "patch", "create", "delete")],
+    *[(v, "rlruns.tradewind.dev") for v in ("list", "watch", "patch", "create", "delete")],
+    ("list", "sweeps.tradewind.dev"), ("watch", "sweeps.tradewind.dev"),
+    ("patch", "trainingruns.tradewind.dev/status"), ("patch", "rlruns.tradewind.dev/status"),
+    ("patch", "sweeps.tradewind.dev/status"),
+    *[(v, "jobs.batch") for v in ("list", "watch", "create", "delete", "patch")],
+    ("list", "pods"), ("watch", "pods"),
+    ("create", "configmaps"), ("delete", "configmaps"), ("create", "services"),
+    ("create", "events"),
+]  # fmt: skip
+DENIED = [  # what it must never do, in any namespace
+    ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "secrets"),
+    ("create", "pods"), ("delete", "pods"), ("create", "deployments.apps"),
+    ("update", "configmaps"), ("get", "configmaps"), ("create", "sweeps.tradewind.dev"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"), ("create", "pods/exec"),
+]  # fmt: skip
+
+
+def _installed(kubectl: Kubectl, release: Release) -> dict[str, Any]:
+    for crd in ("trainingruns", "rlruns", "sweeps"):
+        kubectl.wait("--for=condition=Established", f"crd/{crd}.tradewind.dev")
+    deployment: dict[str, Any] = kubectl.get(
+        f"deployment/{release.fullname}", "-n", release.namespace
+    )
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == release.fullname
+    kubectl.get(f"serviceaccount/{release.fullname}", "-n", release.namespace)
+    # kwok starts the pod on a fake node (nothing executes), so the Deployment rolls out.
+    kubectl.wait("--for=condition=Available", f"deployment/{release.fullname}",
+                 "-n", release.namespace, timeout=120)  # fmt: skip
+    return deployment
+
+
+def test_install_cluster_wide(
+    helm: Helm, kubectl: Kubectl, crds_installed: None, namespace: str, namespaces: list[str]
+) -> None:
+    values = {"optuna": {"persistence": {"enabled": False}}}
+    with Release(helm, namespace, values) as release:
+        _installed(kubectl, release)
+        sa = release.service_account
+        for ns in (namespaces[0], namespace, "default"):
+            for verb, resource in NEEDED:
+                assert _can(kubectl, sa, verb, resource, ns), (verb, resource, ns)
+            for verb, resource in DENIED:
+                assert not _can(kubectl, sa, verb, resource, ns), (verb, resource, ns)
+        assert _can(kubectl, sa, "watch", "customresourcedefinitions.apiextensions.k8s.io", None)
+        assert not _can(
+            kubectl, sa, "update", "customresourcedefinitions.apiextensions.k8s.io", None
+        )
+        assert not _can(kubectl, sa, "list", "namespaces", None)  # clusterwide: kopf needs none
+        assert not _can(kubectl, sa, "list", "nodes", None)
+    # Uninstalled: the cluster-scoped RBAC goes with the release.
+    gone = kubectl.run("get", f"clusterrole/{release.fullname}", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_install_for_a_list_of_namespaces(
+    helm: Helm, kubectl: Kubectl, crds_installed: None, namespace: str, namespaces: list[str]
+) -> None:
+    watched, unwatched = namespaces[:2], namespaces[2]
+    values = {
+        "watchNamespaces": watched,
+        "minio": {"enabled": True},
+        "optuna": {"persistence": {"enabled": False}},
+    }
+    with Release(helm, namespace, values) as release:
+        deployment = _installed(kubectl, release)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert [a for a in container["args"] if a.startswith("--namespace")] == [
+            f"--namespace={n}" for n in watched
+        ]
+        sa = release.service_account
+        for ns in watched:
+            for verb, resource in NEEDED:
+                assert _can(kubectl, sa, verb, resource, ns), (verb, resource, ns)
+        for ns in (unwatched, namespace, "default"):
+            for verb, resource in NEEDED:
+                assert not _can(kubectl, sa, verb, resource, ns), (verb, resource, ns)
+        for ns in (*watched, unwatched, namespace):
+            for verb, resource in DENIED:
+                assert not _can(kubectl, sa, verb, resource, ns), (verb, resource, ns)
+        assert _can(kubectl, sa, "list", "namespaces", None)  # kopf's namespace observation
+        # The bundled MinIO's credentials are in each watched namespace, for the run pods.
+        secret = f"{release.fullname}-minio-credentials"
+        keys = [sorted(kubectl.get(f"secret/{secret}", "-n", ns)["data"]) for ns in watched]
+        assert keys == [["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]] * 2
+        kubectl.get(f"deployment/{release.fullname}-minio", "-n", namespace)
+
+
+def _token_kubeconfig(kubectl: Kubectl, release: Release, path: Path) -> Path:
+    """A kubeconfig that is the operator's service account (a TokenRequest token)."""
+    token = kubectl.run(
+        "create", "token", release.fullname, "-n", release.namespace, "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(kubectl.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {"cluster": cluster["name"], "user": "operator"},
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    return path
+
+
+def _metric(text: str, name: str) -> float:
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+    return sum(values)
+
+
+def test_the_operator_works_with_only_the_charts_permissions(
+    helm: Helm,
+    kubectl: Kubectl,
+    stack: DevStack,
+    crds_installed: None,
+    namespace: str,
+    namespaces: list[str],
+    tmp_path: Path,
+) -> None:
+    """The real operator, authenticated as the chart's service account and started the way
+    the chart starts it (namespaced mode), takes a run from creation to Succeeded: every
+    call it makes is allowed, and none is refused along the way."""
+    from tradewind.devstack.processes import free_port
+
+    watched = namespaces[0]
+    with Release(helm, namespace, {"watchNamespaces": [watched]}) as release:
+        kubeconfig = _token_kubeconfig(kubectl, release, tmp_path / "operator.kubeconfig")
+        metrics_port, health_port = free_port(), free_port()
+        env = {**os.environ, **stack.env(), "KUBECONFIG": str(kubeconfig)}
+        env |= {"TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
+                "TRADEWIND_STATUS_POLL_SECONDS": "2"}  # fmt: skip
+        log = tmp_path / "operator.log"
+        argv = [sys.executable, "-m", "tradewind.cli", "operator", "--json-logs",
+                f"--metrics-port={metrics_port}", f"--namespace={watched}",
+                f"--liveness=http://127.0.0.1:{health_port}/healthz"]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            run = {
+                "apiVersion": "tradewind.dev/v1alpha1",
+                "kind": "TrainingRun",
+                "metadata": {"name": "least-privilege", "namespace": watched},
+                "spec": {"nodes": 2, "podTemplate": {"labels": {HOLD_LABEL: "true"}}},
+            }
+            kubectl.apply(run)
+            kubectl.wait("--for=condition=Running", "trainingrun/least-privilege", "-n", watched)
+            kubectl.run("label", "pods", "-n", watched, "-l",
+                        "tradewind.dev/run=least-privilege", f"{HOLD_LABEL}-")  # fmt: skip
+            kubectl.wait("--for=condition=Succeeded", "trainingrun/least-privilege", "-n", watched)
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            deadline = time.monotonic() + 30
+            while True:  # the counters move just after the status write kubectl saw
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    text = resp.read().decode()
+                done = _metric(text, 'tradewind_runs{kind="TrainingRun",phase="Succeeded"}')
+                if done >= 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert done >= 1
+            assert _metric(text, "tradewind_reconcile_duration_seconds_count") >= 3
+            assert _metric(text, "tradewind_reconcile_errors_total") == 0
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        text = log.read_text()
+        refused = [
+            line
+            for line in text.splitlines()
+            if re.search(r"forbidden|Forbidden|403|Not enough permissions", line)
+        ]
+        assert not refused, "\n".join(refused[:5])
+        assert "tradewind operator starting" in text
