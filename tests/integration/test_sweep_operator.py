@@ -164,7 +164,10 @@ def _drive(
     while _sweep_status(kubectl, ns, name).get("phase") not in ("Succeeded", "Failed"):
         assert time.monotonic() < deadline, _sweep_status(kubectl, ns, name)
         children = _children(kubectl, ns, name)
-        assert len(_active(children)) <= parallelism
+        active = _active(children)
+        assert len(active) <= parallelism, [
+            (c["metadata"]["name"], (c.get("status") or {}).get("phase")) for c in active
+        ]
         for child in children:
             number = int(child["metadata"]["labels"][TRIAL_LABEL])
             child_name = child["metadata"]["name"]
@@ -207,6 +210,12 @@ def test_a_sweep_runs_children_prunes_the_worse_and_reports_the_best(
     assert status["bestTrial"]["params"] == {LR: params[5]}
     assert _condition(status, "Succeeded")["reason"] == "MaxTrialsReached"
     assert _condition(status, "Ready")["status"] == "True"
+
+    sweep_run = mlflow.get_run(status["mlflow"]["runId"])  # the trials' runs nest under it
+    assert sweep_run.data.tags["tradewind.kind"] == "Sweep" and sweep_run.info.status == "FINISHED"
+    assert sweep_run.data.metrics["best_val_loss"] == pytest.approx(0.45)
+    child = kubectl.get("trainingrun/search-5", "-n", namespace)
+    assert child["spec"]["tracking"]["tags"]["mlflow.parentRunId"] == sweep_run.info.run_id
 
     study = _study(operator, kubectl, namespace, "search")
     from optuna.trial import TrialState

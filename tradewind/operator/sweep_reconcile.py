@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 import urllib.error
 import urllib.parse
 from pathlib import Path
@@ -37,6 +38,7 @@ from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.sweep_status import (
     RUNNING_CHILD,
     SWEEP_LABEL,
+    TERMINAL,
     Child,
     Outcome,
     Tally,
@@ -82,6 +84,64 @@ class TrialMetrics(ProgressReader):
         for m in sorted(metrics, key=lambda m: (int(m.get("timestamp", 0)), int(m.get("step", 0)))):
             out[int(m.get("step", 0))] = float(m["value"])
         return out
+
+    def sweep_run(
+        self, experiment: str, name: str, namespace: str, study: str
+    ) -> dict[str, Any] | None:
+        """The Sweep's own MLflow run (the trials' runs nest under it): found by its tags, or
+        created. None without MLflow, or when it cannot be reached (tried again later)."""
+        if self.uri is None:
+            return None
+        tags = {"tradewind.name": name, "tradewind.namespace": namespace,
+                "tradewind.kind": "Sweep", "tradewind.study": study}  # fmt: skip
+        try:
+            experiment_id = self._experiment_id(experiment)
+            query = " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items())
+            found = self._call(
+                "runs/search",
+                {"experiment_ids": [experiment_id], "filter": query, "max_results": 1},
+            )
+            if found.get("runs"):
+                return dict(found["runs"][0]["info"])
+            created = self._call(
+                "runs/create",
+                {
+                    "experiment_id": experiment_id,
+                    "run_name": name,
+                    "start_time": int(time.time() * 1000),
+                    "tags": [{"key": k, "value": v} for k, v in tags.items()],
+                },
+            )
+            return dict(created["run"]["info"])
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            log.debug("no MLflow run for sweep %s/%s: %s", namespace, name, exc)
+            return None
+
+    def finish_sweep_run(self, run_id: str, failed: bool, metrics: dict[str, float]) -> None:
+        """Log the sweep's result (e.g. best_val_loss) and end its run."""
+        if self.uri is None:
+            return
+        now = int(time.time() * 1000)
+        try:
+            if metrics:
+                batch = [{"key": k, "value": v, "timestamp": now, "step": 0}
+                         for k, v in metrics.items()]  # fmt: skip
+                self._call("runs/log-batch", {"run_id": run_id, "metrics": batch})
+            status = "FAILED" if failed else "FINISHED"
+            self._call("runs/update", {"run_id": run_id, "status": status, "end_time": now})
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            log.warning("MLflow run %s of a sweep not ended: %s", run_id, exc)
+
+    def _experiment_id(self, experiment: str) -> str:
+        query = urllib.parse.urlencode({"experiment_name": experiment})
+        try:
+            return str(
+                self._call(f"experiments/get-by-name?{query}")["experiment"]["experiment_id"]
+            )
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+        return str(self._call("experiments/create", {"name": experiment})["experiment_id"])
 
 
 _STORAGES: dict[str, optuna.storages.BaseStorage] = {}
@@ -187,8 +247,12 @@ class _SweepReconcile:
         self.study = sw.create_or_load(self.spec, self.study_name, storage(settings.optuna_storage))
         self.events: Events = []
         self.deleted: set[str] = set()
+        self.parent_run_id: str | None = None
 
     def run(self, status: SweepStatus) -> Events:
+        was = status.phase
+        if was not in TERMINAL:
+            self.parent_run_id = self._sweep_run(status)
         children = self._children()
         for trial in self._running():
             self._account(trial, children.get(trial.number))
@@ -216,7 +280,34 @@ class _SweepReconcile:
             message = f"{result.message}; {stopped} running trial(s) stopped"
             result = Outcome(result.phase, result.reason, message)
         generation = int(self.body["metadata"].get("generation") or 0)
-        return self.events + apply_outcome(status, result, self.now, generation)
+        events = apply_outcome(status, result, self.now, generation)
+        if status.phase in TERMINAL and was not in TERMINAL and status.mlflow.run_id:
+            self.metrics.finish_sweep_run(
+                status.mlflow.run_id, status.phase == "Failed", self._result_metrics(status)
+            )
+        return self.events + events
+
+    def _sweep_run(self, status: SweepStatus) -> str | None:
+        """The Sweep's MLflow run, into the status (the trials' runs nest under it)."""
+        if status.mlflow.run_id:
+            return status.mlflow.run_id
+        info = self.metrics.sweep_run(self._experiment(), self.name, self.ns, self.study_name)
+        if info is None:
+            return None
+        status.mlflow.run_id = run_id = str(info["run_id"])
+        status.mlflow.url = (
+            f"{self.metrics.uri}/#/experiments/{info['experiment_id']}/runs/{run_id}"
+        )
+        return run_id
+
+    def _result_metrics(self, status: SweepStatus) -> dict[str, float]:
+        counts = status.trials
+        out = {"trials_completed": float(counts.completed), "trials_pruned": float(counts.pruned),
+               "trials_failed": float(counts.failed)}  # fmt: skip
+        if status.best_trial is not None and self.spec.objective is not None:
+            out[f"best_{self.spec.objective.metric}"] = status.best_trial.values[0]
+            out["best_trial"] = float(status.best_trial.number)
+        return out
 
     # --- observing ---------------------------------------------------------------------
 
@@ -278,7 +369,9 @@ class _SweepReconcile:
             self._maybe_prune(trial, child)
 
     def _create(self, number: int, params: dict[str, Any]) -> None:
-        manifest = build_child(self.body, self.spec, number, params, self.study_name)
+        manifest = build_child(
+            self.body, self.spec, number, params, self.study_name, self.parent_run_id
+        )
         name = manifest["metadata"]["name"]
         try:
             self.kube.custom.create_namespaced_custom_object(

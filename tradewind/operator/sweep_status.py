@@ -228,16 +228,25 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_child(
-    body: dict[str, Any], spec: SweepSpec, number: int, params: dict[str, Any], study: str
+    body: dict[str, Any],
+    spec: SweepSpec,
+    number: int,
+    params: dict[str, Any],
+    study: str,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The child run of trial `number`: the template with the trial's parameters applied,
-    named `<sweep>-<number>`, labelled with its Sweep and trial number, owned by the Sweep."""
+    named `<sweep>-<number>`, labelled with its Sweep and trial number, owned by the Sweep;
+    its MLflow run is tagged with them and nested under the Sweep's run."""
     meta = body["metadata"]
     run_spec = spec.trial_spec(params)
     tracking = run_spec.setdefault("tracking", {})
     tags = tracking.setdefault("tags", {})
-    if len(tags) <= 30:  # MLflow: which sweep and trial a run belongs to
-        tags |= {"tradewind.sweep": meta["name"], "tradewind.trial": str(number)}
+    ours = {"tradewind.sweep": meta["name"], "tradewind.trial": str(number)}
+    if parent_run_id:
+        ours["mlflow.parentRunId"] = parent_run_id
+    if len(tags) + len(ours) <= 32:  # the spec's limit on tags
+        tags |= ours
     labels = {**(meta.get("labels") or {}), SWEEP_LABEL: meta["name"], TRIAL_LABEL: str(number)}
     return {
         "apiVersion": body["apiVersion"],

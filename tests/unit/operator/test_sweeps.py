@@ -92,8 +92,17 @@ class FakeMetrics(TrialMetrics):
     """MLflow as a dict: child name -> {metric: {step: value}}."""
 
     def __init__(self) -> None:
-        super().__init__(None)
+        super().__init__("http://mlflow")
         self.runs: dict[str, dict[str, dict[int, float]]] = {}
+        self.sweep_runs = 0
+        self.finished: list[tuple[str, bool, dict[str, float]]] = []
+
+    def sweep_run(self, experiment: str, name: str, namespace: str, study: str) -> dict[str, Any]:
+        self.sweep_runs += 1
+        return {"run_id": "parent-1", "experiment_id": "7"}
+
+    def finish_sweep_run(self, run_id: str, failed: bool, metrics: dict[str, float]) -> None:
+        self.finished.append((run_id, failed, metrics))
 
     def latest(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
         if name not in self.runs:
@@ -199,6 +208,21 @@ def test_finished_children_are_told_and_replaced_until_max_trials(tmp_path: Path
     assert succeeded.status == "True" and succeeded.reason == "MaxTrialsReached"
     assert status.completion_time == NOW
     assert h.kube.custom.status is not None and h.kube.custom.status["bestValue"] == 0.3
+    # The sweep's MLflow run: made once, the trials' runs nest under it, ended with the result.
+    assert status.mlflow.run_id == "parent-1" and h.metrics.sweep_runs == 1
+    assert status.mlflow.url == "http://mlflow/#/experiments/7/runs/parent-1"
+    tags = h.child("sw-2")["spec"]["tracking"]["tags"]
+    assert tags == {
+        "tradewind.sweep": "sw",
+        "tradewind.trial": "2",
+        "mlflow.parentRunId": "parent-1",
+    }
+    assert h.metrics.finished == [
+        ("parent-1", False, {"trials_completed": 4, "trials_pruned": 0, "trials_failed": 0,
+                             "best_val_loss": 0.3, "best_trial": 1})
+    ]  # fmt: skip
+    h.reconcile()
+    assert len(h.metrics.finished) == 1
 
 
 def test_the_pruner_stops_a_worse_trial_and_its_child_is_deleted(tmp_path: Path) -> None:
