@@ -4,8 +4,10 @@ One run, at a quickstart-like environment (stocks AAPL+MSFT daily bars, lookback
 continuous actions, differential_sharpe reward, default costs, random starts):
 
 - env-steps/s of the single `TradingEnvironment` and of `BatchedTradingEnv` at N = 1, 64,
-  1024 (random actions generated up front; autoreset included), and of the peer,
-  gym-anytrading's `stocks-v0` on its own data (raw, and as `gymnasium.make` wraps it);
+  1024 (random actions generated up front; autoreset included; infos="episode_end", the
+  default, and once at N = 1024 with infos="full": portfolio numbers in every info), and of
+  the peer, gym-anytrading's `stocks-v0` on its own data (raw, and as `gymnasium.make` wraps
+  it; its observation is a view of its feature array, ours an array never written again);
 - PPO end-to-end (SB3 PPO MlpPolicy, the quickstart's n_steps 256 / batch_size 64, 8 envs):
   timesteps/s with `BatchedTradingEnv` against `DummyVecEnv` of 8 TradingEnvironments, and
   the rollout-collection share of it;
@@ -42,6 +44,7 @@ import numpy as np
 
 from tradewind.api.rl import EnvironmentSpec
 from tradewind.trainer.rl import BatchedTradingEnv, Market, TradingEnvironment, load_market
+from tradewind.trainer.rl.vec_env import InfoMode
 
 BATCH_SIZES = (1, 64, 1024)
 ENV = {
@@ -50,7 +53,7 @@ ENV = {
     "actionSpace": "continuous",
     "reward": "differential_sharpe",
 }
-LEAN = "BatchedTradingEnv N=1024 (portfolio_infos=False)"
+FULL_INFOS = "BatchedTradingEnv N=1024 (infos='full')"
 PEER_OBSERVATION_BYTES = 30 * 2 * 4
 """stocks-v0: Box(window_size 30, 2 signal features), float32."""
 DRAM_COPY_BYTES = 256 * 2**20
@@ -119,9 +122,9 @@ def peer_runner(wrapped: bool, seed: int) -> Runner:
 
 
 def batched_runner(
-    market: Market, spec: EnvironmentSpec, n_envs: int, seed: int, portfolio_infos: bool = True
+    market: Market, spec: EnvironmentSpec, n_envs: int, seed: int, infos: InfoMode = "episode_end"
 ) -> Runner:
-    env = BatchedTradingEnv(market, spec, n_envs, seed=seed, portfolio_infos=portfolio_infos)
+    env = BatchedTradingEnv(market, spec, n_envs, seed=seed, infos=infos)
     env.reset()
     steps_per_pass = max(10, 4000 // n_envs)
     actions = np.random.default_rng(seed).uniform(-1, 1, (steps_per_pass, n_envs, 2))
@@ -339,7 +342,7 @@ def bandwidth_use(throughput: dict[str, Any], observation_bytes: int) -> dict[st
     dram = copy_bandwidth(DRAM_COPY_BYTES)
     same_size = copy_bandwidth(1024 * observation_bytes)
     batched = {}
-    for name in ("BatchedTradingEnv N=1024", LEAN):
+    for name in ("BatchedTradingEnv N=1024", FULL_INFOS):
         rate = throughput[name]["steps_per_s_median"] * observation_bytes
         batched[name] = {
             "obs_gb_s": rate / 1e9,
@@ -368,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         **{
             f"BatchedTradingEnv N={n}": batched_runner(market, spec, n, seed=0) for n in BATCH_SIZES
         },
-        LEAN: batched_runner(market, spec, 1024, seed=0, portfolio_infos=False),
+        FULL_INFOS: batched_runner(market, spec, 1024, seed=0, infos="full"),
     }
     throughput = measure(runners, args.rounds, args.chunk)
     observation_bytes = int(TradingEnvironment(market, spec).reset()[0].nbytes)

@@ -148,9 +148,7 @@ def play_episode(
     after costs."""
     from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 
-    env = BatchedTradingEnv(
-        market, spec.environment, 1, seed=spec.seed, random_start=False, portfolio_infos=False
-    )
+    env = BatchedTradingEnv(market, spec.environment, 1, seed=spec.seed, random_start=False)
     obs = env.reset()
     value, returns, turnover = spec.environment.initial_balance, [], []
     for k in range(spec.environment.episode_length):

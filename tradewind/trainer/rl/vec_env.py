@@ -8,13 +8,15 @@ environment's, so results are bit-for-bit the same. Environment i seeded with s 
 its episode starts from the same generator as `TradingEnvironment(seed=s + i)`.
 
 Only two things loop in Python over environments: building the `infos` list of dicts
-(SB3's VecEnv contract) and drawing the start bar of the environments that reset.
+(SB3's VecEnv contract: one fresh dict per environment) and drawing the start bar of the
+environments that reset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from itertools import repeat
+from typing import Any, Literal
 
 import gymnasium
 import numpy as np
@@ -38,6 +40,9 @@ _COLUMN_LOOP_LIMIT = 16
 """Up to this many symbols, sums over symbols loop over columns (faster than cumsum)."""
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+InfoMode = Literal["episode_end", "full"]
+TIME_LIMIT = "TimeLimit.truncated"
+_NOT_TRUNCATED: dict[str, Any] = {TIME_LIMIT: False}
 
 
 def _sum_left_to_right(values: FloatArray) -> FloatArray:
@@ -136,12 +141,17 @@ class BatchedTradingEnv(VecEnv):
     `seed` seeds environment i with seed + i (`seed()` re-seeds them at the next reset);
     `random_start` overrides `spec.randomStart`. Observations are fresh arrays every step.
 
-    `infos[i]` holds what `TradingEnvironment` puts in its info (portfolio_value, positions,
-    costs, turnover, step). Building N dicts is most of a step's time at large N, so
-    `portfolio_infos=False` leaves only what SB3 reads (TimeLimit.truncated, and
-    terminal_observation when an episode ends); the same numbers are always in `last_step`
-    as (N,) and (N, S) arrays. The environments share their attributes: `get_attr`/
-    `set_attr`/`env_method` act on this object, once per requested index."""
+    Infos: every `infos[i]` is a fresh dict with what SB3 reads (TimeLimit.truncated, and
+    terminal_observation when the episode ends). What `TradingEnvironment` puts in its info
+    (portfolio_value, positions, costs, turnover, step) is in `last_step` for every
+    environment as (N,) and (N, S) arrays, and in the dicts:
+    - `infos="episode_end"` (default): in the infos of the environments whose episode ended
+      this step (its final portfolio), not in the others. Building N dicts of portfolio
+      numbers would cost more than the whole step at large N;
+    - `infos="full"`: in every environment's info at every step, as `TradingEnvironment`
+      gives them (step-for-step the same infos as N single environments).
+    The environments share their attributes: `get_attr`/`set_attr`/`env_method` act on
+    this object, once per requested index."""
 
     def __init__(
         self,
@@ -150,7 +160,7 @@ class BatchedTradingEnv(VecEnv):
         n_envs: int,
         seed: int | None = None,
         random_start: bool | None = None,
-        portfolio_infos: bool = True,
+        infos: InfoMode = "episode_end",
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"n_envs must be at least 1, got {n_envs}")
@@ -173,7 +183,9 @@ class BatchedTradingEnv(VecEnv):
         self._value = np.full(n_envs, spec.initial_balance)
         self._weights = np.zeros((n_envs, market.num_symbols))
         self._actions: npt.NDArray[Any] | None = None
-        self.portfolio_infos = portfolio_infos
+        if infos not in ("episode_end", "full"):
+            raise ValueError(f"infos must be 'episode_end' or 'full', got {infos!r}")
+        self.info_mode: InfoMode = infos
         self.last_step: dict[str, npt.NDArray[Any]] = {}
         """The last step of every environment, as arrays keyed like the infos: portfolio_value
         (N,), positions (N, S), costs (N,), turnover (N,), step (N,) (before any autoreset)."""
@@ -216,8 +228,8 @@ class BatchedTradingEnv(VecEnv):
             "turnover": turnover,
             "step": self._steps,
         }  # arrays made this step: autoreset replaces them rather than writing into them
-        infos = self._infos(truncated & ~terminated)
         finished = np.flatnonzero(dones)
+        infos = self._infos(truncated & ~terminated, finished)
         if finished.size:
             for i in finished.tolist():
                 infos[i]["terminal_observation"] = observations[i].copy()
@@ -225,10 +237,29 @@ class BatchedTradingEnv(VecEnv):
             observations[finished] = self._observe(finished)
         return observations, rewards, dones, infos
 
-    def _infos(self, time_limit: BoolArray) -> list[dict[str, Any]]:
-        """One dict per environment: the loop over environments SB3's VecEnv API needs."""
-        if not self.portfolio_infos:
-            return [{"TimeLimit.truncated": truncated} for truncated in time_limit.tolist()]
+    def _infos(self, time_limit: BoolArray, finished: IntArray) -> list[dict[str, Any]]:
+        """One fresh dict per environment: the loop over environments SB3's VecEnv API needs
+        (see the class docstring for what they hold)."""
+        if self.info_mode == "full":
+            return self._full_infos(time_limit)
+        # dict.copy mapped in C: the cheapest way to N fresh dicts
+        infos: list[dict[str, Any]] = list(map(dict.copy, repeat(_NOT_TRUNCATED, self.num_envs)))
+        if time_limit.any():
+            for i in np.flatnonzero(time_limit).tolist():
+                infos[i][TIME_LIMIT] = True
+        if finished.size:
+            record = self.last_step
+            for i in finished.tolist():
+                infos[i].update(
+                    portfolio_value=float(record["portfolio_value"][i]),
+                    positions=tuple(record["positions"][i].tolist()),
+                    costs=float(record["costs"][i]),
+                    turnover=float(record["turnover"][i]),
+                    step=int(record["step"][i]),
+                )
+        return infos
+
+    def _full_infos(self, time_limit: BoolArray) -> list[dict[str, Any]]:
         record = self.last_step
         return [
             {
@@ -237,7 +268,7 @@ class BatchedTradingEnv(VecEnv):
                 "costs": cost,
                 "turnover": traded,
                 "step": step,
-                "TimeLimit.truncated": truncated,
+                TIME_LIMIT: truncated,
             }
             for value, positions, cost, traded, step, truncated in zip(
                 record["portfolio_value"].tolist(),

@@ -80,7 +80,7 @@ def _compare(
     market: Market, spec: EnvironmentSpec, n_envs: int = 5, n_steps: int = 60
 ) -> dict[str, int]:
     """Step both for n_steps with random actions: every output identical, bit for bit."""
-    batched = BatchedTradingEnv(market, spec, n_envs, seed=100)
+    batched = BatchedTradingEnv(market, spec, n_envs, seed=100, infos="full")
     single = SingleEnvironments(market, spec, n_envs, seed=100)
     np.testing.assert_array_equal(batched.reset(), single.reset())
     _assert_same_infos(batched.reset_infos, single.reset_infos)
@@ -144,21 +144,29 @@ def test_batched_env_matches_through_bankruptcies(action_space: str) -> None:
     assert counts["terminated"] > 0  # the bankrupt path was exercised
 
 
-def test_lean_infos_keep_what_sb3_reads_and_change_nothing_else() -> None:
+def test_episode_end_infos_carry_the_portfolio_only_when_an_episode_ends() -> None:
     market = random_market(n_bars=30, n_symbols=2, seed=6)
     spec = env_spec(episode_length=4, random_start=True, transaction_cost=0.001)
-    full = BatchedTradingEnv(market, spec, 3, seed=5)
-    lean = BatchedTradingEnv(market, spec, 3, seed=5, portfolio_infos=False)
+    full = BatchedTradingEnv(market, spec, 3, seed=5, infos="full")
+    lean = BatchedTradingEnv(market, spec, 3, seed=5)  # infos="episode_end", the default
     np.testing.assert_array_equal(full.reset(), lean.reset())
     actions = np.random.default_rng(3).uniform(-1, 1, (10, 3, 2)).astype(np.float32)
+    ended = 0
     for batch in actions:
         expected, got = full.step(batch), lean.step(batch)
         for mine, theirs in zip(got[:3], expected[:3], strict=True):
             np.testing.assert_array_equal(mine, theirs)
-        for mine_info, full_info in zip(got[3], expected[3], strict=True):
-            kept = {"TimeLimit.truncated", "terminal_observation"} & full_info.keys()
-            _assert_same_infos([mine_info], [{key: full_info[key] for key in kept}])
+        for done, mine_info, full_info in zip(got[2], got[3], expected[3], strict=True):
+            if done:  # the final portfolio of the episode, and what SB3 reads
+                _assert_same_infos([mine_info], [full_info])
+                ended += 1
+            else:
+                assert mine_info == {"TimeLimit.truncated": False}
         _assert_last_step_matches(lean.last_step, expected[3])
+    assert ended >= 6
+    assert len({id(info) for info in got[3]}) == 3  # a fresh dict per environment
+    with pytest.raises(ValueError, match="infos must be"):
+        BatchedTradingEnv(market, spec, 3, infos="some")  # type: ignore[arg-type]
 
 
 def test_batched_env_matches_dummy_vec_env_and_its_seeding() -> None:
@@ -166,7 +174,7 @@ def test_batched_env_matches_dummy_vec_env_and_its_seeding() -> None:
     spec = env_spec(
         reward="differential_sharpe", episode_length=5, random_start=True, transaction_cost=0.002
     )
-    batched = BatchedTradingEnv(market, spec, 3)
+    batched = BatchedTradingEnv(market, spec, 3, infos="full")
     dummy = DummyVecEnv([lambda: TradingEnvironment(market, spec) for _ in range(3)])
     assert batched.seed(42) == dummy.seed(42) == [42, 43, 44]
     np.testing.assert_array_equal(batched.reset(), dummy.reset())
