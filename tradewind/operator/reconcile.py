@@ -106,8 +106,12 @@ def reconcile(
     settings: OperatorSettings,
     now: dt.datetime | None = None,
     spec_cache: SpecCache | None = None,
+    defer_counts: bool = False,
 ) -> Decision:
-    """Converge one run. `jobs` and `pods` are the run's children as the indexes see them."""
+    """Converge one run. `jobs` and `pods` are the run's children as the indexes see them.
+    With `defer_counts`, a status that differs only in how many pods of a Pending attempt
+    run is not written (`decision.deferred`): the caller writes it a little later, or with
+    the next transition."""
     now = now or dt.datetime.now(dt.UTC)
     meta = body["metadata"]
     try:
@@ -125,11 +129,27 @@ def reconcile(
         decision.actions.append("create_combine")
     _apply(run, body, decision, jobs, kube, settings)
     if decision.status != status:
-        decision.written_version = kube.patch_status(body, decision.status)
+        if defer_counts and counts_only(status, decision.status):
+            decision.deferred = True
+        else:
+            decision.written_version = kube.patch_status(body, decision.status)
     # Events last: the status is the record; an Event lost to a crash here is not re-posted.
     for kind, reason, message in decision.events:
         kube.event(body, kind, reason, message)
     return decision
+
+
+def counts_only(old: RunStatus, new: RunStatus) -> bool:
+    """Whether `new` only moves the pod counts of a Pending attempt on: same phase, attempt,
+    restarts and condition statuses; nodesReady and the messages may differ."""
+    if old.phase != "Pending" or new.phase != "Pending":
+        return False
+    volatile = {"nodes_ready", "conditions"}
+    if old.model_dump(exclude=volatile) != new.model_dump(exclude=volatile):
+        return False
+    return [(c.type, c.status) for c in old.conditions] == [
+        (c.type, c.status) for c in new.conditions
+    ]
 
 
 def _observe(

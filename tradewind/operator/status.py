@@ -107,6 +107,8 @@ class Decision:
     """(type Normal|Warning, reason, message) per transition."""
     written_version: str | None = None
     """resourceVersion of the status write, once applied."""
+    deferred: bool = False
+    """The new status only moved pod counts on and was not written yet."""
 
 
 def set_condition(

@@ -1,0 +1,134 @@
+"""reconcile() against a recording stand-in for the apiserver layer: what it writes, and when
+it leaves a write out (the operator's scale depends on writing each run's status rarely)."""
+
+import datetime as dt
+from typing import Any
+
+from tradewind.api.status import RunStatus
+from tradewind.operator import builders
+from tradewind.operator.reconcile import SpecCache, counts_only, parse_run, reconcile
+from tradewind.operator.settings import OperatorSettings
+from tradewind.operator.status import decide, observe_attempt
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class RecordingKube:
+    """Kube's interface; records every call instead of making it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        self.calls.append(("create", manifest["kind"]))
+
+    def delete(self, kind: str, ns: str, name: str) -> None:
+        self.calls.append(("delete", f"{kind}/{name}"))
+
+    def set_job_suspended(self, ns: str, name: str, suspended: bool) -> None:
+        self.calls.append(("suspend", suspended))
+
+    def patch_status(self, body: dict[str, Any], status: RunStatus) -> str:
+        self.calls.append(("status", status.phase))
+        return "7"
+
+    def event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        self.calls.append(("event", reason))
+
+
+def _body(generation: int = 1, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {
+            "name": "r",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": generation,
+            "labels": labels or {},
+            "managedFields": [{"manager": "kubectl"}],
+        },
+        "spec": {"nodes": 2},
+    }
+
+
+def _job() -> dict[str, Any]:
+    labels = {builders.ATTEMPT_LABEL: "0", builders.ROLE_LABEL: "train"}
+    return {"metadata": {"name": "r-0", "labels": labels}, "spec": {"completions": 2}}
+
+
+def _pod(name: str, phase: str) -> dict[str, Any]:
+    labels = {builders.ATTEMPT_LABEL: "0", builders.ROLE_LABEL: "train"}
+    return {"metadata": {"name": name, "labels": labels}, "status": {"phase": phase}}
+
+
+def _reconcile(body: dict[str, Any], kube: RecordingKube, **kw: Any) -> Any:
+    return reconcile(body, kw.pop("jobs", []), kw.pop("pods", []), kube, OperatorSettings(),  # type: ignore[arg-type]
+                     now=NOW, **kw)  # fmt: skip
+
+
+def test_a_new_run_gets_its_children_one_status_write_and_one_event() -> None:
+    kube = RecordingKube()
+    decision = _reconcile(_body(), kube)
+    assert [c for c in kube.calls if c[0] == "create"] == [
+        ("create", "ConfigMap"),
+        ("create", "Service"),
+        ("create", "Job"),
+    ]
+    assert ("status", "Pending") in kube.calls and decision.written_version == "7"
+    assert [c for c in kube.calls if c[0] == "event"] == [("event", "Created")]
+
+
+def test_the_job_appearing_without_running_pods_writes_nothing() -> None:
+    body, kube = _body(), RecordingKube()
+    body["status"] = _reconcile(body, RecordingKube()).status.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    decision = _reconcile(body, kube, jobs=[_job()], pods=[_pod("r-0-0", "Pending")])
+    assert kube.calls == [] and decision.status.phase == "Pending"
+
+
+def test_pod_counts_of_a_pending_run_wait_when_asked_and_transitions_do_not() -> None:
+    body = _body()
+    body["status"] = _reconcile(body, RecordingKube()).status.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    one_running = {"jobs": [_job()], "pods": [_pod("r-0-0", "Running"), _pod("r-0-1", "Pending")]}
+
+    kube = RecordingKube()
+    deferred = _reconcile(body, kube, defer_counts=True, **one_running)
+    assert deferred.deferred and deferred.status.nodes_ready == 1 and kube.calls == []
+
+    kube = RecordingKube()
+    written = _reconcile(body, kube, defer_counts=False, **one_running)
+    assert not written.deferred and kube.calls == [("status", "Pending")]
+
+    kube = RecordingKube()
+    both = [_pod("r-0-0", "Running"), _pod("r-0-1", "Running")]
+    running = _reconcile(body, kube, defer_counts=True, jobs=[_job()], pods=both)
+    assert not running.deferred and running.status.phase == "Running"
+    assert kube.calls == [("status", "Running"), ("event", "AllNodesRunning")]
+
+
+def test_counts_only_is_about_pending_pod_counts() -> None:
+    run = parse_run(_body())
+    pending = decide(run, RunStatus(), observe_attempt(None, []), NOW, 1).status
+    job = {"metadata": {"name": "r-0"}, "spec": {"completions": 2}, "status": {}}
+    one = decide(run, pending, observe_attempt(job, [_pod("a", "Running")]), NOW, 1).status
+    assert one.nodes_ready == 1 and counts_only(pending, one)
+    both = [_pod("a", "Running"), _pod("b", "Running")]
+    running = decide(run, one, observe_attempt(job, both), NOW, 1).status
+    assert not counts_only(one, running)
+    restarted = one.model_copy(update={"restarts": 1})
+    assert not counts_only(pending, restarted)
+
+
+def test_spec_cache_parses_again_only_when_what_it_reads_changes() -> None:
+    cache = SpecCache()
+    first = cache.parse(_body())
+    assert first.metadata.model_extra == {}  # managedFields, uid: not kept in the model
+    assert cache.parse(_body()) is first
+    assert cache.parse(_body(generation=2)) is not first
+    second = cache.parse(_body(generation=2))
+    assert cache.parse(_body(generation=2, labels={"a": "b"})) is not second
+    assert cache.run is not None and cache.run.metadata.labels == {"a": "b"}
