@@ -452,6 +452,43 @@ def _metric(text: str, name: str) -> float:
     return sum(values)
 
 
+def _sweep_to_the_end(kubectl: Kubectl, stack: DevStack, ns: str) -> None:
+    """A one-trial Sweep: the operator lists and creates its child run, reads the child's
+    val_loss (logged here, as its trainer would) and writes the Sweep's status."""
+    from mlflow.tracking import MlflowClient
+
+    template = {"training": {"epochs": 1}, "podTemplate": {"labels": {HOLD_LABEL: "true"}}}
+    sweep = {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "Sweep",
+        "metadata": {"name": "lp-sweep", "namespace": ns},
+        "spec": {
+            "template": {"kind": "TrainingRun", "spec": template},
+            "objective": {"metric": "val_loss", "direction": "minimize"},
+            "searchSpace": {"training.optimizer.learningRate": {"type": "loguniform",
+                                                                "low": 1e-4, "high": 1e-2}},
+            "maxTrials": 1,
+            "parallelism": 1,
+        },
+    }  # fmt: skip
+    kubectl.apply(sweep)
+    kubectl.wait("--for=create", "trainingrun/lp-sweep-0", "-n", ns)
+    mlflow = MlflowClient(stack.env()["MLFLOW_TRACKING_URI"])
+    experiment = mlflow.get_experiment_by_name("tradewind")
+    experiment_id = (
+        experiment.experiment_id if experiment else mlflow.create_experiment("tradewind")
+    )
+    tags = {"tradewind.name": "lp-sweep-0", "tradewind.namespace": ns}
+    mlflow.log_metric(
+        mlflow.create_run(experiment_id, tags=tags).info.run_id, "val_loss", 0.5, step=1
+    )
+    kubectl.wait("--for=condition=Running", "trainingrun/lp-sweep-0", "-n", ns)
+    kubectl.run("label", "pods", "-n", ns, "-l", "tradewind.dev/run=lp-sweep-0", f"{HOLD_LABEL}-")
+    kubectl.wait("--for=condition=Succeeded", "sweep/lp-sweep", "-n", ns, timeout=120)
+    status = kubectl.get("sweep/lp-sweep", "-n", ns)["status"]
+    assert status["trials"]["completed"] == 1 and status["bestValue"] == 0.5, status
+
+
 def test_the_operator_works_with_only_the_charts_permissions(
     helm: Helm,
     kubectl: Kubectl,
@@ -462,8 +499,8 @@ def test_the_operator_works_with_only_the_charts_permissions(
     tmp_path: Path,
 ) -> None:
     """The real operator, authenticated as the chart's service account and started the way
-    the chart starts it (namespaced mode), takes a run from creation to Succeeded: every
-    call it makes is allowed, and none is refused along the way."""
+    the chart starts it (namespaced mode), takes a run and a Sweep from creation to
+    Succeeded: every call it makes is allowed, and none is refused along the way."""
     from tradewind.devstack.processes import free_port
 
     watched = namespaces[0]
@@ -472,7 +509,9 @@ def test_the_operator_works_with_only_the_charts_permissions(
         metrics_port, health_port = free_port(), free_port()
         env = {**os.environ, **stack.env(), "KUBECONFIG": str(kubeconfig)}
         env |= {"TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
-                "TRADEWIND_STATUS_POLL_SECONDS": "2"}  # fmt: skip
+                "TRADEWIND_STATUS_POLL_SECONDS": "1",
+                "TRADEWIND_MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
+                "TRADEWIND_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}"}  # fmt: skip
         log = tmp_path / "operator.log"
         argv = [sys.executable, "-m", "tradewind.cli", "operator", "--json-logs",
                 f"--metrics-port={metrics_port}", f"--namespace={watched}",
@@ -503,6 +542,7 @@ def test_the_operator_works_with_only_the_charts_permissions(
             assert done >= 1
             assert _metric(text, "tradewind_reconcile_duration_seconds_count") >= 3
             assert _metric(text, "tradewind_reconcile_errors_total") == 0
+            _sweep_to_the_end(kubectl, stack, watched)
         finally:
             proc.terminate()
             try:
@@ -514,7 +554,7 @@ def test_the_operator_works_with_only_the_charts_permissions(
         refused = [
             line
             for line in text.splitlines()
-            if re.search(r"forbidden|Forbidden|403|Not enough permissions", line)
+            if re.search(r"forbidden|Forbidden|\b403\b|Not enough permissions", line)
         ]
         assert not refused, "\n".join(refused[:5])
         assert "tradewind operator starting" in text
