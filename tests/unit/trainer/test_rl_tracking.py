@@ -4,6 +4,7 @@ SQLite store; tests/integration/test_rl_tracking.py does the same against the ML
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from tradewind.api import RLRun
-from tradewind.trainer.rl.run import EnsembleTrace, combine, train_one
+from tradewind.trainer.rl.run import EnsembleTrace, _log_combine, combine, train_one
+from tradewind.trainer.tracking import Tracker
 
 PNG = b"\x89PNG"
 
@@ -119,22 +121,44 @@ def test_agents_and_the_combine_step_log_plots_and_uncertainty(local_only: Path)
     check_logged(MlflowClient(f"sqlite:///{local_only / 'mlflow.db'}"), run, rows)
 
 
-def test_without_uncertainty_the_ensemble_logs_no_disagreement(local_only: Path) -> None:
-    import mlflow
-    from mlflow.tracking import MlflowClient
+class RecordingTracker(Tracker):
+    """A tracker that keeps what it is given instead of sending it to MLflow."""
 
-    run = tiny_rlrun("quiet", "rl-tracking-quiet", uncertainty=False)
-    train_and_combine(run, local_only)
-    client = MlflowClient(mlflow.get_tracking_uri())
-    experiment = client.get_experiment_by_name("rl-tracking-quiet")
-    (combined,) = client.search_runs(
-        [experiment.experiment_id], "tags.`tradewind.role` = 'combine'"
-    )
-    assert "ensemble_sharpe" in combined.data.metrics
-    assert not any(k.startswith("ensemble_uncertainty") for k in combined.data.metrics)
-    assert "ensemble_uncertainty.png" not in {
-        a.path for a in client.list_artifacts(combined.info.run_id)
-    }
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.logged: dict[str, float] = {}
+        self.figures: list[str] = []
+        self.tables: list[str] = []
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        self.logged |= values
+
+    def figure(self, figure: Any, name: str) -> None:
+        self.figures.append(name)
+
+    def table(self, rows: list[dict[str, Any]], name: str) -> None:
+        self.tables.append(name)
+
+
+def test_without_uncertainty_the_combine_step_logs_no_disagreement() -> None:
+    rows = [
+        {"strategy": s, "total_return": 0.1, "sharpe": 1.0, "max_drawdown": 0.05, "turnover": 0.2}
+        for s in ("a", "b", "ensemble", "buy_and_hold")
+    ]
+    series = {row["strategy"]: (np.full(3, 0.01), np.zeros(3)) for row in rows}
+    trace = EnsembleTrace(["a", "b"], [np.ones((2, 1))] * 3, [np.ones(1)] * 3, [0.0] * 3)
+    for given in (None, trace):
+        tracker = RecordingTracker()
+        _log_combine(tracker, rows, series, given)
+        assert tracker.tables == ["evaluation.json"]
+        assert tracker.logged["ensemble_sharpe"] == 1.0 and len(tracker.logged) >= 16
+        uncertain = {k for k in tracker.logged if k.startswith("ensemble_uncertainty")}
+        if given is None:
+            assert tracker.figures == ["equity_curves.png"] and not uncertain
+        else:
+            assert tracker.figures == ["equity_curves.png", "ensemble_uncertainty.png"]
+            assert uncertain == {"ensemble_uncertainty_mean", "ensemble_uncertainty_max"}
+            assert tracker.logged["ensemble_side_agreement"] == 1.0
 
 
 def test_trace_metrics_measure_the_members_disagreement() -> None:
