@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -65,8 +66,10 @@ def xkubectl(xstack: DevStack) -> Kubectl:
 def xoperator(
     xstack: DevStack, xkubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    op = Operator(xstack, tmp_path_factory.mktemp("xoperator") / "operator.log")
+    folder = tmp_path_factory.mktemp("xoperator")
+    op = Operator(xstack, folder / "operator.log")
     op.env |= xstack.pod_endpoints()  # pods reach MinIO and MLflow through the bridge
+    op.env["TRADEWIND_OPTUNA_STORAGE"] = f"sqlite:///{folder / 'optuna.db'}"
     op.start()
     yield op
     op.stop()
@@ -169,10 +172,7 @@ def _kill_container(stack: DevStack, pod: dict[str, Any]) -> None:
     kernel's OOM killer or a crash would end it; everything in its namespace dies with it."""
     prefix = stack.state["executor"]["prefix"]
     host = int(pod["status"]["podIP"].rsplit(".", 1)[1])
-    pids = Path(f"/run/netns/{prefix}-p{host}")
-    assert pids.exists(), f"no netns for {pod['metadata']['name']}"
-    import subprocess
-
+    assert Path(f"/run/netns/{prefix}-p{host}").exists(), pod["metadata"]["name"]
     out = subprocess.run(
         ["ip", "netns", "pids", f"{prefix}-p{host}"], capture_output=True, text=True, check=True
     ).stdout
@@ -357,6 +357,164 @@ def test_the_operator_sigkilled_during_an_attempt_catches_up(
     assert [j["metadata"]["name"] for j in jobs] == [f"{name}-0"]  # nothing created twice
     if run_id:
         assert _mlflow_latest(xstack, run_id)["epoch"] == 4.0
+
+
+def test_a_container_over_its_memory_limit_is_oomkilled(
+    xstack: DevStack, xkubectl: Kubectl, ns: str
+) -> None:
+    """The memory limit is a cgroup limit; the kernel's kill is reported as a kubelet would:
+    exit code 137, reason OOMKilled."""
+    hog = "x = bytearray(512 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096]); print('no')"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hog"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "trainer",
+                    "image": "tradewind-trainer:test",
+                    "command": ["python", "-c", hog],
+                    "resources": {"limits": {"memory": "128Mi"}},
+                }
+            ],
+        },
+    }
+    xkubectl.apply(pod, "-n", ns)
+    xkubectl.wait("--for=jsonpath={.status.phase}=Failed", "pod/hog", "-n", ns, timeout=120)
+    state = xkubectl.get("pod/hog", "-n", ns)["status"]["containerStatuses"][0]["state"]
+    assert state["terminated"]["reason"] == "OOMKilled"
+    assert state["terminated"]["exitCode"] == 137
+
+
+def _interval(pod: dict[str, Any]) -> tuple[str, str]:
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    return terminated["startedAt"], terminated["finishedAt"]
+
+
+def test_an_rlrun_ensemble_trains_its_agents_in_parallel_pods_and_combines_them(
+    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+) -> None:
+    name = "rl-ensemble"
+    run = {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "RLRun",
+        "metadata": {"name": name},
+        "spec": {
+            "environment": {
+                "data": {"source": "stocks", "symbols": ["AAPL", "MSFT"]},
+                "actionSpace": "continuous",
+                "episodeLength": 64,
+                "maxPositionSize": 0.5,
+            },
+            "agents": [
+                {"name": "ppo", "algorithm": "ppo",
+                 "hyperparameters": {"n_steps": 64, "batch_size": 32, "net_arch": [16]}},
+                {"name": "a2c", "algorithm": "a2c", "hyperparameters": {"net_arch": [16]}},
+            ],
+            "ensemble": {"method": "weighted_average"},
+            "totalTimesteps": 512,
+            "nEnvs": 2,
+            "eval": {"freq": 256, "episodes": 1},
+        },
+    }  # fmt: skip
+    xkubectl.apply(run, "-n", ns)
+    deadline = time.monotonic() + 900
+    while True:
+        result = xkubectl.run(
+            "wait", "--for=condition=Succeeded", f"rlrun/{name}", "-n", ns, "--timeout=150s",
+            check=False,
+        )  # fmt: skip
+        if result.returncode == 0:
+            break
+        status = xkubectl.get(f"rlrun/{name}", "-n", ns).get("status") or {}
+        assert status.get("phase") != "Failed" and time.monotonic() < deadline, status
+    status = xkubectl.get(f"rlrun/{name}", "-n", ns)["status"]
+    assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0
+
+    pods = xkubectl.get("pods", "-n", ns, "-l", f"tradewind.dev/run={name}")["items"]
+    roles = {p["metadata"]["labels"]["tradewind.dev/role"] for p in pods}
+    assert roles == {"train", "combine"}
+    train = sorted((p for p in pods if p["metadata"]["labels"]["tradewind.dev/role"] == "train"),
+                   key=_index)  # fmt: skip
+    (combine,) = [p for p in pods if p["metadata"]["labels"]["tradewind.dev/role"] == "combine"]
+    assert [_index(p) for p in train] == [0, 1]
+    assert all(p["status"]["phase"] == "Succeeded" for p in [*train, combine])
+    assert train[0]["status"]["podIP"] != train[1]["status"]["podIP"]
+    (s0, f0), (s1, f1) = _interval(train[0]), _interval(train[1])
+    assert max(s0, s1) <= min(f0, f1)  # the two agents trained at the same time
+    assert _interval(combine)[0] >= max(f0, f1)  # then the combine step
+    # Each agent's checkpoints are in MinIO.
+    store = _store(xstack, f"s3://tradewind/{ns}/{name}")
+    keys = store.list("")
+    for agent in ("ppo", "a2c"):
+        assert any(k.startswith(f"agents/{agent}/") for k in keys), keys
+
+
+def test_a_sweep_of_four_trials_two_at_a_time_runs_on_executing_pods(
+    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+) -> None:
+    """4 trials, parallelism 2, median pruning from the val_loss the trainers log."""
+    name = "xsweep"
+    template = {
+        "seed": 7,
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"numSymbols": 2, "numBars": 600},
+            "lookbackWindow": 10,
+        },
+        "model": {
+            "cnn": {"layers": [{"outChannels": 8, "kernelSize": 3}], "attentionHeads": 2},
+            "lstm": {"hiddenSize": 8, "numLayers": 1},
+            "fusion": {"dim": 8},
+        },
+        "training": {"epochs": 4, "batchSize": 64},
+        "tracking": {"systemMetrics": False},
+    }
+    sweep = {
+        "apiVersion": "tradewind.dev/v1alpha1",
+        "kind": "Sweep",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {"kind": "TrainingRun", "spec": template},
+            "objective": {"metric": "val_loss", "direction": "minimize"},
+            "searchSpace": {
+                "training.optimizer.learningRate": {
+                    "type": "loguniform", "low": 1.0e-7, "high": 1.0e-1,
+                },
+            },
+            "sampler": "random",
+            "pruner": {"type": "median", "startupTrials": 1, "warmupSteps": 0},
+            "maxTrials": 4,
+            "parallelism": 2,
+        },
+    }  # fmt: skip
+    xkubectl.apply(sweep, "-n", ns)
+    most_active, children_seen = 0, set()
+    deadline = time.monotonic() + 1200
+    while True:
+        status = xkubectl.get(f"sweep/{name}", "-n", ns).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            break
+        assert time.monotonic() < deadline, status
+        children = xkubectl.get("trainingruns", "-n", ns)["items"]
+        children_seen |= {c["metadata"]["name"] for c in children}
+        active = [
+            c for c in children
+            if (c.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and not c["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
+        most_active = max(most_active, len(active))
+        pods = xkubectl.get("pods", "-n", ns)["items"]
+        assert all(p["spec"].get("nodeName") in (None, "executor-0") for p in pods)
+        time.sleep(2)
+    assert status["phase"] == "Succeeded", status
+    trials = status["trials"]
+    assert trials["completed"] + trials["pruned"] == 4 and trials["failed"] == 0, trials
+    assert trials["pruned"] >= 1, trials
+    assert 1 <= most_active <= 2 and len(children_seen) == 4
+    assert status["bestValue"] > 0 and status["bestTrial"]["name"].startswith(f"{name}-")
 
 
 def test_down_removes_the_pod_network(xstack: DevStack, xkubectl: Kubectl) -> None:

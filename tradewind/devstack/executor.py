@@ -210,7 +210,7 @@ class Executor:
         for rt in self.pods.values():
             for c in rt.containers:
                 if c.running is not None:
-                    c.running.signal(signal.SIGTERM)
+                    c.running.terminate()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(
             c.running.poll() is None
@@ -220,7 +220,7 @@ class Executor:
         ):
             time.sleep(0.1)
         for rt in self.pods.values():
-            self._release(rt, signal.SIGKILL)
+            self._release(rt)
         for fwd in self.forwarders:
             fwd.close()
         net.cleanup(self.plan.prefix)
@@ -384,7 +384,7 @@ class Executor:
                 new.append(rt)
             rt.pod = pod
         for uid in [u for u in self.pods if u not in pods]:  # force-deleted
-            self._release(self.pods.pop(uid), signal.SIGKILL)
+            self._release(self.pods.pop(uid))
         return new
 
     def _adopt(self, pod: Manifest) -> PodRuntime:
@@ -539,12 +539,12 @@ class Executor:
             rt.kill_deadline = time.monotonic() + float(grace)
             for c in rt.containers:
                 if c.running is not None:
-                    c.running.signal(signal.SIGTERM)
+                    c.running.terminate()
         running = [c for c in rt.containers if c.running and c.running.poll() is None]
         if running and time.monotonic() < rt.kill_deadline:
             return
         self.pods.pop(rt.uid, None)
-        self._release(rt, signal.SIGKILL)
+        self._release(rt)
         self._final_delete(rt.pod)
         log.info("pod %s/%s: deleted", rt.namespace, rt.name)
 
@@ -555,10 +555,10 @@ class Executor:
         with contextlib.suppress(ApiError):
             self.kube.request("DELETE", path, body)
 
-    def _release(self, rt: PodRuntime, sig: int) -> None:
+    def _release(self, rt: PodRuntime) -> None:
         for c in rt.containers:
             if c.running is not None:
-                c.running.signal(sig)
+                c.running.kill()
                 with contextlib.suppress(Exception):
                     c.running.proc.wait(timeout=5)
                 c.running.release()

@@ -15,7 +15,9 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -293,6 +295,7 @@ def init_script(hostname: str, mounts: list[Mount], pod_dir: Path, workdir: str)
     container's command (passed as "$@")."""
     q = shlex.quote
     lines = ["set -e", f"hostname {q(hostname)}", "mount --make-rprivate /"]
+    lines.append("mount -t proc proc /proc")  # this PID namespace's processes
     # The pod's own /etc/hosts and /etc/resolv.conf (no nameserver: names are in hosts).
     lines.append(f"mount --bind {q(str(pod_dir / 'etc-hosts'))} /etc/hosts")
     lines.append(f"mount --bind {q(str(pod_dir / 'resolv.conf'))} /etc/resolv.conf")
@@ -323,17 +326,32 @@ class Container:
     def poll(self) -> int | None:
         return self.proc.poll()
 
-    def signal(self, sig: int) -> None:
-        """Signal every process of the container (its cgroup, else its process group)."""
+    def init_pid(self) -> int | None:
+        """The container's PID 1 (the shim's child), as seen from here."""
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return None
+        return int(children.split()[0]) if children.split() else None
+
+    def terminate(self) -> None:
+        """SIGTERM to the container's PID 1, as a kubelet stops a container."""
+        pid = self.init_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the container (its cgroup and its session)."""
         pids: set[int] = set()
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 pids |= {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self.proc.pid, signal.SIGKILL)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGKILL)
 
     def oom_killed(self) -> bool:
         if self.cgroup is None:
@@ -386,8 +404,8 @@ def start_container(
     script.write_text(init_script(hostname, mounts, pod_dir, workdir))
     (pod_dir / "var-tmp").mkdir(exist_ok=True)
     (pod_dir / "var-tmp").chmod(0o1777)
-    argv = ["ip", "netns", "exec", netns, "unshare", "--mount", "--uts", "--pid", "--fork"]
-    argv += ["--kill-child", "--mount-proc", "sh", str(script), *command]
+    shim = [sys.executable, "-m", "tradewind.devstack.executor_shim"]
+    argv = ["ip", "netns", "exec", netns, *shim, str(script), *command]
     procs = None if cgroup is None else str(cgroup / "cgroup.procs")
 
     def join_cgroup() -> None:
