@@ -44,6 +44,7 @@ at a uniformly drawn bar that leaves room for the whole episode.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,6 +259,7 @@ def _account_loop(
     return growth, turnover
 
 
+@functools.cache
 def _kernels(n_symbols: int) -> tuple[Clip, Account]:
     """clip(values, limit): the targets of a continuous action; account(weights, moves,
     targets): (growth, turnover) of a step (see the module docstring). Straight-line code for
@@ -317,6 +319,22 @@ class _RewardState:
         else:
             self.compute = _rolling_ratio(self.window, self.kind == "sortino")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable: the closure's variables instead of the closure."""
+        state = self.__dict__.copy()
+        compute = state.pop("compute")
+        cells = zip(compute.__code__.co_freevars, compute.__closure__ or (), strict=True)
+        state["closure"] = {name: cell.cell_contents for name, cell in cells}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        closure = state.pop("closure")
+        self.__dict__.update(state)
+        self.reset()
+        cells = zip(self.compute.__code__.co_freevars, self.compute.__closure__ or (), strict=True)
+        for name, cell in cells:
+            cell.cell_contents = closure[name]
+
 
 OBSERVATION_BLOCK = 256
 """Observations are cut from the market's windows this many bars at a time (one copy)."""
@@ -369,9 +387,7 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         self._windows = self.arrays.windows()
         self._window_size = self.arrays.window_size
         self._first_bar = self.arrays.first_bar
-        self._observation_size = self.arrays.observation_size
-        self._block: Observation = np.zeros((1, self._observation_size), np.float32)
-        self._block_cells = self._block.data.cast("B").cast("f")
+        self._block: Observation = np.zeros((0, self.arrays.observation_size), np.float32)
         self._block_rows = 0
         self._block_end = 0  # the block holds the windows of bars [_block_end - rows, _block_end)
         self._bar = -1  # not reset yet
@@ -384,6 +400,18 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
     def bar(self) -> int:
         """The bar (index into the market) the environment is at: the last bar observed."""
         return self._bar
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable mid-episode: the generated kernels and the reward closure are rebuilt."""
+        state = self.__dict__.copy()
+        for generated in ("_clip", "_account", "_reward"):
+            del state[generated]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clip, self._account = _kernels(self.arrays.n_symbols)
+        self._reward = self._rewards.compute
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -442,14 +470,9 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         reward = self._reward(step_return, step_growth)
         if bar >= self._block_end:
             self._new_block(bar)
-        row = bar - self._block_end + self._block_rows
-        # The weights over the next bar's first S values, through a memoryview of the block:
-        # a Python float to float32 there is the same cast as numpy's, without its overhead.
-        cells, at = self._block_cells, row * self._observation_size + self._window_size
-        for target in targets:
-            cells[at] = target
-            at += 1
-        return self._block[row], reward, bankrupt, truncated, info
+        observation = self._block[bar - self._block_end + self._block_rows]
+        observation[self._window_size :] = targets  # over the next bar's first S values
+        return observation, reward, bankrupt, truncated, info
 
     def _targets(self, action: Any) -> tuple[float, ...]:
         n_symbols, limit = self.arrays.n_symbols, self._max_position
@@ -473,7 +496,6 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         last_of_episode = self._bar - self._first_bar + self._episode_length - self._steps
         end = min(first + OBSERVATION_BLOCK, last_of_episode + 1, len(self._windows))
         self._block = self._windows[first:end].copy()
-        self._block_cells = self._block.data.cast("B").cast("f")
         self._block_rows = end - first
         self._block_end = self._first_bar + end
 

@@ -390,3 +390,20 @@ def test_generated_step_arithmetic_is_the_loops_bit_for_bit(n_symbols: int) -> N
         1.0 - 2.0 * n_symbols,
         0.0,
     )  # bankrupt: no turnover
+
+
+@pytest.mark.parametrize("reward", REWARDS)
+def test_an_environment_pickled_mid_episode_continues_identically(reward: str) -> None:
+    import pickle
+
+    spec = env_spec(reward=reward, reward_window=3, episode_length=12, transaction_cost=0.001)
+    env = TradingEnvironment(random_market(n_bars=30, seed=7), spec, seed=3)
+    actions = np.random.default_rng(5).uniform(-1, 1, (10, 2)).astype(np.float32)
+    env.reset()
+    for action in actions[:5]:
+        env.step(action)
+    twin = pickle.loads(pickle.dumps(env))
+    for action in actions[5:]:
+        mine, theirs = env.step(action), twin.step(action)
+        np.testing.assert_array_equal(mine[0], theirs[0])
+        assert mine[1:] == theirs[1:]
