@@ -31,6 +31,19 @@ pytestmark = pytest.mark.integration
 CHART = Path(__file__).resolve().parents[2] / "helm" / "tradewind"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (the apiserver would keep one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        duplicated = {k for k in keys if keys.count(k) > 1}
+        if duplicated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate keys {sorted(duplicated)}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
 class Helm:
     def __init__(self, stack: DevStack, home: Path) -> None:
         self.binary = str(stack.bin / "helm")
@@ -72,7 +85,7 @@ class Helm:
 
     def template(self, release: str, namespace: str, values: dict[str, Any]) -> list[Any]:
         out = self.with_values("template", release, namespace, values, "--include-crds")
-        return [d for d in yaml.safe_load_all(out.stdout) if d]
+        return [d for d in yaml.load_all(out.stdout, Loader=_StrictLoader) if d]
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_operator_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
         [bin_ / "tradewind", "operator", "--help"], capture_output=True, text=True, check=True
     )
     assert "--liveness" in out.stdout and "--metrics-port" in out.stdout
-    check = "import tradewind.operator.main, kopf, kubernetes, prometheus_client"
+    check = "import tradewind.operator.main, tradewind.sweeps.study, kopf, kubernetes, optuna"
     subprocess.run([bin_ / "python", "-c", check], check=True, timeout=120)
     # Only the operator extra: no torch, no trainer dependencies, and no pip left behind.
     for absent in ("torch", "mlflow", "pip"):
