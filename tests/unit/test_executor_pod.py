@@ -147,3 +147,24 @@ def test_quantities_exit_codes_and_names() -> None:
     assert plan.bridge == "tw1234br" and plan.bridge_ip == "10.201.7.1"
     assert plan.address(2) == "10.201.7.2" and plan.netns(2) == "tw1234-p2"
     assert all(len(n) <= 15 for n in (plan.bridge, plan.veth(254), "tw1234c254"))
+
+
+def test_pod_logs_finds_a_pod_by_name_or_unique_prefix(tmp_path: Path) -> None:
+    from tradewind.demo import DemoError, pod_logs
+
+    pods = tmp_path / "executor" / "pods" / "default"
+    for folder in ("run-0-0-abcde-11111111", "run-0-1-fghij-22222222"):
+        (pods / folder).mkdir(parents=True)
+        (pods / folder / "trainer.log").write_text(folder)
+    assert (
+        pod_logs(tmp_path, "run-0-0-abcde", "default", "trainer")
+        .read_text()
+        .startswith("run-0-0-abcde")
+    )
+    assert pod_logs(tmp_path, "run-0-1", "default", "trainer").read_text().startswith("run-0-1")
+    with pytest.raises(DemoError, match="several pods"):
+        pod_logs(tmp_path, "run-0", "default", "trainer")
+    with pytest.raises(DemoError, match="no pod default/other"):
+        pod_logs(tmp_path, "other", "default", "trainer")
+    with pytest.raises(DemoError, match="no container 'sidecar'"):
+        pod_logs(tmp_path, "run-0-0-abcde", "default", "sidecar")
