@@ -20,7 +20,9 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
     pki, kubeconfig, logs = d / "pki", str(stack.kubeconfig), d / "logs"
     ready = stack.ready_checks()
     admin_key, admin_crt, ca = str(pki / "admin.key"), str(pki / "admin.crt"), str(pki / "ca.crt")
-    common_client = [f"--kubeconfig={kubeconfig}", "--kube-api-qps=200", "--kube-api-burst=400"]
+    # client-go's rate limit off in practice (kwokctl's --disable-qps-limits values): with a
+    # thousand runs starting, the Job controller and the scheduler must not queue behind it.
+    common_client = [f"--kubeconfig={kubeconfig}", "--kube-api-qps=5000", "--kube-api-burst=10000"]
     loopback_serving = [
         "--bind-address=127.0.0.1",
         f"--authorization-always-allow-paths={HEALTH_PATHS}",

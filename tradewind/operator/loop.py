@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from tradewind.operator import metrics
+from tradewind.operator import builders, metrics
 from tradewind.operator.kube import Kube
 from tradewind.operator.progress import ProgressReader
 from tradewind.operator.reconcile import SpecCache, reconcile
@@ -53,6 +53,9 @@ COUNTS_SECONDS = 3.0
 """A Pending run's status write that only moves pod counts on (1/2 pods running) waits this
 long: the next pod usually starts meanwhile, and the write that says Running carries both.
 Phase changes are written at once."""
+EXPECT_SECONDS = 30.0
+"""After creating an attempt's children, how long to wait for the watch to show its Job before
+creating them again (level-based: the Job may have been deleted meanwhile)."""
 RESYNC_SECONDS = 60.0
 """Level-based safety net: every run reconciles at least this often, events or not."""
 
@@ -83,6 +86,7 @@ class RunWorker:
         self.counted: str | None = None  # the phase this run is counted under in the gauge
         self.deferred_since: float | None = None  # a count-only status unwritten since then
         self.last_progress = -math.inf
+        self.created: tuple[int, float] | None = None  # (attempt, when) children were created
         self.task = asyncio.get_running_loop().create_task(
             self._loop(), name=f"reconcile {self.key[0]}/{self.key[1]}"
         )
@@ -128,12 +132,23 @@ class RunWorker:
         jobs = list(self.jobs_index.get(self.key, []))
         pods = list(self.pods_index.get(self.key, []))
         defer = self.deferred_since is None or now - self.deferred_since < COUNTS_SECONDS
+        if self.created is not None and (
+            now - self.created[1] > EXPECT_SECONDS
+            or any(
+                j["metadata"]["labels"].get(builders.ATTEMPT_LABEL) == str(self.created[0])
+                for j in jobs
+            )
+        ):
+            self.created = None
         try:
             with metrics.RECONCILE_SECONDS.labels(kind).time():
                 decision = await asyncio.to_thread(
                     reconcile, snapshot, jobs, pods, self.memo.kube, settings,
                     spec_cache=self.spec, defer_counts=defer,
+                    created_attempt=self.created[0] if self.created else None,
                 )  # fmt: skip
+            if "create_attempt" in decision.actions:
+                self.created = (decision.status.attempt, now)
             if not decision.deferred:
                 self.deferred_since = None
             elif self.deferred_since is None:

@@ -107,11 +107,13 @@ def reconcile(
     now: dt.datetime | None = None,
     spec_cache: SpecCache | None = None,
     defer_counts: bool = False,
+    created_attempt: int | None = None,
 ) -> Decision:
     """Converge one run. `jobs` and `pods` are the run's children as the indexes see them.
     With `defer_counts`, a status that differs only in how many pods of a Pending attempt
     run is not written (`decision.deferred`): the caller writes it a little later, or with
-    the next transition."""
+    the next transition. `created_attempt`: the attempt whose children this caller created
+    recently (not created again while the indexes catch up)."""
     now = now or dt.datetime.now(dt.UTC)
     meta = body["metadata"]
     try:
@@ -127,6 +129,10 @@ def reconcile(
     decision = decide(run, status, state, now, meta.get("generation", 0))
     if create_combine and decision.status.phase not in ("Failed", "Suspended"):
         decision.actions.append("create_combine")
+    if created_attempt is not None and created_attempt == decision.status.attempt:
+        # Created moments ago; the watch has not shown the Job yet: creating again would
+        # only meet AlreadyExists.
+        decision.actions = [a for a in decision.actions if a != "create_attempt"]
     _apply(run, body, decision, jobs, kube, settings)
     if decision.status != status:
         if defer_counts and counts_only(status, decision.status):

@@ -132,3 +132,15 @@ def test_spec_cache_parses_again_only_when_what_it_reads_changes() -> None:
     second = cache.parse(_body(generation=2))
     assert cache.parse(_body(generation=2, labels={"a": "b"})) is not second
     assert cache.run is not None and cache.run.metadata.labels == {"a": "b"}
+
+
+def test_children_created_moments_ago_are_not_created_again() -> None:
+    body = _body()
+    first = _reconcile(body, RecordingKube())
+    body["status"] = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    kube = RecordingKube()
+    again = _reconcile(body, kube, created_attempt=0)  # the watch has not shown the Job yet
+    assert kube.calls == [] and again.status.phase == "Pending"
+    kube = RecordingKube()
+    _reconcile(body, kube)  # without that memory (e.g. a restarted operator): idempotent creates
+    assert [c[1] for c in kube.calls if c[0] == "create"] == ["ConfigMap", "Service", "Job"]
