@@ -115,6 +115,7 @@ class Demo:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # with --keep it outlives the demo
             )
         self.console.print(f"  operator: started (pid {self.operator.pid}, log {log})", style="dim")
 
