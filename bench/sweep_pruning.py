@@ -76,7 +76,7 @@ def _row(label: str, outcome: SweepOutcome) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", type=Path, default=ROOT / "examples/sweep-quickstart.yaml")
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--reduction-factor", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)

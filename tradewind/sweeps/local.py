@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from optuna.trial import TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from tradewind.api import ManifestError, Sweep, dump_resource
 from tradewind.api.manifest import parse_resource
@@ -111,8 +113,13 @@ class _Tracking:
                       for k, v in spec.search_space.items()}  # fmt: skip
             params |= {"sampler": spec.sampler, "pruner": spec.pruner.type,
                        "maxTrials": str(spec.max_trials), "seed": str(spec.seed)}  # fmt: skip
-            for key, value in params.items():
-                self.client.log_param(run_id, key[:250], value[:6000])
+            from mlflow.entities import Param
+
+            # MLflow keys allow no brackets (`agents[ppo].hyperparameters.gamma`).
+            batch = [
+                Param(re.sub(r"[^\w\-. :/]", "_", k)[:250], v[:6000]) for k, v in params.items()
+            ]
+            self.client.log_batch(run_id, params=batch)
         self.parent_id = run_id
         return run_id
 
@@ -180,7 +187,9 @@ class LocalSweep:
         for number in requeued:
             self.tracking.killed(self.tracking.trial_runs(self.trial_name(number)))
         if requeued:
-            self.console.print(f"re-queued trials left running: {requeued}", highlight=False)
+            self.console.print(
+                f"re-queued trials left running: {requeued}", highlight=False, markup=False
+            )
         failed_sweep = False
         try:
             with Live(self._table(), console=self.console, refresh_per_second=2) as live:
@@ -216,7 +225,7 @@ class LocalSweep:
         try:
             manifest = self._write_manifest(name, params)
         except ManifestError as exc:  # e.g. a combination that breaks a cross-field rule
-            self.console.print(f"trial {trial.number}: invalid spec: {exc}", highlight=False)
+            self.console.print(f"trial {trial.number}: {exc}", highlight=False, markup=False)
             sw.tell(self.study, self.spec, trial.number, None)
             return
         shutil.rmtree(self.state_dir / "checkpoints" / name, ignore_errors=True)  # a stale one
@@ -302,7 +311,9 @@ class LocalSweep:
         value = f" {frozen.values}" if frozen.values else ""
         steps = f" after {len(t.history)} steps" if self.metric else ""
         label = how or STATE_NAMES[frozen.state].lower()
-        self.console.print(f"trial {t.trial.number} {label}{steps}{value}", highlight=False)
+        self.console.print(
+            f"trial {t.trial.number} {label}{steps}{value}", highlight=False, markup=False
+        )
 
     def _stop_all(self) -> None:
         for t in self.active.values():  # the study keeps them Running: re-queued on re-run
@@ -345,7 +356,7 @@ class LocalSweep:
                 value = ""
             table.add_row(
                 str(trial.number),
-                *(_short(params.get(p)) for p in self.spec.search_space),
+                *(Text(_short(params.get(p))) for p in self.spec.search_space),
                 str(steps) if self.metric else "",
                 value,
                 STATE_NAMES[trial.state],
@@ -358,28 +369,35 @@ class LocalSweep:
         best_dict = best.model_dump() if best is not None else None
         self.tracking.finish_parent(best_value, best_dict, ok)
         out = self.console.print
+        out()  # the live table's last line has no newline of its own
+        if not counts.completed:
+            out("no trial completed", highlight=False)
         if not ok:
             out(f"[red]sweep failed:[/] {counts.failed} failed trials (maxFailedTrials "
                 f"{self.spec.max_failed_trials}); see {self.folder / 'trials'}/*.log")  # fmt: skip
         if best is not None:
-            out(f"\nbest trial {best.number} ({best.name}): {self._objective_text(best.values)}")
+            out(f"best trial {best.number} ({best.name}): {self._objective_text(best.values)}")
             for key, value in best.params.items():
-                out(f"  {key}: {value}", highlight=False)
+                out(f"  {key}: {value}", highlight=False, markup=False)
             rerun = self._rerun_manifest("best", best.params)
-            out(f"re-run it: tradewind run -f {rerun}", highlight=False)
+            out(f"re-run it: tradewind run -f {rerun}", markup=False, soft_wrap=True)
         if front:
             table = Table(title="Pareto front")
             table.add_column("trial", justify="right")
             for o in self.spec.objectives or []:
                 table.add_column(f"{o.metric} ({o.direction[:3]})", justify="right")
-            table.add_column("re-run")
+            for t in front:
+                table.add_row(str(t.number), *(f"{v:.5g}" for v in t.values))
+            out(table)
             for t in front:
                 rerun = self._rerun_manifest(f"trial-{t.number}", t.params)
-                table.add_row(str(t.number), *(f"{v:.5g}" for v in t.values),
-                              f"tradewind run -f {rerun}")  # fmt: skip
-            out(table)
+                out(
+                    f"re-run trial {t.number}: tradewind run -f {rerun}",
+                    markup=False,
+                    soft_wrap=True,
+                )
         out(f"MLflow: parent run {self.tracking.parent_id}; browse with: mlflow ui "
-            f"--backend-store-uri {self.tracking_uri}", highlight=False)  # fmt: skip
+            f"--backend-store-uri {self.tracking_uri}", highlight=False, markup=False)  # fmt: skip
         steps = sum(int(t.user_attrs.get(STEPS_RUN_ATTR, 0)) for t in self.study.trials)
         return SweepOutcome(
             study=self.study,
