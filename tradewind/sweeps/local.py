@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -428,7 +429,19 @@ class LocalSweep:
 def run_sweep(sweep: Sweep, state_dir: Path, console: Console) -> SweepOutcome:
     """Run (or continue) the sweep here until maxTrials, maxFailedTrials or timeoutSeconds."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return LocalSweep(sweep, state_dir, console).run()
+    local = LocalSweep(sweep, state_dir, console)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so the trials' processes are stopped with the sweep
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return local.run()
+    except KeyboardInterrupt:
+        console.print(f"interrupted; re-run to continue the study in {local.folder}", markup=False)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _tracking_uri(state_dir: Path) -> str:

@@ -168,3 +168,41 @@ def test_run_rejects_a_bad_sweep_with_one_line_naming_the_field(case: str) -> No
 def test_run_help_mentions_sweeps() -> None:
     result = CliRunner().invoke(app, ["run", "--help"])
     assert "Sweep" in result.output
+
+
+def test_a_terminated_sweep_stops_its_trials_and_leaves_them_to_requeue(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    path = tmp_path / "sweep.yaml"
+    _sweep(path)
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "tradewind.cli", "run", "-f", str(path), "--state-dir", str(state)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    trials = state / "sweeps" / "tiny-sweep" / "trials"
+
+    def trial_processes() -> list[psutil.Process]:
+        return [p for p in psutil.Process(proc.pid).children(recursive=True)
+                if str(trials) in " ".join(p.cmdline())]  # fmt: skip
+
+    deadline = time.monotonic() + 300
+    while len(trial_processes()) < 2:
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    children = trial_processes()
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode != 0
+    assert "interrupted; re-run to continue" in output
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
+    storage = f"sqlite:///{state / 'sweeps' / 'tiny-sweep' / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny-sweep", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2
