@@ -43,6 +43,9 @@ def setup(memo: kopf.Memo) -> None:
     )
     memo.progress = ProgressReader(settings.mlflow_tracking_uri)
     memo.workers = Workers()
+    # At most as many reconciles in flight as threads (others, e.g. Sweeps', share them):
+    # each reads the run and its children when it gets its thread.
+    memo.reconcile_slots = asyncio.Semaphore(max(1, settings.reconcile_workers - 4))
 
 
 COALESCE_SECONDS = 0.5
@@ -105,7 +108,7 @@ class RunWorker:
             while not self.stopped:
                 self.wakeup.clear()
                 started = loop.time()
-                decision = await self._reconcile_once(loop.time())
+                decision = await self._reconcile_once()
                 timeout = self._next_wake(decision, self.memo.settings)
                 if self.deferred_since is not None:
                     timeout = min(timeout, self.deferred_since + COUNTS_SECONDS - loop.time())
@@ -118,11 +121,17 @@ class RunWorker:
             if self.counted:
                 metrics.RUNS_BY_PHASE.labels(self.body["kind"], self.counted).dec()
 
-    async def _reconcile_once(self, now: float) -> Decision | None:
+    async def _reconcile_once(self) -> Decision | None:
         """One reconcile in a worker thread, and what follows from it: the gauges, MLflow
-        progress. None if it failed (it is retried)."""
-        settings: OperatorSettings = self.memo.settings
-        kind = self.body["kind"]
+        progress. None if it failed (it is retried). The run and its children are read once a
+        thread is free, not before queueing for one: under load that wait is seconds long,
+        and a reconcile must not act on what the watches showed before it."""
+        async with self.memo.reconcile_slots:
+            return await self._reconcile_now(asyncio.get_running_loop().time())
+
+    def _inputs(self, now: float) -> tuple[dict[str, Any], list[Any], list[Any]]:
+        """The run as last seen (or as we last wrote its status, if the watch lags behind our
+        write) and its children as the indexes show them."""
         snapshot = dict(self.body)
         written = self.written
         if written and _older(snapshot["metadata"].get("resourceVersion"), written["version"]):
@@ -131,7 +140,6 @@ class RunWorker:
             snapshot["status"] = written["status"]
         jobs = list(self.jobs_index.get(self.key, []))
         pods = list(self.pods_index.get(self.key, []))
-        defer = self.deferred_since is None or now - self.deferred_since < COUNTS_SECONDS
         if self.created is not None and (
             now - self.created[1] > EXPECT_SECONDS
             or any(
@@ -140,6 +148,13 @@ class RunWorker:
             )
         ):
             self.created = None
+        return snapshot, jobs, pods
+
+    async def _reconcile_now(self, now: float) -> Decision | None:
+        settings: OperatorSettings = self.memo.settings
+        kind = self.body["kind"]
+        snapshot, jobs, pods = self._inputs(now)
+        defer = self.deferred_since is None or now - self.deferred_since < COUNTS_SECONDS
         try:
             with metrics.RECONCILE_SECONDS.labels(kind).time():
                 decision = await asyncio.to_thread(
@@ -147,8 +162,8 @@ class RunWorker:
                     spec_cache=self.spec, defer_counts=defer,
                     created_attempt=self.created[0] if self.created else None,
                 )  # fmt: skip
-            if "create_attempt" in decision.actions:
-                self.created = (decision.status.attempt, now)
+            if "create_attempt" in decision.actions:  # from when the creates returned
+                self.created = (decision.status.attempt, asyncio.get_running_loop().time())
             if not decision.deferred:
                 self.deferred_since = None
             elif self.deferred_since is None:
@@ -158,7 +173,7 @@ class RunWorker:
                 metrics.RESTARTS.labels(kind).inc()
             if decision.written_version is not None:
                 status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-                written.update(version=decision.written_version, status=status)
+                self.written.update(version=decision.written_version, status=status)
             reader: ProgressReader = self.memo.progress
             if (
                 reader.uri is not None

@@ -34,6 +34,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     # Events are posted by the reconcile (one per transition), not by kopf per handler.
     settings.posting.enabled = False
+    # kopf keeps a task per object for this long after its last watch event, holding that
+    # event's whole body (5 s by default): at a thousand runs starting, that is thousands of
+    # pods' and Jobs' bodies. Workers that exit sooner keep the RSS down; one costs little to
+    # start again.
+    settings.queueing.idle_timeout = 0.5
     setup(memo)
 
 
