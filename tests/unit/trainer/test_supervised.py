@@ -15,10 +15,11 @@ import yaml
 
 from tradewind.api import TrainingRun
 from tradewind.api.manifest import parse_resource
+from tradewind.trainer import supervised
 from tradewind.trainer.checkpoint import Checkpointer
 from tradewind.trainer.distributed import DistEnv
 from tradewind.trainer.entrypoint import EXIT_BAD_CONFIG, EXIT_DATA_NOT_FOUND, main
-from tradewind.trainer.storage import LocalStore
+from tradewind.trainer.storage import LocalStore, StorageError
 from tradewind.trainer.supervised import SupervisedTrainer, shard_indices
 from tradewind.trainer.tracking import Tracker
 
@@ -367,3 +368,57 @@ def test_exit_66_when_the_data_file_is_missing(
     )
     err = capsys.readouterr().err
     assert "error: data:" in err and "no-such-bars.csv" in err
+
+
+# --- checkpoints while the object store is unreachable ---------------------------------------
+
+
+class _FlakyStore(LocalStore):
+    """A local store whose writes fail while `failing(key)` says so (MinIO stopped)."""
+
+    def __init__(self, root: Path, failing: Callable[[str], bool]) -> None:
+        super().__init__(root)
+        self.failing = failing
+        self.failures = 0
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.failing(key):
+            self.failures += 1
+            raise StorageError(f"{self.uri(key)}: cannot reach the object store")
+        super().put(key, data)
+
+
+def test_a_checkpoint_is_retried_until_the_store_is_back(
+    make_trainer: Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    trainer = make_trainer({"training": {"epochs": 2}})
+    store = _FlakyStore(tmp_path / "flaky", lambda key: store.failures < 3)
+    trainer.checkpointer = Checkpointer(store)
+    trainer.fit()
+    assert store.failures == 3
+    assert trainer.checkpointer.latest_step == 2
+    assert trainer.checkpointer.load_latest() is not None
+
+
+def test_training_goes_on_past_a_checkpoint_the_store_refuses(
+    make_trainer: Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervised, "SAVE_RETRY_SECONDS", 0.0)
+    trainer = make_trainer({"training": {"epochs": 3}})
+    store = _FlakyStore(tmp_path / "flaky", lambda key: trainer.state.epoch < 3)
+    trainer.checkpointer = Checkpointer(store)
+    trainer.fit()  # epochs 1 and 2 are not saved; epoch 3 is (and only then moves latest)
+    assert trainer.state.epoch == 3
+    assert trainer.checkpointer.latest_step == 3
+    assert not any(k.startswith(("step-0000000001", "step-0000000002")) for k in store.list(""))
+
+
+def test_the_final_checkpoint_is_not_given_up_silently(
+    make_trainer: Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervised, "SAVE_RETRY_SECONDS", 0.0)
+    trainer = make_trainer({"training": {"epochs": 1}})
+    trainer.checkpointer = Checkpointer(_FlakyStore(tmp_path / "flaky", lambda key: True))
+    with pytest.raises(StorageError):
+        trainer.fit()
