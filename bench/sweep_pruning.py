@@ -1,7 +1,7 @@
 """The same Optuna search over the quickstart TrainingRun with and without successive halving
 (ASHA): total compute (epochs the trials ran) and best objective of each, one run.
 
-    .venv/bin/python bench/sweep_pruning.py                      # ~20-40 min on 2 busy cores
+    .venv/bin/python bench/sweep_pruning.py                      # ~20 min on 2 busy cores
     .venv/bin/python bench/sweep_pruning.py --trials 8 --epochs 6  # a quick look
 
 Both searches are `examples/sweep-quickstart.yaml` (its TrainingRun, search space, objective
