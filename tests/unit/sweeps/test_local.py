@@ -206,3 +206,17 @@ def test_a_terminated_sweep_stops_its_trials_and_leaves_them_to_requeue(tmp_path
     storage = f"sqlite:///{state / 'sweeps' / 'tiny-sweep' / 'optuna.db'}"
     study = optuna.load_study(study_name="tiny-sweep", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2
+
+
+def test_no_trial_starts_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    doc = yaml.safe_load(yaml.safe_dump(SWEEP))
+    doc["spec"]["template"]["spec"]["data"] = {"source": f"file://{tmp_path}/missing.csv"}
+    doc["spec"] |= {"timeoutSeconds": 1, "maxTrials": 4, "parallelism": 1}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (sweep,) = load_resources(path)
+    assert isinstance(sweep, Sweep)
+    outcome = run_sweep(sweep, tmp_path / "s", Console(file=io.StringIO()))
+    assert outcome.succeeded  # 1 failed trial is within maxFailedTrials (3)
+    assert len(outcome.study.trials) == 1  # the first trial outlived the timeout
