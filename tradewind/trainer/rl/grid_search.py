@@ -289,14 +289,16 @@ def format_value(value: Any) -> str:
 
 def result_table(result: GridSearchResult) -> Any:
     """A rich Table of the result, best first, with buy-and-hold as the last line."""
+    from rich import box
     from rich.table import Table
 
     table = Table(
-        title=f"Grid search: agent {result.agent} ({result.algorithm}), {result.timesteps} "
-        f"timesteps x {result.seeds} seed(s), held-out bars after costs, by {result.score}"
+        title=f"{result.agent} ({result.algorithm}), {result.timesteps} timesteps x "
+        f"{result.seeds} seed(s): held-out bars after costs, by {result.score}",
+        box=box.SIMPLE_HEAD,
     )
     names = list(result.rows[0]["params"]) if result.rows else []
-    for column in ["#", *names, "eval reward", "return", "Sharpe", "max DD", "turnover", "s"]:
+    for column in ["#", *names, "eval rew", "return", "Sharpe", "max DD", "turn"]:
         if column in names:
             table.add_column(column, min_width=min(len(column), 16))
         else:
@@ -310,7 +312,6 @@ def result_table(result: GridSearchResult) -> Any:
             f"{row['sharpe']:.2f}",
             f"{row['max_drawdown']:.2%}",
             f"{row['turnover']:.3f}",
-            f"{row['seconds']:.1f}",
         )
     base = result.baseline
     table.add_row(
@@ -321,6 +322,5 @@ def result_table(result: GridSearchResult) -> Any:
         f"{base['sharpe']:.2f}",
         f"{base['max_drawdown']:.2%}",
         f"{base['turnover']:.3f}",
-        "",
     )
     return table
