@@ -1,4 +1,4 @@
-"""The per-run daemon loop and the operator's start-up (`tradewind operator`)."""
+"""The per-run workers (an asyncio task each) and the operator's start-up (`tradewind operator`)."""
 
 from __future__ import annotations
 
