@@ -75,8 +75,9 @@ def run_markets(spec: RLRunSpec) -> tuple[Market, Market]:
 
 
 def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = False) -> None:
-    """Train (or resume) agent `index`, then log its equity curve on the held-out market
-    against buy-and-hold (figure `equity_curve.png`, metrics `eval_*`/`buy_and_hold_*`)."""
+    """Train (or resume) agent `index`, then log the trained policy's equity curve on the
+    held-out market against buy-and-hold (figure `equity_curve.png`, table `evaluation.json`,
+    metrics `eval_*` and `buy_and_hold_*`)."""
     agent = run.spec.agents[index]
     markets = run_markets(run.spec)
     tracker = _tracker(run, state_dir, agent.name)
@@ -94,7 +95,8 @@ def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = Fals
         step = int(model.num_timesteps)
         tracker.metrics(_row_metrics(rows[0], "eval") | _row_metrics(rows[1], BUY_AND_HOLD), step)
         tracker.table(rows, "evaluation.json")
-        tracker.figure(
+        _log_figure(
+            tracker,
             plots.equity_curves(
                 {name: returns for name, (returns, _) in series.items()},
                 title=f"Equity on held-out bars after costs: {agent.name} vs buy-and-hold",
@@ -110,6 +112,13 @@ def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = Fals
 
 BUY_AND_HOLD = "buy_and_hold"
 ROW_METRICS = ("total_return", "sharpe", "max_drawdown", "turnover")
+
+
+def _log_figure(tracker: Tracker, figure: Any, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    tracker.figure(figure, name)
+    plt.close(figure)
 
 
 def _row_metrics(row: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -272,7 +281,8 @@ def _log_combine(
     for row in rows:
         metrics |= _row_metrics(row, row["strategy"])
     tracker.table(rows, "evaluation.json")
-    tracker.figure(
+    _log_figure(
+        tracker,
         plots.equity_curves(
             {name: returns for name, (returns, _) in series.items()},
             title="Equity on held-out bars after costs: agents, ensemble, buy-and-hold",
@@ -284,7 +294,8 @@ def _log_combine(
         metrics |= trace.metrics()
         log_series(tracker, "ensemble_uncertainty", trace.uncertainty)
         members = np.array(trace.member_weights)  # [steps, members, symbols]
-        tracker.figure(
+        _log_figure(
+            tracker,
             plots.ensemble_uncertainty(
                 {name: members[:, i, :].sum(axis=1) for i, name in enumerate(trace.members)},
                 np.array(trace.weights).sum(axis=1),
