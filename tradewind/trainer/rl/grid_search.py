@@ -20,13 +20,11 @@ import itertools
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from stable_baselines3.common.evaluation import evaluate_policy
 
 from tradewind.api.hyperparameters import HYPERPARAMETERS, hyperparameter_errors
 from tradewind.api.rl import AgentSpec, RLRunSpec
@@ -40,7 +38,7 @@ from tradewind.trainer.rl.run import (
     run_markets,
     strategy_rows,
 )
-from tradewind.trainer.rl.training import make_envs, sync_normalization
+from tradewind.trainer.rl.training import evaluation_reward, make_envs
 
 Score = Literal["sharpe", "total_return", "eval_mean_reward"]
 SCORES: tuple[Score, ...] = ("sharpe", "total_return", "eval_mean_reward")
@@ -207,19 +205,10 @@ def evaluate_trial(
     envs = make_envs(spec, train, evaluation, seed=seed)
     model = build_agent(agent, envs.train, seed=seed, device=device)
     model.learn(timesteps)
-    sync_normalization(envs)
-    with warnings.catch_warnings():  # the batched env has no Monitor: episodes are exact
-        warnings.filterwarnings("ignore", "Evaluation environment is not wrapped")
-        rewards, _ = evaluate_policy(
-            model,
-            envs.evaluation,
-            n_eval_episodes=spec.eval.episodes,
-            deterministic=spec.eval.deterministic,
-            return_episode_rewards=True,
-        )
+    mean_reward = evaluation_reward(model, envs, spec)
     series = {agent.name: play_episode(evaluation, spec, agent_policy(model, envs))}
     (row,) = strategy_rows(series, evaluation)
-    return {"eval_mean_reward": float(np.mean(rewards)), **{k: row[k] for k in METRICS[1:]}}
+    return {"eval_mean_reward": mean_reward, **{k: row[k] for k in METRICS[1:]}}
 
 
 def grid_search(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,21 +95,27 @@ class EvalCheckpointCallback(BaseCallback):
             self.evaluate_and_save()
 
     def evaluate_and_save(self) -> float:
-        sync_normalization(self.envs)
-        ev = self.spec.eval
-        rewards, _ = evaluate_policy(
-            self.model,
-            self.envs.evaluation,
-            n_eval_episodes=ev.episodes,
-            deterministic=ev.deterministic,
-            return_episode_rewards=True,
-        )
-        mean = float(np.mean(rewards))
+        mean = evaluation_reward(self.model, self.envs, self.spec)
         self.tracker.metrics(
             {"eval_mean_reward": mean, "timesteps": self.num_timesteps}, step=self.num_timesteps
         )
         self.checkpointer.save(self.num_timesteps, agent_state(self.model, self.envs), mean, "max")
         return mean
+
+
+def evaluation_reward(model: BaseAlgorithm, envs: AgentEnvs, spec: RLRunSpec) -> float:
+    """SB3's evaluate_policy on the evaluation env: mean reward of `eval.episodes` episodes."""
+    sync_normalization(envs)
+    with warnings.catch_warnings():  # the batched env needs no Monitor: its episodes are exact
+        warnings.filterwarnings("ignore", "Evaluation environment is not wrapped")
+        rewards, _ = evaluate_policy(
+            model,
+            envs.evaluation,
+            n_eval_episodes=spec.eval.episodes,
+            deterministic=spec.eval.deterministic,
+            return_episode_rewards=True,
+        )
+    return float(np.mean(rewards))
 
 
 def agent_state(model: BaseAlgorithm, envs: AgentEnvs) -> dict[str, Any]:
