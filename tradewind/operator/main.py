@@ -31,7 +31,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # the finalizer of older operator versions from runs that still carry it.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = (
+        UnreadDiffBase(prefix=GROUP)
+        if not _changing_handlers()
+        else kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    )
     # Events are posted by the reconcile (one per transition), not by kopf per handler.
     settings.posting.enabled = False
     # kopf keeps a task per object for this long after its last watch event, holding that
@@ -45,6 +49,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.workers.stop_all()
+
+
+class UnreadDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds each watched object's "essence" (a deep copy of its body) on every watch
+    event, to diff it for on.create/update/field handlers. None are registered here, so
+    nothing reads that diff: an empty essence spares a deep copy of every Job, pod and run
+    body per event (0.3-0.5 ms each, ~25 events per run)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+
+def _changing_handlers() -> bool:
+    """Whether any on.create/update/delete/field/resume handler is registered (then kopf's
+    diff base is needed); True where kopf's registry does not say."""
+    changing = getattr(kopf.get_default_registry(), "_changing", None)
+    return changing is None or bool(getattr(changing, "_handlers", True))
 
 
 def _key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str | None, str]:
