@@ -312,6 +312,9 @@ class LocalSweep:
         value = f" {frozen.values}" if frozen.values else ""
         steps = f" after {len(t.history)} steps" if self.metric else ""
         label = how or STATE_NAMES[frozen.state].lower()
+        if frozen.state == TrialState.FAIL:
+            missing = "" if how else ": an objective metric was not logged"
+            value = f"{missing}; log: {self.folder / 'trials' / t.name}.log"
         self.console.print(
             f"trial {t.trial.number} {label}{steps}{value}", highlight=False, markup=False
         )
