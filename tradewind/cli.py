@@ -127,9 +127,11 @@ def run_manifest(
 
     With nodes x procsPerNode > 1 it launches torchrun with that many local processes (gloo).
 
-    A Sweep runs its trials as local processes (parallelism at a time) with a live table,
-    prunes them from their logged metrics and prints the best parameters; its Optuna study
-    is in STATE_DIR/sweeps/NAME, so re-running continues it.
+    A Sweep runs its trials as local processes, parallelism at a time, with a live table.
+
+    Its pruner stops trials from the metrics they log; the best parameters are printed last.
+
+    A Sweep's Optuna study is in STATE_DIR/sweeps/NAME: re-running continues it.
     """
     from tradewind.api import ManifestError, RLRun, Sweep, TrainingRun, load_resources
 
