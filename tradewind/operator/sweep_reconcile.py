@@ -70,6 +70,33 @@ class TrialMetrics(ProgressReader):
         """The MLflow run of a child (None when MLflow has none, or cannot be reached)."""
         return self.find_run(experiment, name, namespace)
 
+    def final_metrics(self, experiment: str, name: str, namespace: str) -> dict[str, float]:
+        """The latest value of every metric across all of a child's MLflow runs (an RLRun's
+        agents and its combine step log to runs of their own), newer runs winning."""
+        if self.uri is None:
+            return {}
+        try:
+            query = urllib.parse.urlencode({"experiment_name": experiment})
+            exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
+            found = self._call(
+                "runs/search",
+                {
+                    "experiment_ids": [exp["experiment_id"]],
+                    "filter": f"tags.\"tradewind.name\" = '{name}' and "
+                    f"tags.\"tradewind.namespace\" = '{namespace}'",
+                    "order_by": ["attributes.start_time ASC"],
+                    "max_results": 100,
+                },
+            )
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            log.debug("no MLflow runs for %s/%s: %s", namespace, name, exc)
+            return {}
+        metrics: dict[str, float] = {}
+        for run in found.get("runs") or []:
+            for m in (run.get("data") or {}).get("metrics", []):
+                metrics[m["key"]] = float(m["value"])
+        return metrics
+
     def history(self, run_id: str, key: str) -> dict[int, float]:
         """step -> value of metric `key` (the last logged value of a step wins)."""
         if self.uri is None:
@@ -408,13 +435,11 @@ class _SweepReconcile:
         self._create(trial.number, params)
 
     def _tell_final(self, trial: FrozenTrial, child: Child) -> None:
-        metrics = dict(child.metrics)
         run = self.metrics.latest(self._experiment(), child.name, self.ns)
         self._report(trial, run)  # the whole curve, for the pruner's view of finished trials
-        if run is not None:
-            metrics |= {
-                m["key"]: float(m["value"]) for m in (run.get("data") or {}).get("metrics", [])
-            }
+        metrics = dict(child.metrics) | self.metrics.final_metrics(
+            self._experiment(), child.name, self.ns
+        )
         values = self.sw.objective_values(self.spec, metrics)
         if values is None:
             wanted = ", ".join(o.metric for o in self._objectives())

@@ -94,6 +94,7 @@ class FakeMetrics(TrialMetrics):
     def __init__(self) -> None:
         super().__init__("http://mlflow")
         self.runs: dict[str, dict[str, dict[int, float]]] = {}
+        self.older: dict[str, list[dict[str, float]]] = {}  # earlier runs of a child
         self.sweep_runs = 0
         self.finished: list[tuple[str, bool, dict[str, float]]] = []
 
@@ -112,6 +113,12 @@ class FakeMetrics(TrialMetrics):
 
     def history(self, run_id: str, key: str) -> dict[int, float]:
         return dict(self.runs.get(run_id, {}).get(key, {}))
+
+    def final_metrics(self, experiment: str, name: str, namespace: str) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for earlier in self.older.get(name, []):
+            merged |= earlier
+        return merged | {k: h[max(h)] for k, h in self.runs.get(name, {}).items() if h}
 
 
 def _body(**spec: Any) -> dict[str, Any]:
@@ -383,3 +390,21 @@ def test_only_children_owned_by_the_sweep_with_a_trial_number_count(
     }
     child = observe_child(body, "u-1")
     assert (child.number if child else None) == expected
+
+
+def test_a_trial_is_told_metrics_from_all_of_its_childs_runs(tmp_path: Path) -> None:
+    """An RLRun ensemble logs its agents' evaluations and its combine step in runs of their
+    own: the objective may be in an earlier run than the latest."""
+    h = Harness(
+        tmp_path,
+        _body(
+            maxTrials=1, parallelism=1, objective={"metric": "eval_sharpe", "direction": "maximize"}
+        ),
+    )
+    h.reconcile()
+    h.metrics.older["sw-0"] = [{"eval_sharpe": 0.8}]
+    h.metrics.runs["sw-0"] = {"ensemble_sharpe": {1: 1.1}}
+    h.kube.finish("sw-0", "Succeeded")
+    status = h.reconcile()
+    assert status.trials == TrialCounts(completed=1)
+    assert status.best_value == 0.8
