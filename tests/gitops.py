@@ -1,6 +1,7 @@
 """The shipped GitOps health checks, evaluated the way Argo CD and Flux evaluate them: the
 Argo CD Lua script (deploy/argocd/health.lua) in Lua 5.1 through lupa (Argo CD runs
-gopher-lua, a Lua 5.1), and the Flux CEL expressions (deploy/flux/kustomization.yaml)."""
+gopher-lua, a Lua 5.1), the Flux CEL expressions (deploy/flux/kustomization.yaml), and plain
+kstatus (what Flux and kstatus-based tools read without expressions)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,24 @@ def flux_health(obj: dict[str, Any]) -> str:
         except Exception:  # a missing field: Flux keeps waiting
             return "InProgress"
     return "InProgress"
+
+
+def kstatus(obj: dict[str, Any]) -> str:
+    """The status sigs.k8s.io/cli-utils kstatus (`status.Compute`) gives a custom resource: a
+    deletionTimestamp is Terminating; an observedGeneration that differs from the generation
+    is InProgress; then Reconciling=True is InProgress, Stalled=True is Failed; else (no
+    type-specific rule for a custom resource) Ready=True is Current, Ready=False or Unknown
+    InProgress; no condition to go by is Current."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return "Terminating"
+    observed, generation = status.get("observedGeneration"), meta.get("generation")
+    if None not in (observed, generation) and observed != generation:
+        return "InProgress"
+    found = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if found.get("Reconciling") == "True":
+        return "InProgress"
+    if found.get("Stalled") == "True":
+        return "Failed"
+    ready = {"True": "Current", "False": "InProgress", "Unknown": "InProgress"}
+    return ready.get(found.get("Ready") or "", "Current")

@@ -1,6 +1,7 @@
-"""The shipped Argo CD health check (deploy/argocd/health.lua, run in Lua through lupa) and
-Flux health expressions (deploy/flux/kustomization.yaml) on TrainingRuns, RLRuns and Sweeps
-whose status the real operator wrote on the real control plane."""
+"""The shipped Argo CD health check (deploy/argocd/health.lua, run in Lua through lupa), the
+Flux health expressions (deploy/flux/kustomization.yaml) and plain kstatus (what Flux reads
+without them) on TrainingRuns, RLRuns and Sweeps whose status the real operator wrote on the
+real control plane."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.gitops import argocd_health, flux_health
+from tests.gitops import argocd_health, flux_health, kstatus
 from tests.integration.conftest import Kubectl
 from tests.integration.test_sweep_operator import SweepOperator
 from tradewind.devstack import DevStack
@@ -68,6 +69,16 @@ def _health(kubectl: Kubectl, ns: str, ref: str) -> tuple[str, str, str, dict[st
     return argocd["status"], argocd.get("message", ""), flux_health(obj), obj
 
 
+def _kstatus(obj: dict[str, Any]) -> tuple[str, str, str]:
+    """(plain kstatus, Reconciling's status, Stalled's status) of the object."""
+    conditions = {c["type"]: c for c in obj["status"]["conditions"]}
+    return (
+        kstatus(obj),
+        conditions["Reconciling"]["status"],
+        conditions["Stalled"]["status"],
+    )
+
+
 def _log_val_loss(stack: DevStack, ns: str, child: str, value: float) -> None:
     """What the child's trainer would log to MLflow."""
     from mlflow.tracking import MlflowClient
@@ -105,16 +116,27 @@ def test_runs_health_follows_the_operators_status(
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/done")
     assert (argocd, flux) == ("Healthy", "Current"), obj["status"]
     assert message.startswith("Succeeded: attempt 0 completed")
+    assert _kstatus(obj) == ("Current", "False", "False"), obj["status"]
 
     kubectl.wait("--for=condition=Failed", "trainingrun/bad-config", "-n", ns)
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/bad-config")
     assert (argocd, flux) == ("Degraded", "Failed"), obj["status"]
     assert "exit code 64" in message and "not retried" in message
+    assert _kstatus(obj) == ("Failed", "False", "True"), obj["status"]
+    conditions = {c["type"]: c for c in obj["status"]["conditions"]}
+    stalled, failed = conditions["Stalled"], conditions["Failed"]
+    assert (stalled["reason"], stalled["message"]) == ("InvalidConfig", failed["message"])
 
     kubectl.wait("--for=condition=Running", "trainingrun/running", "-n", ns)
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/running")
     assert (argocd, flux) == ("Progressing", "Current"), obj["status"]
     assert message == "Running: 2/2 pods running (attempt 0)"
+    assert _kstatus(obj) == ("InProgress", "True", "False"), obj["status"]
+    reconciling = next(c for c in obj["status"]["conditions"] if c["type"] == "Reconciling")
+    assert (reconciling["reason"], reconciling["message"]) == (
+        "Running",
+        message.removeprefix("Running: "),
+    )
 
     kubectl.wait("--for=condition=Running", "trainingrun/paused", "-n", ns)
     patch = json.dumps({"spec": {"suspend": True}})
@@ -123,28 +145,34 @@ def test_runs_health_follows_the_operators_status(
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/paused")
     assert (argocd, flux) == ("Suspended", "Current"), obj["status"]
     assert "spec.suspend is true" in message
+    # Neither Reconciling nor Stalled: kstatus goes by Ready (False), so it waits.
+    assert _kstatus(obj) == ("InProgress", "False", "False"), obj["status"]
 
     kubectl.wait("--for=jsonpath={.status.phase}=Pending", "trainingrun/unschedulable", "-n", ns)
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/unschedulable")
     assert (argocd, flux) == ("Progressing", "InProgress"), obj["status"]
     assert message.startswith("Pending: ")
+    assert _kstatus(obj) == ("InProgress", "True", "False"), obj["status"]
 
     # Once restarted, a run whose pods keep failing stays Restarting (each new attempt fails).
     kubectl.wait("--for=jsonpath={.status.phase}=Restarting", "trainingrun/flaky", "-n", ns)
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/flaky")
     assert (argocd, flux) == ("Progressing", "InProgress"), obj["status"]
     assert "from the latest checkpoint" in message
+    assert _kstatus(obj) == ("InProgress", "True", "False"), obj["status"]
     kubectl.run("delete", "trainingrun/flaky", "-n", ns, "--wait=false")
 
     kubectl.wait("--for=condition=Succeeded", "rlrun/rl-done", "-n", ns, timeout=120)
     argocd, _, flux, obj = _health(kubectl, ns, "rlrun/rl-done")
     assert (argocd, flux) == ("Healthy", "Current"), obj["status"]
+    assert _kstatus(obj) == ("Current", "False", "False"), obj["status"]
 
     # Left to another controller: no status from this operator, so still progressing.
     argocd, message, flux, obj = _health(kubectl, ns, "trainingrun/elsewhere")
     assert "status" not in obj
     assert (argocd, flux) == ("Progressing", "InProgress")
     assert "Waiting for the Tradewind operator" in message
+    assert kstatus(obj) == "Current"  # kstatus has nothing to go by (docs/gitops.md)
 
 
 def test_a_spec_change_is_progressing_until_the_operator_acts_on_it(
@@ -156,10 +184,11 @@ def test_a_spec_change_is_progressing_until_the_operator_acts_on_it(
     kubectl.wait("--for=condition=Succeeded", "trainingrun/edited", "-n", namespace)
     obj = kubectl.get("trainingrun/edited", "-n", namespace)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
-    assert argocd_health(obj)["status"] == "Healthy"
+    assert argocd_health(obj)["status"] == "Healthy" and kstatus(obj) == "Current"
     obj["metadata"]["generation"] += 1
     assert argocd_health(obj)["status"] == "Progressing"
     assert flux_health(obj) == "InProgress"
+    assert kstatus(obj) == "InProgress"
 
 
 def test_sweeps_health_follows_the_operators_status(
@@ -179,11 +208,13 @@ def test_sweeps_health_follows_the_operators_status(
     argocd, message, flux, obj = _health(kubectl, ns, "sweep/typo")
     assert (argocd, flux) == ("Degraded", "Failed"), obj["status"]
     assert "learningRat" in message
+    assert _kstatus(obj) == ("Failed", "False", "True"), obj["status"]
 
     kubectl.wait("--for=create", "trainingrun/searching-0", "-n", ns)
     kubectl.wait("--for=jsonpath={.status.phase}=Running", "sweep/searching", "-n", ns)
     argocd, _, flux, obj = _health(kubectl, ns, "sweep/searching")
     assert (argocd, flux) == ("Progressing", "Current"), obj["status"]
+    assert _kstatus(obj) == ("InProgress", "True", "False"), obj["status"]
 
     kubectl.wait("--for=create", "trainingrun/found-0", "-n", ns)
     _log_val_loss(stack, ns, "found-0", 0.42)
@@ -193,3 +224,4 @@ def test_sweeps_health_follows_the_operators_status(
     argocd, _, flux, obj = _health(kubectl, ns, "sweep/found")
     assert (argocd, flux) == ("Healthy", "Current"), obj["status"]
     assert obj["status"]["bestValue"] == 0.42
+    assert _kstatus(obj) == ("Current", "False", "False"), obj["status"]

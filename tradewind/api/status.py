@@ -18,7 +18,7 @@ Metrics = dict[Annotated[str, Field(max_length=250)], float]
 
 class Condition(ApiModel):
     """A Kubernetes-style condition (Created, Running, Restarting, Suspended, Succeeded,
-    Failed, Ready)."""
+    Failed, Ready, and kstatus's Reconciling and Stalled)."""
 
     type: ShortStr
     """Condition type."""
@@ -83,7 +83,8 @@ class RunStatus(ApiModel):
     phase: RunPhase = "Pending"
     """Pending, Running, Restarting, Suspended, Succeeded or Failed."""
     conditions: Conditions
-    """Conditions, including Ready and a terminal Succeeded or Failed."""
+    """Conditions, including Ready, a terminal Succeeded or Failed, and kstatus's Reconciling
+    (True while Pending, Running or Restarting) and Stalled (True once Failed)."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation the operator last acted on."""
     start_time: dt.datetime | None = None
@@ -146,7 +147,8 @@ class SweepStatus(ApiModel):
     phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] = "Pending"
     """Pending, Running, Succeeded (maxTrials reached or timeout) or Failed."""
     conditions: Conditions
-    """Conditions, including Ready and a terminal Succeeded or Failed."""
+    """Conditions, including Ready, a terminal Succeeded or Failed, and kstatus's Reconciling
+    (True while Pending or Running) and Stalled (True once Failed)."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation the operator last acted on."""
     start_time: dt.datetime | None = None

@@ -22,6 +22,7 @@ from tradewind.operator.status import (
     AttemptState,
     Decision,
     decide,
+    kstatus_conditions,
     observe_attempt,
     set_condition,
 )
@@ -95,6 +96,8 @@ def invalid_spec_decision(body: dict[str, Any], exc: ValidationError, now: dt.da
     status.observed_generation = gen
     set_condition(status, "Failed", True, "InvalidSpec", message, now, gen)
     set_condition(status, "Ready", False, "InvalidSpec", message, now, gen)
+    for type_, value, why, text in kstatus_conditions("Failed", "InvalidSpec", message):
+        set_condition(status, type_, value, why, text, now, gen)
     return decision
 
 

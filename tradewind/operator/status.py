@@ -15,6 +15,8 @@ PERMANENT_EXIT_CODES = {64: "InvalidConfig", 66: "DataNotFound"}
 """Trainer exit codes that no restart can fix (see tradewind.trainer.entrypoint)."""
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 TERMINAL = ("Succeeded", "Failed")
+RECONCILING = ("Pending", "Running", "Restarting")
+"""Phases of a resource working toward a terminal one (kstatus: Reconciling is True)."""
 
 Action = Literal[
     "create_attempt", "create_combine", "delete_attempt", "suspend_job", "resume_job", "delete_run"
@@ -141,6 +143,20 @@ def set_condition(
         status.conditions[position] = condition
 
 
+def kstatus_conditions(phase: str, reason: str, message: str) -> list[tuple[str, bool, str, str]]:
+    """The kstatus conditions of a phase, as (type, value, reason, message): the standard that
+    Flux's health checks and kstatus-based tools (sigs.k8s.io/cli-utils) read. `Reconciling` is
+    True while the resource works toward a terminal phase (reason: the phase); `Stalled` is True
+    once it failed (the Failed condition's reason and message). Both are "abnormal-true": False
+    otherwise — Succeeded and Suspended have neither, so kstatus falls back to `Ready`. Derived
+    from the phase and its message alone, so they change only when the other conditions do."""
+    stalled = phase == "Failed"
+    return [
+        ("Reconciling", phase in RECONCILING, phase, message),
+        ("Stalled", stalled, reason if stalled else phase, message),
+    ]
+
+
 def _phase(
     decision: Decision,
     phase: str,
@@ -164,6 +180,8 @@ def _phase(
             set_condition(status, cond, False, reason, message, now, gen)
     ready = phase in ("Running", "Succeeded")
     set_condition(status, "Ready", ready, reason, message, now, gen)
+    for type_, value, why, text in kstatus_conditions(phase, reason, message):
+        set_condition(status, type_, value, why, text, now, gen)
     if phase in TERMINAL and status.completion_time is None:
         status.completion_time = now
 

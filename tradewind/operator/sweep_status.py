@@ -11,6 +11,7 @@ from typing import Any
 from tradewind.api import GROUP
 from tradewind.api.status import Condition, SweepStatus, TrialCounts
 from tradewind.api.sweep import SweepSpec
+from tradewind.operator.status import kstatus_conditions
 
 SWEEP_LABEL = f"{GROUP}/sweep"
 """On each child run: the name of its Sweep."""
@@ -186,7 +187,8 @@ def set_condition(
 def apply_outcome(
     status: SweepStatus, result: Outcome, now: dt.datetime, generation: int
 ) -> list[tuple[str, str, str]]:
-    """Move `status` to the outcome's phase with its conditions; the Events of a change."""
+    """Move `status` to the outcome's phase with its conditions (the kstatus ones too:
+    Reconciling while Pending or Running, Stalled once Failed); the Events of a change."""
     events = []
     if status.phase != result.phase:
         kind = "Warning" if result.phase == "Failed" else "Normal"
@@ -200,6 +202,8 @@ def apply_outcome(
             set_condition(status, cond, False, result.reason, result.message, now, generation)
     ready = result.phase in ("Running", "Succeeded")
     set_condition(status, "Ready", ready, result.reason, result.message, now, generation)
+    for type_, value, why, text in kstatus_conditions(result.phase, result.reason, result.message):
+        set_condition(status, type_, value, why, text, now, generation)
     if result.phase in TERMINAL:
         status.completion_time = status.completion_time or now
     else:  # e.g. maxTrials raised after the sweep finished: it runs again

@@ -144,3 +144,30 @@ def test_children_created_moments_ago_are_not_created_again() -> None:
     kube = RecordingKube()
     _reconcile(body, kube)  # without that memory (e.g. a restarted operator): idempotent creates
     assert [c[1] for c in kube.calls if c[0] == "create"] == ["ConfigMap", "Service", "Job"]
+
+
+def test_a_running_run_reconciled_again_writes_nothing() -> None:
+    """The kstatus conditions (Reconciling, Stalled) follow the phase: no write of their own."""
+    body = _body()
+    body["status"] = _reconcile(body, RecordingKube()).status.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    both = {"jobs": [_job()], "pods": [_pod("r-0-0", "Running"), _pod("r-0-1", "Running")]}
+    running = _reconcile(body, RecordingKube(), **both)
+    body["status"] = running.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    kube = RecordingKube()
+    again = _reconcile(body, kube, **both)
+    assert kube.calls == [] and again.status == running.status
+
+
+def test_a_spec_the_models_refuse_fails_the_run_and_stalls_it() -> None:
+    body = _body()
+    body["spec"] = {"nodes": 0}
+    kube = RecordingKube()
+    status = _reconcile(body, kube).status
+    assert status.phase == "Failed" and kube.calls[0] == ("status", "Failed")
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Failed"] == ("True", "InvalidSpec")
+    assert conditions["Stalled"] == ("True", "InvalidSpec")
+    assert conditions["Reconciling"] == ("False", "Failed")
+    assert conditions["Ready"] == ("False", "InvalidSpec")

@@ -1,6 +1,8 @@
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from tradewind.api import TrainingRun, parse_resource
 from tradewind.api.status import RunStatus
 from tradewind.operator.status import AttemptState, PodFailure, decide, observe_attempt
@@ -115,3 +117,88 @@ def test_condition_transition_time_moves_only_on_a_flip() -> None:
     later = decide(_run(nodes=2), first, state, NOW + dt.timedelta(minutes=5), 1).status
     ready = next(c for c in later.conditions if c.type == "Ready")
     assert ready.last_transition_time == NOW
+
+
+def _condition(status: RunStatus, type_: str) -> tuple[str, str, str]:
+    c = next(c for c in status.conditions if c.type == type_)
+    return c.status, c.reason, c.message
+
+
+def _in_each_phase() -> dict[str, RunStatus]:
+    """A status in each phase, as decide() writes it."""
+    running = observe_attempt(JOB, [_pod("a", "Running"), _pod("b", "Running")])
+    oom = observe_attempt(JOB, [_pod("r-0-0", "Failed", 137, "OOMKilled")])
+    done = {**JOB, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    pending = decide(_run(nodes=2), RunStatus(), AttemptState(exists=False), NOW, 1).status
+    restarting = decide(_run(maxRestarts=1), RunStatus(phase="Running"), oom, NOW, 1).status
+    return {
+        "Pending": pending,
+        "Running": decide(_run(nodes=2), pending, running, NOW, 1).status,
+        "Restarting": restarting,
+        "Suspended": decide(_run(suspend=True), pending, running, NOW, 1).status,
+        "Succeeded": decide(_run(nodes=2), pending, observe_attempt(done, []), NOW, 1).status,
+        "Failed": decide(_run(maxRestarts=1), restarting, oom, NOW, 1).status,
+    }
+
+
+@pytest.mark.parametrize(
+    ("phase", "reconciling", "stalled"),
+    [
+        ("Pending", "True", "False"),
+        ("Running", "True", "False"),
+        ("Restarting", "True", "False"),
+        ("Suspended", "False", "False"),
+        ("Succeeded", "False", "False"),
+        ("Failed", "False", "True"),
+    ],
+)
+def test_each_phase_sets_the_kstatus_conditions(phase: str, reconciling: str, stalled: str) -> None:
+    """kstatus reads Reconciling=True as in progress and Stalled=True as failed; both False
+    (never absent) once a status is written."""
+    status = _in_each_phase()[phase]
+    assert status.phase == phase
+    ready = _condition(status, "Ready")
+    assert _condition(status, "Reconciling") == (reconciling, phase, ready[2])
+    if phase == "Failed":  # the Failed condition's reason and message
+        assert _condition(status, "Stalled") == ("True", *_condition(status, "Failed")[1:])
+        assert _condition(status, "Stalled")[1] == "MaxRestartsReached"
+    else:
+        assert _condition(status, "Stalled") == (stalled, phase, ready[2])
+
+
+def test_the_other_conditions_keep_their_meaning() -> None:
+    """Ready, Created and one condition per phase reached, as before."""
+    for phase, status in _in_each_phase().items():
+        assert _condition(status, "Ready")[0] == str(phase in ("Running", "Succeeded"))
+        if phase != "Pending":
+            assert _condition(status, phase)[0] == "True"
+        others = {c.type for c in status.conditions if c.status == "True"}
+        others -= {"Created", "Ready", "Reconciling", "Stalled"}
+        assert others == ({phase} if phase != "Pending" else set())
+
+
+def test_the_kstatus_conditions_move_only_with_the_phase() -> None:
+    """A reconcile that changes nothing changes no condition (no status write); going from
+    Pending to Running keeps Reconciling's lastTransitionTime; finishing flips it."""
+    statuses = _in_each_phase()
+    pending, running_state = (
+        statuses["Pending"],
+        observe_attempt(JOB, [_pod("a", "Running"), _pod("b", "Running")]),
+    )
+    later = NOW + dt.timedelta(minutes=5)
+    running = decide(_run(nodes=2), pending, running_state, later, 1).status
+    assert decide(_run(nodes=2), running, running_state, later, 1).status == running
+    reconciling = next(c for c in running.conditions if c.type == "Reconciling")
+    assert reconciling.last_transition_time == NOW
+    stalled = next(c for c in running.conditions if c.type == "Stalled")
+    assert stalled.last_transition_time == NOW
+    done = {**JOB, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    finished = decide(
+        _run(nodes=2), running, observe_attempt(done, []), later + dt.timedelta(hours=1), 1
+    ).status
+    reconciling = next(c for c in finished.conditions if c.type == "Reconciling")
+    assert reconciling.status == "False"
+    assert reconciling.last_transition_time == later + dt.timedelta(hours=1)
+    stalled = next(c for c in finished.conditions if c.type == "Stalled")
+    assert stalled.status == "False" and stalled.last_transition_time == NOW
+    assert decide(_run(nodes=2), finished, observe_attempt(done, []), later, 1).status == finished

@@ -20,7 +20,9 @@ from tradewind.operator.sweep_reconcile import TrialMetrics, reconcile_sweep, st
 from tradewind.operator.sweep_status import (
     SWEEP_LABEL,
     TRIAL_LABEL,
+    Outcome,
     Tally,
+    apply_outcome,
     observe_child,
     outcome,
     study_name,
@@ -291,6 +293,12 @@ def test_more_failures_than_allowed_fail_the_sweep_and_stop_its_trials(tmp_path:
     failed = next(c for c in status.conditions if c.type == "Failed")
     assert failed.reason == "MaxFailedTrials" and "maxFailedTrials=0" in failed.message
     assert "1 running trial(s) stopped" in failed.message
+    stalled = next(c for c in status.conditions if c.type == "Stalled")
+    assert (stalled.status, stalled.reason, stalled.message) == (
+        "True",
+        failed.reason,
+        failed.message,
+    )
     assert h.kube.deleted == ["sw-1"] and h.children() == ["sw-0"]
     reason = h.study().trials[0].user_attrs["tradewind.reason"]
     assert "sw-0 failed: OOMKilled: boom" in reason
@@ -408,3 +416,52 @@ def test_a_trial_is_told_metrics_from_all_of_its_childs_runs(tmp_path: Path) -> 
     status = h.reconcile()
     assert status.trials == TrialCounts(completed=1)
     assert status.best_value == 0.8
+
+
+@pytest.mark.parametrize(
+    ("phase", "reconciling", "stalled"),
+    [
+        ("Pending", "True", "False"),
+        ("Running", "True", "False"),
+        ("Succeeded", "False", "False"),
+        ("Failed", "False", "True"),
+    ],
+)
+def test_each_sweep_phase_sets_the_kstatus_conditions(
+    phase: str, reconciling: str, stalled: str
+) -> None:
+    status = SweepStatus()
+    apply_outcome(status, Outcome(phase, "Why", f"{phase} because"), NOW, 1)
+    conditions = {c.type: (c.status, c.reason, c.message) for c in status.conditions}
+    assert conditions["Reconciling"] == (reconciling, phase, f"{phase} because")
+    assert conditions["Stalled"] == (
+        stalled,
+        "Why" if stalled == "True" else phase,
+        f"{phase} because",
+    )
+    assert conditions["Ready"][0] == str(phase in ("Running", "Succeeded"))
+    if phase != "Pending":
+        assert conditions[phase] == ("True", "Why", f"{phase} because")
+
+
+def test_a_sweep_reconciled_with_nothing_new_writes_no_status(tmp_path: Path) -> None:
+    h = Harness(tmp_path, _body())
+    status = h.reconcile()
+    assert status.phase == "Running" and h.kube.custom.status is not None
+    reconciling = next(c for c in status.conditions if c.type == "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "Running")
+    h.kube.custom.status = None
+    h.now = NOW + dt.timedelta(minutes=1)
+    assert h.reconcile() == status and h.kube.custom.status is None
+    h.kube.finish("sw-0", "Succeeded", val_loss=0.25)
+    h.kube.finish("sw-1", "Succeeded", val_loss=0.35)
+    h.reconcile()
+    h.kube.finish("sw-2", "Succeeded", val_loss=0.3)
+    h.kube.finish("sw-3", "Succeeded", val_loss=0.4)
+    done = h.reconcile()
+    assert done.phase == "Succeeded"
+    conditions = {c.type: c for c in done.conditions}
+    assert conditions["Reconciling"].status == "False"
+    assert conditions["Reconciling"].last_transition_time == h.now
+    assert conditions["Stalled"].status == "False"
+    assert conditions["Stalled"].last_transition_time == NOW
