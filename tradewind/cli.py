@@ -358,10 +358,13 @@ def demo(
     ] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800,
 ) -> None:
-    """The whole loop on this machine: the dev stack with a node whose pods really run, the
-    operator, and the 2-node quickstart TrainingRun (torchrun across two network
-    namespaces), with live status until it succeeds; then its checkpoint in MinIO, its MLflow
-    run and the final metrics. Needs root. A second run reuses every cache."""
+    """The whole loop here: stack, operator and a 2-node TrainingRun that really trains.
+
+    Starts the dev stack with a node whose pods really run, and the operator; applies the
+    2-node quickstart TrainingRun (torchrun across two network namespaces) and shows live
+    status until it succeeds; then prints its checkpoint in MinIO, its MLflow run and the
+    final metrics. Needs root. A second run reuses every cache.
+    """
     from tradewind.demo import DEFAULT_MANIFEST, DemoError, default_demo_dir, run_demo
     from tradewind.devstack import StackError
 
@@ -430,7 +433,7 @@ def operator(
     json_logs: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log every watch event and handler.")] = False,
 ) -> None:
-    """Run the Tradewind operator: reconcile TrainingRuns and RLRuns into torchrun Jobs.
+    """Run the Tradewind operator: TrainingRuns and RLRuns into torchrun Jobs, Sweeps into trials.
 
     Uses the in-cluster service account, else $KUBECONFIG.
 
