@@ -35,9 +35,13 @@ class ProgressReader:
         with urllib.request.urlopen(request, timeout=5) as resp:
             return dict(json.loads(resp.read()))
 
-    def find_run(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
+    def find_runs(
+        self, experiment: str, name: str, namespace: str, newest_first: bool = True, most: int = 1
+    ) -> list[dict[str, Any]]:
+        """The MLflow runs of a resource, found by its tags (none when MLflow has none or
+        cannot be reached)."""
         if self.uri is None:
-            return None
+            return []
         try:
             query = urllib.parse.urlencode({"experiment_name": experiment})
             exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
@@ -47,15 +51,19 @@ class ProgressReader:
                     "experiment_ids": [exp["experiment_id"]],
                     "filter": f"tags.\"tradewind.name\" = '{name}' and "
                     f"tags.\"tradewind.namespace\" = '{namespace}'",
-                    "order_by": ["attributes.start_time DESC"],
-                    "max_results": 1,
+                    "order_by": [f"attributes.start_time {'DESC' if newest_first else 'ASC'}"],
+                    "max_results": most,
                 },
             )
         except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-            log.debug("no MLflow progress for %s/%s: %s", namespace, name, exc)
-            return None
-        runs = found.get("runs") or []
-        return dict(runs[0]) if runs else None
+            log.debug("no MLflow runs for %s/%s: %s", namespace, name, exc)
+            return []
+        return [dict(run) for run in found.get("runs") or []]
+
+    def find_run(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
+        """The resource's newest MLflow run."""
+        runs = self.find_runs(experiment, name, namespace)
+        return runs[0] if runs else None
 
     def update(self, body: dict[str, Any], status: RunStatus, kube: Kube) -> None:
         """Write the latest MLflow metrics, progress and checkpoints into the status."""

@@ -8,7 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tradewind.api.status import Condition, RunStatus
+from tradewind.api.status import Condition, RunStatus, SweepStatus
 from tradewind.operator.builders import Run, shape
 
 PERMANENT_EXIT_CODES = {64: "InvalidConfig", 66: "DataNotFound"}
@@ -114,7 +114,7 @@ class Decision:
 
 
 def set_condition(
-    status: RunStatus,
+    status: RunStatus | SweepStatus,
     type_: str,
     value: bool,
     reason: str,

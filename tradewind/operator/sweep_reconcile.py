@@ -73,26 +73,8 @@ class TrialMetrics(ProgressReader):
     def final_metrics(self, experiment: str, name: str, namespace: str) -> dict[str, float]:
         """The latest value of every metric across all of a child's MLflow runs (an RLRun's
         agents and its combine step log to runs of their own), newer runs winning."""
-        if self.uri is None:
-            return {}
-        try:
-            query = urllib.parse.urlencode({"experiment_name": experiment})
-            exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
-            found = self._call(
-                "runs/search",
-                {
-                    "experiment_ids": [exp["experiment_id"]],
-                    "filter": f"tags.\"tradewind.name\" = '{name}' and "
-                    f"tags.\"tradewind.namespace\" = '{namespace}'",
-                    "order_by": ["attributes.start_time ASC"],
-                    "max_results": 100,
-                },
-            )
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-            log.debug("no MLflow runs for %s/%s: %s", namespace, name, exc)
-            return {}
         metrics: dict[str, float] = {}
-        for run in found.get("runs") or []:
+        for run in self.find_runs(experiment, name, namespace, newest_first=False, most=100):
             for m in (run.get("data") or {}).get("metrics", []):
                 metrics[m["key"]] = float(m["value"])
         return metrics

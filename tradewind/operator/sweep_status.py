@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tradewind.api import GROUP
-from tradewind.api.status import Condition, SweepStatus, TrialCounts
+from tradewind.api.status import SweepStatus, TrialCounts
 from tradewind.api.sweep import SweepSpec
-from tradewind.operator.status import kstatus_conditions
+from tradewind.operator.status import kstatus_conditions, set_condition
 
 SWEEP_LABEL = f"{GROUP}/sweep"
 """On each child run: the name of its Sweep."""
@@ -152,36 +152,6 @@ def outcome(t: Tally, counts: TrialCounts) -> Outcome:
             )
         return Outcome("Succeeded", reason, f"{done} of {t.budget}")
     return Outcome("Pending", "WaitingForTrials", f"{done} of {t.budget}")
-
-
-def set_condition(
-    status: SweepStatus,
-    type_: str,
-    value: bool,
-    reason: str,
-    message: str,
-    now: dt.datetime,
-    generation: int,
-) -> None:
-    """Add or update a condition; lastTransitionTime moves only when its status flips."""
-    new = "True" if value else "False"
-    since = now
-    for cond in status.conditions:
-        if cond.type == type_ and cond.status == new:
-            since = cond.last_transition_time or now
-    condition = Condition(
-        type=type_,
-        status=new,
-        reason=reason,
-        message=message,
-        last_transition_time=since,
-        observed_generation=generation,
-    )
-    position = next((i for i, c in enumerate(status.conditions) if c.type == type_), None)
-    if position is None:
-        status.conditions.append(condition)
-    else:
-        status.conditions[position] = condition
 
 
 def apply_outcome(
