@@ -26,7 +26,7 @@ import yaml
 from minio import Minio
 
 from tests.integration.conftest import Kubectl
-from tests.integration.test_operator import Operator
+from tests.integration.operator_process import OperatorProcess
 from tradewind.devstack import DevStack, StackConfig
 from tradewind.devstack.executor_net import leftovers
 from tradewind.devstack.executor_pod import CGROUP_ROOT
@@ -65,11 +65,10 @@ def xkubectl(xstack: DevStack) -> Kubectl:
 @pytest.fixture(scope="module")
 def xoperator(
     xstack: DevStack, xkubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
+) -> Iterator[OperatorProcess]:
     folder = tmp_path_factory.mktemp("xoperator")
-    op = Operator(xstack, folder / "operator.log")
+    op = OperatorProcess(xstack, folder)
     op.env |= xstack.pod_endpoints()  # pods reach MinIO and MLflow through the bridge
-    op.env["TRADEWIND_OPTUNA_STORAGE"] = f"sqlite:///{folder / 'optuna.db'}"
     op.start()
     yield op
     op.stop()
@@ -189,7 +188,7 @@ def _kill_container(stack: DevStack, pod: dict[str, Any]) -> None:
 
 
 def test_two_node_training_run_end_to_end(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     """The quickstart 2-node manifest, as is: rendezvous across two network namespaces,
     checkpoints in MinIO, metrics in MLflow, status Succeeded with the final metrics; while it
@@ -257,7 +256,7 @@ def test_two_node_training_run_end_to_end(
 
 
 def test_a_killed_pod_process_restarts_the_gang_from_the_minio_checkpoint(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     name = "drill-kill"
     xkubectl.apply(_manifest(name, epochs=6), "-n", ns)
@@ -293,7 +292,7 @@ def test_a_killed_pod_process_restarts_the_gang_from_the_minio_checkpoint(
 
 
 def test_minio_down_for_20s_mid_training(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     """Training goes on, the checkpoint is retried, latest.json only ever names complete
     checkpoints, and no restart was needed."""
@@ -333,7 +332,7 @@ def test_minio_down_for_20s_mid_training(
 
 
 def test_the_operator_sigkilled_during_an_attempt_catches_up(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     name = "drill-operator"
     xkubectl.apply(_manifest(name, epochs=4), "-n", ns)
@@ -394,7 +393,7 @@ def _interval(pod: dict[str, Any]) -> tuple[str, str]:
 
 
 def test_an_rlrun_ensemble_trains_its_agents_in_parallel_pods_and_combines_them(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     name = "rl-ensemble"
     run = {
@@ -453,7 +452,7 @@ def test_an_rlrun_ensemble_trains_its_agents_in_parallel_pods_and_combines_them(
 
 
 def test_a_sweep_of_four_trials_two_at_a_time_runs_on_executing_pods(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: Operator, ns: str
+    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     """4 trials, parallelism 2, median pruning from the val_loss the trainers log."""
     name = "xsweep"

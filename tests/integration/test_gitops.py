@@ -13,7 +13,7 @@ import pytest
 
 from tests.gitops import argocd_health, flux_health, kstatus
 from tests.integration.conftest import Kubectl
-from tests.integration.test_sweep_operator import SweepOperator
+from tests.integration.operator_process import OperatorProcess
 from tradewind.devstack import DevStack
 from tradewind.devstack.kwok import FAIL_EXIT_CODE, FAIL_LABEL, FAIL_REASON, HOLD_LABEL
 
@@ -24,9 +24,9 @@ LR = "training.optimizer.learningRate"
 @pytest.fixture(scope="module")
 def operator(
     stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SweepOperator]:
+) -> Iterator[OperatorProcess]:
     """`tradewind operator` (all namespaces) with MLflow and an Optuna storage."""
-    op = SweepOperator(stack, tmp_path_factory.mktemp("gitops-operator"))
+    op = OperatorProcess(stack, tmp_path_factory.mktemp("gitops-operator"))
     op.start()
     yield op
     op.stop()
@@ -95,7 +95,7 @@ def _log_val_loss(stack: DevStack, ns: str, child: str, value: float) -> None:
 
 
 def test_runs_health_follows_the_operators_status(
-    kubectl: Kubectl, operator: SweepOperator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     ns = namespace
     kubectl.apply(_run("elsewhere", managedBy="kueue.x-k8s.io/multikueue"), "-n", ns)
@@ -176,7 +176,7 @@ def test_runs_health_follows_the_operators_status(
 
 
 def test_a_spec_change_is_progressing_until_the_operator_acts_on_it(
-    kubectl: Kubectl, operator: SweepOperator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     """The real object of a succeeded run, seen as it is the moment a change to its spec
     lands (generation moved on, status not yet): neither tool calls it Healthy/Current."""
@@ -192,7 +192,7 @@ def test_a_spec_change_is_progressing_until_the_operator_acts_on_it(
 
 
 def test_sweeps_health_follows_the_operators_status(
-    kubectl: Kubectl, operator: SweepOperator, stack: DevStack, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, stack: DevStack, namespace: str
 ) -> None:
     ns = namespace
     invalid = _sweep("typo", {"training": {"epochs": 1}})

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 import time
 import urllib.request
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Kubectl
+from tests.integration.operator_process import OperatorProcess
 from tradewind.devstack import DevStack
 from tradewind.devstack.kwok import HOLD_LABEL
 from tradewind.operator.settings import OperatorSettings
@@ -514,23 +514,13 @@ def test_the_operator_works_with_only_the_charts_permissions(
     """The real operator, authenticated as the chart's service account and started the way
     the chart starts it (namespaced mode), takes a run and a Sweep from creation to
     Succeeded: every call it makes is allowed, and none is refused along the way."""
-    from tradewind.devstack.processes import free_port
-
     watched = namespaces[0]
     with Release(helm, namespace, {"watchNamespaces": [watched]}) as release:
         kubeconfig = _token_kubeconfig(kubectl, release, tmp_path / "operator.kubeconfig")
-        metrics_port, health_port = free_port(), free_port()
-        env = {**os.environ, **stack.env(), "KUBECONFIG": str(kubeconfig)}
-        env |= {"TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
-                "TRADEWIND_STATUS_POLL_SECONDS": "1",
-                "TRADEWIND_MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
-                "TRADEWIND_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}"}  # fmt: skip
-        log = tmp_path / "operator.log"
-        argv = [sys.executable, "-m", "tradewind.cli", "operator", "--json-logs",
-                f"--metrics-port={metrics_port}", f"--namespace={watched}",
-                f"--liveness=http://127.0.0.1:{health_port}/healthz"]  # fmt: skip
-        with log.open("wb") as out:
-            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        operator = OperatorProcess(
+            stack, tmp_path, f"--namespace={watched}", KUBECONFIG=str(kubeconfig)
+        )
+        operator.start()
         try:
             run = {
                 "apiVersion": "tradewind.dev/v1alpha1",
@@ -543,7 +533,7 @@ def test_the_operator_works_with_only_the_charts_permissions(
             kubectl.run("label", "pods", "-n", watched, "-l",
                         "tradewind.dev/run=least-privilege", f"{HOLD_LABEL}-")  # fmt: skip
             kubectl.wait("--for=condition=Succeeded", "trainingrun/least-privilege", "-n", watched)
-            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
             deadline = time.monotonic() + 30
             while True:  # the counters move just after the status write kubectl saw
                 with urllib.request.urlopen(url, timeout=5) as resp:
@@ -557,13 +547,8 @@ def test_the_operator_works_with_only_the_charts_permissions(
             assert _metric(text, "tradewind_reconcile_errors_total") == 0
             _sweep_to_the_end(kubectl, stack, watched)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        text = log.read_text()
+            operator.stop()
+        text = operator.log.read_text()
         refused = [
             line
             for line in text.splitlines()

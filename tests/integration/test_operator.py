@@ -5,69 +5,26 @@ operator restart."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.integration.conftest import Kubectl
+from tests.integration.operator_process import OperatorProcess
 from tradewind.devstack import DevStack
 from tradewind.devstack.kwok import FAIL_EXIT_CODE, FAIL_LABEL, FAIL_REASON, HOLD_LABEL
 
 pytestmark = pytest.mark.integration
 
 
-class Operator:
-    """`tradewind operator` as a separate process, pointed at the test stack."""
-
-    def __init__(self, stack: DevStack, log: Path) -> None:
-        from tradewind.devstack.processes import free_port
-
-        self.metrics_port, self.health_port = free_port(), free_port()
-        env = {**os.environ, **stack.env()}
-        env |= {
-            "TRADEWIND_MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
-            "TRADEWIND_S3_ENDPOINT": env["AWS_ENDPOINT_URL"],
-            "TRADEWIND_S3_CREDENTIALS_SECRET": "minio-credentials",
-            "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
-            "TRADEWIND_STATUS_POLL_SECONDS": "2",
-        }
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            argv = [sys.executable, "-m", "tradewind.cli", "operator", "--json-logs",
-                    f"--metrics-port={self.metrics_port}",
-                    f"--liveness=http://127.0.0.1:{self.health_port}/healthz"]  # fmt: skip
-            self.proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture(scope="module")
 def operator(
     stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    op = Operator(stack, tmp_path_factory.mktemp("operator") / "operator.log")
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(stack, tmp_path_factory.mktemp("operator"))
     op.start()
     yield op
     op.stop()
@@ -100,7 +57,7 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_children_are_built_as_specified_and_the_run_succeeds(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     run = _run(
         "gpu-run", nodes=2, procsPerNode=4, device="cuda",
@@ -170,7 +127,7 @@ def test_children_are_built_as_specified_and_the_run_succeeds(
 
 
 def test_a_failed_pod_restarts_the_gang_until_max_restarts(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(
         _run("oom", nodes=2, maxRestarts=2, podTemplate=_fail(137, "OOMKilled")), "-n", namespace
@@ -190,7 +147,7 @@ def test_a_failed_pod_restarts_the_gang_until_max_restarts(
 
 
 def test_a_permanent_exit_code_fails_without_retry(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("bad-config", podTemplate=_fail(64)), "-n", namespace)
     kubectl.wait("--for=condition=Failed", "trainingrun/bad-config", "-n", namespace)
@@ -200,7 +157,7 @@ def test_a_permanent_exit_code_fails_without_retry(
 
 
 def test_suspend_deletes_pods_and_resume_recreates_them(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("pausable", nodes=2, podTemplate=_hold()), "-n", namespace)
     kubectl.wait("--for=condition=Running", "trainingrun/pausable", "-n", namespace)
@@ -229,7 +186,7 @@ def test_suspend_deletes_pods_and_resume_recreates_them(
 
 
 def test_active_deadline_fails_the_run(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("slow", activeDeadlineSeconds=3, podTemplate=_hold()), "-n", namespace)
     kubectl.wait("--for=condition=Failed", "trainingrun/slow", "-n", namespace)
@@ -238,7 +195,7 @@ def test_active_deadline_fails_the_run(
 
 
 def test_ttl_deletes_a_finished_run_and_its_children(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("short-lived", ttlSecondsAfterFinished=1), "-n", namespace)
     kubectl.wait("--for=delete", "trainingrun/short-lived", "-n", namespace, timeout=120)
@@ -253,7 +210,7 @@ def test_ttl_deletes_a_finished_run_and_its_children(
 
 
 def test_delete_cascades_to_every_child(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("doomed", podTemplate=_hold()), "-n", namespace)
     kubectl.wait("--for=condition=Running", "trainingrun/doomed", "-n", namespace)
@@ -271,7 +228,7 @@ def test_delete_cascades_to_every_child(
 
 
 def test_the_finalizer_of_an_older_operator_is_removed_on_delete(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     run = _run("legacy", podTemplate=_hold())
     run["metadata"]["finalizers"] = ["tradewind.dev/finalizer"]  # as operators <= 0.1 left it
@@ -282,7 +239,7 @@ def test_the_finalizer_of_an_older_operator_is_removed_on_delete(
 
 
 def test_operator_killed_and_restarted_creates_nothing_twice(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("survivor", nodes=2, podTemplate=_hold()), "-n", namespace)
     kubectl.wait("--for=create", "job/survivor-0", "-n", namespace)
@@ -301,7 +258,7 @@ def test_operator_killed_and_restarted_creates_nothing_twice(
 
 
 def test_metrics_liveness_and_json_logs(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     import urllib.request
 
@@ -333,7 +290,7 @@ def test_metrics_liveness_and_json_logs(
 
 
 def test_an_rl_ensemble_trains_agents_in_parallel_then_combines(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     run = {
         "apiVersion": "tradewind.dev/v1alpha1",
@@ -357,7 +314,7 @@ def test_an_rl_ensemble_trains_agents_in_parallel_then_combines(
 
 
 def test_status_follows_the_runs_mlflow_metrics(
-    kubectl: Kubectl, operator: Operator, stack: DevStack, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, stack: DevStack, namespace: str
 ) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -391,7 +348,7 @@ def test_status_follows_the_runs_mlflow_metrics(
 
 
 def test_runs_managed_by_another_controller_are_left_alone(
-    kubectl: Kubectl, operator: Operator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("elsewhere", managedBy="kueue.x-k8s.io/multikueue"), "-n", namespace)
     kubectl.apply(_run("here"), "-n", namespace)

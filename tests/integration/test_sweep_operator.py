@@ -4,18 +4,14 @@ place of the trainer, survives a SIGKILL mid-sweep, and rejects an invalid Sweep
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import Kubectl
+from tests.integration.operator_process import OperatorProcess
 from tradewind.devstack import DevStack
 from tradewind.devstack.kwok import HOLD_LABEL
 from tradewind.operator.sweep_status import SWEEP_LABEL, TRIAL_LABEL, study_name
@@ -24,49 +20,11 @@ pytestmark = pytest.mark.integration
 LR = "training.optimizer.learningRate"
 
 
-class SweepOperator:
-    """`tradewind operator` as a separate process, with its Optuna storage in a test folder."""
-
-    def __init__(self, stack: DevStack, folder: Path) -> None:
-        self.storage = f"sqlite:///{folder / 'optuna.db'}"
-        self.log = folder / "operator.log"
-        env = {**os.environ, **stack.env()}
-        self.env = env | {
-            "TRADEWIND_MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
-            "TRADEWIND_OPTUNA_STORAGE": self.storage,
-            "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
-            "TRADEWIND_STATUS_POLL_SECONDS": "1",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tradewind.cli", "operator"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture(scope="module")
 def operator(
     stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SweepOperator]:
-    op = SweepOperator(stack, tmp_path_factory.mktemp("sweep-operator"))
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(stack, tmp_path_factory.mktemp("sweep-operator"))
     op.start()
     yield op
     op.stop()
@@ -139,7 +97,7 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
-def _study(operator: SweepOperator, kubectl: Kubectl, ns: str, name: str) -> Any:
+def _study(operator: OperatorProcess, kubectl: Kubectl, ns: str, name: str) -> Any:
     import optuna
 
     uid = kubectl.get(f"sweep/{name}", "-n", ns)["metadata"]["uid"]
@@ -181,7 +139,7 @@ def _drive(
 
 
 def test_a_sweep_runs_children_prunes_the_worse_and_reports_the_best(
-    kubectl: Kubectl, operator: SweepOperator, mlflow: Any, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, mlflow: Any, namespace: str
 ) -> None:
     sweep = _sweep(
         "search",
@@ -239,7 +197,7 @@ def test_a_sweep_runs_children_prunes_the_worse_and_reports_the_best(
 
 
 def test_an_operator_killed_mid_sweep_loses_and_duplicates_no_trial(
-    kubectl: Kubectl, operator: SweepOperator, mlflow: Any, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, mlflow: Any, namespace: str
 ) -> None:
     from tradewind.api.sweep import SweepSpec
     from tradewind.sweeps import study as sw
@@ -291,7 +249,7 @@ def test_an_operator_killed_mid_sweep_loses_and_duplicates_no_trial(
 
 
 def test_an_invalid_sweep_fails_naming_the_field_and_creates_no_run(
-    kubectl: Kubectl, operator: SweepOperator, namespace: str
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     sweep = _sweep("typo")
     sweep["spec"]["searchSpace"] = {
