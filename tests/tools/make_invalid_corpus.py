@@ -764,6 +764,26 @@ cases = [
         "combination",
     ),
     (
+        "sw-step-with-log-scale",
+        SW,
+        {
+            "spec": {
+                "searchSpace": {
+                    "training.batchSize": {
+                        "type": "int",
+                        "low": 16,
+                        "high": 256,
+                        "log": True,
+                        "step": 16,
+                    }
+                }
+            }
+        },
+        "spec.searchSpace[training.batchSize].step",
+        "int without a log scale",
+        "combination",
+    ),
+    (
         "sw-choice-empty",
         SW,
         {"spec": {"searchSpace": {"training.batchSize": {"type": "choice", "values": []}}}},

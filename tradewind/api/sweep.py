@@ -113,6 +113,11 @@ class Parameter(ApiModel):
             ".low",
         ),
         CelRule(
+            "!has(self.step) || self.type == 'uniform' || (self.type == 'int' && !self.log)",
+            "step is only for uniform, and for int without a log scale",
+            ".step",
+        ),
+        CelRule(
             "!(self.type in ['choice', 'grid']) || (!has(self.low) && !has(self.high))",
             "choice and grid take values, not low/high",
         ),
