@@ -185,7 +185,8 @@ class SweepSpec(ApiModel):
     max_failed_trials: int = Field(default=3, ge=0, le=10_000)
     """Stop the sweep (Failed) after this many failed trials."""
     timeout_seconds: int | None = Field(default=None, ge=1)
-    """Stop starting new trials after this long."""
+    """Start no new trial once this long has passed since the first trial started (also
+    across an operator restart or a resumed local sweep)."""
     seed: int = Field(default=0, ge=0)
     """Sampler seed."""
 

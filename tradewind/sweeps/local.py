@@ -9,6 +9,7 @@ that re-runs the best trial.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -173,6 +174,7 @@ class LocalSweep:
             self.spec, sweep.metadata.name, f"sqlite:///{self.folder / 'optuna.db'}"
         )
         self.active: dict[int, _Trial] = {}
+        self.first_start: dt.datetime | None = None
         self.metric = sw.intermediate_metric(self.spec)
         self.tracking_uri = _tracking_uri(self.state_dir)
         self.tracking = _Tracking(self.tracking_uri, self.spec.template.spec.tracking.experiment)
@@ -197,10 +199,7 @@ class LocalSweep:
                 while True:
                     self._poll()
                     failed_sweep = sw.failed(self.study) > self.spec.max_failed_trials
-                    timeout = self.spec.timeout_seconds
-                    stopping = failed_sweep or (
-                        timeout is not None and time.monotonic() - started > timeout
-                    )
+                    stopping = failed_sweep or self._past_timeout()
                     while (
                         not stopping
                         and len(self.active) < self.spec.parallelism
@@ -217,6 +216,18 @@ class LocalSweep:
             self._stop_all()
             raise
         return self._finish(not failed_sweep, time.monotonic() - started)
+
+    def _past_timeout(self) -> bool:
+        """timeoutSeconds counts from the sweep's first trial, across resumes (as in cluster)."""
+        timeout = self.spec.timeout_seconds
+        if timeout is None:
+            return False
+        if self.first_start is None:
+            starts = [t.datetime_start for t in self.study.get_trials(deepcopy=False)]
+            self.first_start = min((s for s in starts if s is not None), default=None)
+        return self.first_start is not None and (
+            dt.datetime.now() - self.first_start > dt.timedelta(seconds=timeout)
+        )
 
     # --- trials ------------------------------------------------------------------------
 

@@ -220,3 +220,6 @@ def test_no_trial_starts_after_the_timeout(tmp_path: Path, monkeypatch: pytest.M
     outcome = run_sweep(sweep, tmp_path / "s", Console(file=io.StringIO()))
     assert outcome.succeeded  # 1 failed trial is within maxFailedTrials (3)
     assert len(outcome.study.trials) == 1  # the first trial outlived the timeout
+    # Resumed: the timeout counts from the sweep's first trial, not from this start.
+    outcome = run_sweep(sweep, tmp_path / "s", Console(file=io.StringIO()))
+    assert len(outcome.study.trials) == 1
