@@ -22,19 +22,11 @@ import torch
 from torch import nn
 
 from tradewind.api.resources import TrainingRun
+from tradewind.trainer import backtest as bt
 from tradewind.trainer import distributed as dist_utils
 from tradewind.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from tradewind.trainer.data.dataset import SupervisedDataset, SupervisedSplit, build_dataset
 from tradewind.trainer.distributed import DistEnv
-from tradewind.trainer.evaluation import (
-    bars_per_year,
-    compare_strategies,
-    periods,
-    portfolio_returns,
-    strategy_returns,
-    strategy_signals,
-    trade_samples,
-)
 from tradewind.trainer.losses import MultiTaskLoss
 from tradewind.trainer.models import TradingModel, build_model
 from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
@@ -499,15 +491,10 @@ class SupervisedTrainer:
 
         test = self.data.test
         predicted = self.predict(test)[0].argmax(-1)
-        trades = trade_samples(
-            test.symbol_ids, test.timestamps, test.forward_returns, self.data.prediction_horizon
-        )
-        cost = self.spec.evaluation.transaction_cost
-        signals = strategy_signals(predicted, trades, self.spec.seed)
-        returns = {
-            name: portfolio_returns(strategy_returns(pos, trades, cost), trades)
-            for name, pos in signals.items()
-        }
+        returns = bt.strategy_equity(
+            predicted, test, self.data.prediction_horizon,
+            self.spec.evaluation.transaction_cost, self.spec.seed,
+        )  # fmt: skip
         figures = {
             "loss_curves.png": plots.loss_curves(self.state.history),
             "confusion_matrix.png": plots.confusion_matrix(
@@ -535,24 +522,8 @@ class SupervisedTrainer:
         self, split: SupervisedSplit
     ) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
         """Model vs buy-and-hold vs random on the split, overall and per walk-forward step."""
-        probs, _ = self.predict(split)
-        predicted = probs.argmax(-1)
-        horizon = self.data.prediction_horizon
-        cost = self.spec.evaluation.transaction_cost
-        ppy = bars_per_year(split.timestamps) / horizon
-        trades = trade_samples(split.symbol_ids, split.timestamps, split.forward_returns, horizon)
-        overall = compare_strategies(predicted, trades, cost, ppy, self.spec.seed)
-        rows = []
-        for i, group in enumerate(
-            periods(split.timestamps, self.spec.evaluation.walk_forward_step)
-        ):
-            sub = trade_samples(
-                split.symbol_ids[group],
-                split.timestamps[group],
-                split.forward_returns[group],
-                horizon,
-            )
-            table = compare_strategies(predicted[group], sub, cost, ppy, self.spec.seed)
-            row = {f"{k}_return": table[k]["total_return"] for k in table}
-            rows.append({"period": i, **row, "model_sharpe": table["model"]["sharpe"]})
-        return overall, rows
+        evaluation = self.spec.evaluation
+        return bt.backtest(
+            self.predict(split)[0].argmax(-1), split, self.data.prediction_horizon,
+            evaluation.transaction_cost, evaluation.walk_forward_step, self.spec.seed,
+        )  # fmt: skip

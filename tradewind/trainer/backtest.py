@@ -1,0 +1,61 @@
+"""The trading backtest of a trained classifier on a split: the model beside buy-and-hold and
+a seeded random signal, overall and per walk-forward step, after costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from tradewind.trainer.data.dataset import SupervisedSplit
+from tradewind.trainer.evaluation import (
+    FloatArray,
+    TradeSamples,
+    bars_per_year,
+    compare_strategies,
+    periods,
+    portfolio_returns,
+    strategy_returns,
+    strategy_signals,
+    trade_samples,
+)
+
+
+def _trades(
+    split: SupervisedSplit, horizon: int, rows: npt.NDArray[np.int64] | None = None
+) -> TradeSamples:
+    pick = slice(None) if rows is None else rows
+    return trade_samples(
+        split.symbol_ids[pick], split.timestamps[pick], split.forward_returns[pick], horizon
+    )
+
+
+def backtest(
+    predicted: npt.NDArray[np.int64],
+    split: SupervisedSplit,
+    horizon: int,
+    cost: float,
+    walk_forward_step: int,
+    seed: int,
+) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
+    """Model vs buy-and-hold vs random on the split, overall and per walk-forward step."""
+    ppy = bars_per_year(split.timestamps) / horizon
+    overall = compare_strategies(predicted, _trades(split, horizon), cost, ppy, seed)
+    rows = []
+    for i, group in enumerate(periods(split.timestamps, walk_forward_step)):
+        table = compare_strategies(
+            predicted[group], _trades(split, horizon, group), cost, ppy, seed
+        )
+        row = {f"{k}_return": table[k]["total_return"] for k in table}
+        rows.append({"period": i, **row, "model_sharpe": table["model"]["sharpe"]})
+    return overall, rows
+
+
+def strategy_equity(
+    predicted: npt.NDArray[np.int64], split: SupervisedSplit, horizon: int, cost: float, seed: int
+) -> dict[str, FloatArray]:
+    """Per-period portfolio returns of each strategy on the split (for equity curves)."""
+    trades = _trades(split, horizon)
+    return {
+        name: portfolio_returns(strategy_returns(positions, trades, cost), trades)
+        for name, positions in strategy_signals(predicted, trades, seed).items()
+    }
