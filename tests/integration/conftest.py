@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.operator_process import OperatorProcess
 from tradewind.devstack import DevStack, StackConfig
 
 pytestmark = pytest.mark.integration
@@ -97,6 +98,17 @@ def crds_installed(kubectl: Kubectl, repo_root: Path) -> None:
     while kubectl.run("explain", "trainingrun.spec", check=False).returncode != 0:
         assert time.monotonic() < deadline, "the CRDs' OpenAPI schema was not published in 60 s"
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`tradewind operator` (all namespaces) against the stack, one per test module."""
+    op = OperatorProcess(stack, tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ real control plane."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,17 +18,6 @@ from tradewind.devstack.kwok import FAIL_EXIT_CODE, FAIL_LABEL, FAIL_REASON, HOL
 
 pytestmark = pytest.mark.integration
 LR = "training.optimizer.learningRate"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """`tradewind operator` (all namespaces) with MLflow and an Optuna storage."""
-    op = OperatorProcess(stack, tmp_path_factory.mktemp("gitops-operator"))
-    op.start()
-    yield op
-    op.stop()
 
 
 def _run(name: str, kind: str = "TrainingRun", **spec: Any) -> dict[str, Any]:

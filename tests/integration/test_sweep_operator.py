@@ -5,7 +5,6 @@ place of the trainer, survives a SIGKILL mid-sweep, and rejects an invalid Sweep
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,6 @@ from tradewind.operator.sweep_status import SWEEP_LABEL, TRIAL_LABEL, study_name
 
 pytestmark = pytest.mark.integration
 LR = "training.optimizer.learningRate"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    stack: DevStack, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(stack, tmp_path_factory.mktemp("sweep-operator"))
-    op.start()
-    yield op
-    op.stop()
 
 
 @pytest.fixture(scope="module")
