@@ -80,7 +80,7 @@ class RunWorker:
         meta = body["metadata"]
         self.key: tuple[str | None, str] = (meta.get("namespace"), meta["name"])
         self.uid: str | None = meta.get("uid")
-        self.body = _slim(body)
+        self.body = slim_body(body)
         self.memo, self.jobs_index, self.pods_index = memo, jobs_index, pods_index
         self.wakeup = asyncio.Event()
         self.stopped = False
@@ -95,7 +95,7 @@ class RunWorker:
         )
 
     def update(self, body: Mapping[str, Any]) -> None:
-        self.body = _slim(body)
+        self.body = slim_body(body)
         self.wakeup.set()
 
     def stop(self) -> None:
@@ -257,8 +257,8 @@ class Workers:
                 task.cancel()
 
 
-def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a reconcile reads of a run: managedFields and the like are dropped."""
+def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a run or Sweep: managedFields and the like are dropped."""
     meta = body["metadata"]
     out = {k: body[k] for k in ("apiVersion", "kind", "spec", "status") if k in body}
     out["metadata"] = {k: meta[k] for k in KEPT_METADATA if k in meta}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import kopf
 
 from tradewind.api import GROUP, VERSION
 from tradewind.api.status import SweepStatus
+from tradewind.operator.loop import slim_body
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.sweep_reconcile import TrialMetrics, reconcile_sweep, storage
 from tradewind.operator.sweep_status import SWEEP_LABEL, TERMINAL, study_name
@@ -69,12 +69,6 @@ class SweepWorker:
 _WORKERS: dict[Key, SweepWorker] = {}
 
 
-def _snapshot(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The Sweep as the event delivered it, as plain data the worker's thread can keep."""
-    keys = ("apiVersion", "kind", "metadata", "spec", "status")
-    return copy.deepcopy({k: v for k, v in event["object"].items() if k in keys})
-
-
 @kopf.on.event(GROUP, VERSION, "sweeps")
 async def sweep_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     meta = body["metadata"]
@@ -83,13 +77,16 @@ async def sweep_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     if kwargs["type"] == "DELETED" or (worker is not None and worker.uid != meta.get("uid")):
         _stop(key)
         worker = None
+    # The event's own object, not kopf's live body: plain data the worker's thread can keep.
+    snapshot = slim_body(kwargs["event"]["object"])
     if kwargs["type"] == "DELETED":
-        await asyncio.to_thread(_drop_study, memo.settings, _snapshot(kwargs["event"]))
+        await asyncio.to_thread(_drop_study, memo.settings, snapshot)
         return
     if worker is None:
-        worker = _WORKERS[key] = SweepWorker(_snapshot(kwargs["event"]))
+        worker = _WORKERS[key] = SweepWorker(snapshot)
         worker.task = asyncio.create_task(worker.run(memo), name=f"sweep {key[0]}/{key[1]}")
-    worker.body = _snapshot(kwargs["event"])
+    else:
+        worker.body = snapshot
     worker.wakeup.set()
 
 
