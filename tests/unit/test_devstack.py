@@ -30,12 +30,20 @@ def test_pod_complete_skips_held_and_failing_pods(tmp_path: Path) -> None:
         s["metadata"]["name"]: s
         for s in yaml.safe_load_all(render_stages(_fake_stage_dir(tmp_path)))
     }
-    assert set(stages) == {Path(r).stem for r in STAGES}
+    assert set(stages) == {Path(r).stem for r in STAGES} | {"pod-start"}
     keys = [e["key"] for e in stages["pod-complete"]["spec"]["selector"]["matchExpressions"]]
     assert (
         f'.metadata.labels["{HOLD_LABEL}"]' in keys and f'.metadata.labels["{FAIL_LABEL}"]' in keys
     )
-    assert stages["pod-ready"]["spec"]["delay"]["durationMilliseconds"] == 200
+    assert stages["pod-complete"]["spec"]["delay"]["durationMilliseconds"] == 1000
+
+
+def test_pod_start_takes_a_bound_pod_to_running_and_ready_in_one_patch(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all(render_stages(_fake_stage_dir(tmp_path))))
+    assert docs[0]["metadata"]["name"] == "pod-start"
+    status = docs[0]["spec"]["next"]["statusTemplate"]
+    assert "phase: Running" in status and "podIP:" in status and "type: Ready}" in status
+    assert "event" not in docs[0]["spec"]["next"]
 
 
 def test_missing_stage_files_name_the_fix(tmp_path: Path) -> None:

@@ -102,6 +102,10 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle",
                 # 5 by default; each Job is synced on every change of its pods
                 "--concurrent-job-syncs=50",
+                # one Endpoints/EndpointSlice write per Service and second, not per pod change
+                # (0 by default; large clusters batch the same way)
+                "--endpoint-updates-batch-period=1s",
+                "--endpointslice-updates-batch-period=1s",
                 "--profiling=false",
             ],
             logs / "kube-controller-manager.log",

@@ -1,8 +1,14 @@
 """kwok for the dev stack: fake GPU nodes, and the stages that move their pods along.
 
 The stages are kwok's own (from its module, copied into the binary cache by
-hack/build-binaries.sh) with shorter delays (STAGES) and two changes to the pod-complete
-stage, so tests decide what a pod does:
+hack/build-binaries.sh) with shorter delays (STAGES), except that a bound pod starts in one
+step (POD_START: Running and Ready, with its IP, in one status patch and no Event) where
+kwok takes two (pod-create: IP and Pending, with a "Created" Event; pod-ready: Running).
+With a thousand runs starting (bench/operator_scale.py) kwok sent 4 status patches per pod
+(2 when few start at once) and 1.5 Events: a fifth of the apiserver's requests, spent on
+simulating kubelets rather than on the cluster under test.
+
+pod-complete is changed so tests decide what a pod does:
 
 - a pod labelled `tradewind.dev/fake-hold: "true"` stays Running until the label is removed;
 - a pod labelled `pod-container-running-failed.stage.kwok.x-k8s.io: "true"` fails instead,
@@ -28,17 +34,78 @@ GPU_POOL_LABEL = "tradewind.dev/gpu-pool"
 STAGES = {
     "node/fast/node-initialize.yaml": None,
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml": None,
-    "pod/general/pod-create.yaml": (100, 300),
-    "pod/general/pod-ready.yaml": (200, 300),
     "pod/general/pod-complete.yaml": (1000, 1000),
     "pod/general/pod-delete.yaml": None,
     "pod/chaos/pod-container-running-failed.yaml": (500, 0),
 }
 """Stage file -> (delay ms, jitter ms) to use instead of kwok's, or None to keep it (kwok
-waits between the two). kwok's pod-create (1-5 s per pod) would be most of a test's wait and
-of bench/operator_scale's apply-to-Running: here a bound pod is Running after 0.1-0.3 s and
-Ready 0.2-0.3 s later (a container start's worth). Pods can still ask for other delays with kwok's
-per-pod annotations (e.g. `pod-create.stage.kwok.x-k8s.io/delay`)."""
+waits between the two). Pods can still ask for other delays with kwok's per-pod annotations
+(e.g. `pod-complete.stage.kwok.x-k8s.io/delay`)."""
+
+POD_START_STATUS = """\
+{{ $now := Now }}
+conditions:
+- {lastProbeTime: null, lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+- {lastProbeTime: null, lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
+- {lastProbeTime: null, lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
+{{ range .spec.readinessGates }}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: {{ .conditionType | Quote }}}
+{{ end }}
+{{ if .spec.initContainers }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  started: false
+  state:
+    terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}
+{{ end }}
+{{ end }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  started: true
+  state:
+    running: {startedAt: {{ $now | Quote }}}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
+( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+
+POD_START: dict[str, Any] = {
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "kind": "Stage",
+    "metadata": {"name": "pod-start"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {
+            "matchExpressions": [
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.podIP", "operator": "DoesNotExist"},
+            ]
+        },
+        "weight": 1,
+        "delay": {
+            "durationMilliseconds": 100,
+            "durationFrom": {
+                "expressionFrom": '.metadata.annotations["pod-start.stage.kwok.x-k8s.io/delay"]'
+            },
+            "jitterDurationMilliseconds": 300,
+        },
+        "next": {"statusTemplate": POD_START_STATUS},
+    },
+}
+"""A bound pod is Running and Ready 0.1-0.3 s after binding (a container start's worth; kwok's
+pod-create alone waits 1-6 s), unless its annotation `pod-start.stage.kwok.x-k8s.io/delay`
+(a duration) says otherwise."""
 
 
 def _not_labelled(label: str) -> dict[str, Any]:
@@ -46,9 +113,9 @@ def _not_labelled(label: str) -> dict[str, Any]:
 
 
 def render_stages(stage_dir: Path) -> str:
-    """The kwok --config document: kwok's stages, with shorter delays and the hold/fail
-    exclusions on pod-complete."""
-    docs = []
+    """The kwok --config document: POD_START, then kwok's stages with shorter delays and the
+    hold/fail exclusions on pod-complete."""
+    docs = [POD_START]
     for rel, timing in STAGES.items():
         path = stage_dir / rel
         if not path.is_file():
