@@ -21,6 +21,13 @@ For each size N, in its own temporary folder:
    resource (from its /metrics), so the load each part puts on the apiserver shows.
 6. The operator is stopped and `tradewind dev down --purge` run whatever happened.
 
+Baseline, the same size again on a fresh stack (skip with --no-baseline): the control plane
+alone, with an operator that costs nothing. No operator runs; the harness POSTs each
+TrainingRun and right after it the ConfigMap, Service and Job the operator would create for
+it (rendered by tradewind.operator.builders, owned by the run), and a run counts as Running
+when both its pods are. The difference between the two is what the operator adds: its CPU,
+its requests (status writes, Events, reads) and its reaction time.
+
 kwok's stages are the dev stack's (tradewind/devstack/kwok.py STAGES): a bound pod is Running
 after 0.1-0.3 s and Ready 0.2-0.3 s later, a container start's worth, so the measurement is
 not kwok's sleep. The load average and the CPU of processes outside the stack and operator
@@ -34,7 +41,7 @@ that charges each thread's CPU (pthread CPU clocks) to its Python stack. That co
 operator some speed, so its numbers go in their own file; --attach-profile FILE puts such a
 file's findings into the recorded JSON under `profiled_runs`.
 
-    .venv/bin/python bench/operator_scale.py [--sizes 100 500 1000]
+    .venv/bin/python bench/operator_scale.py [--sizes 100 500 1000] [--no-baseline]
         [--out bench/results/operator_scale.json] [--timeout 420] [--steady-seconds 15]
         [--profile-operator] [--attach-profile FILE...] [--keep-logs DIR]
 
@@ -97,6 +104,9 @@ OPERATOR_DETAIL = (
     ("operator: create -> first status", "created", "first_status"),
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+BASELINE = "control plane only"
+BENCH_IMAGE = "tradewind-trainer:bench"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def log(message: str) -> None:
@@ -314,8 +324,9 @@ class Watch(threading.Thread):
 class Tracker:
     """Per run: when each stage was first seen, on the harness's monotonic clock."""
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, running_from_pods: bool = False) -> None:
         self.expected = expected
+        self.running_from_pods = running_from_pods
         self.lock = threading.Lock()
         self.t: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self.pods: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(dict)
@@ -376,6 +387,11 @@ class Tracker:
                 ):
                     if stage not in times and all(key in p for p in pods.values()):
                         times[stage] = max(p[key] for p in pods.values())
+                if self.running_from_pods and "pods_running" in times and "running" not in times:
+                    times["running"] = times["pods_running"]
+                    self.running += 1
+                    if self.running >= self.expected:
+                        self.all_running.set()
 
 
 def _parse_time(text: str) -> float:
@@ -484,7 +500,7 @@ class Operator:
         self.env = {
             **os.environ,
             **env,
-            "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:bench",
+            "TRADEWIND_TRAINER_IMAGE": BENCH_IMAGE,
             "PYTHONUNBUFFERED": "1",
         }
         self.env.pop("TRADEWIND_MLFLOW_TRACKING_URI", None)
@@ -565,16 +581,57 @@ def runs_path(namespace: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
 
 
-def apply_runs(api: Api, tracker: Tracker, size: int, workers: int) -> dict[str, Any]:
-    """POST `size` TrainingRuns from a thread pool; each run's `created` is when its POST
-    returned."""
-    path, failures = runs_path(NAMESPACE), []
+def operator_children(run_body: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the operator creates for a new run (attempt 0): its ConfigMap, Service and Job,
+    from the operator's own builders and settings."""
+    from tradewind.operator import builders
+    from tradewind.operator.reconcile import parse_run
+    from tradewind.operator.settings import OperatorSettings
+
+    run, owner = parse_run(run_body), builders.owner_reference(run_body)
+    settings = OperatorSettings(trainer_image=BENCH_IMAGE)
+    uid = run_body["metadata"]["uid"]
+    return [
+        builders.build_configmap(run, 0, owner),
+        builders.build_service(run, owner),
+        builders.build_job(run, 0, uid, owner, settings),
+    ]
+
+
+CHILD_PATHS = {
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
+}
+
+
+def create_run(api: Api, body: dict[str, Any], with_children: bool) -> str | None:
+    """POST a run (and, for the baseline, its children); an error message or None."""
+    ns = body["metadata"]["namespace"]
+    resp = api.request("POST", runs_path(ns), body, timeout=60)
+    if resp.status != 201:
+        return f"{resp.status} {resp.data[:200]!r}"
+    if with_children:
+        for child in operator_children(json.loads(resp.data)):
+            path = CHILD_PATHS[child["kind"]].format(ns=ns)
+            resp = api.request("POST", path, child, timeout=60)
+            if resp.status != 201:
+                return f"{child['kind']}: {resp.status} {resp.data[:200]!r}"
+    return None
+
+
+def apply_runs(
+    api: Api, tracker: Tracker, size: int, workers: int, with_children: bool = False
+) -> dict[str, Any]:
+    """POST `size` TrainingRuns (with their children, for the baseline) from a thread pool;
+    each run's `created` is when its POSTs returned."""
+    failures = []
 
     def create(i: int) -> None:
         name = f"run-{i:05d}"
-        resp = api.request("POST", path, training_run(name, NAMESPACE), timeout=60)
-        if resp.status != 201:
-            failures.append(f"{name}: {resp.status} {resp.data[:200]!r}")
+        error = create_run(api, training_run(name, NAMESPACE), with_children)
+        if error is not None:
+            failures.append(f"{name}: {error}")
             return
         tracker.created(name, time.monotonic())
 
@@ -602,29 +659,36 @@ def wait_namespace(stack: Stack, namespace: str) -> None:
 class Bench:
     """One size on a fresh stack: set-up, the burst, the steady window, tear-down."""
 
-    def __init__(self, size: int, args: argparse.Namespace, workdir: Path) -> None:
-        self.size, self.args, self.workdir = size, args, workdir
+    def __init__(
+        self, size: int, args: argparse.Namespace, workdir: Path, baseline: bool = False
+    ) -> None:
+        self.size, self.args, self.workdir, self.baseline = size, args, workdir, baseline
         self.stack = Stack(workdir / "stack", kwok_nodes(size))
-        self.profile = workdir / "operator-profile.json" if args.profile_operator else None
+        profiled = args.profile_operator and not baseline
+        self.profile = workdir / "operator-profile.json" if profiled else None
         self.operator: Operator | None = None
         self.sampler: Sampler | None = None
         self.watches: list[Watch] = []
-        self.tracker = Tracker(size)
+        self.tracker = Tracker(size, running_from_pods=baseline)
         self.result: dict[str, Any] = {
+            "mode": BASELINE if baseline else "operator",
             "size": size,
             "kwok_nodes": self.stack.nodes,
             "gpus_per_node": GPUS_PER_NODE,
         }
 
     def log(self, message: str) -> None:
-        log(f"N={self.size}: {message}")
+        log(f"N={self.size}{' baseline' if self.baseline else ''}: {message}")
+
+    def operator_alive(self) -> bool:
+        return self.baseline or (self.operator is not None and self.operator.alive())
 
     def run(self) -> dict[str, Any]:
         """Measure; the stack and the operator are gone when this returns."""
         try:
             self.setup()
             self.burst()
-            if self.args.steady_seconds > 0 and self.operator and self.operator.alive():
+            if self.args.steady_seconds > 0 and self.operator_alive():
                 self.steady()
             self.result["rss_mb"] = self.rss()
             try:  # after the measurement: an overloaded apiserver may not answer in time
@@ -651,21 +715,30 @@ class Bench:
             wait_namespace(stack, namespace)
 
         t = time.monotonic()
-        self.operator = Operator(stack.env(), self.workdir / "operator.log", self.profile)
-        self.operator.start()
         self.api = Api(stack.kubeconfig, pool_size=max(32, self.args.apply_workers + 8))
-        warmup = training_run("warmup", WARMUP_NAMESPACE)
-        resp = self.api.request("POST", runs_path(WARMUP_NAMESPACE), warmup)
-        if resp.status != 201:
-            raise RuntimeError(f"warm-up run not created: {resp.status} {resp.data[:300]!r}")
-        stack.kubectl(
-            "wait", "--for=condition=Running", "trainingrun/warmup", "-n", WARMUP_NAMESPACE,
-            "--timeout=120s",
-        )  # fmt: skip
+        pids = {**stack.pids, "harness": os.getpid()}
+        if not self.baseline:
+            self.operator = Operator(stack.env(), self.workdir / "operator.log", self.profile)
+            self.operator.start()
+            pids["operator"] = self.operator.pid
+        error = create_run(self.api, training_run("warmup", WARMUP_NAMESPACE), self.baseline)
+        if error is not None:
+            raise RuntimeError(f"warm-up run not created: {error}")
+        if self.baseline:
+            for index in range(NODES_PER_RUN):
+                stack.kubectl(
+                    "wait", "--for=jsonpath={.status.phase}=Running", "pod", "-n",
+                    WARMUP_NAMESPACE, "-l", f"{RUN_LABEL}=warmup,{COMPLETION_INDEX}={index}",
+                    "--timeout=120s",
+                )  # fmt: skip
+        else:
+            stack.kubectl(
+                "wait", "--for=condition=Running", "trainingrun/warmup", "-n", WARMUP_NAMESPACE,
+                "--timeout=120s",
+            )  # fmt: skip
         self.result["operator_ready_s"] = round(time.monotonic() - t, 1)
-        self.log(f"operator ready after {self.result['operator_ready_s']} s (warm-up Running)")
+        self.log(f"ready after {self.result['operator_ready_s']} s (warm-up Running)")
 
-        pids = {"operator": self.operator.pid, **stack.pids, "harness": os.getpid()}
         self.sampler = Sampler(pids)
         self.sampler.start()
         self.watches = [
@@ -678,14 +751,15 @@ class Bench:
 
     def burst(self) -> None:
         """Apply every run; wait (on the watches) until all are Running or the timeout."""
-        assert self.operator is not None and self.sampler is not None
+        assert self.sampler is not None
         api, tracker, size, result = self.api, self.tracker, self.size, self.result
-        op_pid = self.operator.pid
-        metrics0, cpu0, threads0 = api.metrics(), self.sampler.snapshot(), thread_cpu_split(op_pid)
+        op_pid = self.operator.pid if self.operator is not None else None
+        threads0 = thread_cpu_split(op_pid) if op_pid else {}
+        metrics0, cpu0 = api.metrics(), self.sampler.snapshot()
         load0 = os.getloadavg()
         t0 = time.monotonic()
         self.log(f"applying {size} TrainingRuns ({self.args.apply_workers} workers)")
-        result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers)
+        result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers, self.baseline)
         self.log(
             f"applied in {result['apply']['seconds']} s ({result['apply']['per_second']}/s); "
             "waiting for Running"
@@ -693,18 +767,19 @@ class Bench:
         last_report = time.monotonic()
         while not tracker.all_running.wait(1.0):
             now = time.monotonic()
-            if now > t0 + self.args.timeout or not self.operator.alive():
+            if now > t0 + self.args.timeout or not self.operator_alive():
                 break
             if now - last_report >= 10:
                 last_report = now
                 self.log(f"{now - t0:5.1f} s: {tracker.jobs} Jobs, {tracker.running} Running")
         t_end = time.monotonic()
-        cpu1, threads1, metrics1 = self.sampler.snapshot(), thread_cpu_split(op_pid), api.metrics()
+        cpu1, metrics1 = self.sampler.snapshot(), api.metrics()
+        threads1 = thread_cpu_split(op_pid) if op_pid else {}
 
         job_times = [times["job"] for times in tracker.t.values() if "job" in times]
         result |= {
             "timed_out": tracker.running < size,
-            "operator_alive": self.operator.alive(),
+            "operator_alive": self.operator_alive(),
             "runs_running": tracker.running,
             "jobs_created": len(job_times),
             "all_jobs_s": round(max(job_times) - t0, 3) if len(job_times) >= size else None,
@@ -762,11 +837,14 @@ class Bench:
         return dict(counts.most_common(20))
 
     def rss(self) -> dict[str, float]:
-        assert self.operator is not None
-        op = self.operator.pid
+        op = {}
+        if self.operator is not None:
+            op = {
+                "operator_peak": round(proc_status_mb(self.operator.pid, "VmHWM") or 0.0, 1),
+                "operator_end": round(proc_status_mb(self.operator.pid, "VmRSS") or 0.0, 1),
+            }
         return {
-            "operator_peak": round(proc_status_mb(op, "VmHWM") or 0.0, 1),
-            "operator_end": round(proc_status_mb(op, "VmRSS") or 0.0, 1),
+            **op,
             **{
                 f"{k}_peak": round(proc_status_mb(pid, "VmHWM") or 0.0, 1)
                 for k, pid in self.stack.pids.items()
@@ -1065,15 +1143,13 @@ def _instrument() -> None:
 
     from kopf._core.reactor import processing
 
-    from tradewind.operator import builders, kube, loop, reconcile, status
+    from tradewind.operator import builders, kube, loop, reconcile
 
     processing.process_resource_event = METER.wrap_async(
         "kopf process_resource_event (wall)", processing.process_resource_event
     )
     loop.reconcile = METER.wrap("reconcile (all of it)", reconcile.reconcile)
     reconcile.parse_run = METER.wrap("reconcile: parse_run (pydantic)", reconcile.parse_run)
-    reconcile.decide = METER.wrap("reconcile: decide", reconcile.decide)
-    reconcile.observe_attempt = METER.wrap("reconcile: observe_attempt", status.observe_attempt)
     builders.build_configmap = METER.wrap("build_configmap (YAML)", builders.build_configmap)
     for method in ("create", "delete", "patch_status", "event", "set_job_suspended"):
         setattr(kube.Kube, method, METER.wrap(f"Kube.{method} (HTTP)", getattr(kube.Kube, method)))
@@ -1174,16 +1250,17 @@ def print_table(results: list[dict[str, Any]]) -> None:
         return str(value).rjust(width)
 
     head = (
-        f"{'runs':>5} {'nodes':>5} {'apply s':>7} {'jobs s':>7} {'run s':>7} {'p50 s':>6} "
-        f"{'p99 s':>6} {'opRSS MB':>8} | CPU s: {'oper':>5} {'apisrv':>6} {'etcd':>5} "
+        f"{'mode':>8} {'runs':>5} {'nodes':>5} {'apply s':>7} {'jobs s':>7} {'run s':>7} "
+        f"{'p50 s':>6} {'p99 s':>6} {'opRSS MB':>8} | CPU s: {'oper':>5} {'apisrv':>6} {'etcd':>5} "
         f"{'kcm':>5} {'sched':>5} {'kwok':>5} {'harn':>5} {'other':>5}"
     )
     print()
     print(head)
     print("-" * len(head))
     for r in results:
+        mode = "baseline" if r.get("mode") == BASELINE else "operator"
         if "apply" not in r:
-            print(f"{r['size']:>5} failed: {r.get('error', '?')}")
+            print(f"{mode:>8} {r['size']:>5} failed: {r.get('error', '?')}")
             continue
         cpu, lat = r.get("cpu_s", {}), r.get("latency_s", {})
         running = r.get("all_running_s")
@@ -1191,7 +1268,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f(running, 7) if running is not None else f"{r['runs_running']}/{r['size']}".rjust(7)
         )
         print(
-            f"{r['size']:>5} {r['kwok_nodes']:>5} {f(r['apply']['seconds'], 7)} "
+            f"{mode:>8} {r['size']:>5} {r['kwok_nodes']:>5} {f(r['apply']['seconds'], 7)} "
             f"{f(r.get('all_jobs_s'), 7)} {run_s} {f(lat.get('p50'), 6, 2)} "
             f"{f(lat.get('p99'), 6, 2)} {f(r.get('rss_mb', {}).get('operator_peak'), 8)} | "
             f"       {f(cpu.get('operator'), 5)} {f(cpu.get('kube-apiserver'), 6)} "
@@ -1201,7 +1278,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         )
     print("\nper-run stage latency, p50 / p99 s:")
     labels = [label for label, _, _ in STAGES]
-    print(f"{'runs':>5}  " + "  ".join(f"{label:>34}" for label in labels))
+    print(f"{'mode':>8} {'runs':>5}  " + "  ".join(f"{label:>34}" for label in labels))
     for r in results:
         stages = r.get("stages_s")
         if not stages:
@@ -1210,7 +1287,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{f(stages[label]['p50'], 6, 2)} / {f(stages[label]['p99'], 6, 2)}".rjust(34)
             for label in labels
         ]
-        print(f"{r['size']:>5}  " + "  ".join(cells))
+        mode = "baseline" if r.get("mode") == BASELINE else "operator"
+        print(f"{mode:>8} {r['size']:>5}  " + "  ".join(cells))
     print()
 
 
@@ -1230,6 +1308,12 @@ def main() -> None:
         type=float,
         default=15.0,
         help="After all are Running, measure CPU this long (the operator's status poll is 15 s).",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="Skip the control-plane-only run of each size (no operator; see the docstring).",
     )
     parser.add_argument("--profile-operator", action="store_true")
     parser.add_argument("--keep-logs", help="Copy each size's operator log into this folder.")
@@ -1274,15 +1358,15 @@ def main() -> None:
         ]
     try:
         for size in args.sizes:
-            with tempfile.TemporaryDirectory(prefix=f"tw-opscale-{size}-") as tmp:
-                bench = Bench(size, args, Path(tmp))
-                try:
-                    doc["results"].append(bench.run())
-                except Exception as exc:  # recorded with what was measured; the stack is down
-                    log(f"N={size}: failed: {exc}")
-                    doc["results"].append({**bench.result, "error": str(exc)[:2000]})
-            last = doc["results"][-1]
-            if last.get("timed_out") or "error" in last:
+            for baseline in (False, True) if args.baseline else (False,):
+                with tempfile.TemporaryDirectory(prefix=f"tw-opscale-{size}-") as tmp:
+                    bench = Bench(size, args, Path(tmp), baseline)
+                    try:
+                        doc["results"].append(bench.run())
+                    except Exception as exc:  # recorded with what was measured; stack is down
+                        log(f"N={size}: failed: {exc}")
+                        doc["results"].append({**bench.result, "error": str(exc)[:2000]})
+            if any(r.get("timed_out") or "error" in r for r in doc["results"][-2:]):
                 log("stopping: the last size did not finish")
                 break
     finally:
@@ -1320,7 +1404,17 @@ def _profiled_run(profiled: dict[str, Any]) -> dict[str, Any]:
 
 
 def _targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
-    at = next((r for r in results if r.get("size") == TARGET_RUNS and "apply" in r), None)
+    def at_target(mode: str) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in results
+                if r.get("size") == TARGET_RUNS and "apply" in r and r.get("mode") == mode
+            ),
+            None,
+        )
+
+    at, floor = at_target("operator"), at_target(BASELINE)
     if at is None:
         return {"measured_at_target_size": False}
     running = at.get("all_running_s")
@@ -1331,6 +1425,7 @@ def _targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
         "running_within_target": running is not None and running <= TARGET_RUNNING_S,
         "operator_rss_peak_mb": rss,
         "rss_within_target": rss is not None and rss < TARGET_RSS_MB,
+        "baseline_all_running_s": floor.get("all_running_s") if floor else None,
     }
 
 
