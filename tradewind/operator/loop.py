@@ -1,4 +1,5 @@
-"""The per-run workers (an asyncio task each) and the operator's start-up (`tradewind operator`)."""
+"""A run's reconcile loop (`RunWorker`, an asyncio task kept in a `workers.Workers` registry)
+and the operator's start-up (`tradewind operator`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import ctypes
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -21,13 +21,14 @@ from tradewind.operator.progress import ProgressReader
 from tradewind.operator.reconcile import SpecCache, reconcile
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import TERMINAL, Decision
+from tradewind.operator.workers import Worker, Workers
 
 log = logging.getLogger(__name__)
 ACTIVE = ("Pending", "Running", "Restarting")
 
 
 def setup(memo: kopf.Memo) -> None:
-    """Clients and settings shared by every daemon."""
+    """Clients, settings and the registries of workers, shared by every handler and worker."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
@@ -42,7 +43,8 @@ def setup(memo: kopf.Memo) -> None:
         concurrent.futures.ThreadPoolExecutor(max_workers=settings.reconcile_workers)
     )
     memo.progress = ProgressReader(settings.mlflow_tracking_uri)
-    memo.workers = Workers()
+    memo.run_workers = Workers("reconcile")
+    memo.sweep_workers = Workers("sweep")
     # At most as many reconciles in flight as threads (others, e.g. Sweeps', share them):
     # each reads the run and its children when it gets its thread.
     memo.reconcile_slots = asyncio.Semaphore(max(1, settings.reconcile_workers - 4))
@@ -63,46 +65,28 @@ RESYNC_SECONDS = 60.0
 """Level-based safety net: every run reconciles at least this often, events or not."""
 
 
-class RunWorker:
+class RunWorker(Worker):
     """One run's reconcile loop, an asyncio task: woken by the run's watch events and its
     children's; also at its deadline or TTL, and every status_poll_seconds while active when
-    MLflow progress is read. No kopf daemon: a daemon makes kopf add a finalizer to every run
-    (one more write of the run, and deletes wait for the operator), while ownerReferences
-    already delete the children with their run."""
+    MLflow progress is read. `body` is the run slimmed (`workers.slim_body`)."""
 
     def __init__(
         self,
-        body: Mapping[str, Any],
+        body: dict[str, Any],
         memo: kopf.Memo,
         jobs_index: kopf.Index[Any, Any],
         pods_index: kopf.Index[Any, Any],
     ) -> None:
-        meta = body["metadata"]
-        self.key: tuple[str | None, str] = (meta.get("namespace"), meta["name"])
-        self.uid: str | None = meta.get("uid")
-        self.body = slim_body(body)
+        super().__init__(body)
         self.memo, self.jobs_index, self.pods_index = memo, jobs_index, pods_index
-        self.wakeup = asyncio.Event()
-        self.stopped = False
         self.spec = SpecCache()
         self.written: dict[str, Any] = {}  # our last status write and its resourceVersion
         self.counted: str | None = None  # the phase this run is counted under in the gauge
         self.deferred_since: float | None = None  # a count-only status unwritten since then
         self.last_progress = -math.inf
         self.created: tuple[int, float] | None = None  # (attempt, when) children were created
-        self.task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"reconcile {self.key[0]}/{self.key[1]}"
-        )
 
-    def update(self, body: Mapping[str, Any]) -> None:
-        self.body = slim_body(body)
-        self.wakeup.set()
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.wakeup.set()
-
-    async def _loop(self) -> None:
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while not self.stopped:
@@ -112,8 +96,7 @@ class RunWorker:
                 timeout = self._next_wake(decision, self.memo.settings)
                 if self.deferred_since is not None:
                     timeout = min(timeout, self.deferred_since + COUNTS_SECONDS - loop.time())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=max(timeout, 0.0))
+                await self.sleep(timeout)
                 rest = started + COALESCE_SECONDS - loop.time()
                 if rest > 0 and not self.stopped:
                     await asyncio.sleep(rest)
@@ -207,68 +190,6 @@ class RunWorker:
                 due = status.completion_time + dt.timedelta(seconds=ttl)
                 wake = min(wake, (due - now).total_seconds() + 0.1)
         return max(wake, 0.0)
-
-
-class Workers:
-    """The RunWorker of every live run, by (namespace, name)."""
-
-    def __init__(self) -> None:
-        self.by_key: dict[tuple[str | None, str], RunWorker] = {}
-
-    def on_run_event(
-        self,
-        event_type: str | None,
-        body: Mapping[str, Any],
-        memo: kopf.Memo,
-        jobs_index: kopf.Index[Any, Any],
-        pods_index: kopf.Index[Any, Any],
-    ) -> None:
-        """Start, wake or stop the run's worker. A run being deleted is left to the garbage
-        collector (its children carry ownerReferences)."""
-        meta = body["metadata"]
-        key = (meta.get("namespace"), meta["name"])
-        worker = self.by_key.get(key)
-        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
-        if worker is not None and (gone or worker.uid != meta.get("uid")):
-            worker.stop()
-            del self.by_key[key]
-            worker = None
-        if gone:
-            return
-        if worker is None:
-            self.by_key[key] = RunWorker(body, memo, jobs_index, pods_index)
-        else:
-            worker.update(body)
-
-    def wake(self, key: tuple[str | None, str]) -> None:
-        worker = self.by_key.get(key)
-        if worker is not None:
-            worker.wakeup.set()
-
-    async def stop_all(self, timeout: float = 5.0) -> None:
-        workers = list(self.by_key.values())
-        self.by_key.clear()
-        for worker in workers:
-            worker.stop()
-        if workers:
-            tasks = [w.task for w in workers]
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-
-
-def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a reconcile reads of a run or Sweep: managedFields and the like are dropped."""
-    meta = body["metadata"]
-    out = {k: body[k] for k in ("apiVersion", "kind", "spec", "status") if k in body}
-    out["metadata"] = {k: meta[k] for k in KEPT_METADATA if k in meta}
-    return out
-
-
-KEPT_METADATA = (
-    "name", "namespace", "uid", "generation", "resourceVersion", "labels", "annotations",
-    "creationTimestamp", "deletionTimestamp",
-)  # fmt: skip
 
 
 def _count(kind: str, counted: str | None, phase: str) -> str:

@@ -1,13 +1,15 @@
 """Every kopf registration, and nothing else: each handler body is a line or two.
 
 Children are observed through indexes (owned Jobs and pods by run, slimmed to what the status
-logic reads). Each run has a worker (tradewind.operator.loop.RunWorker, an asyncio task)
-that reconciles whenever the run or a child changes; the handlers only wake it. Handlers are
-async: they run on the event loop, not in kopf's thread pool.
+logic reads). Each run has a worker (tradewind.operator.loop.RunWorker, an asyncio task, in
+the registry `memo.run_workers`) that reconciles whenever the run or a child changes; the
+handlers only hand it the run's body or wake it. Handlers are async: they run on the event
+loop, not in kopf's thread pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +19,7 @@ import kopf
 import tradewind.operator.sweeps  # noqa: F401  (registers the Sweep handlers)
 from tradewind.api import GROUP, VERSION
 from tradewind.operator import builders, observed
-from tradewind.operator.loop import setup
+from tradewind.operator.loop import RunWorker, setup
 
 RUNS = ("trainingruns", "rlruns")
 CHILD_LABELS = {builders.RUN_LABEL: kopf.PRESENT}
@@ -48,7 +50,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await memo.workers.stop_all()
+    await asyncio.gather(memo.run_workers.stop_all(), memo.sweep_workers.stop_all())
 
 
 class UnreadDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -94,14 +96,16 @@ async def run_pods(
 async def child_changed(
     *, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
 ) -> None:
-    memo.workers.wake(_key(namespace, labels))
+    memo.run_workers.wake(_key(namespace, labels))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns")
 @kopf.on.event(GROUP, VERSION, "rlruns")
 async def run_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    # A run being deleted is left to the garbage collector (its children carry ownerReferences).
+    gone = kwargs["type"] == "DELETED" or bool(body["metadata"].get("deletionTimestamp"))
     indexes = kwargs["run_jobs"], kwargs["run_pods"]
-    memo.workers.on_run_event(kwargs["type"], body, memo, *indexes)
+    memo.run_workers.on_event(body, gone, lambda run: RunWorker(run, memo, *indexes))
 
 
 logging.getLogger("kubernetes").setLevel(logging.WARNING)

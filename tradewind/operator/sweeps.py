@@ -1,13 +1,13 @@
-"""The kopf registrations of Sweeps: each Sweep has a worker (an asyncio task) that runs its
-study.
+"""The kopf registrations of Sweeps: each Sweep has a worker (`SweepWorker`, an asyncio task in
+the registry `memo.sweep_workers`) that runs its study.
 
 The worker reconciles (`sweep_reconcile`) whenever the Sweep or one of its child runs changes
-(the handlers below only wake it), and at least every `status_poll_seconds`, the pace at which
-the children's intermediate metrics are read from MLflow for the pruner. No kopf daemon: a
-daemon makes kopf put a finalizer on every Sweep, so deleting one (or its namespace) would
-wait for the operator; ownerReferences already delete the children with their Sweep. The
-study is dropped from the storage when the Sweep's deletion is seen. Imported by `main` (one
-line); uses the clients and settings that main's start-up puts in the memo.
+(the handlers below only hand it the Sweep's body or wake it), and at least every
+`status_poll_seconds`, the pace at which the children's intermediate metrics are read from
+MLflow for the pruner. No kopf daemon (see `workers`): ownerReferences delete the children
+with their Sweep. The study is dropped from the storage when the Sweep's deletion is seen.
+Imported by `main` (one line); uses the clients, settings and registry that main's start-up
+puts in the memo, and main's cleanup stops the workers.
 """
 
 from __future__ import annotations
@@ -16,107 +16,67 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from tradewind.api import GROUP, VERSION
 from tradewind.api.status import SweepStatus
-from tradewind.operator.loop import slim_body
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.sweep_reconcile import TrialMetrics, reconcile_sweep, storage
 from tradewind.operator.sweep_status import SWEEP_LABEL, TERMINAL, study_name
+from tradewind.operator.workers import Worker
 
 log = logging.getLogger(__name__)
 CHILDREN = {SWEEP_LABEL: kopf.PRESENT}
-Key = tuple[str | None, str]
 FINISHED_POLL_SECONDS = 60.0
 """A finished Sweep is looked at this often (e.g. maxTrials raised), besides its events."""
 
 
-@dataclass
-class SweepWorker:
-    """One Sweep's reconcile loop and the latest body its watch delivered."""
+class SweepWorker(Worker):
+    """One Sweep's reconcile loop; `body` is the Sweep slimmed (`workers.slim_body`)."""
 
-    body: dict[str, Any]
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    def __init__(self, body: dict[str, Any], memo: Any) -> None:
+        super().__init__(body)
+        self.memo = memo
 
-    @property
-    def uid(self) -> str:
-        return str(self.body["metadata"].get("uid"))
-
-    async def run(self, memo: Any) -> None:
-        settings: OperatorSettings = memo.settings
+    async def run(self) -> None:
+        settings: OperatorSettings = self.memo.settings
         metrics = TrialMetrics(settings.mlflow_tracking_uri)
         last: SweepStatus | None = None  # what we wrote: the watched body may lag behind it
-        meta = self.body["metadata"]
-        while True:
+        while not self.stopped:
             self.wakeup.clear()
             try:
                 last = await asyncio.to_thread(
-                    reconcile_sweep, self.body, memo.kube, settings, metrics, last
+                    reconcile_sweep, self.body, self.memo.kube, settings, metrics, last
                 )
             except Exception:  # retried on the next wake-up
-                log.exception("reconcile of sweep %s/%s failed", meta["namespace"], meta["name"])
+                log.exception("reconcile of sweep %s/%s failed", *self.key)
             finished = last is not None and last.phase in TERMINAL
-            timeout = FINISHED_POLL_SECONDS if finished else settings.status_poll_seconds
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), timeout=timeout)
-
-
-_WORKERS: dict[Key, SweepWorker] = {}
+            await self.sleep(FINISHED_POLL_SECONDS if finished else settings.status_poll_seconds)
 
 
 @kopf.on.event(GROUP, VERSION, "sweeps")
-async def sweep_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    meta = body["metadata"]
-    key: Key = (meta.get("namespace"), meta["name"])
-    worker = _WORKERS.get(key)
-    if kwargs["type"] == "DELETED" or (worker is not None and worker.uid != meta.get("uid")):
-        _stop(key)
-        worker = None
+async def sweep_changed(*, memo: Any, **kwargs: Any) -> None:
     # The event's own object, not kopf's live body: plain data the worker's thread can keep.
-    snapshot = slim_body(kwargs["event"]["object"])
-    if kwargs["type"] == "DELETED":
-        await asyncio.to_thread(_drop_study, memo.settings, snapshot)
-        return
-    if worker is None:
-        worker = _WORKERS[key] = SweepWorker(snapshot)
-        worker.task = asyncio.create_task(worker.run(memo), name=f"sweep {key[0]}/{key[1]}")
-    else:
-        worker.body = snapshot
-    worker.wakeup.set()
+    sweep, deleted = kwargs["event"]["object"], kwargs["type"] == "DELETED"
+    memo.sweep_workers.on_event(sweep, deleted, lambda body: SweepWorker(body, memo))
+    if deleted:
+        await asyncio.to_thread(_drop_study, memo.settings, sweep["metadata"])
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns", labels=CHILDREN)
 @kopf.on.event(GROUP, VERSION, "rlruns", labels=CHILDREN)
 async def sweep_child_changed(
-    *, namespace: str | None, labels: Mapping[str, str], **_: Any
+    *, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
 ) -> None:
-    worker = _WORKERS.get((namespace, labels[SWEEP_LABEL]))
-    if worker is not None:
-        worker.wakeup.set()
+    memo.sweep_workers.wake((namespace, labels[SWEEP_LABEL]))
 
 
-@kopf.on.cleanup()
-async def stop_sweep_workers(**_: Any) -> None:
-    for key in list(_WORKERS):
-        _stop(key)
-
-
-def _stop(key: Key) -> None:
-    worker = _WORKERS.pop(key, None)
-    if worker is not None and worker.task is not None:
-        worker.task.cancel()
-
-
-def _drop_study(settings: OperatorSettings, body: dict[str, Any]) -> None:
+def _drop_study(settings: OperatorSettings, meta: Mapping[str, Any]) -> None:
     """The Sweep is gone (its children go with it, by owner reference): drop its study."""
     import optuna
 
-    meta = body["metadata"]
     name = study_name(meta["namespace"], meta["name"], meta["uid"])
     with contextlib.suppress(KeyError):  # never created (e.g. an invalid Sweep)
         optuna.delete_study(study_name=name, storage=storage(settings.optuna_storage))

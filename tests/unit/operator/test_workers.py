@@ -1,0 +1,107 @@
+"""The registry of per-object workers behind runs and Sweeps: started on an object's first
+event, fed its slimmed bodies, woken, stopped when it is gone or replaced, all stopped at
+shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tradewind.operator.workers import Worker, Workers
+
+
+class Recorder(Worker):
+    """Records the body of each pass; `hang` makes a pass ignore being stopped."""
+
+    def __init__(self, body: dict[str, Any], hang: bool = False) -> None:
+        super().__init__(body)
+        self.seen: list[dict[str, Any]] = []
+        self.hang = hang
+        self.ended = False
+
+    async def run(self) -> None:
+        try:
+            while not self.stopped:
+                self.wakeup.clear()
+                self.seen.append(self.body)
+                if self.hang:
+                    await asyncio.sleep(3600)
+                await self.sleep(3600)
+        finally:
+            self.ended = True
+
+
+def body(name: str, uid: str = "u1", **extra: Any) -> dict[str, Any]:
+    meta = {"name": name, "namespace": "ns", "uid": uid, "managedFields": [{"manager": "x"}]}
+    return {"kind": "Sweep", "metadata": meta, "spec": {"n": 1}, **extra}
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_worker_starts_on_the_first_event_and_is_fed_each_later_body_slimmed() -> None:
+    async def scenario() -> None:
+        workers, started = Workers("sweep"), []
+
+        def start(slim: dict[str, Any]) -> Worker:
+            started.append(Recorder(slim))
+            return started[-1]
+
+        workers.on_event(body("a"), False, start)
+        await settle()
+        (worker,) = started
+        assert worker.task.get_name() == "sweep ns/a"
+        assert worker.seen[-1]["metadata"] == {"name": "a", "namespace": "ns", "uid": "u1"}
+        workers.on_event(body("a", status={"phase": "Running"}), False, start)
+        await settle()
+        assert len(started) == 1
+        assert worker.seen[-1]["status"] == {"phase": "Running"}
+        assert "managedFields" not in worker.seen[-1]["metadata"]
+        workers.wake(("ns", "a"))
+        workers.wake(("ns", "unknown"))  # no worker: nothing happens
+        await settle()
+        assert len(worker.seen) == 3
+        await workers.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_a_gone_object_stops_its_worker_and_a_new_uid_gets_a_new_one() -> None:
+    async def scenario() -> None:
+        workers, started = Workers("reconcile"), []
+
+        def start(slim: dict[str, Any]) -> Worker:
+            started.append(Recorder(slim))
+            return started[-1]
+
+        workers.on_event(body("a"), False, start)
+        workers.on_event(body("a", uid="u2"), False, start)  # deleted and created again
+        await settle()
+        first, second = started
+        assert first.ended and not second.ended
+        assert workers.by_key == {("ns", "a"): second}
+        workers.on_event(body("a", uid="u2"), True, start)
+        await settle()
+        assert second.ended and workers.by_key == {}
+        workers.on_event(body("b"), True, start)  # gone before it was seen: nothing started
+        assert len(started) == 2 and workers.by_key == {}
+
+    asyncio.run(scenario())
+
+
+def test_stop_all_ends_every_loop_and_cancels_a_pass_that_outlasts_the_timeout() -> None:
+    async def scenario() -> None:
+        workers = Workers("sweep")
+        quick, stuck = Recorder(body("a")), Recorder(body("b"), hang=True)
+        workers.on_event(body("a"), False, lambda _: quick)
+        workers.on_event(body("b"), False, lambda _: stuck)
+        await settle()
+        await workers.stop_all(timeout=0.1)
+        await settle()
+        assert quick.ended and not quick.task.cancelled()
+        assert stuck.ended and stuck.task.cancelled()
+        assert workers.by_key == {}
+
+    asyncio.run(scenario())
