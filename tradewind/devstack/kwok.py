@@ -45,9 +45,9 @@ waits between the two). Pods can still ask for other delays with kwok's per-pod 
 POD_START_STATUS = """\
 {{ $now := Now }}
 conditions:
-- {lastProbeTime: null, lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-- {lastProbeTime: null, lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
-- {lastProbeTime: null, lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
+- {lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
 {{ range .spec.readinessGates }}
 - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: {{ .conditionType | Quote }}}
 {{ end }}
@@ -60,7 +60,11 @@ initContainerStatuses:
   restartCount: 0
   started: false
   state:
-    terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}
+    terminated:
+      exitCode: 0
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
 {{ end }}
 {{ end }}
 containerStatuses:
