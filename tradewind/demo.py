@@ -147,15 +147,9 @@ class Demo:
         return str(name)
 
     def _delete_checkpoints(self, name: str) -> None:
-        from minio import Minio
+        from tradewind.trainer.storage import s3_client_from_env
 
-        creds, port = self.stack.state["minio"], self.stack.state["ports"]["minio"]
-        client = Minio(
-            f"127.0.0.1:{port}",
-            access_key=creds["user"],
-            secret_key=creds["password"],
-            secure=False,
-        )
+        client = s3_client_from_env(self.stack.env())
         prefix = f"{NAMESPACE}/{name}/"
         for obj in client.list_objects("tradewind", prefix=prefix, recursive=True):
             if obj.object_name:

@@ -276,15 +276,9 @@ class DevStack:
         )
 
     def _create_buckets(self) -> None:
-        from minio import Minio
+        from tradewind.trainer.storage import s3_client_from_env
 
-        creds = self.state["minio"]
-        client = Minio(
-            f"127.0.0.1:{self.state['ports']['minio']}",
-            access_key=creds["user"],
-            secret_key=creds["password"],
-            secure=False,
-        )
+        client = s3_client_from_env(self.env())
         for bucket in BUCKETS:
             if not client.bucket_exists(bucket):
                 client.make_bucket(bucket)

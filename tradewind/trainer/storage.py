@@ -14,8 +14,11 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 _TMP_PREFIX = ".tmp-"
 _BUCKET = re.compile(r"^[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]$")
@@ -304,7 +307,7 @@ def _endpoint(env: Mapping[str, str]) -> str:
     return endpoint if "://" in endpoint else f"https://{endpoint}"
 
 
-def s3_client_from_env(env: Mapping[str, str], uri: str = "s3://") -> S3Client:
+def s3_client_from_env(env: Mapping[str, str], uri: str = "s3://") -> Minio:
     """A `minio.Minio` client for `AWS_ENDPOINT_URL` (or `TRADEWIND_S3_ENDPOINT`), with
     `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN` and
     `AWS_REGION`; TLS when the endpoint is `https://` (or has no scheme)."""

@@ -66,7 +66,7 @@ def minio_client_from_env(environ: Mapping[str, str] | None = None) -> Minio:
     from tradewind.trainer.storage import StorageError, s3_client_from_env
 
     try:
-        client: Minio = s3_client_from_env(os.environ if environ is None else environ)  # type: ignore[assignment]
+        client = s3_client_from_env(os.environ if environ is None else environ)
     except StorageError as exc:
         raise DataError(str(exc).replace("s3:// storage", "s3:// sources")) from None
     return client
