@@ -86,6 +86,9 @@ class RunWorker(Worker):
         self.last_progress = -math.inf
         self.created: tuple[int, float] | None = None  # (attempt, when) children were created
 
+    def update(self, body: dict[str, Any]) -> None:
+        super().update(self.spec.without_parsed_spec(body))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -93,6 +96,7 @@ class RunWorker(Worker):
                 self.wakeup.clear()
                 started = loop.time()
                 decision = await self._reconcile_once()
+                self.body = self.spec.without_parsed_spec(self.body)
                 timeout = self._next_wake(decision, self.memo.settings)
                 if self.deferred_since is not None:
                     timeout = min(timeout, self.deferred_since + COUNTS_SECONDS - loop.time())
@@ -158,13 +162,17 @@ class RunWorker(Worker):
                 status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=decision.written_version, status=status)
             reader: ProgressReader = self.memo.progress
+            run = self.spec.run
             if (
                 reader.uri is not None
+                and run is not None
                 and decision.status.phase in ACTIVE
                 and now - self.last_progress >= settings.status_poll_seconds
             ):
                 self.last_progress = now
-                await asyncio.to_thread(reader.update, snapshot, decision.status, self.memo.kube)
+                await asyncio.to_thread(
+                    reader.update, snapshot, run, decision.status, self.memo.kube
+                )
         except Exception:  # a failed reconcile is retried on the next wake-up
             metrics.RECONCILE_ERRORS.labels(kind).inc()
             log.exception("reconcile of %s/%s failed", *self.key)

@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from tradewind.api.resources import RLRun, TrainingRun
 from tradewind.api.status import RunStatus
 from tradewind.operator.kube import Kube
 
@@ -65,28 +66,31 @@ class ProgressReader:
         runs = self.find_runs(experiment, name, namespace)
         return runs[0] if runs else None
 
-    def update(self, body: dict[str, Any], status: RunStatus, kube: Kube) -> None:
-        """Write the latest MLflow metrics, progress and checkpoints into the status."""
-        meta, spec = body["metadata"], body.get("spec", {})
-        experiment = (spec.get("tracking") or {}).get("experiment", "tradewind")
-        run = self.find_run(experiment, meta["name"], meta["namespace"])
-        if run is None:
+    def update(
+        self, body: dict[str, Any], run: TrainingRun | RLRun, status: RunStatus, kube: Kube
+    ) -> None:
+        """Write the latest MLflow metrics, progress and checkpoints into the status (`run`:
+        the model parsed from `body`)."""
+        meta = body["metadata"]
+        found = self.find_run(run.spec.tracking.experiment, meta["name"], meta["namespace"])
+        if found is None:
             return
-        new = fold_progress(status, run, self.uri or "", spec)
+        epochs = run.spec.training.epochs if isinstance(run, TrainingRun) else None
+        new = fold_progress(status, found, self.uri or "", epochs)
         if new != status:
             kube.patch_status(body, new)
 
 
 def fold_progress(
-    status: RunStatus, mlflow_run: dict[str, Any], uri: str, spec: dict[str, Any]
+    status: RunStatus, mlflow_run: dict[str, Any], uri: str, epochs: int | None
 ) -> RunStatus:
-    """The status with an MLflow run's latest metrics, progress, checkpoints and link."""
+    """The status with an MLflow run's latest metrics, progress, checkpoints and link;
+    `epochs`: the run's total, if it counts epochs."""
     new = status.model_copy(deep=True)
     data, info = mlflow_run.get("data", {}), mlflow_run["info"]
     metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
     tags = {t["key"]: t["value"] for t in data.get("tags", [])}
     new.metrics = dict(sorted(metrics.items())[:128])
-    epochs = (spec.get("training") or {}).get("epochs")
     if "epoch" in metrics and epochs:
         new.progress.epoch, new.progress.total_epochs = int(metrics["epoch"]), int(epochs)
         new.progress.percent = min(100, int(100 * metrics["epoch"] / epochs))

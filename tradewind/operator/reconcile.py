@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -58,9 +59,10 @@ class SpecCache:
         """The last model parsed, if the spec was valid."""
         return self._value if isinstance(self._value, TrainingRun | RLRun) else None
 
-    def parse(self, body: dict[str, Any]) -> TrainingRun | RLRun:
+    @staticmethod
+    def _key_of(body: Mapping[str, Any]) -> tuple[Any, ...]:
         meta = body["metadata"]
-        key = (
+        return (
             body["kind"],
             meta.get("uid"),
             meta.get("generation"),
@@ -69,6 +71,22 @@ class SpecCache:
             tuple(sorted((meta.get("labels") or {}).items())),
             tuple(sorted((meta.get("annotations") or {}).items())),
         )
+
+    def without_parsed_spec(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` without its spec if this cache holds the valid model parsed from it (parse
+        will not read the spec again): a run's worker keeps the model, not both (the
+        defaulted spec as dicts is ~10 KB per run)."""
+        if (
+            isinstance(self._value, TrainingRun | RLRun)
+            and body["metadata"].get("generation") is not None
+            and self._key_of(body) == self._key
+        ):
+            return {k: v for k, v in body.items() if k != "spec"}
+        return body
+
+    def parse(self, body: dict[str, Any]) -> TrainingRun | RLRun:
+        meta = body["metadata"]
+        key = self._key_of(body)
         if meta.get("generation") is None or key != self._key:
             try:
                 self._value = parse_run(body)

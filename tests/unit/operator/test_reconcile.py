@@ -4,6 +4,9 @@ it leaves a write out (the operator's scale depends on writing each run's status
 import datetime as dt
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from tradewind.api.status import RunStatus
 from tradewind.operator import builders
 from tradewind.operator.reconcile import SpecCache, counts_only, parse_run, reconcile
@@ -132,6 +135,22 @@ def test_spec_cache_parses_again_only_when_what_it_reads_changes() -> None:
     second = cache.parse(_body(generation=2))
     assert cache.parse(_body(generation=2, labels={"a": "b"})) is not second
     assert cache.run is not None and cache.run.metadata.labels == {"a": "b"}
+
+
+def test_a_worker_keeps_the_parsed_model_not_the_spec_it_came_from() -> None:
+    cache = SpecCache()
+    assert "spec" in cache.without_parsed_spec(_body())  # nothing parsed yet
+    cache.parse(_body())
+    lean = cache.without_parsed_spec(_body())
+    assert "spec" not in lean and lean["metadata"] == _body()["metadata"]
+    assert cache.parse(lean) is cache.run  # the cached model serves the lean body
+    assert "spec" in cache.without_parsed_spec(_body(generation=2))  # a new spec: kept
+    assert "spec" in cache.without_parsed_spec(_body(labels={"a": "b"}))
+    invalid = _body(generation=3)
+    invalid["spec"]["nodes"] = 0
+    with pytest.raises(ValidationError):
+        cache.parse(invalid)
+    assert "spec" in cache.without_parsed_spec(invalid)
 
 
 def test_children_created_moments_ago_are_not_created_again() -> None:
