@@ -27,6 +27,7 @@ from minio import Minio
 
 from tests.integration.conftest import Kubectl
 from tests.integration.operator_process import OperatorProcess
+from tests.tiny import tiny_spec
 from tradewind.devstack import DevStack, StackConfig
 from tradewind.devstack.executor_net import leftovers
 from tradewind.devstack.executor_pod import CGROUP_ROOT
@@ -456,21 +457,7 @@ def test_a_sweep_of_four_trials_two_at_a_time_runs_on_executing_pods(
 ) -> None:
     """4 trials, parallelism 2, median pruning from the val_loss the trainers log."""
     name = "xsweep"
-    template = {
-        "seed": 7,
-        "data": {
-            "source": "synthetic",
-            "synthetic": {"numSymbols": 2, "numBars": 600},
-            "lookbackWindow": 10,
-        },
-        "model": {
-            "cnn": {"layers": [{"outChannels": 8, "kernelSize": 3}], "attentionHeads": 2},
-            "lstm": {"hiddenSize": 8, "numLayers": 1},
-            "fusion": {"dim": 8},
-        },
-        "training": {"epochs": 4, "batchSize": 64},
-        "tracking": {"systemMetrics": False},
-    }
+    template = tiny_spec(epochs=4, deterministic=False)
     sweep = {
         "apiVersion": "tradewind.dev/v1alpha1",
         "kind": "Sweep",

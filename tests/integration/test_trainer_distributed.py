@@ -17,6 +17,7 @@ import pytest
 import yaml
 from minio import Minio
 
+from tests.tiny import BATCH_SIZE, tiny_run
 from tradewind.api import TrainingRun
 from tradewind.api.manifest import parse_resource
 from tradewind.devstack import DevStack
@@ -29,33 +30,15 @@ pytestmark = pytest.mark.integration
 BUCKET = "tradewind"
 NAME = "ddp"
 EPOCHS = 2
-BATCH = 64
 RANKS = 2
 
 
 def _manifest(storage: str, experiment: str) -> dict[str, Any]:
-    """A tiny hybrid model on two synthetic symbols (about 770 training windows)."""
-    return {
-        "apiVersion": "tradewind.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {"name": NAME},
-        "spec": {
-            "seed": 7,
-            "data": {
-                "source": "synthetic",
-                "synthetic": {"numSymbols": 2, "numBars": 600},
-                "lookbackWindow": 10,
-            },
-            "model": {
-                "cnn": {"layers": [{"outChannels": 8, "kernelSize": 3}], "attentionHeads": 2},
-                "lstm": {"hiddenSize": 8, "numLayers": 1},
-                "fusion": {"dim": 8},
-            },
-            "training": {"epochs": EPOCHS, "batchSize": BATCH, "deterministic": True},
-            "checkpoint": {"storage": storage},
-            "tracking": {"experiment": experiment, "systemMetrics": False},
-        },
-    }
+    """The tiny TrainingRun (about 770 training windows), checkpointed to `storage`."""
+    manifest = tiny_run(NAME, epochs=EPOCHS)
+    manifest["spec"]["checkpoint"] = {"storage": storage}
+    manifest["spec"]["tracking"]["experiment"] = experiment
+    return manifest
 
 
 @pytest.fixture
@@ -124,7 +107,7 @@ def test_two_rank_torchrun_checkpoints_to_minio_and_logs_one_mlflow_run(
     samples = len(
         build_dataset(run.spec.data, run.spec.seed, cache_dir=tmp_path / "cache" / "features").train
     )
-    per_rank, alone = math.ceil(samples // RANKS / BATCH), math.ceil(samples / BATCH)
+    per_rank, alone = math.ceil(samples // RANKS / BATCH_SIZE), math.ceil(samples / BATCH_SIZE)
     assert per_rank < alone
     assert state["train_state"]["step"] == EPOCHS * per_rank
 

@@ -1,4 +1,4 @@
-"""Shared fixtures of the trainer tests: a tiny TrainingRun that trains in about a second."""
+"""Shared fixtures of the trainer tests: the tiny TrainingRun (tests/tiny.py) as a manifest."""
 
 from __future__ import annotations
 
@@ -9,28 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-TINY_RUN: dict[str, Any] = {
-    "apiVersion": "tradewind.dev/v1alpha1",
-    "kind": "TrainingRun",
-    "metadata": {"name": "tiny"},
-    "spec": {
-        "seed": 7,
-        "data": {
-            "source": "synthetic",
-            "synthetic": {"numSymbols": 2, "numBars": 600},
-            "lookbackWindow": 10,
-        },
-        "model": {
-            "cnn": {"layers": [{"outChannels": 8, "kernelSize": 3}], "attentionHeads": 2},
-            "lstm": {"hiddenSize": 8, "numLayers": 1},
-            "fusion": {"dim": 8},
-        },
-        "training": {"epochs": 3, "batchSize": 64, "deterministic": True},
-        "tracking": {"systemMetrics": False},
-    },
-}
-"""Two synthetic symbols of 600 bars (about 770 training windows of 10 bars) and a hybrid
-model of a few thousand parameters."""
+from tests.tiny import tiny_run
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +29,7 @@ def tiny_manifest() -> Callable[..., dict[str, Any]]:
     replace)."""
 
     def build(*specs: dict[str, Any]) -> dict[str, Any]:
-        manifest = TINY_RUN
+        manifest = tiny_run()
         for spec in specs:
             manifest = _merge(manifest, {"spec": spec})
         return copy.deepcopy(manifest)
