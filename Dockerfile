@@ -13,13 +13,6 @@
 
 ARG PYTHON_BASE=python:3.12.8-slim-bookworm
 ARG CUDA_BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
-# How both build stages make their image's virtual environment, written once: /opt/venv made
-# by the stage's interpreter (PYTHON), the project in /src installed with the stage's extra
-# (EXTRA), then pip removed. A build stage declares `ARG MAKE_VENV PYTHON=... EXTRA=...` and
-# runs `RUN eval "$MAKE_VENV"` (a RUN sees the stage's ARGs as environment variables).
-ARG MAKE_VENV='"$PYTHON" -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[$EXTRA]" \
-    && /opt/venv/bin/pip uninstall --yes pip'
 
 # ---------------------------------------------------------------- operator: build
 FROM ${PYTHON_BASE} AS operator-build
@@ -27,8 +20,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY tradewind ./tradewind
-ARG MAKE_VENV PYTHON=python EXTRA=operator
-RUN eval "$MAKE_VENV"
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ".[operator]" \
+    && /opt/venv/bin/pip uninstall --yes pip
 
 # ---------------------------------------------------------------- operator
 FROM ${PYTHON_BASE} AS operator
@@ -57,8 +51,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY tradewind ./tradewind
-ARG MAKE_VENV PYTHON=python3 EXTRA=trainer
-RUN eval "$MAKE_VENV"
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ".[trainer]" \
+    && /opt/venv/bin/pip uninstall --yes pip
 
 # ---------------------------------------------------------------- trainer
 # The operator runs `torchrun ... -m tradewind.trainer` (TrainingRuns) and

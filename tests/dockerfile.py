@@ -1,10 +1,9 @@
-"""A small reader of the repository's Dockerfile: stages, their instructions, the RUN steps of
-a stage as shell command lines, and the build arguments (ARG) they see."""
+"""A small reader of the repository's Dockerfile: stages, their instructions, and the
+RUN steps of a stage as shell command lines."""
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,6 @@ class Stage:
     base: str
     instructions: list[tuple[str, str]] = field(default_factory=list)
     """(INSTRUCTION, arguments) in order, continuation lines joined."""
-    build_args: dict[str, str] = field(default_factory=dict)
-    """The stage's ARGs with their defaults (a bare name takes the global default): what its
-    RUN steps see as environment variables in a build without --build-arg."""
 
     def args(self, instruction: str) -> list[str]:
         return [a for i, a in self.instructions if i == instruction]
@@ -42,16 +38,6 @@ def _logical_lines(text: str) -> list[str]:
     return lines
 
 
-def _arg_defaults(rest: str) -> list[tuple[str, str | None]]:
-    """`ARG a b=1 c='x y'` as [(a, None), (b, "1"), (c, "x y")]: quotes removed, as Docker
-    does (no variable substitution here: the Dockerfile's defaults do not use any)."""
-    out: list[tuple[str, str | None]] = []
-    for word in shlex.split(rest):
-        name, sep, default = word.partition("=")
-        out.append((name, default if sep else None))
-    return out
-
-
 def parse(path: Path = DOCKERFILE) -> tuple[dict[str, str], dict[str, Stage]]:
     """Global ARG defaults, and the stages by name."""
     global_args: dict[str, str] = {}
@@ -66,12 +52,8 @@ def parse(path: Path = DOCKERFILE) -> tuple[dict[str, str], dict[str, Stage]]:
             base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], match.group(1))
             stage = stages[match.group(2)] = Stage(match.group(2), base)
         elif stage is None and instruction == "ARG":
-            global_args.update((k, v or "") for k, v in _arg_defaults(rest))
+            name, _, default = rest.partition("=")
+            global_args[name.strip()] = default.strip()
         elif stage is not None:
             stage.instructions.append((instruction, rest.strip()))
-            if instruction == "ARG":
-                for name, default in _arg_defaults(rest):
-                    value = global_args.get(name) if default is None else default
-                    if value is not None:
-                        stage.build_args[name] = value
     return global_args, stages

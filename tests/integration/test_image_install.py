@@ -1,12 +1,10 @@
 """The operator image's install steps, run for real: the RUN lines of the Dockerfile's
-`operator-build` stage, with the stage's build arguments as their environment, in a fresh
-virtual environment, from a context holding only what the stage COPYs. (No Docker engine
-here; pip's local cache serves the downloads, so --no-cache-dir is dropped: it changes where
-wheels come from, not what is installed.)"""
+`operator-build` stage in a fresh virtual environment, from a context holding only what the
+stage COPYs. (No Docker engine here; pip's local cache serves the downloads, so
+--no-cache-dir is dropped: it changes where wheels come from, not what is installed.)"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -33,11 +31,6 @@ def _context(stage_copies: list[str], into: Path) -> None:
                 shutil.copy(ROOT / src, target)
 
 
-def _here(text: str, venv: Path) -> str:
-    """A RUN line or build argument with the venv at `venv` and pip's cache left on."""
-    return text.replace("/opt/venv", str(venv)).replace(" --no-cache-dir", "")
-
-
 def test_operator_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
     _, stages = parse()
     build = stages["operator-build"]
@@ -45,14 +38,13 @@ def test_operator_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
     context.mkdir()
     _context(build.args("COPY"), context)
     assert sorted(p.name for p in context.iterdir()) == ["README.md", "pyproject.toml", "tradewind"]
-    # Each RUN sees the stage's build arguments (MAKE_VENV, PYTHON, EXTRA) as environment
-    # variables, as in a build; PYTHON is this machine's base interpreter instead of `python`.
-    args = {name: _here(value, venv) for name, value in build.build_args.items()}
-    env = os.environ | args | {"PYTHON": str(Path(sys.base_prefix) / "bin" / "python3")}
+    python = Path(sys.base_prefix) / "bin" / "python3"
     for run in build.args("RUN"):
+        script = run.replace("/opt/venv", str(venv)).replace(" --no-cache-dir", "")
+        script = script.replace("python -m venv", f"{python} -m venv", 1)
         result = subprocess.run(
-            ["/bin/sh", "-c", _here(run, venv)], cwd=context, env=env, capture_output=True,
-            text=True, check=False, timeout=540,
+            ["/bin/sh", "-c", script], cwd=context, capture_output=True, text=True,
+            check=False, timeout=540,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
