@@ -105,3 +105,22 @@ def test_stop_all_ends_every_loop_and_cancels_a_pass_that_outlasts_the_timeout()
         assert workers.by_key == {}
 
     asyncio.run(scenario())
+
+
+def test_a_sweep_being_deleted_stops_its_worker_and_starts_no_new_one() -> None:
+    import kopf
+
+    from tradewind.operator import sweeps
+
+    async def scenario() -> None:
+        memo = kopf.Memo(sweep_workers=Workers("sweep"))
+        worker = Recorder(body("s"))
+        memo.sweep_workers.on_event(body("s"), False, lambda _: worker)
+        await settle()
+        dying = body("s")
+        dying["metadata"]["deletionTimestamp"] = "2026-11-26T16:00:00Z"
+        await sweeps.sweep_changed(memo=memo, type="MODIFIED", event={"object": dying})
+        await settle()
+        assert worker.stopped and worker.ended and memo.sweep_workers.by_key == {}
+
+    asyncio.run(scenario())
