@@ -12,7 +12,7 @@ from torch import nn
 
 from tradewind.devstack import DevStack
 from tradewind.trainer.checkpoint import Checkpointer, load_from_uri, rng_state
-from tradewind.trainer.storage import S3Store, StorageError, open_store
+from tradewind.trainer.storage import S3Store, StorageError, open_store, s3_client_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,7 @@ def env(stack: DevStack) -> dict[str, str]:
 
 @pytest.fixture
 def minio_client(env: dict[str, str]) -> Minio:
-    return Minio(
-        env["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        access_key=env["AWS_ACCESS_KEY_ID"],
-        secret_key=env["AWS_SECRET_ACCESS_KEY"],
-        secure=False,
-    )
+    return s3_client_from_env(env)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import yaml
-from minio import Minio
 
 from tests.integration.conftest import Kubectl
 from tests.integration.operator_process import OperatorProcess
@@ -33,7 +32,7 @@ from tradewind.devstack.executor_net import leftovers
 from tradewind.devstack.executor_pod import CGROUP_ROOT
 from tradewind.devstack.processes import pid_alive, stop
 from tradewind.trainer.checkpoint import Checkpointer
-from tradewind.trainer.storage import S3Store
+from tradewind.trainer.storage import S3Store, s3_client_from_env
 
 pytestmark = [
     pytest.mark.integration,
@@ -144,12 +143,7 @@ def _mlflow_latest(stack: DevStack, run_id: str) -> dict[str, float]:
 def _store(stack: DevStack, uri: str) -> S3Store:
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     env = stack.env()
-    client = Minio(
-        env["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        access_key=env["AWS_ACCESS_KEY_ID"],
-        secret_key=env["AWS_SECRET_ACCESS_KEY"],
-        secure=False,
-    )
+    client = s3_client_from_env(env)
     return S3Store(bucket, prefix, client)
 
 

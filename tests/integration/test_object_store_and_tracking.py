@@ -6,22 +6,16 @@ import io
 import uuid
 
 import pytest
+from minio import Minio
 
 from tradewind.devstack import DevStack
+from tradewind.trainer.storage import s3_client_from_env
 
 pytestmark = pytest.mark.integration
 
 
-def _minio(stack: DevStack):  # type: ignore[no-untyped-def]
-    from minio import Minio
-
-    env = stack.env()
-    return Minio(
-        env["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        access_key=env["AWS_ACCESS_KEY_ID"],
-        secret_key=env["AWS_SECRET_ACCESS_KEY"],
-        secure=False,
-    )
+def _minio(stack: DevStack) -> Minio:
+    return s3_client_from_env(stack.env())
 
 
 def test_minio_put_get_list(stack: DevStack) -> None:

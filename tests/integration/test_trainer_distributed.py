@@ -23,7 +23,7 @@ from tradewind.api.manifest import parse_resource
 from tradewind.devstack import DevStack
 from tradewind.trainer.checkpoint import Checkpointer
 from tradewind.trainer.data.dataset import build_dataset
-from tradewind.trainer.storage import open_store
+from tradewind.trainer.storage import open_store, s3_client_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +52,7 @@ def env(stack: DevStack, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def minio_client(env: dict[str, str]) -> Minio:
-    return Minio(
-        env["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        access_key=env["AWS_ACCESS_KEY_ID"],
-        secret_key=env["AWS_SECRET_ACCESS_KEY"],
-        secure=False,
-    )
+    return s3_client_from_env(env)
 
 
 @pytest.fixture
