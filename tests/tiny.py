@@ -2,7 +2,7 @@
 770 training windows of 10 bars) and a hybrid model of a few thousand parameters.
 
 Shared by the trainer's unit tests (tests/unit/trainer/conftest.py), the two-rank torchrun
-test and the executor's Sweep template."""
+test, the executor's Sweep template and the local Sweep tests' template."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 BATCH_SIZE = 64
 
 
-def tiny_spec(*, epochs: int = 3, deterministic: bool = True) -> dict[str, Any]:
+def tiny_spec(
+    *, epochs: int = 3, deterministic: bool = True, num_bars: int = 600
+) -> dict[str, Any]:
     """The spec; `deterministic=False` leaves `training.deterministic` to its default
     (false)."""
     training: dict[str, Any] = {"epochs": epochs, "batchSize": BATCH_SIZE}
@@ -21,7 +23,7 @@ def tiny_spec(*, epochs: int = 3, deterministic: bool = True) -> dict[str, Any]:
         "seed": 7,
         "data": {
             "source": "synthetic",
-            "synthetic": {"numSymbols": 2, "numBars": 600},
+            "synthetic": {"numSymbols": 2, "numBars": num_bars},
             "lookbackWindow": 10,
         },
         "model": {

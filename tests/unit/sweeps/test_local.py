@@ -1,6 +1,7 @@
 """`tradewind run -f` on a Sweep: real trial processes of a tiny TrainingRun, pruned by
 successive halving, nested under the sweep's MLflow run, resumed without duplicates."""
 
+import copy
 import io
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.corpus import invalid_cases
+from tests.tiny import tiny_spec
 from tradewind.api import Sweep, TrainingRun, load_resources
 from tradewind.cli import app
 from tradewind.sweeps import study as sw
@@ -27,21 +29,8 @@ SWEEP: dict[str, Any] = {
     "spec": {
         "template": {
             "kind": "TrainingRun",
-            "spec": {
-                "seed": 7,
-                "data": {
-                    "source": "synthetic",
-                    "synthetic": {"numSymbols": 2, "numBars": 1200},
-                    "lookbackWindow": 10,
-                },
-                "model": {
-                    "cnn": {"layers": [{"outChannels": 8, "kernelSize": 3}], "attentionHeads": 2},
-                    "lstm": {"hiddenSize": 8, "numLayers": 1},
-                    "fusion": {"dim": 8},
-                },
-                "training": {"epochs": EPOCHS, "batchSize": 64},
-                "tracking": {"systemMetrics": False, "experiment": "sweep-test"},
-            },
+            "spec": tiny_spec(epochs=EPOCHS, deterministic=False, num_bars=1200)
+            | {"tracking": {"systemMetrics": False, "experiment": "sweep-test"}},
         },
         "objective": {"metric": "val_loss"},
         "searchSpace": {
@@ -55,6 +44,17 @@ SWEEP: dict[str, Any] = {
         "seed": 3,
     },
 }
+
+
+def _failing_sweep(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    """SWEEP with `spec` laid over its spec, whose trials' trainers all exit 66 at once (no
+    such data file), written to a file."""
+    doc = copy.deepcopy(SWEEP)
+    doc["spec"]["template"]["spec"]["data"] = {"source": f"file://{tmp_path}/missing.csv"}
+    doc["spec"] |= spec
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def _sweep(path: Path) -> Sweep:
@@ -131,12 +131,7 @@ def test_a_failing_trial_fails_the_sweep_after_max_failed_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    doc = yaml.safe_load(yaml.safe_dump(SWEEP))
-    # No such file: every trial's trainer exits 66 at once.
-    doc["spec"]["template"]["spec"]["data"] = {"source": f"file://{tmp_path}/missing.csv"}
-    doc["spec"] |= {"maxFailedTrials": 0, "maxTrials": 3, "parallelism": 1}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path = _failing_sweep(tmp_path, {"maxFailedTrials": 0, "maxTrials": 3, "parallelism": 1})
     result = CliRunner().invoke(app, ["run", "-f", str(path), "--state-dir", str(tmp_path / "s")])
     assert result.exit_code == 1, result.output
     assert "sweep failed" in result.output
@@ -210,11 +205,7 @@ def test_a_terminated_sweep_stops_its_trials_and_leaves_them_to_requeue(tmp_path
 
 def test_no_trial_starts_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    doc = yaml.safe_load(yaml.safe_dump(SWEEP))
-    doc["spec"]["template"]["spec"]["data"] = {"source": f"file://{tmp_path}/missing.csv"}
-    doc["spec"] |= {"timeoutSeconds": 1, "maxTrials": 4, "parallelism": 1}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path = _failing_sweep(tmp_path, {"timeoutSeconds": 1, "maxTrials": 4, "parallelism": 1})
     (sweep,) = load_resources(path)
     assert isinstance(sweep, Sweep)
     outcome = run_sweep(sweep, tmp_path / "s", Console(file=io.StringIO()))
