@@ -5,6 +5,7 @@ shutdown."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from tradewind.operator.workers import Worker, Workers
@@ -36,6 +37,16 @@ def body(name: str, uid: str = "u1", **extra: Any) -> dict[str, Any]:
     return {"kind": "Sweep", "metadata": meta, "spec": {"n": 1}, **extra}
 
 
+def recording_start(started: list[Recorder]) -> Callable[[dict[str, Any]], Worker]:
+    """A start function that makes a Recorder of each body and appends it to `started`."""
+
+    def start(slim: dict[str, Any]) -> Worker:
+        started.append(Recorder(slim))
+        return started[-1]
+
+    return start
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -44,10 +55,7 @@ async def settle() -> None:
 def test_a_worker_starts_on_the_first_event_and_is_fed_each_later_body_slimmed() -> None:
     async def scenario() -> None:
         workers, started = Workers("sweep"), []
-
-        def start(slim: dict[str, Any]) -> Worker:
-            started.append(Recorder(slim))
-            return started[-1]
+        start = recording_start(started)
 
         workers.on_event(body("a"), False, start)
         await settle()
@@ -71,10 +79,7 @@ def test_a_worker_starts_on_the_first_event_and_is_fed_each_later_body_slimmed()
 def test_a_gone_object_stops_its_worker_and_a_new_uid_gets_a_new_one() -> None:
     async def scenario() -> None:
         workers, started = Workers("reconcile"), []
-
-        def start(slim: dict[str, Any]) -> Worker:
-            started.append(Recorder(slim))
-            return started[-1]
+        start = recording_start(started)
 
         workers.on_event(body("a"), False, start)
         workers.on_event(body("a", uid="u2"), False, start)  # deleted and created again
