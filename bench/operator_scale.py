@@ -586,16 +586,22 @@ def operator_children(run_body: dict[str, Any]) -> list[dict[str, Any]]:
     from the operator's own builders and settings."""
     from tradewind.operator import builders
     from tradewind.operator.reconcile import parse_run
-    from tradewind.operator.settings import OperatorSettings
 
     run, owner = parse_run(run_body), builders.owner_reference(run_body)
-    settings = OperatorSettings(trainer_image=BENCH_IMAGE)
     uid = run_body["metadata"]["uid"]
     return [
         builders.build_configmap(run, 0, owner),
         builders.build_service(run, owner),
-        builders.build_job(run, 0, uid, owner, settings),
+        builders.build_job(run, 0, uid, owner, _bench_settings()),
     ]
+
+
+@functools.cache
+def _bench_settings() -> Any:
+    """The operator's settings with the bench's image: read once, not per run."""
+    from tradewind.operator.settings import OperatorSettings
+
+    return OperatorSettings(trainer_image=BENCH_IMAGE)
 
 
 CHILD_PATHS = {
