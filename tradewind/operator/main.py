@@ -102,10 +102,8 @@ async def child_changed(
 @kopf.on.event(GROUP, VERSION, "trainingruns")
 @kopf.on.event(GROUP, VERSION, "rlruns")
 async def run_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    # A run being deleted is left to the garbage collector (its children carry ownerReferences).
-    gone = kwargs["type"] == "DELETED" or bool(body["metadata"].get("deletionTimestamp"))
     indexes = kwargs["run_jobs"], kwargs["run_pods"]
-    memo.run_workers.on_event(body, gone, lambda run: RunWorker(run, memo, *indexes))
+    memo.run_workers.on_event(body, kwargs["type"], lambda run: RunWorker(run, memo, *indexes))
 
 
 logging.getLogger("kubernetes").setLevel(logging.WARNING)

@@ -59,12 +59,9 @@ class SweepWorker(Worker):
 @kopf.on.event(GROUP, VERSION, "sweeps")
 async def sweep_changed(*, memo: Any, **kwargs: Any) -> None:
     # The event's own object, not kopf's live body: plain data the worker's thread can keep.
-    sweep, deleted = kwargs["event"]["object"], kwargs["type"] == "DELETED"
-    # Stopped once deletion starts, as a run's worker is: no new trial for a Sweep on its way
-    # out (a foreground deletion keeps it until its children are gone).
-    gone = deleted or bool(sweep["metadata"].get("deletionTimestamp"))
-    memo.sweep_workers.on_event(sweep, gone, lambda body: SweepWorker(body, memo))
-    if deleted:
+    sweep = kwargs["event"]["object"]
+    memo.sweep_workers.on_event(sweep, kwargs["type"], lambda body: SweepWorker(body, memo))
+    if kwargs["type"] == "DELETED":
         await asyncio.to_thread(_drop_study, memo.settings, sweep["metadata"])
 
 

@@ -63,13 +63,19 @@ class Workers:
         self.by_key: dict[Key, Worker] = {}
 
     def on_event(
-        self, body: Mapping[str, Any], gone: bool, start: Callable[[dict[str, Any]], Worker]
+        self,
+        body: Mapping[str, Any],
+        event_type: str | None,
+        start: Callable[[dict[str, Any]], Worker],
     ) -> None:
         """Hand the object's body, slimmed, to its worker (which wakes it), or to `start` on
-        its first event; stop the worker when the object is `gone`. The worker of an earlier
-        object of the same name (another uid) is stopped, and a new one started."""
+        its first event; stop the worker once the object is gone: DELETED, or its deletion
+        has started (a foreground deletion keeps it until its children are gone; they go by
+        ownerReference without the worker). The worker of an earlier object of the same name
+        (another uid) is stopped, and a new one started."""
         meta = body["metadata"]
         key: Key = (meta.get("namespace"), meta["name"])
+        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
         worker = self.by_key.get(key)
         if worker is not None and (gone or worker.uid != meta.get("uid")):
             worker.stop()

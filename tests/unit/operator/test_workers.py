@@ -57,12 +57,12 @@ def test_a_worker_starts_on_the_first_event_and_is_fed_each_later_body_slimmed()
         workers, started = Workers("sweep"), []
         start = recording_start(started)
 
-        workers.on_event(body("a"), False, start)
+        workers.on_event(body("a"), "MODIFIED", start)
         await settle()
         (worker,) = started
         assert worker.task.get_name() == "sweep ns/a"
         assert worker.seen[-1]["metadata"] == {"name": "a", "namespace": "ns", "uid": "u1"}
-        workers.on_event(body("a", status={"phase": "Running"}), False, start)
+        workers.on_event(body("a", status={"phase": "Running"}), "MODIFIED", start)
         await settle()
         assert len(started) == 1
         assert worker.seen[-1]["status"] == {"phase": "Running"}
@@ -81,16 +81,16 @@ def test_a_gone_object_stops_its_worker_and_a_new_uid_gets_a_new_one() -> None:
         workers, started = Workers("reconcile"), []
         start = recording_start(started)
 
-        workers.on_event(body("a"), False, start)
-        workers.on_event(body("a", uid="u2"), False, start)  # deleted and created again
+        workers.on_event(body("a"), "MODIFIED", start)
+        workers.on_event(body("a", uid="u2"), "MODIFIED", start)  # deleted and created again
         await settle()
         first, second = started
         assert first.ended and not second.ended
         assert workers.by_key == {("ns", "a"): second}
-        workers.on_event(body("a", uid="u2"), True, start)
+        workers.on_event(body("a", uid="u2"), "DELETED", start)
         await settle()
         assert second.ended and workers.by_key == {}
-        workers.on_event(body("b"), True, start)  # gone before it was seen: nothing started
+        workers.on_event(body("b"), "DELETED", start)  # gone before it was seen: nothing started
         assert len(started) == 2 and workers.by_key == {}
 
     asyncio.run(scenario())
@@ -100,8 +100,8 @@ def test_stop_all_ends_every_loop_and_cancels_a_pass_that_outlasts_the_timeout()
     async def scenario() -> None:
         workers = Workers("sweep")
         quick, stuck = Recorder(body("a")), Recorder(body("b"), hang=True)
-        workers.on_event(body("a"), False, lambda _: quick)
-        workers.on_event(body("b"), False, lambda _: stuck)
+        workers.on_event(body("a"), "MODIFIED", lambda _: quick)
+        workers.on_event(body("b"), "MODIFIED", lambda _: stuck)
         await settle()
         await workers.stop_all(timeout=0.1)
         await settle()
@@ -120,7 +120,7 @@ def test_a_sweep_being_deleted_stops_its_worker_and_starts_no_new_one() -> None:
     async def scenario() -> None:
         memo = kopf.Memo(sweep_workers=Workers("sweep"))
         worker = Recorder(body("s"))
-        memo.sweep_workers.on_event(body("s"), False, lambda _: worker)
+        memo.sweep_workers.on_event(body("s"), "MODIFIED", lambda _: worker)
         await settle()
         dying = body("s")
         dying["metadata"]["deletionTimestamp"] = "2026-11-26T16:00:00Z"
