@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from tradewind.operator import builders, metrics
+from tradewind.operator import builders, metrics, observed
 from tradewind.operator.kube import Kube
 from tradewind.operator.progress import ProgressReader
 from tradewind.operator.reconcile import SpecCache, reconcile
@@ -44,6 +44,7 @@ def setup(memo: kopf.Memo) -> None:
     )
     memo.progress = ProgressReader(settings.mlflow_tracking_uri)
     memo.run_workers = Workers("reconcile")
+    memo.child_changes = observed.Changes()
     memo.sweep_workers = Workers("sweep")
     # At most as many reconciles in flight as threads (others, e.g. Sweeps', share them):
     # each reads the run and its children when it gets its thread.
@@ -87,7 +88,11 @@ class RunWorker(Worker):
         self.created: tuple[int, float] | None = None  # (attempt, when) children were created
 
     def update(self, body: dict[str, Any]) -> None:
-        super().update(self.spec.without_parsed_spec(body))
+        slim = self.spec.without_parsed_spec(body)
+        if self.written and slim["metadata"].get("resourceVersion") == self.written["version"]:
+            self.body = slim  # our own status write coming back: nothing new to act on
+            return
+        super().update(slim)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

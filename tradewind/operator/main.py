@@ -94,9 +94,16 @@ async def run_pods(
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
 async def child_changed(
-    *, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+    *,
+    resource: kopf.Resource,
+    body: kopf.Body,
+    namespace: str | None,
+    labels: Mapping[str, str],
+    memo: Any,
+    **kwargs: Any,
 ) -> None:
-    memo.run_workers.wake(_key(namespace, labels))
+    if memo.child_changes.changed(resource.plural, body, kwargs["type"]):
+        memo.run_workers.wake(_key(namespace, labels))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns")
