@@ -21,24 +21,43 @@ MANAGER = "tradewind-operator"
 
 class Kube:
     """Create-if-missing, delete-if-present, status and Event writes; 404/409 are success
-    where they mean the cluster already converged. Responses are not turned into the
-    client's model objects (`_preload_content=False`): a Job's costs milliseconds, and only
-    a status write's resourceVersion is read."""
+    where they mean the cluster already converged. Requests go through the client's
+    connection pool and authentication (`request`), not its generated per-endpoint methods:
+    those validate a dict body into the client's pydantic models (~1 ms for a Job) only to
+    serialise it again, and turn responses into models; only a status write's
+    resourceVersion is read here. `core`, `batch` and `custom` are the generated APIs, for
+    the Sweep controller's reads."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> bytes:
+        """One request; the response body, or ApiException for a non-2xx status."""
+        api = self.api_client
+        serialized = api.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(*serialized)
+        data = bytes(response.response.data)  # reading it returns the connection to the pool
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(
+                http_resp=response, body=data.decode(errors="replace"), data=None
+            )
+        return data
+
     def create(self, manifest: dict[str, Any]) -> None:
         kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
-        create: Any = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job,
-        }[kind]
         try:
-            _read(create(ns, manifest, field_manager=MANAGER, _preload_content=False))
+            self.request("POST", f"{_collection(kind, ns)}?fieldManager={MANAGER}", manifest)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -46,23 +65,10 @@ class Kube:
         log.info("created %s %s/%s", kind, ns, manifest["metadata"]["name"])
 
     def delete(self, kind: str, ns: str, name: str) -> None:
-        body = client.V1DeleteOptions(propagation_policy="Background")
         try:
-            if kind == "Job":
-                _read(self.batch.delete_namespaced_job(name, ns, body=body, _preload_content=False))
-            elif kind == "ConfigMap":
-                _read(
-                    self.core.delete_namespaced_config_map(
-                        name, ns, body=body, _preload_content=False
-                    )
-                )
-            elif kind in KINDS:
-                plural = KINDS[kind].plural
-                _read(
-                    self.custom.delete_namespaced_custom_object(
-                        GROUP, VERSION, ns, plural, name, body=body, _preload_content=False
-                    )
-                )
+            self.request(
+                "DELETE", f"{_collection(kind, ns)}/{name}", {"propagationPolicy": "Background"}
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -71,10 +77,11 @@ class Kube:
 
     def set_job_suspended(self, ns: str, name: str, suspended: bool) -> None:
         try:
-            _read(
-                self.batch.patch_namespaced_job(
-                    name, ns, {"spec": {"suspend": suspended}}, _preload_content=False
-                )
+            self.request(
+                "PATCH",
+                f"{_collection('Job', ns)}/{name}",
+                {"spec": {"suspend": suspended}},
+                content_type="application/strategic-merge-patch+json",
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -83,18 +90,15 @@ class Kube:
     def patch_status(self, body: dict[str, Any], status: RunStatus) -> str | None:
         """Write the status; returns the resourceVersion it produced (None if the run is gone)."""
         meta = body["metadata"]
-        plural = KINDS[body["kind"]].plural
         patch = {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        path = f"{_collection(body['kind'], meta['namespace'])}/{meta['name']}/status"
         try:
-            response = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], plural, meta["name"], patch,
-                _preload_content=False,
-            )  # fmt: skip
+            response = self.request("PATCH", path, patch, "application/merge-patch+json")
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile
                 raise
             return None
-        return str(json.loads(_read(response))["metadata"]["resourceVersion"])
+        return str(json.loads(response)["metadata"]["resourceVersion"])
 
     def event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         meta = body["metadata"]
@@ -123,9 +127,7 @@ class Kube:
             "source": {"component": MANAGER},
         }
         try:
-            _read(
-                self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
-            )
+            self.request("POST", _collection("Event", meta["namespace"]), event)
         except ApiException as exc:
             log.warning(
                 "event %s on %s/%s not posted: %s",
@@ -136,6 +138,14 @@ class Kube:
             )
 
 
-def _read(response: Any) -> bytes:
-    """The body of a raw (urllib3) response; reading it returns the connection to the pool."""
-    return bytes(response.data)
+COLLECTIONS = {
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Event": "/api/v1/namespaces/{ns}/events",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
+    **{kind: f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{k.plural}" for kind, k in KINDS.items()},
+}
+
+
+def _collection(kind: str, ns: str) -> str:
+    return COLLECTIONS[kind].format(ns=ns)
