@@ -261,6 +261,12 @@ def test_rendered_objects_follow_the_values(
     assert config["TRADEWIND_OPTUNA_STORAGE"] == "postgresql://optuna@db/optuna"
     assert config["TRADEWIND_S3_CREDENTIALS_SECRET"] == "s3-creds"
     assert config["TRADEWIND_MLFLOW_CREDENTIALS_SECRET"] == "mlf"
+    # The operator reads progress with the release namespace's Secret of that name.
+    (container,) = _one(external, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]} == {
+        key: {"name": "mlf", "key": key, "optional": True}
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    }
     assert not _of(external, "PersistentVolumeClaim") and not _of(external, "ServiceAccount")
     assert not _of(external, "Service")
     binding = _one(external, "ClusterRoleBinding")

@@ -42,7 +42,7 @@ def setup(memo: kopf.Memo) -> None:
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=settings.reconcile_workers)
     )
-    memo.progress = ProgressReader(settings.mlflow_tracking_uri)
+    memo.progress = ProgressReader.from_settings(settings)
     memo.run_workers = Workers("reconcile")
     memo.child_changes = observed.Changes()
     memo.sweep_workers = Workers("sweep")

@@ -3,16 +3,18 @@ operator image): latest metrics, progress, checkpoint URIs and the run's link.""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Self
 
 from tradewind.api.resources import RLRun, TrainingRun
 from tradewind.api.status import RunStatus
 from tradewind.operator.kube import Kube
+from tradewind.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 HEADLINE = ("val_loss", "eval_mean_reward", "train_loss")
@@ -21,20 +23,55 @@ TAG_BEST = "tradewind.checkpoint.best"
 
 
 class ProgressReader:
-    """Finds the MLflow run of a resource by its tags and folds it into the status."""
+    """Finds the MLflow run of a resource by its tags and folds it into the status. With
+    credentials (as MLflow's own client takes them: a username and password, or a token)
+    every request carries them."""
 
-    def __init__(self, tracking_uri: str | None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.uri = tracking_uri.rstrip("/") if tracking_uri else None
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        elif username and password:
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {basic}"
+        self.refused = False  # MLflow said 401/403 (warned once)
+
+    @classmethod
+    def from_settings(cls, settings: OperatorSettings) -> Self:
+        password, token = settings.mlflow_tracking_password, settings.mlflow_tracking_token
+        return cls(
+            settings.mlflow_tracking_uri,
+            settings.mlflow_tracking_username,
+            password.get_secret_value() if password else None,
+            token.get_secret_value() if token else None,
+        )
 
     def _call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self.uri is not None
         url = f"{self.uri}/api/2.0/mlflow/{path}"
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(
-            url, data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return dict(json.loads(resp.read()))
+        request = urllib.request.Request(url, data=data, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403) and not self.refused:
+                self.refused = True
+                log.warning(
+                    "MLflow at %s refused the operator (HTTP %s): runs' progress and metrics "
+                    "stay out of their status until the operator has MLFLOW_TRACKING_USERNAME "
+                    "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) it accepts",
+                    self.uri,
+                    exc.code,
+                )
+            raise
 
     def find_runs(
         self, experiment: str, name: str, namespace: str, newest_first: bool = True, most: int = 1

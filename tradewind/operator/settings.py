@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,16 @@ class OperatorSettings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     """MLflow server URL the pods log to and the operator reads progress from."""
     mlflow_credentials_secret: str | None = None
-    """Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, if MLflow needs them."""
+    """Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, if MLflow needs them
+    (the run pods' namespace's; the Helm chart also gives the operator the release
+    namespace's Secret of this name)."""
+    mlflow_tracking_username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
+    mlflow_tracking_password: SecretStr | None = Field(
+        None, validation_alias="MLFLOW_TRACKING_PASSWORD"
+    )
+    mlflow_tracking_token: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_TOKEN")
+    """The operator's own MLflow credentials, under MLflow's names (basic auth, or a bearer
+    token), for reading progress."""
     optuna_storage: str = "sqlite:////var/lib/tradewind/optuna.db"
     """Optuna RDB storage URL for in-cluster sweeps."""
     status_poll_seconds: float = Field(default=15.0, gt=0)

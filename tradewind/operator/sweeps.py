@@ -42,7 +42,7 @@ class SweepWorker(Worker):
 
     async def run(self) -> None:
         settings: OperatorSettings = self.memo.settings
-        metrics = TrialMetrics(settings.mlflow_tracking_uri)
+        metrics = TrialMetrics.from_settings(settings)
         last: SweepStatus | None = None  # what we wrote: the watched body may lag behind it
         while not self.stopped:
             self.wakeup.clear()
