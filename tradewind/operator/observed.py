@@ -6,10 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tradewind.operator import builders
+
+KEPT_LABELS = (builders.ATTEMPT_LABEL, builders.ROLE_LABEL)
+"""The labels the status logic reads (a pod carries ~10: the Job controller's, kwok's...)."""
+
 
 def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
-    return {"name": meta["name"], "labels": dict(meta.get("labels") or {})}
+    labels = meta.get("labels") or {}
+    return {"name": meta["name"], "labels": {k: labels[k] for k in KEPT_LABELS if k in labels}}
 
 
 def job(body: Mapping[str, Any]) -> dict[str, Any]:

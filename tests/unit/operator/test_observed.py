@@ -8,7 +8,7 @@ import asyncio
 import copy
 from typing import Any
 
-from tradewind.operator import builders
+from tradewind.operator import builders, observed
 from tradewind.operator.loop import RunWorker
 from tradewind.operator.observed import Changes
 
@@ -72,3 +72,17 @@ def test_a_runs_own_status_write_coming_back_does_not_wake_its_worker() -> None:
         assert worker.wakeup.is_set()
 
     asyncio.run(scenario())
+
+
+def test_the_index_keeps_only_the_labels_the_status_logic_reads() -> None:
+    body = _pod(phase="Running")
+    body["metadata"]["labels"] |= {
+        builders.ATTEMPT_LABEL: "1",
+        builders.ROLE_LABEL: "train",
+        "batch.kubernetes.io/job-name": "r-1",
+        "controller-uid": "c0ffee",
+    }
+    assert observed.pod(body)["metadata"] == {
+        "name": "r-0-0",
+        "labels": {builders.ATTEMPT_LABEL: "1", builders.ROLE_LABEL: "train"},
+    }
