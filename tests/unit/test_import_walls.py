@@ -1,10 +1,8 @@
 import subprocess
 import sys
-from pathlib import Path
 
 BLOCK_AND_IMPORT = """
 import sys
-from pathlib import Path
 
 class _Blocker:
     def find_spec(self, name, path=None, target=None):
@@ -59,18 +57,3 @@ def test_sweeps_import_where_torch_cannot() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
-
-
-def test_an_operator_without_studies_does_not_import_optuna(tmp_path: Path) -> None:
-    # Its start-up looks for the studies of deleted Sweeps; with no storage yet that must not
-    # load optuna (and SQLAlchemy): ~50 MB of an operator that runs no Sweep.
-    code = (
-        "import sys\n"
-        "from tradewind.operator.settings import OperatorSettings\n"
-        "from tradewind.operator.sweeps import _drop_orphaned_studies\n"
-        f"settings = OperatorSettings(optuna_storage='sqlite:///{tmp_path}/none/optuna.db')\n"
-        "assert _drop_orphaned_studies(settings, None, []) == []\n"
-        "assert 'optuna' not in sys.modules and 'sqlalchemy' not in sys.modules\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr

@@ -110,11 +110,11 @@ def _drop_orphaned_studies(
     """Studies named as ours (`study_name`: namespace.name.uid) in the watched namespaces whose
     Sweep uid no longer exists. The studies are listed before the Sweeps, so a Sweep created
     in between is seen live; other studies in a shared storage are left alone."""
-    url = settings.optuna_storage
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return []  # no study yet (and no optuna import: ~50 MB of the operator's RSS)
     import optuna
 
+    url = settings.optuna_storage
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []  # no study yet
     store = storage(url)
     candidates: dict[str, str] = {}
     for name in optuna.study.get_all_study_names(store):
