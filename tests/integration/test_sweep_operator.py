@@ -251,27 +251,3 @@ def test_an_invalid_sweep_fails_naming_the_field_and_creates_no_run(
     assert "spec.searchSpace[training.learningRat]" in failed["message"]
     assert "'learningRat' is not a field" in failed["message"]
     assert kubectl.get("trainingruns", "-n", namespace)["items"] == []
-
-
-def test_a_sweep_deleted_while_no_operator_ran_loses_its_study_at_the_next_start(
-    kubectl: Kubectl, operator: OperatorProcess, namespace: str
-) -> None:
-    import optuna
-
-    kubectl.apply(_sweep("gone", maxTrials=2, parallelism=1), "-n", namespace)
-    kubectl.apply(_sweep("kept", maxTrials=2, parallelism=1), "-n", namespace)
-    for name in ("gone", "kept"):
-        kubectl.wait("--for=create", f"trainingrun/{name}-0", "-n", namespace)
-    gone = _study(operator, kubectl, namespace, "gone").study_name
-    kept = _study(operator, kubectl, namespace, "kept").study_name
-    optuna.create_study(study_name="someone-elses", storage=operator.storage)
-    operator.stop()
-    try:
-        kubectl.run("delete", "sweep/gone", "-n", namespace, "--wait=true")
-    finally:
-        operator.start()
-    deadline = time.monotonic() + 60
-    while gone in (names := optuna.study.get_all_study_names(operator.storage)):
-        assert time.monotonic() < deadline, names
-        time.sleep(0.5)
-    assert {kept, "someone-elses"} <= set(names)  # a live Sweep's and a stranger's stay

@@ -255,7 +255,6 @@ def run_operator(
         metrics.serve(metrics_port)
     log.info("tradewind operator starting; namespaces: %s", ", ".join(namespaces) or "all")
     kopf.run(
-        memo=kopf.Memo(namespaces=namespaces),
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=True,

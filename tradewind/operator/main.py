@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-import tradewind.operator.sweeps  # registers the Sweep handlers
+import tradewind.operator.sweeps  # noqa: F401  (registers the Sweep handlers)
 from tradewind.api import GROUP, VERSION
 from tradewind.operator import builders, observed
 from tradewind.operator.loop import RunWorker, setup
@@ -46,7 +46,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # start again.
     settings.queueing.idle_timeout = 0.5
     setup(memo)
-    memo.background = {asyncio.create_task(tradewind.operator.sweeps.drop_orphaned_studies(memo))}
 
 
 @kopf.on.cleanup()

@@ -5,8 +5,7 @@ The worker reconciles (`sweep_reconcile`) whenever the Sweep or one of its child
 (the handlers below only hand it the Sweep's body or wake it), and at least every
 `status_poll_seconds`, the pace at which the children's intermediate metrics are read from
 MLflow for the pruner. No kopf daemon (see `workers`): ownerReferences delete the children
-with their Sweep. The study is dropped from the storage when the Sweep's deletion is seen, or
-at the next start-up if no operator ran then (`drop_orphaned_studies`).
+with their Sweep. The study is dropped from the storage when the Sweep's deletion is seen.
 Imported by `main` (one line); uses the clients, settings and registry that main's start-up
 puts in the memo, and main's cleanup stops the workers.
 """
@@ -16,16 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import kopf
 
 from tradewind.api import GROUP, VERSION
 from tradewind.api.status import SweepStatus
-from tradewind.operator.kube import Kube
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.sweep_reconcile import TrialMetrics, reconcile_sweep, storage
 from tradewind.operator.sweep_status import SWEEP_LABEL, TERMINAL, study_name
@@ -85,57 +81,3 @@ def _drop_study(settings: OperatorSettings, meta: Mapping[str, Any]) -> None:
     with contextlib.suppress(KeyError):  # never created (e.g. an invalid Sweep)
         optuna.delete_study(study_name=name, storage=storage(settings.optuna_storage))
     log.info("sweep %s/%s deleted: study %s dropped", meta["namespace"], meta["name"], name)
-
-
-UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-async def drop_orphaned_studies(memo: Any) -> None:
-    """At start-up, in the background: drop the studies of Sweeps deleted while no operator
-    ran (their DELETED event is not replayed)."""
-    try:
-        dropped = await asyncio.to_thread(
-            _drop_orphaned_studies, memo.settings, memo.kube, memo.namespaces
-        )
-    except Exception:
-        log.exception("looking for the studies of deleted Sweeps failed")
-        return
-    for name in dropped:
-        log.info("study %s dropped: its Sweep was deleted while no operator ran", name)
-
-
-def _drop_orphaned_studies(
-    settings: OperatorSettings, kube: Kube, namespaces: list[str]
-) -> list[str]:
-    """Studies named as ours (`study_name`: namespace.name.uid) in the watched namespaces whose
-    Sweep uid no longer exists. The studies are listed before the Sweeps, so a Sweep created
-    in between is seen live; other studies in a shared storage are left alone."""
-    import optuna
-
-    url = settings.optuna_storage
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return []  # no study yet
-    store = storage(url)
-    candidates: dict[str, str] = {}
-    for name in optuna.study.get_all_study_names(store):
-        namespace, uid = name.split(".", 1)[0], name.rsplit(".", 1)[-1]
-        if (
-            name.count(".") >= 2
-            and UID.fullmatch(uid)
-            and (not namespaces or namespace in namespaces)
-        ):
-            candidates[name] = uid
-    if not candidates:
-        return []
-    custom = kube.custom
-    lists: list[Any] = (
-        [custom.list_namespaced_custom_object(GROUP, VERSION, ns, "sweeps") for ns in namespaces]
-        if namespaces
-        else [custom.list_cluster_custom_object(GROUP, VERSION, "sweeps")]
-    )
-    live = {item["metadata"]["uid"] for listed in lists for item in listed["items"]}
-    dropped = [name for name, uid in candidates.items() if uid not in live]
-    for name in dropped:
-        with contextlib.suppress(KeyError):  # dropped meanwhile
-            optuna.delete_study(study_name=name, storage=store)
-    return dropped
