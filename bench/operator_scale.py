@@ -39,11 +39,14 @@ build_configmap, each Kube call, kopf's event processing), how long reconciles w
 thread of asyncio.to_thread's executor and the event loop's lag, and (b) a sampling profiler
 that charges each thread's CPU (pthread CPU clocks) to its Python stack. That costs the
 operator some speed, so its numbers go in their own file; --attach-profile FILE puts such a
-file's findings into the recorded JSON under `profiled_runs`.
+file's findings into the recorded JSON under `profiled_runs`. With --profile-apiserver SECONDS
+the stack serves Go's pprof and the apiserver's CPU profile over the burst's first SECONDS is
+summarised under `apiserver_profile` (the .pprof goes to --keep-logs).
 
     .venv/bin/python bench/operator_scale.py [--sizes 100 500 1000] [--no-baseline]
         [--out bench/results/operator_scale.json] [--timeout 420] [--steady-seconds 15]
         [--profile-operator] [--attach-profile FILE...] [--keep-logs DIR]
+        [--profile-apiserver SECONDS]
 
 Targets (reported, not asserted): 1000 runs Running within 60 s of the first apply; operator
 RSS under 250 MB.
@@ -442,8 +445,8 @@ def tradewind(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
 class Stack:
     """One `tradewind dev up --no-mlflow` stack in its own folder."""
 
-    def __init__(self, directory: Path, nodes: int) -> None:
-        self.dir, self.nodes = directory, nodes
+    def __init__(self, directory: Path, nodes: int, profiling: bool = False) -> None:
+        self.dir, self.nodes, self.profiling = directory, nodes, profiling
         self.kubeconfig = directory / "kubeconfig"
         self.kubectl_bin = str(_bin_dir() / "kubectl")
 
@@ -451,6 +454,7 @@ class Stack:
         result = tradewind(
             "dev", "up", "--dir", str(self.dir), "--nodes", str(self.nodes),
             "--gpus-per-node", str(GPUS_PER_NODE), "--no-mlflow",
+            *(["--profiling"] if self.profiling else []),
         )  # fmt: skip
         if result.returncode != 0:
             raise RuntimeError(f"tradewind dev up failed:\n{result.stdout}\n{result.stderr}")
@@ -669,7 +673,7 @@ class Bench:
         self, size: int, args: argparse.Namespace, workdir: Path, baseline: bool = False
     ) -> None:
         self.size, self.args, self.workdir, self.baseline = size, args, workdir, baseline
-        self.stack = Stack(workdir / "stack", kwok_nodes(size))
+        self.stack = Stack(workdir / "stack", kwok_nodes(size), bool(args.profile_apiserver))
         profiled = args.profile_operator and not baseline
         self.profile = workdir / "operator-profile.json" if profiled else None
         self.operator: Operator | None = None
@@ -765,6 +769,7 @@ class Bench:
         load0 = os.getloadavg()
         t0 = time.monotonic()
         self.log(f"applying {size} TrainingRuns ({self.args.apply_workers} workers)")
+        profiler = self.profile_apiserver(self.args.profile_apiserver)
         result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers, self.baseline)
         self.log(
             f"applied in {result['apply']['seconds']} s ({result['apply']['per_second']}/s); "
@@ -779,6 +784,8 @@ class Bench:
                 last_report = now
                 self.log(f"{now - t0:5.1f} s: {tracker.jobs} Jobs, {tracker.running} Running")
         t_end = time.monotonic()
+        if profiler is not None:
+            profiler.join()
         cpu1, metrics1 = self.sampler.snapshot(), api.metrics()
         threads1 = thread_cpu_split(op_pid) if op_pid else {}
 
@@ -814,6 +821,29 @@ class Bench:
         }
         result["apiserver_requests"] = _diff_requests(metrics0, metrics1)
         result["timeline_pct_of_core"] = self.sampler.timeline(t0, t_end)
+
+    def profile_apiserver(self, seconds: float | None) -> threading.Thread | None:
+        """With --profile-apiserver: the apiserver's Go CPU profile of the burst's first
+        `seconds` (/debug/pprof/profile; the stack runs with `dev up --profiling`), saved next
+        to the stack and summarised with `go tool pprof -top -cum` where Go is installed."""
+        if not seconds:
+            return None
+        out = self.workdir / "kube-apiserver.pprof"
+
+        def fetch() -> None:
+            path = f"/debug/pprof/profile?seconds={int(seconds)}"
+            response = self.api.request("GET", path, timeout=seconds + 60)
+            if response.status != 200:
+                self.result["apiserver_profile"] = {"error": f"HTTP {response.status}"}
+                return
+            out.write_bytes(response.data)
+            self.result["apiserver_profile"] = _pprof_summary(out, seconds)
+            if self.args.keep_logs:
+                shutil.copy(out, Path(self.args.keep_logs) / f"kube-apiserver-{self.size}.pprof")
+
+        thread = threading.Thread(target=fetch, name="apiserver-profile", daemon=True)
+        thread.start()
+        return thread
 
     def steady(self) -> None:
         """Every run Running, nothing to converge: what does keeping them cost?"""
@@ -898,6 +928,26 @@ LOG_SIGNALS = {
     "kwok errors": '"level":"ERROR"',
 }
 """Lines in the components' logs that say the cluster itself was struggling."""
+
+
+def _pprof_summary(profile: Path, seconds: float) -> dict[str, Any]:
+    """The functions with the most cumulative CPU in a Go profile (`go tool pprof -top -cum`),
+    as "share% function"; only the file's name where Go is not installed."""
+    summary: dict[str, Any] = {"seconds": seconds, "file": profile.name}
+    go = shutil.which("go")
+    if go is None:
+        return summary | {"top_cum": "go not found: run `go tool pprof -top -cum` on the file"}
+    result = subprocess.run(
+        [go, "tool", "pprof", "-top", "-cum", "-nodecount=80",
+         str(_bin_dir() / "kube-apiserver"), str(profile)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    rows = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[4].endswith("%") and parts[3].endswith("s"):
+            rows.append(f"{parts[4]} {' '.join(parts[5:])}")
+    return summary | {"top_cum": rows}
 
 
 def component_log_signals(logs: Path) -> dict[str, dict[str, int]]:
@@ -1322,6 +1372,12 @@ def main() -> None:
         help="Skip the control-plane-only run of each size (no operator; see the docstring).",
     )
     parser.add_argument("--profile-operator", action="store_true")
+    parser.add_argument(
+        "--profile-apiserver",
+        type=float,
+        metavar="SECONDS",
+        help="Take the apiserver's Go CPU profile over the first SECONDS of each burst.",
+    )
     parser.add_argument("--keep-logs", help="Copy each size's operator log into this folder.")
     parser.add_argument(
         "--attach-profile",

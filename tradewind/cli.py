@@ -282,6 +282,13 @@ def dev_up(
             "namespaces); see tradewind/devstack/executor.py."
         ),
     ] = False,
+    profiling: Annotated[
+        bool,
+        typer.Option(
+            help="Serve Go's /debug/pprof on the apiserver, controller-manager and scheduler "
+            "(bench/operator_scale.py --profile-apiserver uses it)."
+        ),
+    ] = False,
 ) -> None:
     """Start the stack (idempotent: healthy parts are kept). Prints how to point kubectl at it."""
     from tradewind.devstack import StackError
@@ -293,6 +300,7 @@ def dev_up(
         gpu_pool=gpu_pool,
         with_mlflow=mlflow,
         executor=executor,
+        profiling=profiling,
     )
     try:
         stack.up(log=lambda line: out.print(line, markup=False, highlight=False))

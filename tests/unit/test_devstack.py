@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -111,3 +112,19 @@ def test_start_reports_an_early_exit_with_the_log(tmp_path: Path) -> None:
     )
     with pytest.raises(StackError, match=r"exited with code 3(.|\n)*broken config"):
         start(proc)
+
+
+def test_go_profiling_is_served_only_when_asked(tmp_path: Path) -> None:
+    from tradewind.devstack.components import build_processes
+
+    def profiling_flags(**config: Any) -> dict[str, str]:
+        stack = DevStack(StackConfig(dev_dir=tmp_path, **config))
+        stack._assign_ports()
+        write_certificates(tmp_path / "pki")
+        return {
+            p.name: a for p in build_processes(stack) for a in p.argv if a.startswith("--profiling")
+        }
+
+    control_plane = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    assert profiling_flags() == dict.fromkeys(control_plane, "--profiling=false")
+    assert profiling_flags(profiling=True) == dict.fromkeys(control_plane, "--profiling=true")

@@ -47,6 +47,7 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
         "  nodeLeaseParallelism: 4\n"
     )
     go_env = {"GOGC": os.environ.get("GOGC", GO_GC_PERCENT)}
+    profiling = f"--profiling={str(stack.config.profiling).lower()}"
     minio = stack.state["minio"]
     minio_url = f"http://127.0.0.1:{ports['minio']}"
 
@@ -88,7 +89,7 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
-                "--profiling=false",
+                profiling,
             ],
             logs / "kube-apiserver.log",
             ready["kube-apiserver"],
@@ -116,7 +117,7 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 # one EndpointSlice write per Service and second, not per pod change (0 by
                 # default; large clusters batch the same way)
                 "--endpointslice-updates-batch-period=1s",
-                "--profiling=false",
+                profiling,
             ],
             logs / "kube-controller-manager.log",
             ready["kube-controller-manager"],
@@ -131,7 +132,7 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 *loopback_serving,
                 f"--secure-port={ports['kube-scheduler']}",
                 "--leader-elect=false",
-                "--profiling=false",
+                profiling,
             ],
             logs / "kube-scheduler.log",
             ready["kube-scheduler"],

@@ -64,6 +64,8 @@ class StackConfig:
     with_mlflow: bool = True
     executor: bool = False
     """Also run the executor node (tradewind.devstack.executor), whose pods really run."""
+    profiling: bool = False
+    """Serve Go's /debug/pprof on the apiserver, controller-manager and scheduler."""
 
 
 class DevStack:
