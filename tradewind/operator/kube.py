@@ -25,13 +25,11 @@ class Kube:
     connection pool and authentication (`request`), not its generated per-endpoint methods:
     those validate a dict body into the client's pydantic models (~1 ms for a Job) only to
     serialise it again, and turn responses into models; only a status write's
-    resourceVersion is read here. `core`, `batch` and `custom` are the generated APIs, for
-    the Sweep controller's reads."""
+    resourceVersion is read here. `custom` is the generated API, for the Sweep controller's
+    reads and child runs."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
     def request(
