@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = EnvironmentSpec.model_validate(ENV)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as cache:
-        market, _ = load_market(spec, seed=0, cache_dir=Path(cache))
+        market = load_market(spec, seed=0, cache_dir=Path(cache)).train
     runners: dict[str, Runner] = {
         "TradingEnvironment": single_runner(market, spec, 0),
         "gym-anytrading stocks-v0 (raw)": peer_runner(wrapped=False, seed=0),

@@ -133,7 +133,7 @@ def run_manifest(
 
     A Sweep's Optuna study is in STATE_DIR/sweeps/NAME: re-running continues it.
     """
-    from tradewind.api import ManifestError, RLRun, Sweep, TrainingRun, load_resources
+    from tradewind.api import ManifestError, load_resources
 
     try:
         resources = load_resources(filename)
@@ -142,7 +142,22 @@ def run_manifest(
     if len(resources) != 1:
         _fail([f"{filename}: holds {len(resources)} resources; tradewind run takes one"])
     (resource,) = resources
+    try:
+        _run_here(resource, nodes, procs_per_node, state_dir, filename)
+    except (ValueError, ArithmeticError) as exc:
+        from tradewind.trainer.data.errors import DataError
+        from tradewind.trainer.entrypoint import NonFiniteLossError, SpecNotRunnableError
+
+        if isinstance(exc, DataError | NonFiniteLossError | SpecNotRunnableError):
+            _fail([f"{filename}: {exc}"])
+        raise
+
+
+def _run_here(
+    resource: Any, nodes: int | None, procs_per_node: int | None, state_dir: Path, filename: Path
+) -> None:
     from tradewind import local_run
+    from tradewind.api import RLRun, Sweep, TrainingRun
 
     if isinstance(resource, RLRun):
         local_run.run_rl(resource, state_dir, out)
@@ -164,6 +179,57 @@ def run_manifest(
     else:
         result = local_run.run_training(run, state_dir, out)
     local_run.print_summary(result, out)
+
+
+@app.command("placebo")
+def placebo(
+    filename: Annotated[
+        Path,
+        typer.Option("--filename", "-f", help="Manifest with one TrainingRun, RLRun or Sweep."),
+    ],
+    market: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--market",
+            "-m",
+            help="Placebo market(s) to run: random_walk, reversal, planted_edge. "
+            "[default: all three]",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated markets.")] = 0,
+    state_dir: Annotated[
+        Path, typer.Option(help="Checkpoints and MLflow store (under STATE_DIR/placebo/).")
+    ] = Path(".tradewind"),
+) -> None:
+    """Check that a manifest's evaluation shows an edge only where there is one.
+
+    Runs the manifest, as `tradewind run -f` would, on generated markets matched to its data
+    (same symbols, timestamps and volatility): a random walk and a bar-level reversal, where
+    nothing is tradable at the next bar, and a planted edge that is. Every evaluation path it
+    has (the test backtest; retrained walk-forward and CV, pooled; each RL agent and the
+    ensemble; a Sweep's best trial by its Deflated Sharpe Ratio) is judged: edge when
+    PSR >= 0.95.
+
+    Exits 1 when a path shows a false edge or misses the planted one.
+    """
+    from tradewind import placebo as pb
+    from tradewind.api import ManifestError, load_resources
+    from tradewind.trainer.data.placebo import PLACEBO_KINDS
+
+    kinds = market or list(PLACEBO_KINDS)
+    unknown = [k for k in kinds if k not in PLACEBO_KINDS]
+    if unknown:
+        _fail([f"--market {unknown[0]}: one of {', '.join(PLACEBO_KINDS)}"])
+    try:
+        resources = load_resources(filename)
+    except ManifestError as exc:
+        _fail(exc.problems)
+    if len(resources) != 1:
+        _fail([f"{filename}: holds {len(resources)} resources; tradewind placebo takes one"])
+    results = pb.check(resources[0], kinds, state_dir, out, seed=seed)  # type: ignore[arg-type]
+    out.print(pb.results_table(results))
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 rl_app = typer.Typer(help="Reinforcement-learning tools for RLRuns.", no_args_is_help=True)
@@ -193,14 +259,19 @@ def rl_grid_search(
         int, typer.Option(min=1, max=100, help="Seeds per combination (scores averaged).")
     ] = 1,
     score: Annotated[
-        str, typer.Option(help="Rank by sharpe, total_return or eval_mean_reward.")
+        str,
+        typer.Option(
+            help="Rank by sharpe, total_return or eval_mean_reward, on the validation bars."
+        ),
     ] = "sharpe",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the results as JSON.")
     ] = None,
 ) -> None:
     """Train every combination of a small hyperparameter grid here, briefly, and rank them
-    on the run's held-out bars after costs (a Sweep does large searches in the cluster).
+    on the run's validation bars (eval.split) after costs; each row's figures on the test
+    bars (eval.test), never used to rank, are printed beside, and the best's after the table
+    (a Sweep does large searches in the cluster).
 
     Example: tradewind rl grid-search -f rlrun.yaml --agent ppo
     --param learning_rate=1e-4,3e-4 --param gamma=0.95,0.99 --timesteps 20000
@@ -230,6 +301,7 @@ def rl_grid_search(
     except gs.GridError as exc:
         _fail([str(exc)])
     out.print(gs.result_table(result))
+    out.print(gs.best_summary(result), highlight=False)
     out.print("best hyperparameters (add to the agent in the RLRun):", highlight=False)
     best = yaml.safe_dump(
         {"hyperparameters": result.best}, sort_keys=False, default_flow_style=None

@@ -76,21 +76,25 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
         + ("   (stopped early)" if result.get("stopped_early") else ""),
         highlight=False,
     )
-    table = Table(title="Test-period backtest after costs")
-    for col in ("strategy", "return", "Sharpe", "Sortino", "max DD", "win", "turnover"):
+    table = Table(title="Test-period backtest after costs (fills at the next bar)")
+    columns = ("strategy", "return", SHARPE_HEADER, "PSR", "Sortino", "max DD", "win", "turnover")
+    for col in columns:
         table.add_column(col, justify="right" if col != "strategy" else "left")
     for name, p in result["backtest"].items():
-        cells = [f"{p['total_return']:+.2%}", f"{p['sharpe']:.2f}", f"{p['sortino']:.2f}"]
-        cells += [f"{p['max_drawdown']:.2%}", f"{p['win_rate']:.2%}", f"{p['turnover']:.2f}"]
-        table.add_row(name, *cells)
+        cells = [f"{p['total_return']:+.2%}", sharpe_cell(p), f"{p['psr']:.2f}"]
+        cells += [f"{p['sortino']:.2f}", f"{p['max_drawdown']:.2%}", f"{p['win_rate']:.2%}"]
+        table.add_row(name, *cells, f"{p['turnover']:.2f}")
     console.print(table)
     wf = Table(title="Test split by walkForwardStep bars (the trained model, out of sample)")
-    for col in ("period", "model", "Sharpe", "buy & hold", "random"):
+    for col in ("period", "model", SHARPE_HEADER, "PSR", "buy & hold", "random"):
         wf.add_column(col, justify="right")
     for row in result["walk_forward"]:
         returns = (row[k] for k in ("model_return", "buy_and_hold_return", "random_return"))
         model, hold, rand = (f"{r:+.2%}" for r in returns)
-        wf.add_row(str(row["period"]), model, f"{row['model_sharpe']:.2f}", hold, rand)
+        wf.add_row(
+            str(row["period"]), model, sharpe_cell(row, "model_"), f"{row['model_psr']:.2f}",
+            hold, rand,
+        )  # fmt: skip
     console.print(wf)
     for name, rows in (result.get("folds") or {}).items():
         console.print(_folds_table(name, rows))
@@ -109,14 +113,27 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
         )
 
 
+SHARPE_HEADER = "Sharpe [95% CI]"
+"""Every Sharpe ratio is shown with its stationary-bootstrap interval."""
+
+
+def sharpe_cell(figures: dict[str, Any], prefix: str = "") -> str:
+    """`1.23 [-0.40, 2.80]`: the annualised Sharpe ratio and its 95% interval."""
+    sharpe, low, high = (
+        figures[f"{prefix}{k}"] for k in ("sharpe", "sharpe_ci_low", "sharpe_ci_high")
+    )
+    return f"{sharpe:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
     titles = {
         "cross_validation": "Time-series cross-validation (retrained per fold)",
         "walk_forward_retrained": "Walk-forward analysis (retrained per window)",
     }
     title = titles.get(name, name)
-    table = Table(title=title)
-    for col in ("fold", "test period", "accuracy", "model", "Sharpe", "buy & hold", "random"):
+    table = Table(title=title, caption="pooled: every fold's test block as one record")
+    columns = ("fold", "test period", "accuracy", "model", SHARPE_HEADER, "PSR", "buy & hold")
+    for col in (*columns, "random"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -124,7 +141,8 @@ def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
             f"{r['test_from']}..{r['test_to']}",
             f"{r['test_accuracy']:.3f}",
             f"{r['model_return']:+.2%}",
-            f"{r['model_sharpe']:.2f}",
+            sharpe_cell(r, "model_"),
+            f"{r['model_psr']:.2f}",
             f"{r['buy_and_hold_return']:+.2%}",
             f"{r['random_return']:+.2%}",
         )
@@ -143,12 +161,12 @@ def run_rl(run: RLRun, state_dir: Path, console: Console) -> list[dict[str, Any]
         )
         train_one(run, index, state_dir, progress_bar=True)
     rows = combine(run, state_dir)
-    table = Table(title="Held-out market, after costs")
-    for col in ("strategy", "return", "Sharpe", "max DD", "turnover"):
+    table = Table(title="Test market (never used to choose a checkpoint), after costs")
+    for col in ("strategy", "return", SHARPE_HEADER, "PSR", "max DD", "turnover"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in rows:
-        table.add_row(r["strategy"], f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}",
-                      f"{r['max_drawdown']:.2%}", f"{r['turnover']:.3f}")  # fmt: skip
+        cells = (f"{r['total_return']:+.2%}", sharpe_cell(r), f"{r['psr']:.2f}")
+        table.add_row(r["strategy"], *cells, f"{r['max_drawdown']:.2%}", f"{r['turnover']:.3f}")
     console.print(table)
     return rows
 

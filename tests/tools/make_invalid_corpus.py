@@ -587,6 +587,37 @@ cases = [
         "combination",
     ),
     (
+        "tr-execution-same-bar",
+        TR,
+        {"spec": {"data": {"execution": "same_close"}}},
+        "spec.data.execution",
+        "'next_close' or 'next_open'",
+        "enum",
+    ),
+    (
+        "rl-eval-no-training-bars",
+        RL,
+        {"spec": {"eval": {"split": 0.45, "test": 0.45}}},
+        "spec.eval",
+        "split + test must leave at least 20%",
+        "combination",
+    ),
+    (
+        "rl-reweighting-majority",
+        merge(
+            RL,
+            {
+                "spec": {
+                    "agents": [{"name": "a", "algorithm": "ppo"}, {"name": "b", "algorithm": "ppo"}]
+                }
+            },
+        ),
+        {"spec": {"ensemble": {"method": "majority", "reweighting": {"frequency": 5}}}},
+        "spec.ensemble.reweighting",
+        "reweighting needs method weighted_average or combined",
+        "combination",
+    ),
+    (
         "rl-ensemble-one-agent",
         RL,
         {"spec": {"ensemble": {"method": "majority"}}},

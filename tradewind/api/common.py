@@ -43,6 +43,9 @@ Feature = Literal[
     "volume_zscore",
     "high_low_range",
 ]
+Execution = Literal["next_close", "next_open"]
+"""Fill price of a decision made at bar t: the close or the open of bar t+1."""
+
 DEFAULT_FEATURES: list[Feature] = ["returns", "log_returns", "rsi", "macd", "bollinger", "atr"]
 
 
@@ -209,6 +212,11 @@ class DataSource(ApiModel):
     bollinger, atr, obv, realized_volatility, volume_zscore, high_low_range."""
     normalization: Literal["robust", "zscore", "minmax", "none"] = "robust"
     """Feature scaling, fitted on the training split only."""
+    execution: Execution = "next_close"
+    """When a decision made with the bars up to t fills: `next_close` at the close of bar
+    t+1, `next_open` at the open of bar t+1 (never at bar t itself). Labels, regression
+    targets, backtests, walk-forward and CV folds and the RL environment all earn the return
+    from that fill to the next one, so they agree on what a signal can earn."""
     synthetic: SyntheticData | None = None
     """Generator settings when `source` is `synthetic`; unset uses the defaults, seeded with
     the run's seed."""

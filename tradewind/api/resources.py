@@ -174,6 +174,12 @@ class Sweep(Resource):
         PrinterColumn("Pruned", "integer", ".status.trials.pruned", "Trials pruned"),
         PrinterColumn("Max", "integer", ".spec.maxTrials", "Trials to run"),
         PrinterColumn("Best", "number", ".status.bestValue", "Best objective value"),
+        PrinterColumn(
+            "DSR",
+            "number",
+            ".status.bestTrial.sharpe.deflated",
+            "Deflated Sharpe Ratio of the best trial, given the trials tried",
+        ),
         AGE,
     )
     max_name_length = 33  # trial runs are named <sweep>-<trial number>

@@ -85,20 +85,63 @@ class AgentSpec(ApiModel):
             )
 
 
+class ReweightingSpec(ApiModel):
+    """Online re-weighting of the members (the ensemble's meta-learning) while it trades.
+
+    A member's performance is the return its own target weights would have earned, after
+    the cost of its own turnover, over the last `performanceWindow` bars that have closed
+    (never the bar being decided). Every `frequency` such bars the weights move a step
+    toward shares proportional to exp(t) of each member's t-statistic of those returns
+    (mean / standard error; 0 while it has fewer than two or they are flat):
+    weights <- (1 - adaptationRate) x weights + adaptationRate x target. The weights start
+    at the agents' `weight`s (as shares)."""
+
+    frequency: int = Field(default=21, ge=1, le=100_000)
+    """Re-weight every this many closed bars."""
+    adaptation_rate: float = Field(default=0.1, gt=0, le=1)
+    """Fraction of the way from the current weights to the performance target taken at each
+    re-weighting (1 = jump to the target)."""
+
+
 class EnsembleSpec(ApiModel):
     """Combine the agents' actions into one policy."""
 
-    method: Literal["weighted_average", "majority", "thompson_sampling"] = "weighted_average"
-    """weighted_average of actions by `weight`, majority vote, or Thompson sampling over each
-    agent's recent returns."""
+    method: Literal["weighted_average", "majority", "thompson_sampling", "combined"] = (
+        "weighted_average"
+    )
+    """weighted_average of target weights by the agents' `weight` (or the re-weighted
+    weights), majority vote, Thompson sampling (each step, the agent whose win rate drawn
+    from its Beta belief over its last `performanceWindow` closed bars is highest acts
+    alone), or combined: a weighted average whose shares are proportional to weight x a win
+    rate drawn per agent from the same Beta beliefs (weighted average and Thompson sampling
+    together; with `uncertaintyScaling` all three)."""
     uncertainty: bool = True
     """Report the spread of the members' actions as an uncertainty estimate."""
     performance_window: int = Field(default=63, ge=2, le=100_000)
-    """Bars of recent performance used by thompson_sampling."""
+    """Closed bars of each member's recent returns behind thompson_sampling, combined and
+    re-weighting."""
+    reweighting: ReweightingSpec | None = None
+    """Move the weights toward the members' recent performance as the ensemble trades
+    (weighted_average and combined); unset keeps the agents' static weights."""
+    uncertainty_scaling: float = Field(default=0.0, ge=0, le=1000)
+    """k: scale the ensemble's target weight of each symbol by 1 / (1 + k x d), where d is the
+    members' disagreement on it (the standard deviation of their target weights, each in
+    [-1, 1]): exposure shrinks as members disagree and is untouched when they agree. 0 turns
+    it off. With a discrete action space the scaled weight is then rounded, so a symbol goes
+    flat once the factor falls below one half."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.reweighting) || self.method in ['weighted_average', 'combined']",
+            "reweighting needs method weighted_average or combined",
+            ".reweighting",
+        ),
+    )
 
 
 class EvalSpec(ApiModel):
-    """Periodic evaluation on held-out data; the best model is kept."""
+    """Periodic evaluation on the validation bars, where the best model is chosen; the test
+    bars after them are held out from every choice and read only by the final report."""
 
     freq: int = Field(default=10_000, ge=1)
     """Evaluate every this many timesteps."""
@@ -107,7 +150,19 @@ class EvalSpec(ApiModel):
     deterministic: bool = True
     """Use deterministic actions when evaluating."""
     split: float = Field(default=0.2, gt=0, lt=1)
-    """Fraction of the last bars held out for evaluation."""
+    """Fraction of the bars, just before the test bars, held out for validation: periodic
+    evaluation, the choice of the best checkpoint and `tradewind rl grid-search`'s ranking
+    read them."""
+    test: float = Field(default=0.2, gt=0, lt=1)
+    """Fraction of the last bars held out for the final test: only the report of each agent,
+    the ensemble and buy-and-hold (the combine step, `test_*` metrics) reads them."""
+
+    cel_rules = (
+        CelRule(
+            "self.split + self.test <= 0.8",
+            "split + test must leave at least 20% of the bars for training",
+        ),
+    )
 
 
 class RLRunSpec(RunBase):

@@ -126,6 +126,27 @@ class TrialCounts(ApiModel):
     """Child run failed."""
 
 
+class SharpeSummary(ApiModel):
+    """A trial's annualised Sharpe ratio on its test split (a TrainingRun's backtest; an
+    RLRun's ensemble, or its first agent without one) and how far to believe it."""
+
+    value: float
+    """Annualised Sharpe ratio."""
+    ci_low: float
+    """Lower bound of its 95% interval (stationary bootstrap: autocorrelation kept)."""
+    ci_high: float
+    """Upper bound of its 95% interval."""
+    psr: float = Field(ge=0, le=1)
+    """Probabilistic Sharpe Ratio: P(true Sharpe > 0), from its length, skew and kurtosis."""
+    deflated: float = Field(ge=0, le=1)
+    """Deflated Sharpe Ratio: P(true Sharpe > the best Sharpe that `trials` skill-less trials
+    would show by luck). Below 0.95, the search may explain the result."""
+    trials: int = Field(ge=0)
+    """Trials the deflation counts as tried (completed, pruned, and failed after reporting)."""
+    periods: int = Field(ge=0)
+    """Returns the Sharpe ratio was estimated on."""
+
+
 class TrialSummary(ApiModel):
     """One trial's parameters and result."""
 
@@ -139,6 +160,8 @@ class TrialSummary(ApiModel):
     """Parameter values (searchSpace path -> value)."""
     values: list[float] = Field(default_factory=list, max_length=4)
     """Objective values, in the order of the objectives."""
+    sharpe: SharpeSummary | None = None
+    """Its Sharpe ratio with interval, PSR and Deflated Sharpe Ratio, when its run logged one."""
 
 
 class SweepStatus(ApiModel):

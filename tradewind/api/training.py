@@ -22,12 +22,18 @@ class LabelSpec(ApiModel):
 
 
 class SplitSpec(ApiModel):
-    """Chronological hold-out split: train, then validation, then test. Never shuffled."""
+    """Chronological hold-out split: train, then validation, then test. Never shuffled; each
+    part starts predictionHorizon + 1 + embargo bars after the previous one ends, so no
+    target of a part reads a bar of the next."""
 
     validation: float = Field(default=0.2, ge=0, le=0.5)
     """Fraction of bars (after the training part) used for validation."""
     test: float = Field(default=0.1, ge=0, le=0.5)
     """Fraction of the last bars kept for the final test."""
+    embargo: int = Field(default=0, ge=0, le=100_000)
+    """Bars skipped after every purge gap between a fit and the block evaluated after it
+    (validation after training, test after validation, here and in every CV /
+    walk-forward fold), on top of the predictionHorizon + 1 bars a trade reads."""
 
     cel_rules = (
         CelRule(
@@ -318,6 +324,18 @@ class MetaLearningSpec(ApiModel):
     """Symbols sampled per meta-batch."""
     first_order: bool = True
     """First-order MAML (no second derivatives)."""
+    adaptation_bars: int = Field(default=0, ge=0, le=10_000)
+    """Few-shot adaptation at evaluation; 0 turns it off. Each symbol of the test split is a
+    new task: a copy of the meta-learned model takes `adaptationSteps` SGD steps at
+    `innerLearningRate` on the symbol's first `adaptationBars` test samples (one batch), and
+    is scored on that symbol's samples after them and the purge gap (predictionHorizon + 1 +
+    split.embargo samples, so no scored target shares a bar with an adaptation target).
+    Reported beside the un-adapted model on the same samples: `test_adapted_*` and
+    `test_unadapted_*`, `backtest_adapted_*` and `backtest_unadapted_*`; `test_*` stays the
+    un-adapted model on the whole test split."""
+    adaptation_steps: int | None = Field(default=None, ge=1, le=1000)
+    """SGD steps of the adaptation at evaluation; unset = `innerSteps`, the adaptation the
+    model was meta-trained for."""
 
 
 class Seq2SeqSpec(ApiModel):
@@ -385,6 +403,9 @@ class EvaluationSpec(ApiModel):
     """Time-series cross-validation folds (expanding window); 0 disables it."""
     transaction_cost: float = Field(default=0.001, ge=0, le=0.1)
     """Proportional cost per unit of turnover in the backtest of the model's signals."""
+    slippage: float = Field(default=0.0, ge=0, le=0.1)
+    """Proportional adverse price move on each fill, charged per unit of turnover on top of
+    transactionCost (as in the RL environment)."""
 
 
 class TrainingRunSpec(RunBase):

@@ -118,6 +118,20 @@ class ProgressReader:
             kube.patch_status(body, new)
 
 
+def headline(metrics: dict[str, float]) -> str | None:
+    """What `kubectl get` shows: the test backtest's Sharpe ratio with its 95% interval and
+    PSR once the run has one, else the first of HEADLINE it has."""
+    sharpe = [metrics.get(f"backtest_{k}") for k in ("sharpe", "sharpe_ci_low", "sharpe_ci_high")]
+    psr = metrics.get("backtest_psr")
+    if None not in sharpe and psr is not None:
+        value, low, high = sharpe
+        return f"sharpe={value:.2f} [{low:.2f}, {high:.2f}] psr={psr:.2f}"
+    for key in HEADLINE:
+        if key in metrics:
+            return f"{key}={metrics[key]:.4g}"
+    return None
+
+
 def fold_progress(
     status: RunStatus, mlflow_run: dict[str, Any], uri: str, epochs: int | None
 ) -> RunStatus:
@@ -133,10 +147,7 @@ def fold_progress(
         new.progress.percent = min(100, int(100 * metrics["epoch"] / epochs))
     elif "progress" in metrics:
         new.progress.percent = min(100, int(metrics["progress"]))
-    for key in HEADLINE:
-        if key in metrics:
-            new.headline_metric = f"{key}={metrics[key]:.4g}"
-            break
+    new.headline_metric = headline(metrics) or new.headline_metric
     new.checkpoint.latest = tags.get(TAG_LATEST, new.checkpoint.latest)
     new.checkpoint.best = tags.get(TAG_BEST, new.checkpoint.best)
     new.mlflow.run_id = info["run_id"]

@@ -11,8 +11,9 @@ from typing import Any, Literal
 from tradewind.api.status import Condition, RunStatus, SweepStatus
 from tradewind.operator.builders import Run, shape
 
-PERMANENT_EXIT_CODES = {64: "InvalidConfig", 66: "DataNotFound"}
-"""Trainer exit codes that no restart can fix (see tradewind.trainer.entrypoint)."""
+PERMANENT_EXIT_CODES = {64: "InvalidConfig", 65: "NonFiniteLoss", 66: "DataNotFound"}
+"""Trainer exit codes that no restart can fix (see tradewind.trainer.entrypoint): the spec
+cannot run, the loss became NaN or infinite, the data is not there."""
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 TERMINAL = ("Succeeded", "Failed")
 RECONCILING = ("Pending", "Running", "Restarting")

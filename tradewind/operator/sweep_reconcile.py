@@ -310,13 +310,15 @@ class _SweepReconcile:
         return run_id
 
     def _result_metrics(self, status: SweepStatus) -> dict[str, float]:
+        """Trial counts, the best trial's objective and its Sharpe significance (best_sharpe,
+        best_psr, best_deflated_sharpe, sharpe_trials, ...) for the sweep's MLflow run."""
         counts = status.trials
         out = {"trials_completed": float(counts.completed), "trials_pruned": float(counts.pruned),
                "trials_failed": float(counts.failed)}  # fmt: skip
         if status.best_trial is not None and self.spec.objective is not None:
             out[f"best_{self.spec.objective.metric}"] = status.best_trial.values[0]
             out["best_trial"] = float(status.best_trial.number)
-        return out
+        return out | self.sw.significance_metrics(status.best_trial)
 
     # --- observing ---------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ from rich.text import Text
 
 from tradewind.api import ManifestError, Sweep, dump_resource
 from tradewind.api.manifest import parse_resource
+from tradewind.api.status import SharpeSummary, TrialSummary
+from tradewind.significance import SharpeStats
 from tradewind.sweeps import study as sw
 
 POLL_SECONDS = 1.0
@@ -73,6 +75,10 @@ class SweepOutcome:
     steps_run: int
     """Epochs (evaluations) all the study's trials logged: the compute the sweep spent."""
     seconds: float
+    best_sharpe: SharpeStats | None = None
+    """The best trial's Sharpe statistics (single objective; None when it logged none)."""
+    deflated_sharpe: float | None = None
+    """The best trial's Deflated Sharpe Ratio over the trials tried (`sw.tried`)."""
 
 
 class _Tracking:
@@ -153,10 +159,17 @@ class _Tracking:
                 self.client.set_terminated(run_id, "KILLED")
 
     def finish_parent(
-        self, best_value: float | None, best: dict[str, Any] | None, ok: bool
+        self,
+        best_value: float | None,
+        best: dict[str, Any] | None,
+        ok: bool,
+        metrics: dict[str, float] | None = None,
     ) -> None:
+        """End the parent run with the best value, trial and `metrics` (its significance)."""
         if best_value is not None:
             self.client.log_metric(self.parent_id, "best_value", best_value)
+        for key, value in (metrics or {}).items():
+            self.client.log_metric(self.parent_id, key, value)
         if best is not None:
             self.client.set_tag(self.parent_id, "tradewind.best_trial", best["name"])
         self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
@@ -382,7 +395,7 @@ class LocalSweep:
         names = {t.number: self.trial_name(t.number) for t in self.study.get_trials()}
         counts, best, best_value, front = sw.summarise(self.study, self.spec, names)
         best_dict = best.model_dump() if best is not None else None
-        self.tracking.finish_parent(best_value, best_dict, ok)
+        self.tracking.finish_parent(best_value, best_dict, ok, sw.significance_metrics(best))
         out = self.console.print
         out()  # the live table's last line has no newline of its own
         if not counts.completed:
@@ -394,6 +407,7 @@ class LocalSweep:
             out(f"best trial {best.number} ({best.name}): {self._objective_text(best.values)}")
             for key, value in best.params.items():
                 out(f"  {key}: {value}", highlight=False, markup=False)
+            out(sharpe_text(best.sharpe, sw.sharpe_prefix(self.spec)), highlight=False)
             rerun = self._rerun_manifest("best", best.params)
             out(f"re-run it: tradewind run -f {rerun}", markup=False, soft_wrap=True)
         if front:
@@ -401,8 +415,10 @@ class LocalSweep:
             table.add_column("trial", justify="right")
             for o in self.spec.objectives or []:
                 table.add_column(f"{o.metric} ({o.direction[:3]})", justify="right")
+            table.add_column("Sharpe [95% CI]", justify="right")
+            table.add_column("deflated Sharpe", justify="right")
             for t in front:
-                table.add_row(str(t.number), *(f"{v:.5g}" for v in t.values))
+                table.add_row(str(t.number), *(f"{v:.5g}" for v in t.values), *_sharpe_cells(t))
             out(table)
             for t in front:
                 rerun = self._rerun_manifest(f"trial-{t.number}", t.params)
@@ -423,6 +439,8 @@ class LocalSweep:
             pareto_front=[t.model_dump() for t in front],
             steps_run=steps,
             seconds=seconds,
+            best_sharpe=sw.stored_sharpe(self.study.best_trial) if best is not None else None,
+            deflated_sharpe=best.sharpe.deflated if best is not None and best.sharpe else None,
         )
 
     def _objective_text(self, values: list[float]) -> str:
@@ -456,6 +474,24 @@ def run_sweep(sweep: Sweep, state_dir: Path, console: Console) -> SweepOutcome:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def sharpe_text(sharpe: SharpeSummary | None, prefix: str) -> str:
+    """One line on a trial's Sharpe ratio and how far to believe it, for the summary."""
+    if sharpe is None:
+        return f"deflated Sharpe: n/a (the trial logged no {prefix}_sharpe with its statistics)"
+    return (
+        f"{prefix} Sharpe {sharpe.value:.3g} (95% CI {sharpe.ci_low:.3g} to {sharpe.ci_high:.3g}, "
+        f"{sharpe.periods} periods), PSR {sharpe.psr:.3f}, deflated Sharpe "
+        f"{sharpe.deflated:.3f} over {sharpe.trials} trials tried"
+    )
+
+
+def _sharpe_cells(trial: TrialSummary) -> tuple[str, str]:
+    s = trial.sharpe
+    if s is None:
+        return "", ""
+    return f"{s.value:.3g} [{s.ci_low:.3g}, {s.ci_high:.3g}]", f"{s.deflated:.3f}"
 
 
 def _tracking_uri(state_dir: Path) -> str:

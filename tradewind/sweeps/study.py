@@ -8,10 +8,18 @@ starts each trial's run, reports its per-epoch metric, prunes or tells the final
         prune(study, trial.number)            # ... stop the run ...
     tell(study, spec, trial.number, final_metrics)   # Complete, or Fail without the metrics
     counts, best, best_value, pareto = summarise(study, spec, {trial.number: "run-name"})
+    best.sharpe.deflated                      # its Deflated Sharpe Ratio, given the trials tried
 
 Trials left Running by a sweep that died with them are re-queued (`requeue_running`): the
 old trial is marked Fail and "interrupted", which neither counts towards maxTrials nor
 maxFailedTrials, and a Waiting trial with the same parameters takes its place.
+
+A trial's Sharpe ratio is the `SharpeStats` its run logged on its test split (`sharpe_prefix`:
+`backtest_*` of a TrainingRun; `ensemble_*` of an RLRun with an ensemble, else its first
+agent's), kept on the trial when it is told. The best trial (by the objective; each member
+of a Pareto front) gets its Deflated Sharpe Ratio over the trials tried (`tried`): completed,
+pruned, and failed after reporting a value; those without a Sharpe count as tried but add
+nothing to the Sharpe ratios' spread.
 """
 
 from __future__ import annotations
@@ -31,11 +39,15 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tradewind.api.status import TrialCounts, TrialSummary
-from tradewind.api.sweep import Parameter, SweepSpec
+from tradewind.api.status import SharpeSummary, TrialCounts, TrialSummary
+from tradewind.api.sweep import Parameter, RLRunTemplate, SweepSpec
+from tradewind.significance import SharpeStats, deflated_sharpe_ratio
 
 INTERRUPTED_ATTR = "tradewind.interrupted"
 """Study user attribute: numbers of the trials re-queued after their sweep died."""
+
+SHARPE_ATTR = "tradewind.sharpe"
+"""Trial user attribute: its run's Sharpe statistics, as `SharpeStats.as_metrics()`."""
 
 _PRIMITIVE = (type(None), bool, int, float, str)
 
@@ -164,6 +176,9 @@ def tell(
     """Finish trial `number` from its run's final metrics: Complete, or Fail when the run
     failed (`metrics` None) or did not log every objective."""
     values = objective_values(spec, metrics) if metrics is not None else None
+    stats = trial_sharpe(spec, metrics) if metrics is not None else None
+    if stats is not None:
+        _record_sharpe(study, number, stats)
     if values is None:
         frozen = study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     else:
@@ -229,24 +244,101 @@ def summarise(
     )
     if not any(s == TrialState.COMPLETE for s in states):
         return counts, None, None, []
+    seen = tried(trials)
     if spec.objective is not None:
         best = study.best_trial
-        return counts, _summary(best, spec, names), best.value, []
+        return counts, _summary(best, spec, names, seen), best.value, []
     front = sorted(study.best_trials, key=lambda t: t.number)[:64]
-    return counts, None, None, [_summary(t, spec, names) for t in front]
+    return counts, None, None, [_summary(t, spec, names, seen) for t in front]
 
 
 def trial_summary(trial: FrozenTrial, spec: SweepSpec, name: str) -> TrialSummary:
     return _summary(trial, spec, {trial.number: name})
 
 
-def _summary(trial: FrozenTrial, spec: SweepSpec, names: Mapping[int, str]) -> TrialSummary:
+def sharpe_prefix(spec: SweepSpec) -> str:
+    """Whose metrics are a trial's Sharpe: a TrainingRun's `backtest_*`; an RLRun's
+    `ensemble_*` when the template has an ensemble, else its first agent's."""
+    if isinstance(spec.template, RLRunTemplate):
+        rl = spec.template.spec
+        return "ensemble" if rl.ensemble is not None else rl.agents[0].name
+    return "backtest"
+
+
+def trial_sharpe(spec: SweepSpec, metrics: Mapping[str, float]) -> SharpeStats | None:
+    """The Sharpe statistics in a trial run's final metrics; None when it logged no full set."""
+    return SharpeStats.from_metrics(metrics, sharpe_prefix(spec))
+
+
+def tried(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials the search saw a result of, which the deflation counts: completed, pruned,
+    and failed ones that reported a value or logged a Sharpe (a run that failed before its
+    first epoch showed nothing to select on). Pass `counted_trials`: an interrupted trial
+    counts once, as its re-run."""
+    seen = (TrialState.COMPLETE, TrialState.PRUNED)
+    return [
+        t for t in trials
+        if t.state in seen or (t.state == TrialState.FAIL
+                               and (t.intermediate_values or SHARPE_ATTR in t.user_attrs))
+    ]  # fmt: skip
+
+
+def sharpe_summary(trial: FrozenTrial, seen: Sequence[FrozenTrial]) -> SharpeSummary | None:
+    """`trial`'s Sharpe ratio, interval, PSR and Deflated Sharpe Ratio over the trials `seen`
+    (see `tried`); None when its run logged no Sharpe."""
+    stats = stored_sharpe(trial)
+    if stats is None:
+        return None
+    sharpes = [s.sharpe for s in map(stored_sharpe, seen) if s is not None]
+    n_trials = max(len(seen), 1)
+    return SharpeSummary(
+        value=stats.sharpe,
+        ci_low=stats.ci_low,
+        ci_high=stats.ci_high,
+        psr=min(max(stats.psr, 0.0), 1.0),  # as logged: keep the status valid whatever it says
+        deflated=deflated_sharpe_ratio(stats, sharpes or [stats.sharpe], n_trials),
+        trials=n_trials,
+        periods=stats.periods,
+    )
+
+
+def stored_sharpe(trial: FrozenTrial) -> SharpeStats | None:
+    """The Sharpe statistics kept on a trial when it was told."""
+    kept = trial.user_attrs.get(SHARPE_ATTR)
+    return SharpeStats.from_metrics(kept) if isinstance(kept, dict) else None
+
+
+def significance_metrics(best: TrialSummary | None) -> dict[str, float]:
+    """The best trial's Sharpe significance as the sweep's MLflow metrics (none without one)."""
+    if best is None or best.sharpe is None:
+        return {}
+    s = best.sharpe
+    return {"best_sharpe": s.value, "best_sharpe_ci_low": s.ci_low,
+            "best_sharpe_ci_high": s.ci_high, "best_psr": s.psr,
+            "best_deflated_sharpe": s.deflated, "sharpe_trials": float(s.trials)}  # fmt: skip
+
+
+def _summary(
+    trial: FrozenTrial,
+    spec: SweepSpec,
+    names: Mapping[int, str],
+    seen: Sequence[FrozenTrial] = (),
+) -> TrialSummary:
     return TrialSummary(
         name=names.get(trial.number, f"trial-{trial.number}"),
         number=trial.number,
         params=decode_params(spec, trial.params),
         values=list(trial.values or []),
+        sharpe=sharpe_summary(trial, seen) if seen else None,
     )
+
+
+def _record_sharpe(study: optuna.Study, number: int, stats: SharpeStats) -> None:
+    """Keep a trial's Sharpe statistics on it, unless it is already finished (told twice)."""
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    if not storage.get_trial(trial_id).state.is_finished():
+        storage.set_trial_user_attr(trial_id, SHARPE_ATTR, stats.as_metrics())
 
 
 class _GridSampler(optuna.samplers.GridSampler):

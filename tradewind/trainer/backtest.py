@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from tradewind.api.training import EvaluationSpec
 from tradewind.trainer.data.dataset import SupervisedSplit
 from tradewind.trainer.evaluation import (
     FloatArray,
@@ -18,6 +19,15 @@ from tradewind.trainer.evaluation import (
     strategy_signals,
     trade_samples,
 )
+from tradewind.trainer.execution import cost_rate
+
+SHARPE_KEYS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "psr")
+"""What a table row shows of a Sharpe ratio: the ratio, its interval and its PSR."""
+
+
+def cost_of(evaluation: EvaluationSpec) -> float:
+    """Cost per unit of turnover of a TrainingRun's backtests (as in the RL environment)."""
+    return cost_rate(evaluation.transaction_cost, evaluation.slippage)
 
 
 def _trades(
@@ -37,7 +47,8 @@ def backtest(
     walk_forward_step: int,
     seed: int,
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
-    """Model vs buy-and-hold vs random on the split, overall and per walk-forward step."""
+    """Model vs buy-and-hold vs random on the split, overall and per walk-forward step;
+    `cost` per unit of turnover (`cost_of`)."""
     ppy = bars_per_year(split.timestamps) / horizon
     overall = compare_strategies(predicted, _trades(split, horizon), cost, ppy, seed)
     rows = []
@@ -46,7 +57,9 @@ def backtest(
             predicted[group], _trades(split, horizon, group), cost, ppy, seed
         )
         row = {f"{k}_return": table[k]["total_return"] for k in table}
-        rows.append({"period": i, **row, "model_sharpe": table["model"]["sharpe"]})
+        model = table["model"]
+        significance = {f"model_{k}": model[k] for k in SHARPE_KEYS}
+        rows.append({"period": i, **row, **significance})
     return overall, rows
 
 

@@ -2,7 +2,9 @@
 `python -m tradewind.trainer --config run.yaml`.
 
 Exit codes tell the operator whether restarting can help: 0 success, 64 the spec cannot run
-(bad configuration), 66 the data is not there, anything else a failure worth a restart.
+(bad configuration, or a setting this machine cannot run, such as fp16 without CUDA), 65 the
+loss became NaN or infinite (a restart would diverge again), 66 the data is not there,
+anything else a failure worth a restart.
 """
 
 from __future__ import annotations
@@ -22,7 +24,21 @@ if TYPE_CHECKING:
     from tradewind.trainer.supervised import Result
 
 EXIT_BAD_CONFIG = 64
+EXIT_NON_FINITE_LOSS = 65
 EXIT_DATA_NOT_FOUND = 66
+TERMINATION_LOG = Path("/dev/termination-log")
+"""Kubernetes' default terminationMessagePath: what is written there becomes the message of
+the container's terminated state, which the operator puts in the run's status."""
+
+
+class SpecNotRunnableError(ValueError):
+    """A valid spec that cannot run here, e.g. precision fp16 without a CUDA device (exit 64)."""
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A training or validation loss became NaN or infinite. Resuming from the latest
+    checkpoint would diverge the same way, so the run fails for good (exit 65)."""
+
 
 log = logging.getLogger("tradewind.trainer")
 
@@ -47,13 +63,15 @@ def train(
 ) -> Result:
     """Train one TrainingRun in this process (one rank of a torchrun job, or alone)."""
     import mlflow
+    import torch
 
     from tradewind.trainer.checkpoint import Checkpointer
     from tradewind.trainer.distributed import init_distributed, teardown
     from tradewind.trainer.storage import open_store
-    from tradewind.trainer.supervised import SupervisedTrainer
+    from tradewind.trainer.supervised import SupervisedTrainer, check_precision
     from tradewind.trainer.tracking import Tracker, default_tracking_uri
 
+    check_precision(run.spec.training, cuda=torch.cuda.is_available())
     env = init_distributed(run.spec.device)
     try:
         checkpointer = Checkpointer(
@@ -103,6 +121,18 @@ def _retraining_evaluations(run: TrainingRun, trainer: Any, tracker: Any) -> dic
     return tables
 
 
+def fail_permanently(code: int, message: str) -> int:
+    """Say why the run cannot go on, on stderr and (in a pod) as the container's termination
+    message, for the run's status; returns `code`, the exit code that says it is permanent."""
+    print(message, file=sys.stderr)
+    if TERMINATION_LOG.exists():
+        try:
+            TERMINATION_LOG.write_text(message[:4000])
+        except OSError as exc:
+            log.warning("cannot write the termination message: %s", exc)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tradewind.trainer", description=__doc__)
     parser.add_argument(
@@ -134,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(run, args.state_dir)
+    except SpecNotRunnableError as exc:
+        return fail_permanently(EXIT_BAD_CONFIG, f"error: {exc}")
+    except NonFiniteLossError as exc:
+        return fail_permanently(EXIT_NON_FINITE_LOSS, f"error: {exc}")
     except DataError as exc:
-        print(f"error: data: {exc}", file=sys.stderr)
-        return EXIT_DATA_NOT_FOUND
+        return fail_permanently(EXIT_DATA_NOT_FOUND, f"error: data: {exc}")
     if args.result is not None and int(os.environ.get("RANK", "0")) == 0:
         args.result.write_text(json.dumps(result.__dict__, indent=2, default=str))
     return 0

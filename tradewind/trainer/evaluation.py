@@ -1,9 +1,11 @@
 """Trading evaluation of a classifier's signals: per-period returns, Sharpe, Sortino, max
 drawdown, win rate and turnover after costs, beside buy-and-hold and a random baseline.
 
-Signals are Sell/Hold/Buy -> position -1/0/+1 per symbol. Positions are held for
-`predictionHorizon` bars, so only every horizon-th sample of a symbol is traded: the
-periods do not overlap and no return is counted twice.
+Signals are Sell/Hold/Buy -> position -1/0/+1 per symbol. A signal on bar t's information
+fills at bar t+1 and is held for `predictionHorizon` bars (`tradewind.trainer.execution`), so
+only every horizon-th sample of a symbol is traded: the periods do not overlap and no return
+is counted twice. Every Sharpe ratio comes with its stationary-bootstrap interval and PSR
+(`tradewind.significance`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from tradewind.significance import sharpe_stats
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -65,21 +69,22 @@ def portfolio_returns(returns: FloatArray, trades: TradeSamples) -> FloatArray:
 def performance(
     portfolio: FloatArray, trades: FloatArray, positions: FloatArray, periods_per_year: float
 ) -> dict[str, float]:
-    """Total return, annualised Sharpe and Sortino and max drawdown of the portfolio's
-    per-period returns; win rate and turnover of the individual trades."""
+    """Total return, annualised Sharpe (with its interval, PSR and the moments a Deflated
+    Sharpe Ratio needs: `SharpeStats.as_metrics`) and Sortino and max drawdown of the
+    portfolio's per-period returns; win rate and turnover of the individual trades."""
+    stats = sharpe_stats(portfolio, periods_per_year).as_metrics()
     if len(portfolio) == 0:
-        keys = ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "turnover")
-        return dict.fromkeys(keys, 0.0)
+        keys = ("total_return", "sortino", "max_drawdown", "win_rate", "turnover")
+        return dict.fromkeys(keys, 0.0) | stats
     equity = np.cumprod(1.0 + portfolio)
     peak = np.maximum.accumulate(equity)
     downside = portfolio[portfolio < 0]
     scale = np.sqrt(periods_per_year)
-    std = portfolio.std()
     down_std = np.sqrt(np.mean(downside**2)) if len(downside) else 0.0
     traded = positions != 0
     return {
         "total_return": float(equity[-1] - 1.0),
-        "sharpe": float(portfolio.mean() / std * scale) if std > 0 else 0.0,
+        **stats,
         "sortino": float(portfolio.mean() / down_std * scale) if down_std > 0 else 0.0,
         "max_drawdown": float(np.max(1.0 - equity / peak)),
         "win_rate": float(np.mean(trades[traded] > 0)) if traded.any() else 0.0,

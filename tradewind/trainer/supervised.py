@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +23,26 @@ import torch
 from torch import nn
 
 from tradewind.api.resources import TrainingRun
+from tradewind.api.training import TrainingSpec
 from tradewind.trainer import backtest as bt
 from tradewind.trainer import distributed as dist_utils
 from tradewind.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
-from tradewind.trainer.data.dataset import SupervisedDataset, SupervisedSplit, build_dataset
+from tradewind.trainer.data.dataset import (
+    SupervisedDataset,
+    SupervisedSplit,
+    build_dataset,
+    purge_gap,
+)
 from tradewind.trainer.distributed import DistEnv
+from tradewind.trainer.entrypoint import NonFiniteLossError, SpecNotRunnableError
+from tradewind.trainer.folds import subset
 from tradewind.trainer.losses import MultiTaskLoss
 from tradewind.trainer.models import TradingModel, build_model
 from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
 from tradewind.trainer.storage import StorageError
 from tradewind.trainer.techniques.adversarial import pgd_perturb
 from tradewind.trainer.techniques.augmentation import augment
-from tradewind.trainer.techniques.maml import maml_step
+from tradewind.trainer.techniques.maml import AdaptationTask, adapt, adaptation_tasks, maml_step
 from tradewind.trainer.techniques.schedules import dropout_at, teacher_forcing_at
 from tradewind.trainer.tracking import TAG_BEST, TAG_LATEST, Tracker
 
@@ -75,6 +84,37 @@ class Result:
     """Retraining evaluations (cross_validation, walk_forward_retrained), when asked for."""
 
 
+def check_precision(training: TrainingSpec, cuda: bool) -> None:
+    """Refuse precision fp16 where it cannot run: with metaLearning (MAML trains in fp32,
+    its inner-loop gradients not loss-scaled) and without a CUDA device (`cuda` false)."""
+    if training.precision != "fp16":
+        return
+    if training.meta_learning is not None:
+        raise SpecNotRunnableError(
+            "training.precision fp16 is not supported with training.metaLearning "
+            "(MAML trains in fp32): use precision fp32"
+        )
+    if not cuda:
+        raise SpecNotRunnableError(
+            "training.precision fp16 needs a CUDA device and none is visible: use bf16 or "
+            "fp32, or run with device cuda where a GPU is"
+        )
+
+
+def check_finite_losses(metrics: dict[str, float], epoch: int) -> None:
+    """Stop the run when a loss of the epoch (`*_loss`, means across ranks, so every rank
+    stops together) is NaN or infinite: no checkpoint of the diverged weights is saved."""
+    bad = sorted(
+        f"{k}={v}" for k, v in metrics.items() if k.endswith("loss") and not math.isfinite(v)
+    )
+    if bad:
+        raise NonFiniteLossError(
+            f"{', '.join(bad)} in epoch {epoch + 1}: training diverged, and a restart from the "
+            "latest checkpoint would diverge again. Lower training.optimizer.learningRate, "
+            "set training.gradClip, or look for NaN or infinite values in the data"
+        )
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -88,8 +128,9 @@ class BatchMaker:
     """Batches gathered straight from the window view (one copy per batch, no DataLoader).
 
     Returns are divided by `ret_scale` (their training std) so the regression, uncertainty
-    and sequence terms are on a unit scale. With seq2seq, `y_seq` holds the next
-    `seq_len` bars' (normalised) returns: the last row of the windows that follow."""
+    and sequence terms are on a unit scale. With seq2seq, `y_seq` holds the (normalised)
+    returns of the `seq_len` bars the trade holds after its fill at the next bar: the last
+    row of the windows that end 2..seq_len+1 bars later."""
 
     device: torch.device
     ret_scale: float = 1.0
@@ -107,7 +148,8 @@ class BatchMaker:
                 "y_ret": torch.from_numpy(split.forward_returns[idx] / self.ret_scale),
             }
             if self.seq_len:
-                ahead = split.window_index[idx][:, None] + np.arange(1, self.seq_len + 1)
+                # the bars the trade holds: it fills at t+1, so returns of t+2..t+1+seq_len
+                ahead = split.window_index[idx][:, None] + np.arange(2, self.seq_len + 2)
                 batch["y_seq"] = torch.from_numpy(
                     np.ascontiguousarray(split.windows[ahead, -1, self.returns_col])
                 )
@@ -137,6 +179,7 @@ class SupervisedTrainer:
         data: SupervisedDataset | None = None,
     ) -> None:
         self.run, self.spec, self.env = run, run.spec, env
+        check_precision(self.spec.training, cuda=env.device.type == "cuda")
         self.checkpointer, self.tracker = checkpointer, tracker
         seed_everything(self.spec.seed, self.spec.training.deterministic)
         self.data: SupervisedDataset = data or build_dataset(self.spec.data, seed=self.spec.seed)
@@ -150,6 +193,9 @@ class SupervisedTrainer:
         self.optimizer = build_optimizer(self.model.parameters(), self.spec.training.optimizer)
         self.scheduler = build_scheduler(
             self.optimizer, self.spec.training.scheduler, self.spec.training.epochs
+        )
+        self.scaler = torch.amp.GradScaler(
+            env.device.type, enabled=self.spec.training.precision == "fp16"
         )
         self.state = TrainState()
         self.ddp: nn.Module = self.model
@@ -173,6 +219,7 @@ class SupervisedTrainer:
             "rng": rng_state(),
             "augment_rng": self.augment_rng.get_state(),
             "normalizer": self.data.normalizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,6 +230,8 @@ class SupervisedTrainer:
         self.state = TrainState(**state["train_state"])
         set_rng_state(state["rng"])
         self.augment_rng.set_state(state["augment_rng"])
+        if state.get("grad_scaler"):  # empty from fp32/bf16 runs and older checkpoints
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     def resume(self) -> None:
         """Continue from the latest checkpoint (`resumeFrom: latest`), another run's
@@ -202,19 +251,20 @@ class SupervisedTrainer:
     # --- one epoch --------------------------------------------------------------------
 
     def _train_pool(self) -> np.ndarray | None:
-        """Curriculum: the easiest (calmest) share of the training samples for this stage."""
+        """Curriculum: the easiest (stage + 1) / stages of the training samples: the calmest
+        windows, or with strategy regime the calmer regimes first (calm, trending, volatile)
+        and the calmer windows first within a regime, so that every stage adds samples even
+        when there are fewer regimes than stages."""
         cur = self.spec.training.curriculum
         if cur is None:
             return None
         stage = min(self.state.curriculum_stage, cur.stages - 1)
         train = self.data.train
-        key = (
-            train.volatility
-            if cur.strategy == "volatility" or (train.regimes < 0).all()
-            else train.regimes
-        )
-        cutoff = np.quantile(key, (stage + 1) / cur.stages)
-        return np.flatnonzero(key <= cutoff)
+        if cur.strategy == "volatility" or (train.regimes < 0).all():
+            cutoff = np.quantile(train.volatility, (stage + 1) / cur.stages)
+            return np.flatnonzero(train.volatility <= cutoff)
+        easiest_first = np.lexsort((train.volatility, train.regimes))
+        return np.sort(easiest_first[: math.ceil(len(train) * (stage + 1) / cur.stages)])
 
     def _loss(self, batch: Batch, teacher_forcing: float) -> tuple[torch.Tensor, dict[str, float]]:
         y_seq = batch.get("y_seq")
@@ -222,6 +272,8 @@ class SupervisedTrainer:
         return self.loss_fn(out, batch["y_class"], batch["y_ret"], y_seq)  # type: ignore[no-any-return]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over this rank's shard (or the curriculum stage's pool): the means of
+        the loss, its terms and the gradient norm over the steps, as `train_*`."""
         spec = self.spec.training
         self.ddp.train()
         if spec.dropout_schedule is not None:
@@ -241,41 +293,59 @@ class SupervisedTrainer:
             len(self.data.train), epoch, self.spec.seed, self.env, self._train_pool()
         )
         totals: dict[str, float] = {}
-        steps = 0
-        autocast = torch.autocast(
-            self.env.device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16"
-        )
+        counts: dict[str, int] = {}
         for batch in self.batches(self.data.train, indices, spec.batch_size):
             if spec.augmentation is not None:
                 batch["x"] = augment(batch["x"], spec.augmentation, self.augment_rng)
-            with autocast:
-                # PGD before the clean forward pass: it restores the batch-norm statistics in
-                # place, which would invalidate the graph of a forward pass made before it.
-                adv = spec.adversarial
-                x_adv = (
-                    None
-                    if adv is None
-                    else pgd_perturb(
-                        self.ddp, self.loss_fn, batch["x"], batch["y_class"], batch["y_ret"], adv
-                    )
-                )
-                loss, parts = self._loss(batch, tf)
-                if adv is not None and x_adv is not None:
-                    adv_loss, _ = self._loss({**batch, "x": x_adv}, tf)
-                    loss = (1 - adv.weight) * loss + adv.weight * adv_loss
-                    parts["adversarial"] = float(adv_loss.detach())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            if spec.grad_clip is not None:
-                parts["grad_norm"] = float(
-                    nn.utils.clip_grad_norm_(self.model.parameters(), spec.grad_clip)
-                )
-            self.optimizer.step()
+            with self._autocast():
+                loss, parts = self._training_loss(batch, tf)
+            parts |= self._optimizer_step(loss)
             self.state.step += 1
-            steps += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + v
-        return {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+                counts[k] = counts.get(k, 0) + 1
+        return {f"train_{k}": v / counts[k] for k, v in totals.items()}
+
+    def _autocast(self) -> torch.autocast:
+        """Autocast to bf16 or fp16 as `training.precision` says (off for fp32)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.training.precision)
+        return torch.autocast(self.env.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _training_loss(
+        self, batch: Batch, teacher_forcing: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a batch, mixed with its PGD-perturbed copy's with adversarial training.
+        PGD runs before the clean forward pass: it restores the batch-norm statistics in
+        place, which would invalidate the graph of a forward pass made before it."""
+        adv = self.spec.training.adversarial
+        if adv is None:
+            return self._loss(batch, teacher_forcing)
+        x_adv = pgd_perturb(
+            self.ddp, self.loss_fn, batch["x"], batch["y_class"], batch["y_ret"], adv
+        )
+        loss, parts = self._loss(batch, teacher_forcing)
+        adv_loss, _ = self._loss({**batch, "x": x_adv}, teacher_forcing)
+        parts["adversarial"] = float(adv_loss.detach())
+        return (1 - adv.weight) * loss + adv.weight * adv_loss, parts
+
+    def _optimizer_step(self, loss: torch.Tensor) -> dict[str, float]:
+        """Backward and step through the grad scaler (a pass-through unless fp16), the
+        gradients unscaled before clipping. Returns the gradient norm before clipping, left
+        out when not finite (an fp16 step the scaler skips), and the fp16 loss scale."""
+        clip = self.spec.training.grad_clip
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        parts: dict[str, float] = {}
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            if math.isfinite(norm):
+                parts["grad_norm"] = norm
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.is_enabled():
+            parts["loss_scale"] = self.scaler.get_scale()
+        return parts
 
     def _maml_epoch(self, epoch: int) -> dict[str, float]:
         """MAML: each symbol is a task; support and query are two batches of its samples."""
@@ -366,6 +436,7 @@ class SupervisedTrainer:
             epoch = self.state.epoch
             train = dist_utils.mean_across_ranks(self.train_epoch(epoch), self.env)
             val = self.validate(self.data.validation)
+            check_finite_losses(train | val, epoch)
             step_scheduler(self.scheduler, val["val_loss"])
             metrics = {
                 **train,
@@ -462,7 +533,7 @@ class SupervisedTrainer:
             self.state.curriculum_stage += 1
 
     def _finish(self, stopped_early: bool) -> Result:
-        test = self.validate(self.data.test, prefix="test")
+        test = self.validate(self.data.test, prefix="test") | self._adapted_test()
         backtest, walk_forward = self.backtest(self.data.test)
         final = {**(self.state.history[-1] if self.state.history else {}), **test}
         self.tracker.metrics(
@@ -483,6 +554,66 @@ class SupervisedTrainer:
             stopped_early=stopped_early,
         )
 
+    def _adapted_test(self) -> dict[str, float]:
+        """MAML at evaluation (`metaLearning.adaptationBars`): per symbol of the test split, a
+        copy of the model adapted on its first samples and scored on its samples after them
+        and the purge gap, beside the un-adapted model on the same samples: `test_adapted_*`,
+        `test_unadapted_*` and the backtests `backtest_adapted_*`, `backtest_unadapted_*`."""
+        meta = self.spec.training.meta_learning
+        if meta is None or not meta.adaptation_bars:
+            return {}
+        test = self.data.test
+        tasks = adaptation_tasks(test, meta.adaptation_bars, purge_gap(self.spec.data))
+        if not tasks:
+            log.warning("adaptationBars %d leave no test sample to score", meta.adaptation_bars)
+            return {}
+        models: dict[str, Iterable[nn.Module]] = {
+            "unadapted": [self.model] * len(tasks),
+            "adapted": (  # one adapted copy alive at a time
+                adapt(self.model, self.loss_fn, self._whole_batch(test, t.support), meta)
+                for t in tasks
+            ),
+        }
+        scored = subset(test, np.concatenate([t.scored for t in tasks]))
+        evaluation = self.spec.evaluation
+        metrics: dict[str, float] = {}
+        for name, per_task in models.items():
+            scores, predicted = self._task_scores(per_task, tasks, test)
+            backtest, _ = bt.backtest(
+                predicted, scored, self.data.prediction_horizon,
+                bt.cost_of(evaluation), evaluation.walk_forward_step, self.spec.seed,
+            )  # fmt: skip
+            metrics |= {f"test_{name}_{k}": v for k, v in scores.items()}
+            metrics |= {f"backtest_{name}_{k}": v for k, v in backtest["model"].items()}
+        return metrics
+
+    def _whole_batch(self, split: SupervisedSplit, positions: np.ndarray) -> Batch:
+        """The samples at `positions` as one batch."""
+        return next(self.batches(split, positions, len(positions)))
+
+    @torch.no_grad()
+    def _task_scores(
+        self, models: Iterable[nn.Module], tasks: list[AdaptationTask], split: SupervisedSplit
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """Loss terms and accuracy of each task's model on the task's scored samples (means
+        over all of them) and the predicted classes, task after task."""
+        totals: dict[str, float] = {}
+        predicted = []
+        for model, task in zip(models, tasks, strict=True):
+            model.eval()
+            for batch in self.batches(split, task.scored, 1024):
+                out = model(batch["x"])
+                loss, parts = self.loss_fn(
+                    out, batch["y_class"], batch["y_ret"], batch.get("y_seq")
+                )
+                classes = out.logits.argmax(-1)
+                hits = float((classes == batch["y_class"]).float().mean())
+                for key, v in {"loss": float(loss), **parts, "accuracy": hits}.items():
+                    totals[key] = totals.get(key, 0.0) + v * len(classes)
+                predicted.append(classes.cpu().numpy())
+        n = sum(len(t.scored) for t in tasks)
+        return {k: v / n for k, v in totals.items()}, np.concatenate(predicted)
+
     def _log_figures(self) -> None:
         """Loss curves, test confusion matrix, equity curves and attention, to MLflow."""
         import matplotlib.pyplot as plt
@@ -493,7 +624,7 @@ class SupervisedTrainer:
         predicted = self.predict(test)[0].argmax(-1)
         returns = bt.strategy_equity(
             predicted, test, self.data.prediction_horizon,
-            self.spec.evaluation.transaction_cost, self.spec.seed,
+            bt.cost_of(self.spec.evaluation), self.spec.seed,
         )  # fmt: skip
         figures = {
             "loss_curves.png": plots.loss_curves(self.state.history),
@@ -525,5 +656,5 @@ class SupervisedTrainer:
         evaluation = self.spec.evaluation
         return bt.backtest(
             self.predict(split)[0].argmax(-1), split, self.data.prediction_horizon,
-            evaluation.transaction_cost, evaluation.walk_forward_step, self.spec.seed,
+            bt.cost_of(evaluation), evaluation.walk_forward_step, self.spec.seed,
         )  # fmt: skip

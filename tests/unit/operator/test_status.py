@@ -65,11 +65,22 @@ def test_failure_restarts_then_fails_at_max_restarts() -> None:
 
 
 def test_permanent_exit_codes_are_not_retried() -> None:
-    for code, reason in ((64, "InvalidConfig"), (66, "DataNotFound")):
+    for code, reason in ((64, "InvalidConfig"), (65, "NonFiniteLoss"), (66, "DataNotFound")):
         state = observe_attempt(JOB, [_pod("r-0-0", "Failed", code)])
         d = decide(_run(maxRestarts=5), RunStatus(phase="Running"), state, NOW, 1)
         assert d.status.phase == "Failed" and d.status.restarts == 0
+        assert d.actions == []
         assert next(c for c in d.status.conditions if c.type == "Failed").reason == reason
+
+
+def test_a_permanent_failure_says_what_the_trainer_wrote_in_its_termination_message() -> None:
+    said = "error: train_loss=nan in epoch 3: training diverged"
+    pod = _pod("r-0-0", "Failed", 65)
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = said
+    d = decide(_run(), RunStatus(phase="Running"), observe_attempt(JOB, [pod]), NOW, 1)
+    failed = next(c for c in d.status.conditions if c.type == "Failed")
+    assert failed.reason == "NonFiniteLoss"
+    assert said in failed.message and "not retried" in failed.message
 
 
 def test_suspend_and_resume() -> None:

@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -28,6 +29,7 @@ from tradewind.operator.sweep_status import (
     study_name,
     trials_to_start,
 )
+from tradewind.significance import sharpe_stats
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 LR = "training.optimizer.learningRate"
@@ -465,3 +467,42 @@ def test_a_sweep_reconciled_with_nothing_new_writes_no_status(tmp_path: Path) ->
     assert conditions["Reconciling"].last_transition_time == h.now
     assert conditions["Stalled"].status == "False"
     assert conditions["Stalled"].last_transition_time == NOW
+
+
+def _backtest(seed: int) -> dict[str, float]:
+    """A child's final Sharpe metrics: a year of daily returns of a modest strategy."""
+    returns = np.random.default_rng(seed).normal(0.001, 0.01, 252)
+    return sharpe_stats(returns, 252.0, n_boot=200, seed=seed).as_metrics("backtest")
+
+
+def test_the_best_trials_deflated_sharpe_is_in_the_status_and_mlflow(tmp_path: Path) -> None:
+    h = Harness(tmp_path, _body(maxTrials=4))
+    h.reconcile()
+    for n in range(4):
+        h.metrics.runs[f"sw-{n}"] = {
+            k: {1: v} for k, v in ({"val_loss": 0.5 - 0.1 * n} | _backtest(n)).items()
+        }
+        h.kube.finish(f"sw-{n}", "Succeeded")
+        status = h.reconcile()
+    assert status.phase == "Succeeded" and status.best_trial is not None
+    sharpe = status.best_trial.sharpe
+    assert sharpe is not None and sharpe.trials == 4
+    assert sharpe.value == pytest.approx(_backtest(3)["backtest_sharpe"])
+    assert sharpe.deflated < sharpe.psr
+    written = h.kube.custom.status
+    assert written is not None and written["bestTrial"]["sharpe"]["deflated"] == sharpe.deflated
+    ((_, _, metrics),) = h.metrics.finished
+    assert metrics["best_deflated_sharpe"] == sharpe.deflated
+    assert metrics["best_sharpe"] == sharpe.value and metrics["best_psr"] == sharpe.psr
+    assert metrics["sharpe_trials"] == 4
+
+
+def test_a_best_trial_without_sharpe_metrics_has_no_significance(tmp_path: Path) -> None:
+    h = Harness(tmp_path, _body(maxTrials=1, parallelism=1))
+    h.reconcile()
+    h.kube.finish("sw-0", "Succeeded", val_loss=0.25, backtest_sharpe=1.0)
+    status = h.reconcile()
+    assert status.phase == "Succeeded" and status.best_trial is not None
+    assert status.best_trial.sharpe is None
+    ((_, _, metrics),) = h.metrics.finished
+    assert "best_deflated_sharpe" not in metrics

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -18,8 +19,15 @@ from tests.corpus import invalid_cases
 from tests.tiny import tiny_spec
 from tradewind.api import Sweep, TrainingRun, load_resources
 from tradewind.cli import app
+from tradewind.significance import sharpe_stats
 from tradewind.sweeps import study as sw
-from tradewind.sweeps.local import PARENT_RUN_ATTR, STEPS_RUN_ATTR, run_sweep
+from tradewind.sweeps.local import (
+    PARENT_RUN_ATTR,
+    STEPS_RUN_ATTR,
+    LocalSweep,
+    run_sweep,
+    sharpe_text,
+)
 
 EPOCHS = 4
 SWEEP: dict[str, Any] = {
@@ -119,6 +127,7 @@ def test_a_local_sweep_prunes_nests_its_runs_and_resumes_without_duplicates(
     lr = best.params["training.optimizer.learningRate"]
     assert rerun.spec.training.optimizer.learning_rate == lr
     assert f"tradewind run -f {outcome.folder / 'best.yaml'}" in text
+    assert "deflated Sharpe" in text
 
     # Re-running a finished sweep starts nothing and duplicates nothing.
     again = run_sweep(sweep, state, Console(file=io.StringIO()))
@@ -214,3 +223,36 @@ def test_no_trial_starts_after_the_timeout(tmp_path: Path, monkeypatch: pytest.M
     # Resumed: the timeout counts from the sweep's first trial, not from this start.
     outcome = run_sweep(sweep, tmp_path / "s", Console(file=io.StringIO()))
     assert len(outcome.study.trials) == 1
+
+
+def test_the_summary_prints_the_best_trials_deflated_sharpe_and_logs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a sweep, without trial processes: a study told as trials would be."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = _sweep(tmp_path / "sweep.yaml")
+    out = io.StringIO()
+    local = LocalSweep(sweep, tmp_path / "state", Console(file=out, width=200))
+    local.tracking.start_parent(sweep, None)
+    for i in range(5):
+        trial, _ = sw.ask(local.study, sweep.spec)
+        returns = np.random.default_rng(i).normal(0.001, 0.01, 252)
+        sharpe = sharpe_stats(returns, 252.0, n_boot=100).as_metrics("backtest")
+        sw.tell(local.study, sweep.spec, trial.number, {"val_loss": 1.0 - 0.1 * i} | sharpe)
+    outcome = local._finish(True, 1.0)
+    text = out.getvalue()
+    best = outcome.study.best_trial
+    _, summary, _, _ = sw.summarise(outcome.study, sweep.spec, {})
+    assert summary is not None and summary.sharpe is not None
+    assert f"deflated Sharpe {summary.sharpe.deflated:.3f} over 5 trials tried" in text
+    assert f"PSR {summary.sharpe.psr:.3f}" in text
+    parent = MlflowClient(local.tracking_uri).get_run(local.tracking.parent_id)
+    assert parent.data.metrics["best_deflated_sharpe"] == summary.sharpe.deflated
+    assert parent.data.metrics["best_sharpe"] == best.user_attrs[sw.SHARPE_ATTR]["sharpe"]
+    assert parent.data.metrics["sharpe_trials"] == 5
+
+
+def test_a_best_trial_without_a_sharpe_says_so() -> None:
+    assert sharpe_text(None, "backtest") == (
+        "deflated Sharpe: n/a (the trial logged no backtest_sharpe with its statistics)"
+    )

@@ -1,12 +1,14 @@
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tradewind.api.sweep import Parameter, SweepSpec
+from tradewind.significance import sharpe_stats
 from tradewind.sweeps import study as sw
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -228,3 +230,106 @@ def test_a_reloaded_study_keeps_its_trials_and_requeues_the_interrupted(tmp_path
     assert sw.failed(again) == 0
     assert sw.requeue_running(sw.create_or_load(spec, "ns.sweep", storage)) == [2, 3]
     assert sw.interrupted(again) == {1, 2, 3}
+
+
+def _backtest(seed: int, per_period_sharpe: float, prefix: str = "backtest") -> dict[str, float]:
+    """A run's final Sharpe metrics: a year of daily returns with this true Sharpe."""
+    returns = np.random.default_rng(seed).normal(per_period_sharpe * 0.01, 0.01, 252)
+    return sharpe_stats(returns, 252.0, n_boot=200, seed=seed).as_metrics(prefix)
+
+
+def test_the_best_trial_is_deflated_by_the_trials_tried() -> None:
+    spec = _spec(maxTrials=30)
+    study = _memory(spec)
+    for i in range(20):  # alike strategies; the objective does not follow the Sharpe
+        trial, _ = sw.ask(study, spec)
+        sw.report(study, trial.number, 1, 1.0)
+        sw.tell(study, spec, trial.number, {"val_loss": 1.0 - 0.01 * i} | _backtest(i, 0.12))
+    pruned, _ = sw.ask(study, spec)
+    sw.report(study, pruned.number, 1, 2.0)
+    sw.prune(study, pruned.number)
+    crashed, _ = sw.ask(study, spec)  # failed before its first epoch: not tried
+    sw.tell(study, spec, crashed.number, None)
+    _, best, _, _ = sw.summarise(study, spec, {})
+    assert best is not None and best.number == 19 and best.sharpe is not None
+    assert best.sharpe.trials == 21
+    assert best.sharpe.psr > 0.9
+    assert best.sharpe.deflated < best.sharpe.psr - 0.2
+    assert best.sharpe.ci_low < best.sharpe.value < best.sharpe.ci_high
+    metrics = sw.significance_metrics(best)
+    assert metrics["best_deflated_sharpe"] == best.sharpe.deflated
+    assert metrics["best_psr"] == best.sharpe.psr and metrics["sharpe_trials"] == 21
+    assert set(metrics) >= {"best_sharpe", "best_sharpe_ci_low", "best_sharpe_ci_high"}
+
+
+def test_one_trial_tried_is_deflated_to_its_psr() -> None:
+    spec = _spec()
+    study = _memory(spec)
+    trial, _ = sw.ask(study, spec)
+    sw.tell(study, spec, trial.number, {"val_loss": 0.3} | _backtest(0, 0.1))
+    _, best, _, _ = sw.summarise(study, spec, {})
+    assert best is not None and best.sharpe is not None and best.sharpe.trials == 1
+    assert best.sharpe.deflated == pytest.approx(best.sharpe.psr)
+
+
+def test_trials_without_a_sharpe_count_as_tried_and_nothing_crashes() -> None:
+    spec = _spec()
+    study = _memory(spec)
+    trial, _ = sw.ask(study, spec)
+    sw.tell(study, spec, trial.number, {"val_loss": 0.3})  # the best, with no Sharpe
+    trial, _ = sw.ask(study, spec)
+    sw.tell(study, spec, trial.number, {"val_loss": 0.4, "backtest_sharpe": 1.0})  # partial
+    _, best, _, _ = sw.summarise(study, spec, {})
+    assert best is not None and best.number == 0 and best.sharpe is None
+    assert sw.significance_metrics(best) == {}
+    trial, _ = sw.ask(study, spec)
+    sw.tell(study, spec, trial.number, {"val_loss": 0.1} | _backtest(1, 0.2))
+    _, best, _, _ = sw.summarise(study, spec, {})
+    assert best is not None and best.sharpe is not None and best.sharpe.trials == 3
+    lone = best.sharpe.deflated  # one Sharpe among 3 tried: the estimate's own spread
+    assert 0 < lone < best.sharpe.psr
+
+
+def test_a_pareto_front_shows_each_members_deflated_sharpe() -> None:
+    spec = _spec(
+        objective=None,
+        objectives=[{"metric": "val_loss"}, {"metric": "sharpe", "direction": "maximize"}],
+        sampler="nsga2",
+    )
+    study = _memory(spec)
+    for i, (loss, sharpe) in enumerate([(0.5, 1.0), (0.4, 0.5), (0.6, 0.9)]):
+        trial, _ = sw.ask(study, spec)
+        metrics = {"val_loss": loss, "sharpe": sharpe} | _backtest(i, 0.1)
+        sw.tell(study, spec, trial.number, metrics)
+    _, _, _, front = sw.summarise(study, spec, {})
+    assert [t.number for t in front] == [0, 1]
+    assert all(t.sharpe is not None and t.sharpe.trials == 3 for t in front)
+
+
+@pytest.mark.parametrize(
+    ("rl", "prefix"),
+    [
+        ({"agents": [{"name": "ppo", "algorithm": "ppo"}, {"name": "a2c", "algorithm": "a2c"}],
+          "ensemble": {}}, "ensemble"),
+        ({"agents": [{"name": "a2c", "algorithm": "a2c"}, {"name": "ppo", "algorithm": "ppo"}]},
+         "a2c"),
+    ],
+)  # fmt: skip
+def test_an_rlrun_trials_sharpe_is_its_ensembles_else_its_first_agents(
+    rl: dict[str, Any], prefix: str
+) -> None:
+    spec = _spec(
+        template={"kind": "RLRun", "spec": rl},
+        objective={"metric": f"{prefix}_total_return", "direction": "maximize"},
+        searchSpace={"agents[a2c].hyperparameters.gamma": {"type": "uniform", "low": 0.9,
+                                                          "high": 0.99}},
+    )  # fmt: skip
+    assert sw.sharpe_prefix(spec) == prefix
+    assert sw.sharpe_prefix(_spec()) == "backtest"
+    study = _memory(spec)
+    trial, _ = sw.ask(study, spec)
+    metrics = {f"{prefix}_total_return": 0.1} | _backtest(0, 0.1, prefix) | _backtest(1, 0.3, "x")
+    sw.tell(study, spec, trial.number, metrics)
+    _, best, _, _ = sw.summarise(study, spec, {})
+    assert best is not None and best.sharpe is not None
+    assert best.sharpe.value == metrics[f"{prefix}_sharpe"]

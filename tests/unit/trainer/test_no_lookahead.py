@@ -57,7 +57,8 @@ def test_future_bars_change_nothing_at_or_before_t(tmp_path: Path) -> None:
         idx_b = np.array([times_b[ts] for ts in known])
         np.testing.assert_array_equal(a.test.inputs(idx_a), b.test.inputs(idx_b))  # features
         bar = {ts: k for k, ts in enumerate(times)}
-        in_use = [k for k, ts in enumerate(known) if bar[ts] + horizon <= bar[t]]
+        # a target reads the fill bar after the sample and `horizon` more
+        in_use = [k for k, ts in enumerate(known) if bar[ts] + horizon + 1 <= bar[t]]
         np.testing.assert_array_equal(a.test.labels[idx_a[in_use]], b.test.labels[idx_b[in_use]])
         np.testing.assert_array_equal(
             a.test.forward_returns[idx_a[in_use]], b.test.forward_returns[idx_b[in_use]]

@@ -16,8 +16,20 @@ def _optimizer(name: str = "adamw") -> torch.optim.Optimizer:
     [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)],
 )
 def test_optimizer_from_spec(name: str, cls: type) -> None:
-    opt = _optimizer(name)
-    assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.1
+    spec = OptimizerSpec(
+        name=name, learning_rate=0.02, weight_decay=0.03, beta1=0.8, beta2=0.95, momentum=0.7
+    )
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = build_optimizer(params, spec)
+    assert type(opt) is cls  # AdamW subclasses Adam: isinstance would not tell them apart
+    (group,) = opt.param_groups
+    assert group["params"] == params
+    assert (group["lr"], group["weight_decay"]) == (0.02, 0.03)
+    if name == "sgd":
+        assert group["momentum"] == 0.7
+    else:
+        assert group["betas"] == (0.8, 0.95)
+        assert group["decoupled_weight_decay"] is (name == "adamw")
 
 
 def test_cosine_warm_restarts_returns_to_the_peak_after_t0() -> None:

@@ -41,7 +41,7 @@ def _spec(agents: list[dict[str, Any]] | None = None) -> RLRunSpec:
 
 def _markets(spec: RLRunSpec):  # type: ignore[no-untyped-def]
     market = random_market(n_bars=120, seed=3)
-    return split_market(market, spec.environment, 0.4)
+    return split_market(market, spec.environment, 0.2, 0.2)
 
 
 def test_params_parse_numbers_booleans_and_bracketed_lists() -> None:
@@ -165,10 +165,27 @@ def test_every_combination_trains_with_its_values_and_is_ranked(
     assert sharpes == sorted(sharpes, reverse=True)
     assert result.best == result.rows[0]["params"]
     for row in result.rows:
-        assert all(math.isfinite(row[m]) for m in gs.METRICS)
+        assert all(math.isfinite(row[m]) for m in (*gs.METRICS, *gs.TEST_METRICS))
         assert row["max_drawdown"] >= 0 and row["turnover"] >= 0
-    assert set(result.baseline) == {"total_return", "sharpe", "max_drawdown", "turnover"}
+    assert set(result.baseline) == {*gs.TRADING_METRICS, *gs.TEST_METRICS}
+    assert result.best_test == {m: result.rows[0][m] for m in gs.TEST_METRICS}
     assert (result.agent, result.algorithm, result.timesteps, result.seeds) == ("ppo", "ppo", 64, 1)
+
+
+def test_the_ranking_reads_the_validation_bars_and_never_the_test_bars(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def scored(*args: Any) -> dict[str, float]:
+        gamma = float(args[1].hyperparameters["gamma"])
+        validation = dict.fromkeys(gs.METRICS, gamma)
+        return validation | dict.fromkeys(gs.TEST_METRICS, -gamma)  # test disagrees
+
+    monkeypatch.setattr(gs, "evaluate_trial", scored)
+    spec = _spec()
+    result = gs.grid_search(spec, {"gamma": [0.9, 0.99, 0.95]}, markets=_markets(spec))
+    assert [r["params"]["gamma"] for r in result.rows] == [0.99, 0.95, 0.9]
+    assert result.best_test["test_sharpe"] == -0.99
+    assert "test bars" in gs.best_summary(result) and "-99.00%" in gs.best_summary(result)
 
 
 def test_identical_combinations_score_identically_and_seeds_average() -> None:
@@ -237,6 +254,8 @@ def test_cli_grid_search_on_bundled_bars(tmp_path: Path, monkeypatch: pytest.Mon
     returns = [r["total_return"] for r in written["rows"]]
     assert returns == sorted(returns, reverse=True)
     assert written["best"] == written["rows"][0]["params"]
+    assert written["best_test"]["test_sharpe"] == written["rows"][0]["test_sharpe"]
+    assert "best on validation, on the test bars: return" in result.output
     snippet = result.output.split("(add to the agent in the RLRun):")[1].split("wrote")[0]
     assert yaml.safe_load(snippet) == {"hyperparameters": written["best"]}
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tradewind.api import RLRun
-from tradewind.trainer.rl.run import EnsembleTrace, _log_combine, combine, train_one
+from tradewind.trainer.rl.run import EnsembleTrace, _log_combine, combine, run_markets, train_one
 from tradewind.trainer.tracking import Tracker
 
 PNG = b"\x89PNG"
@@ -75,15 +75,23 @@ def check_logged(client: Any, run: RLRun, rows: list[dict[str, Any]]) -> None:
         artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
         assert {"equity_curve.png", "evaluation.json"} <= artifacts
         for key in (
-            "eval_total_return",
+            "eval_total_return",  # validation: what checkpoint selection and Sweeps read
             "eval_sharpe",
             "eval_max_drawdown",
             "eval_turnover",
-            "buy_and_hold_total_return",
-            "buy_and_hold_sharpe",
+            "eval_buy_and_hold_total_return",
+            "eval_buy_and_hold_sharpe",
             "eval_mean_reward",
+            "test_total_return",  # test: held out from every choice
+            "test_sharpe",
+            "test_psr",
+            "test_max_drawdown",
+            "test_turnover",
+            "test_buy_and_hold_total_return",
+            "test_buy_and_hold_sharpe",
         ):
             assert key in logged.data.metrics, key
+        assert logged.data.metrics["eval_sharpe"] != logged.data.metrics["test_sharpe"]
         local = client.download_artifacts(logged.info.run_id, "equity_curve.png")
         assert Path(local).read_bytes()[:4] == PNG
     combined = by_role["combine"]
@@ -94,9 +102,19 @@ def check_logged(client: Any, run: RLRun, rows: list[dict[str, Any]]) -> None:
         for key in ("total_return", "sharpe", "max_drawdown", "turnover"):
             assert metrics[f"{row['strategy']}_{key}"] == pytest.approx(row[key])
     assert {r["strategy"] for r in rows} == {"ppo", "a2c", "ensemble", "buy_and_hold"}
+    # combine reports on the test market: buy-and-hold there is the agents' test baseline
+    test_hold = by_role["ppo"].data.metrics["test_buy_and_hold_total_return"]
+    assert metrics["buy_and_hold_total_return"] == pytest.approx(test_hold)
+    assert metrics["buy_and_hold_total_return"] != pytest.approx(
+        by_role["ppo"].data.metrics["eval_buy_and_hold_total_return"]
+    )
     history = client.get_metric_history(combined.info.run_id, "ensemble_uncertainty")
     values = np.array([m.value for m in sorted(history, key=lambda m: m.step)])
-    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(episode))
+    # one pass over every bar of the test market (after its first window)
+    test_market = run_markets(run.spec).test
+    steps = test_market.num_bars - run.spec.environment.lookback_window
+    assert steps > episode
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(steps))
     assert (values >= 0).all()
     assert metrics["ensemble_uncertainty_mean"] == pytest.approx(values.mean())
     assert metrics["ensemble_uncertainty_max"] == pytest.approx(values.max())

@@ -15,12 +15,28 @@ import yaml
 
 from tradewind.api import TrainingRun
 from tradewind.api.manifest import parse_resource
-from tradewind.trainer import supervised
+from tradewind.api.training import TrainingSpec
+from tradewind.trainer import entrypoint, supervised
 from tradewind.trainer.checkpoint import Checkpointer
+from tradewind.trainer.data.dataset import SupervisedSplit
 from tradewind.trainer.distributed import DistEnv
-from tradewind.trainer.entrypoint import EXIT_BAD_CONFIG, EXIT_DATA_NOT_FOUND, main
+from tradewind.trainer.entrypoint import (
+    EXIT_BAD_CONFIG,
+    EXIT_DATA_NOT_FOUND,
+    EXIT_NON_FINITE_LOSS,
+    NonFiniteLossError,
+    SpecNotRunnableError,
+    main,
+)
 from tradewind.trainer.storage import LocalStore, StorageError
-from tradewind.trainer.supervised import SupervisedTrainer, shard_indices
+from tradewind.trainer.supervised import (
+    Batch,
+    BatchMaker,
+    SupervisedTrainer,
+    check_finite_losses,
+    check_precision,
+    shard_indices,
+)
 from tradewind.trainer.tracking import Tracker
 
 pytestmark = pytest.mark.usefixtures("torch_sandbox")
@@ -29,8 +45,8 @@ CPU = torch.device("cpu")
 Build = Callable[..., SupervisedTrainer]
 
 
-def _env(rank: int = 0, world_size: int = 1) -> DistEnv:
-    return DistEnv(rank=rank, local_rank=rank, world_size=world_size, device=CPU)
+def _env(rank: int = 0, world_size: int = 1, device: torch.device = CPU) -> DistEnv:
+    return DistEnv(rank=rank, local_rank=rank, world_size=world_size, device=device)
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +61,22 @@ def make_trainer(
     monkeypatch: pytest.MonkeyPatch,
     tiny_manifest: Callable[..., dict[str, Any]],
 ) -> Build:
-    """`make_trainer(*spec_overrides, checkpoints=None)`: a trainer of the tiny run, alone
-    on the CPU, with tracking off and checkpoints in `checkpoints` (default: a fresh folder)."""
+    """`make_trainer(*spec_overrides, checkpoints=None, device=CPU)`: a trainer of the tiny
+    run, alone on `device`, with tracking off and checkpoints in `checkpoints` (default: a
+    fresh folder)."""
     monkeypatch.setenv("TRADEWIND_CACHE", str(feature_cache))
     count = 0
 
-    def build(*specs: dict[str, Any], checkpoints: Path | None = None) -> SupervisedTrainer:
+    def build(
+        *specs: dict[str, Any], checkpoints: Path | None = None, device: torch.device = CPU
+    ) -> SupervisedTrainer:
         nonlocal count
         count += 1
         run = parse_resource(tiny_manifest(*specs))
         assert isinstance(run, TrainingRun)
         store = LocalStore(checkpoints or tmp_path / f"checkpoints-{count}")
-        return SupervisedTrainer(run, _env(), Checkpointer(store), Tracker(enabled=False))
+        env = _env(device=device)
+        return SupervisedTrainer(run, env, Checkpointer(store), Tracker(enabled=False))
 
     return build
 
@@ -119,9 +139,10 @@ def test_batches_scale_returns_and_hold_the_next_bars_returns_as_sequence(
     np.testing.assert_allclose(y_ret * batches.ret_scale, train.forward_returns, rtol=1e-5)
     assert y_ret.std() == pytest.approx(1.0, rel=1e-4)
 
-    # The window ending `horizon` bars after a sample ends with that sample's next bars.
+    # The window ending `horizon + 1` bars after a sample ends with the bars its trade holds
+    # (it fills at the next bar's close, then holds `horizon` bars).
     col = data.feature_names.index("returns")
-    ahead = train.windows[train.window_index + horizon]
+    ahead = train.windows[train.window_index + horizon + 1]
     np.testing.assert_array_equal(y_seq, ahead[:, -horizon:, col])
     # Un-normalised, those bars' returns compound to the sample's forward return.
     center, scale = data.normalizer.center, data.normalizer.scale
@@ -178,72 +199,100 @@ def test_curriculum_pool_grows_from_the_calmest_samples_to_all(make_trainer: Bui
         assert volatility[pool].max() <= volatility[outside].min()
 
 
-def test_curriculum_advances_a_stage_per_epoch_and_trains_on_its_pool(
+def test_curriculum_trains_each_stage_on_its_calmest_share_and_advances_per_epoch(
     make_trainer: Build,
 ) -> None:
-    curriculum = {"stages": 3, "minEpochsPerStage": 1}
+    curriculum = {"stages": 3, "minEpochsPerStage": 1, "strategy": "volatility"}
     trainer = make_trainer({"training": {"epochs": 3, "curriculum": curriculum}})
-    sizes = []
-    for stage in range(3):
+    recorder = _BatchRecorder.install(trainer)
+    trainer.fit()
+    assert trainer.state.curriculum_stage == 2
+    volatility = trainer.data.train.volatility
+    for epoch in range(3):
+        calmest = np.flatnonzero(volatility <= np.quantile(volatility, (epoch + 1) / 3))
+        assert sorted(recorder.indices_of_epoch(epoch)) == calmest.tolist(), epoch
+    assert len(recorder.indices_of_epoch(2)) == len(volatility)
+
+
+def test_regime_curriculum_stages_are_distinct_and_take_the_calmer_regimes_first(
+    make_trainer: Build,
+) -> None:
+    stages = 3
+    trainer = make_trainer({"training": {"curriculum": {"stages": stages, "strategy": "regime"}}})
+    regimes = trainer.data.train.regimes
+    assert len(np.unique(regimes)) >= 2  # the synthetic data knows its regimes
+    pools = []
+    for stage in range(stages):
         trainer.state.curriculum_stage = stage
         pool = trainer._train_pool()
         assert pool is not None
-        sizes.append(len(pool))
-    trainer.state.curriculum_stage = 0
-    trainer.fit()
-    assert [h.get("curriculum_stage") for h in trainer.state.history] == [0, 1, None]
-    assert trainer.state.curriculum_stage == 2
-    batch = trainer.spec.training.batch_size
-    assert trainer.state.step == sum(math.ceil(s / batch) for s in sizes)
+        pools.append(set(pool.tolist()))
+        outside = np.setdiff1d(np.arange(len(regimes)), pool)
+        if len(outside):
+            assert regimes[pool].max() <= regimes[outside].min(), stage
+    assert pools[0] < pools[1] < pools[2] == set(range(len(regimes)))
 
 
 # --- techniques ------------------------------------------------------------------------------
 
 
-def _dropout_rates(trainer: SupervisedTrainer) -> list[float]:
-    return sorted({m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)})
+class _BatchRecorder:
+    """Stands in for a trainer's BatchMaker and keeps every training batch it makes, as
+    made (before augmentation), with the epoch and the sample indices it was asked for."""
+
+    def __init__(self, trainer: SupervisedTrainer) -> None:
+        self.trainer, self.maker = trainer, trainer.batches
+        self.calls: list[tuple[int, np.ndarray]] = []
+        self.batches: list[Batch] = []
+
+    @classmethod
+    def install(cls, trainer: SupervisedTrainer) -> _BatchRecorder:
+        recorder = cls(trainer)
+        trainer.batches = recorder  # type: ignore[assignment]
+        return recorder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.maker, name)
+
+    def __call__(
+        self, split: SupervisedSplit, indices: np.ndarray, batch_size: int
+    ) -> Iterator[Batch]:
+        training = split is self.trainer.data.train
+        if training:
+            self.calls.append((self.trainer.state.epoch, indices.copy()))
+        for batch in BatchMaker.__call__(self.maker, split, indices, batch_size):
+            if training:
+                self.batches.append(dict(batch))
+            yield batch
+
+    def indices_of_epoch(self, epoch: int) -> list[int]:
+        return [int(i) for e, idx in self.calls if e == epoch for i in idx]
 
 
-# technique -> (spec overrides, whether it took effect: f(trainer after fit, dtypes of the
-# first linear layer's outputs in training mode))
-Check = Callable[[SupervisedTrainer, set[torch.dtype]], bool]
-TECHNIQUES: dict[str, tuple[dict[str, Any], Check]] = {
-    "augmentation": (
-        {"training": {"augmentation": {"noiseStd": 0.05, "timeShiftMax": 2}}},
-        lambda t, _: (
-            not torch.equal(
-                t.augment_rng.get_state(), torch.Generator().manual_seed(t.spec.seed).get_state()
-            )
-        ),
-    ),
-    "dropoutSchedule": (
-        {"training": {"epochs": 2, "dropoutSchedule": {"final": 0.05}}},
-        lambda t, _: _dropout_rates(t) == pytest.approx([0.05]),
-    ),
-    "adversarial": (
-        {"training": {"adversarial": {"epsilon": 0.02, "alpha": 0.01, "steps": 2}}},
-        lambda t, _: "train_adversarial" in t.state.history[-1],
-    ),
-    "curriculum": (
-        {"training": {"curriculum": {"stages": 2}}},
-        lambda t, _: t.state.history[-1]["curriculum_stage"] == 0,
-    ),
-    "metaLearning": (
-        {"training": {"metaLearning": {"tasksPerBatch": 2, "innerSteps": 1}}},
-        lambda t, _: "train_query_loss" in t.state.history[-1],
-    ),
-    "metaLearning-second-order": (
-        {"training": {"metaLearning": {"tasksPerBatch": 2, "innerSteps": 1, "firstOrder": False}}},
-        lambda t, _: "train_query_loss" in t.state.history[-1],
-    ),
-    "seq2seq": (
-        {"model": {"type": "lstm"}, "training": {"seq2seq": {"outputLength": 3}}},
-        lambda t, _: {"train_sequence", "val_sequence"} <= t.state.history[-1].keys(),
-    ),
-    "bf16": (
-        {"training": {"precision": "bf16"}},
-        lambda _, dtypes: torch.bfloat16 in dtypes,
-    ),
+def _training_forwards(trainer: SupervisedTrainer) -> list[tuple[Any, ...]]:
+    """The positional arguments of every forward pass the model makes in training mode."""
+    calls: list[tuple[Any, ...]] = []
+
+    def record(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training:
+            calls.append(args)
+
+    trainer.model.register_forward_pre_hook(record)
+    return calls
+
+
+# technique -> spec overrides; what each one does is asserted by the tests after this one
+TECHNIQUES: dict[str, dict[str, Any]] = {
+    "augmentation": {"training": {"augmentation": {"noiseStd": 0.05, "timeShiftMax": 2}}},
+    "dropoutSchedule": {"training": {"epochs": 2, "dropoutSchedule": {"final": 0.05}}},
+    "adversarial": {"training": {"adversarial": {"epsilon": 0.02, "alpha": 0.01, "steps": 2}}},
+    "curriculum": {"training": {"curriculum": {"stages": 2}}},
+    "metaLearning": {"training": {"metaLearning": {"tasksPerBatch": 2, "innerSteps": 1}}},
+    "metaLearning-second-order": {
+        "training": {"metaLearning": {"tasksPerBatch": 2, "innerSteps": 1, "firstOrder": False}}
+    },
+    "seq2seq": {"model": {"type": "lstm"}, "training": {"seq2seq": {"outputLength": 3}}},
+    "bf16": {"training": {"precision": "bf16"}},
 }
 
 
@@ -251,13 +300,7 @@ TECHNIQUES: dict[str, tuple[dict[str, Any], Check]] = {
 def test_each_technique_trains_with_finite_losses_and_checkpoints(
     make_trainer: Build, technique: str
 ) -> None:
-    overrides, took_effect = TECHNIQUES[technique]
-    trainer = make_trainer({"training": {"epochs": 1}}, overrides)
-    dtypes: set[torch.dtype] = set()
-    linear = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
-    linear.register_forward_hook(
-        lambda module, _, out: dtypes.add(out.dtype) if module.training else None
-    )
+    trainer = make_trainer({"training": {"epochs": 1}}, TECHNIQUES[technique])
     result = trainer.fit()
     epochs = trainer.spec.training.epochs
     assert trainer.state.epoch == epochs
@@ -267,11 +310,108 @@ def test_each_technique_trains_with_finite_losses_and_checkpoints(
     assert any(k.startswith("train_") for k in losses)
     assert all(math.isfinite(v) for v in losses.values()), losses
     assert all(math.isfinite(v) for v in result.metrics.values()), result.metrics
-    assert took_effect(trainer, dtypes)
     # the state, with whatever the technique keeps, is a loadable checkpoint
     assert trainer.checkpointer.latest_step == epochs
     state = trainer.checkpointer.load_latest()
     assert state is not None and state["train_state"]["epoch"] == epochs
+
+
+def test_augmentation_adds_the_configured_noise_to_the_configured_share_of_samples(
+    make_trainer: Build,
+) -> None:
+    noise_std, probability = 0.3, 0.4
+    augmentation = {"noiseStd": noise_std, "timeShiftMax": 0, "probability": probability}
+    trainer = make_trainer({"training": {"augmentation": augmentation}})
+    recorder = _BatchRecorder.install(trainer)
+    forwards = _training_forwards(trainer)
+    trainer.train_epoch(0)
+    clean = torch.cat([b["x"] for b in recorder.batches])
+    change = torch.cat([args[0] for args in forwards]) - clean
+    perturbed = change.flatten(1).ne(0).any(1)
+    n = len(perturbed)
+    share = perturbed.float().mean().item()
+    assert share == pytest.approx(probability, abs=4 * math.sqrt(probability * 0.6 / n))
+    assert change[perturbed].std().item() == pytest.approx(noise_std, rel=0.05)
+
+
+def test_dropout_anneals_per_epoch_from_the_models_rate_to_the_final_one(
+    make_trainer: Build,
+) -> None:
+    epochs, initial, final = 3, 0.4, 0.1
+    trainer = make_trainer(
+        {
+            "model": {"dropout": initial},
+            "training": {"epochs": epochs, "dropoutSchedule": {"final": final}},
+        }
+    )
+    dropouts = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts
+    rates: dict[int, set[float]] = {}
+    forwards = _training_forwards(trainer)
+    for epoch in range(epochs):
+        trainer.train_epoch(epoch)
+        assert forwards
+        rates[epoch] = {m.p for m in dropouts}
+    assert [sorted(rates[e]) for e in range(epochs)] == [
+        pytest.approx([initial]),
+        pytest.approx([(initial + final) / 2]),
+        pytest.approx([final]),
+    ]
+
+
+def test_teacher_forcing_ratio_given_to_the_model_decays_per_epoch(make_trainer: Build) -> None:
+    ratio, decay, epochs = 0.8, 0.5, 3
+    seq2seq = {"outputLength": 3, "teacherForcingRatio": ratio, "teacherForcingDecay": decay}
+    trainer = make_trainer({"model": {"type": "lstm"}, "training": {"seq2seq": seq2seq}})
+    forwards = _training_forwards(trainer)
+    given: list[list[float]] = []
+    for epoch in range(epochs):
+        forwards.clear()
+        trainer.train_epoch(epoch)
+        assert forwards and all(args[1] is not None for args in forwards)  # targets fed
+        given.append(sorted({args[2] if len(args) > 2 else 0.0 for args in forwards}))
+    assert given == [pytest.approx([ratio * decay**epoch]) for epoch in range(epochs)]
+
+
+def test_gradients_reach_the_optimizer_clipped_to_grad_clip(
+    make_trainer: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = 0.01
+    trainer = make_trainer({"training": {"gradClip": clip}})
+    step = trainer.optimizer.step
+    norms: list[float] = []
+
+    def measured_step(*args: Any, **kwargs: Any) -> Any:
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(float(torch.nn.utils.get_total_norm(grads)))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", measured_step)
+    metrics = trainer.train_epoch(0)
+    assert len(norms) == trainer.state.step > 0
+    assert max(norms) <= clip * (1 + 1e-5)
+    assert metrics["train_grad_norm"] > 10 * clip  # the raw gradients did need clipping
+
+
+def test_adversarial_training_mixes_in_the_loss_of_pgd_inputs_with_its_weight(
+    make_trainer: Build,
+) -> None:
+    weight = 0.3
+    adversarial = {"epsilon": 0.05, "alpha": 0.02, "steps": 2, "weight": weight}
+    trainer = make_trainer({"training": {"adversarial": adversarial}})
+    metrics = trainer.train_epoch(0)
+    clean, attacked = metrics["train_total"], metrics["train_adversarial"]
+    assert attacked > clean  # PGD found inputs the model does worse on
+    assert metrics["train_loss"] == pytest.approx((1 - weight) * clean + weight * attacked)
+
+
+def test_bf16_autocasts_the_training_forward_pass(make_trainer: Build) -> None:
+    trainer = make_trainer({"model": {"type": "cnn"}, "training": {"precision": "bf16"}})
+    dtypes: set[torch.dtype] = set()
+    linear = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, _, out: dtypes.add(out.dtype))
+    trainer.train_epoch(0)
+    assert dtypes == {torch.bfloat16}
 
 
 def test_meta_learning_clips_gradients(make_trainer: Build) -> None:
@@ -289,6 +429,119 @@ def test_meta_learning_clips_gradients(make_trainer: Build) -> None:
         for p, b in zip(trainer.model.parameters(), before, strict=True)
     )
     assert moved < 1e-6
+
+
+# --- precision -------------------------------------------------------------------------------
+
+
+def test_fp16_is_refused_without_cuda_and_with_maml(make_trainer: Build) -> None:
+    with pytest.raises(SpecNotRunnableError, match="fp16 needs a CUDA device"):
+        make_trainer({"device": "cuda", "training": {"precision": "fp16"}})
+    maml = TrainingSpec.model_validate({"precision": "fp16", "metaLearning": {}})
+    with pytest.raises(SpecNotRunnableError, match=r"not supported with training\.metaLearning"):
+        check_precision(maml, cuda=True)
+    check_precision(TrainingSpec.model_validate({"precision": "fp16"}), cuda=True)
+    check_precision(TrainingSpec.model_validate({"precision": "bf16"}), cuda=False)
+
+
+def _cpu_scaler() -> torch.amp.GradScaler:
+    """An enabled CPU scaler: on the CPU, it stands in for fp16's CUDA one (the same calls,
+    the same state)."""
+    return torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+
+
+def test_the_loop_clips_unscaled_gradients_and_skips_a_step_that_overflowed(
+    make_trainer: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = 0.01
+    trainer = make_trainer({"training": {"gradClip": clip}})
+    assert not trainer.scaler.is_enabled()  # fp32: a pass-through
+    trainer.scaler = _cpu_scaler()
+    overflowed: list[bool] = []
+
+    def overflow_once(grad: torch.Tensor) -> torch.Tensor:
+        if overflowed:
+            return grad
+        overflowed.append(True)
+        return torch.full_like(grad, math.inf)
+
+    next(trainer.model.parameters()).register_hook(overflow_once)
+    step, steps, norms = trainer.optimizer.step, [], []
+
+    def measured_step(*args: Any, **kwargs: Any) -> Any:
+        steps.append(trainer.state.step)
+        norms.append(
+            float(
+                torch.nn.utils.get_total_norm(
+                    [p.grad for p in trainer.model.parameters() if p.grad is not None]
+                )
+            )
+        )
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", measured_step)
+    metrics = trainer.train_epoch(0)
+    assert overflowed and steps == list(range(1, trainer.state.step))  # the first skipped
+    assert norms == pytest.approx([clip] * len(norms), rel=1e-4)  # clipped after unscaling
+    assert math.isfinite(metrics["train_grad_norm"]) and metrics["train_grad_norm"] > clip
+    assert trainer.scaler.get_scale() > 2.0**10  # backed off once, then grew
+
+
+def test_the_grad_scaler_state_is_checkpointed(make_trainer: Build, tmp_path: Path) -> None:
+    trainer = make_trainer(checkpoints=tmp_path / "run")
+    assert trainer.state_dict()["grad_scaler"] == {}  # fp32: nothing to save
+    trainer.scaler = _cpu_scaler()
+    metrics = trainer.train_epoch(0)
+    saved = trainer.scaler.state_dict()
+    assert saved["scale"] > 2.0**10 and metrics["train_loss_scale"] > 2.0**10  # it grew
+    trainer.checkpointer.save(1, trainer.state_dict(), None, "min")
+    resumed = make_trainer(checkpoints=tmp_path / "run")
+    resumed.scaler = torch.amp.GradScaler("cpu")
+    resumed.resume()
+    assert resumed.scaler.state_dict() == saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 trains on CUDA only")
+def test_fp16_trains_in_half_precision_and_resumes_its_loss_scale(
+    make_trainer: Build, tmp_path: Path
+) -> None:
+    cuda = torch.device("cuda", 0)
+    fp16 = {"device": "cuda", "training": {"epochs": 1, "precision": "fp16"}}
+    trainer = make_trainer(fp16, checkpoints=tmp_path / "run", device=cuda)
+    dtypes: set[torch.dtype] = set()
+    linear = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(
+        lambda module, _, out: dtypes.add(out.dtype) if module.training else None
+    )
+    trainer.fit()
+    assert trainer.scaler.is_enabled() and dtypes == {torch.float16}
+    assert math.isfinite(trainer.state.history[-1]["train_loss"])
+    assert "train_loss_scale" in trainer.state.history[-1]
+    resumed = make_trainer(fp16, checkpoints=tmp_path / "run", device=cuda)
+    resumed.resume()
+    assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+
+def test_a_nan_training_loss_stops_the_run_before_that_epoch_is_saved(make_trainer: Build) -> None:
+    trainer = make_trainer({"training": {"epochs": 3}})
+
+    def poison(epoch: int, metrics: dict[str, float]) -> None:
+        with torch.no_grad():
+            next(trainer.model.parameters()).fill_(math.nan)
+
+    with pytest.raises(NonFiniteLossError, match=r"train_loss=nan.* in epoch 2: training diverged"):
+        trainer.fit(on_epoch=poison)
+    assert trainer.state.epoch == 1 and trainer.checkpointer.latest_step == 1
+
+
+def test_only_losses_count_as_divergence() -> None:
+    with pytest.raises(NonFiniteLossError, match="val_loss=inf in epoch 4"):
+        check_finite_losses({"train_loss": 0.5, "val_loss": math.inf}, epoch=3)
+    # an fp16 step the scaler skipped has an infinite gradient norm; that is not divergence
+    check_finite_losses({"train_loss": 0.5, "train_grad_norm": math.inf}, epoch=3)
 
 
 # --- resume ----------------------------------------------------------------------------------
@@ -370,6 +623,45 @@ def test_exit_66_when_the_data_file_is_missing(
     assert "error: data:" in err and "no-such-bars.csv" in err
 
 
+def test_exit_64_when_fp16_is_asked_where_there_is_no_cuda(
+    tmp_path: Path,
+    tiny_manifest: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fp16 = tiny_manifest({"device": "cuda", "training": {"precision": "fp16"}})
+    config = _write(tmp_path / "run.yaml", fp16)
+    assert main(["--config", str(config), "--state-dir", str(tmp_path / "state")]) == (
+        EXIT_BAD_CONFIG
+    )
+    assert "training.precision fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+
+def test_exit_65_with_the_reason_when_the_loss_is_not_finite(
+    tmp_path: Path,
+    tiny_manifest: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    said = "train_loss=nan in epoch 2: training diverged"
+
+    def diverging(*args: Any, **kwargs: Any) -> None:
+        raise NonFiniteLossError(said)
+
+    monkeypatch.setattr(entrypoint, "train", diverging)
+    termination_log = tmp_path / "termination-log"
+    termination_log.touch()  # the kubelet's file in a pod
+    monkeypatch.setattr(entrypoint, "TERMINATION_LOG", termination_log)
+    config = _write(tmp_path / "run.yaml", tiny_manifest())
+    assert main(["--config", str(config), "--state-dir", str(tmp_path / "state")]) == (
+        EXIT_NON_FINITE_LOSS
+    )
+    assert f"error: {said}" in capsys.readouterr().err
+    assert termination_log.read_text() == f"error: {said}"
+
+
 # --- checkpoints while the object store is unreachable ---------------------------------------
 
 
@@ -422,3 +714,37 @@ def test_the_final_checkpoint_is_not_given_up_silently(
     trainer.checkpointer = Checkpointer(_FlakyStore(tmp_path / "flaky", lambda key: True))
     with pytest.raises(StorageError):
         trainer.fit()
+
+
+def test_maml_adapts_per_symbol_at_evaluation_and_scores_only_the_later_test_bars(
+    make_trainer: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = 20
+    meta = {"tasksPerBatch": 2, "innerSteps": 1, "adaptationBars": bars, "adaptationSteps": 3}
+    trainer = make_trainer({"training": {"epochs": 1, "metaLearning": meta}})
+    backtested: list[Any] = []
+    backtest = supervised.bt.backtest
+    monkeypatch.setattr(
+        supervised.bt,
+        "backtest",
+        lambda predicted, split, *args: (
+            backtested.append(split) or backtest(predicted, split, *args)
+        ),
+    )
+    result = trainer.fit()
+    metrics = result.metrics
+    assert {"test_loss", "test_adapted_loss", "test_unadapted_loss"} <= metrics.keys()
+    assert {"test_adapted_accuracy", "backtest_adapted_sharpe", "backtest_unadapted_sharpe"} <= (
+        metrics.keys()
+    )
+    assert metrics["test_adapted_loss"] != metrics["test_unadapted_loss"]
+    # the un-adapted and adapted backtests run on the same scored samples, then the plain one
+    unadapted, adapted, whole = backtested
+    np.testing.assert_array_equal(adapted.timestamps, unadapted.timestamps)
+    test = trainer.data.test
+    assert whole is test
+    gap = trainer.spec.data.prediction_horizon + 1 + trainer.spec.data.split.embargo
+    for symbol in np.unique(test.symbol_ids):
+        times = np.sort(test.timestamps[test.symbol_ids == symbol])
+        scored = adapted.timestamps[adapted.symbol_ids == symbol]
+        np.testing.assert_array_equal(np.sort(scored), times[bars + gap :])

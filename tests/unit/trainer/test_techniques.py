@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
 from tradewind.api.training import (
@@ -98,14 +99,57 @@ def run_maml(model: nn.Module, first_order: bool) -> tuple[dict[str, float], dic
     return metrics, deltas
 
 
+def reference_meta_gradient(
+    model: nn.Module, spec: MetaLearningSpec, adapt: bool = True
+) -> dict[str, Tensor]:
+    """MAML's meta-gradient written out: per task, `inner_steps` SGD steps on the support
+    loss (their gradients constants for first order), then the gradient of the mean query
+    loss at the adapted parameters with respect to the starting ones. `adapt=False` gives
+    the gradient of plain training on the query batches."""
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+
+    def loss(weights: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        out = functional_call(model, weights, (batch["x"],))
+        total: Tensor = LOSS(out, batch["y_class"], batch["y_ret"])[0]
+        return total
+
+    total = torch.zeros(())
+    tasks = maml_tasks()
+    for support, query in tasks:
+        fast = dict(params)
+        for _ in range(spec.inner_steps if adapt else 0):
+            grads = torch.autograd.grad(
+                loss(fast, support),
+                list(fast.values()),
+                create_graph=not spec.first_order,
+                allow_unused=True,
+            )
+            fast = {
+                n: p if g is None else p - spec.inner_learning_rate * g
+                for (n, p), g in zip(fast.items(), grads, strict=True)
+            }
+        total = total + loss(fast, query) / len(tasks)
+    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+    return {
+        n: torch.zeros_like(p) if g is None else g
+        for (n, p), g in zip(params.items(), grads, strict=True)
+    }
+
+
 @pytest.mark.parametrize("first_order", [True, False])
-def test_maml_step_updates_the_parameters(first_order: bool) -> None:
-    model = tiny_model("lstm").train()
+def test_maml_step_descends_the_meta_gradient_not_the_plain_one(first_order: bool) -> None:
+    # eval mode: no dropout, so the reference sees the same functions as maml_step
+    model = tiny_model("lstm").eval()
+    spec = MetaLearningSpec(inner_learning_rate=0.05, inner_steps=2, first_order=first_order)
+    meta = reference_meta_gradient(model, spec)
+    plain = reference_meta_gradient(model, spec, adapt=False)
     metrics, deltas = run_maml(model, first_order)
+    assert not model.training
+    for name, delta in deltas.items():  # SGD at lr 0.1: the step is -0.1 x the gradient
+        torch.testing.assert_close(delta, -0.1 * meta[name], rtol=1e-4, atol=1e-7)
+    distance = sum(float((meta[n] - plain[n]).norm()) for n in meta)
+    assert distance > 1e-3 * sum(float(g.norm()) for g in plain.values())
     assert set(metrics) == {"support_loss", "query_loss"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    assert sum(d.abs().sum().item() for d in deltas.values()) > 0
-    assert model.training
 
 
 def test_second_order_maml_differs_from_first_order() -> None:
@@ -171,11 +215,16 @@ def test_time_shift_rolls_with_edge_padding() -> None:
     torch.testing.assert_close(ramp[0, :, 0], torch.arange(T, dtype=torch.float32))
 
 
-def test_noise_has_the_requested_scale() -> None:
-    x = torch.zeros(256, T, F)
-    spec = augmentation(noiseStd=0.5, probability=1.0)
-    out = augment(x, spec, torch.Generator().manual_seed(0))
-    assert out.std().item() == pytest.approx(0.5, rel=0.05)
+def test_noise_has_the_requested_scale_on_the_requested_share_of_samples() -> None:
+    n, noise_std, probability = 2000, 0.5, 0.3
+    x = torch.randn(n, T, F)
+    spec = augmentation(noiseStd=noise_std, probability=probability)
+    change = augment(x, spec, torch.Generator().manual_seed(0)) - x
+    perturbed = change.flatten(1).ne(0).any(1)
+    share = perturbed.float().mean().item()
+    assert share == pytest.approx(probability, abs=4 * (probability * 0.7 / n) ** 0.5)
+    assert change[perturbed].std().item() == pytest.approx(noise_std, rel=0.02)
+    assert change[perturbed].mean().item() == pytest.approx(0.0, abs=0.01)
 
 
 def test_dropout_schedule_endpoints() -> None:

@@ -24,7 +24,7 @@ from tradewind.trainer.data.sources import BUNDLED_FILES, bundled_file, load_bar
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Part of every key; bump it when a change to the code changes the features it computes."""
 
 # The DataSource fields that do not change the engineered features, so changing them (or the
@@ -114,6 +114,7 @@ def save_feature_table(table: FeatureTable, path: Path) -> None:
             offsets=table.offsets,
             timestamps=table.timestamps,
             values=table.values,
+            open=table.open,
             close=table.close,
             volatility=table.volatility,
             regimes=table.regimes,
@@ -133,6 +134,7 @@ def load_feature_table(path: Path) -> FeatureTable | None:
                 offsets=saved["offsets"],
                 timestamps=saved["timestamps"],
                 values=saved["values"],
+                open=saved["open"],
                 close=saved["close"],
                 volatility=saved["volatility"],
                 regimes=saved["regimes"],

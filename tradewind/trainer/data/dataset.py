@@ -24,10 +24,10 @@ from tradewind.trainer.data.windows import (
     LABEL_NAMES,
     SplitIndices,
     chronological_split,
-    forward_returns,
     label_returns,
     sliding_windows,
 )
+from tradewind.trainer.execution import bars_after_decision, fill_prices, trade_returns
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,18 @@ log = logging.getLogger(__name__)
 class SupervisedSplit:
     """The samples of one split. Sample i is `windows[window_index[i]]`, the window of
     `lookback` normalised feature rows ending at bar `timestamps[i]` of symbol
-    `symbol_ids[i]`; its targets come from the closes after that bar."""
+    `symbol_ids[i]`; its targets come from the fill prices of the bars after that bar."""
 
     windows: npt.NDArray[np.float32]
     """(n_windows, lookback, n_features) read-only view shared by all splits; windows that
     cross a symbol boundary exist in it but no sample points at them."""
     window_index: npt.NDArray[np.int64]
     labels: npt.NDArray[np.int64]
-    """SELL=0, HOLD=1, BUY=2."""
+    """SELL=0, HOLD=1, BUY=2, from `forward_returns`."""
     forward_returns: npt.NDArray[np.float32]
-    """close[t + horizon] / close[t] - 1, the regression target."""
+    """What a position taken on the window's information earns: fill at bar t+1, exit
+    `predictionHorizon` fills later (`execution.trade_returns`); the regression target and
+    the backtest's return."""
     volatility: npt.NDArray[np.float32]
     """Realised volatility at the window's last bar (curriculum by volatility)."""
     regimes: npt.NDArray[np.int8]
@@ -80,6 +82,9 @@ class SupervisedDataset:
     prediction_horizon: int
     cache_hit: bool
     """Whether the features came from the cache."""
+    samples: SampleBars | None = None
+    """The un-normalised table and every symbol's sample bars: what folds re-split and
+    re-normalise (None for datasets assembled by hand in tests)."""
 
     @property
     def num_features(self) -> int:
@@ -117,28 +122,65 @@ def build_dataset(
     return dataset
 
 
+@dataclass(frozen=True)
+class SampleBars:
+    """An engineered (un-normalised) feature table and, per symbol, the bars that end a
+    sample (`bars`, within the symbol) and their times (`times`)."""
+
+    table: FeatureTable
+    bars: list[npt.NDArray[np.int64]]
+    times: list[npt.NDArray[np.datetime64]]
+
+
+def purge_gap(data: TrainingData) -> int:
+    """Sample times skipped between a fit and the block evaluated after it: the bars a
+    trade reads after its decision bar (`bars_after_decision`), plus `split.embargo`."""
+    return bars_after_decision(data.prediction_horizon) + data.split.embargo
+
+
 def assemble_dataset(
     table: FeatureTable, data: TrainingData, *, cache_hit: bool = False
 ) -> SupervisedDataset:
     """Split, normalise and window an engineered feature table as `data` says."""
+    samples = sample_bars_of(table, data)
+    splits = chronological_split(
+        samples.times, data.split.validation, data.split.test, purge_gap(data)
+    )
+    return dataset_from_splits(samples, splits, data, cache_hit=cache_hit)
+
+
+def sample_bars_of(table: FeatureTable, data: TrainingData) -> SampleBars:
+    """Every symbol's sample bars: a full window behind them and a whole trade after."""
     lookback, horizon = data.lookback_window, data.prediction_horizon
-    sample_bars = [_sample_bars(table, i, lookback, horizon) for i in range(len(table.symbols))]
-    if not any(bars.size for bars in sample_bars):
+    bars = [_sample_bars(table, i, lookback, horizon) for i in range(len(table.symbols))]
+    if not any(b.size for b in bars):
         longest = int(np.diff(table.offsets).max(initial=0))
         raise DataError(
             f"no samples: the longest symbol has {longest} bars after the feature warm-up, and "
-            f"a sample needs lookbackWindow + predictionHorizon = {lookback + horizon}"
+            f"a sample needs lookbackWindow + 1 + predictionHorizon = {lookback + 1 + horizon} "
+            "(the window, the next bar where its decision fills, the horizon)"
         )
-    sample_times = [table.timestamps[table.rows(i)][bars] for i, bars in enumerate(sample_bars)]
-    splits = chronological_split(sample_times, data.split.validation, data.split.test, horizon)
+    times = [table.timestamps[table.rows(i)][b] for i, b in enumerate(bars)]
+    return SampleBars(table, bars, times)
 
+
+def dataset_from_splits(
+    samples: SampleBars,
+    splits: list[SplitIndices],
+    data: TrainingData,
+    *,
+    cache_hit: bool = False,
+) -> SupervisedDataset:
+    """The dataset of given per-symbol splits (positions into `samples.bars`), normalised
+    with statistics of the rows its training windows read, and nothing after them."""
+    table, lookback = samples.table, data.lookback_window
     normalizer = Normalizer(data.normalization).fit(
-        table.values[_training_rows(table, splits, lookback)]
+        table.values[_training_rows(table, samples.bars, splits, lookback)]
     )
     windows = sliding_windows(normalizer.transform(table.values), lookback)
 
     def split_of(part: int) -> SupervisedSplit:
-        chosen = [bars[split[part]] for bars, split in zip(sample_bars, splits, strict=True)]
+        chosen = [bars[split[part]] for bars, split in zip(samples.bars, splits, strict=True)]
         return _select_samples(table, windows, chosen, data)
 
     return SupervisedDataset(
@@ -149,28 +191,37 @@ def assemble_dataset(
         symbols=table.symbols,
         normalizer=normalizer,
         lookback_window=lookback,
-        prediction_horizon=horizon,
+        prediction_horizon=data.prediction_horizon,
         cache_hit=cache_hit,
+        samples=samples,
     )
 
 
 def _sample_bars(
     table: FeatureTable, symbol: int, lookback: int, horizon: int
 ) -> npt.NDArray[np.int64]:
-    """Bars (within the symbol) that end a full window and have `horizon` bars after them."""
+    """Bars (within the symbol) that end a full window and have the fill bar and `horizon`
+    more bars after them."""
     n_rows = table.offsets[symbol + 1] - table.offsets[symbol]
-    return np.arange(lookback - 1, n_rows - horizon, dtype=np.int64)
+    return np.arange(lookback - 1, n_rows - bars_after_decision(horizon), dtype=np.int64)
 
 
 def _training_rows(
-    table: FeatureTable, splits: list[SplitIndices], lookback: int
+    table: FeatureTable,
+    sample_bars: list[npt.NDArray[np.int64]],
+    splits: list[SplitIndices],
+    lookback: int,
 ) -> npt.NDArray[np.int64]:
-    """Rows the training windows read: each symbol's rows up to its last training bar."""
-    rows = [
-        np.arange(table.offsets[i], table.offsets[i] + lookback + split.train[-1], dtype=np.int64)
-        for i, split in enumerate(splits)
-        if split.train.size
-    ]
+    """Rows the training windows read: each symbol's rows from its first training window's
+    first bar to its last training bar."""
+    rows = []
+    for i, (bars, split) in enumerate(zip(sample_bars, splits, strict=True)):
+        if split.train.size:
+            first, last = bars[split.train[0]] - (lookback - 1), bars[split.train[-1]]
+            start = table.offsets[i]
+            rows.append(np.arange(start + first, start + last + 1, dtype=np.int64))
+    if not rows:
+        raise DataError("no training samples to fit the normaliser on")
     return np.concatenate(rows)
 
 
@@ -187,7 +238,10 @@ def _select_samples(
     ).astype(np.int64)
     targets = np.concatenate(
         [
-            forward_returns(table.close[table.rows(i)], horizon)[bars]
+            trade_returns(
+                fill_prices(table.open[table.rows(i)], table.close[table.rows(i)], data.execution),
+                horizon,
+            )[bars]
             for i, bars in enumerate(bars_per_symbol)
         ]
     )

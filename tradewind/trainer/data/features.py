@@ -244,8 +244,10 @@ class FeatureTable:
     timestamps: npt.NDArray[np.datetime64]
     values: npt.NDArray[np.float32]
     """(row, feature)."""
+    open: FloatArray
+    """Open per row: the fill price of `execution: next_open`."""
     close: FloatArray
-    """Close per row, for forward returns."""
+    """Close per row: the fill price of `execution: next_close`."""
     volatility: npt.NDArray[np.float32]
     """Realised volatility (WINDOW bars) per row, for curriculum learning."""
     regimes: npt.NDArray[np.int8]
@@ -290,6 +292,7 @@ def engineer_features(bars: pd.DataFrame, features: Sequence[str]) -> FeatureTab
         offsets=np.r_[0, np.cumsum([len(matrix) for _, matrix, _ in ordered])].astype(np.int64),
         timestamps=bars["timestamp"].to_numpy("datetime64[ns]")[rows],
         values=np.concatenate([matrix for _, matrix, _ in ordered]).astype(np.float32),
+        open=prices["open"][rows],
         close=prices["close"][rows],
         volatility=np.concatenate([vol for _, _, vol in ordered]).astype(np.float32),
         regimes=regimes if regimes is not None else np.full(len(rows), NO_REGIME, np.int8),

@@ -33,6 +33,8 @@ VOLUME_MULTIPLIER = np.array([1.0, 1.2, 1.8])
 # Where the chain goes when it leaves a regime (rows: from; columns: to).
 LEAVE_PROBABILITIES = np.array([[0.0, 0.6, 0.4], [0.6, 0.0, 0.4], [0.7, 0.3, 0.0]])
 GARCH_ALPHA, GARCH_BETA = 0.08, 0.90
+OVERNIGHT_SHARE = (0.1, 0.5)
+"""Range of the share of a bar's log return that happens before its open."""
 # Each block of the closed-form GARCH recursion multiplies at most this many factors >= beta,
 # so beta**-block stays far inside float64 (0.9**-2048 ~ 1e94).
 _GARCH_BLOCK = 2048
@@ -97,17 +99,15 @@ def generate_market(settings: SyntheticData, interval: str = "1m") -> SyntheticM
     sigma = np.sqrt(variance, out=variance)
     close = _close_prices(sigma, shocks, regimes, trend_signs, loadings, day_fraction)
     close *= first_price[:, None]
-    open_ = np.empty_like(close)
-    open_[:, 0] = first_price
-    open_[:, 1:] = close[:, :-1]
     high = _wick(sigma, rng)
-    high *= np.maximum(open_, close)
     low = _wick(sigma, rng)
-    np.divide(np.minimum(open_, close), low, out=low)
     volume = np.abs(shocks, out=shocks)
     volume += 1.0
     volume *= np.exp(0.25 * rng.standard_normal((n_symbols, n_bars), dtype=np.float32))
     volume *= base_volume[:, None] * (VOLUME_MULTIPLIER[regimes] * day_fraction)
+    open_ = _opens(close, first_price, rng)
+    high *= np.maximum(open_, close)
+    np.divide(np.minimum(open_, close), low, out=low)
     step = np.timedelta64(BAR_MINUTES[interval], "m").astype("timedelta64[ns]")
     return SyntheticMarket(
         timestamps=START + np.arange(n_bars) * step,
@@ -137,6 +137,19 @@ def _close_prices(
     log_returns += (loadings / loadings.mean())[:, None] * drift
     np.cumsum(log_returns, axis=1, out=log_returns)
     return np.exp(log_returns, out=log_returns)
+
+
+def _opens(
+    close: npt.NDArray[np.float64], first_price: npt.NDArray[np.float64], rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """Opens with an overnight move: bar t opens a random share (OVERNIGHT_SHARE) of the way,
+    in log terms, from close[t-1] to close[t]. An open equal to the previous close would make
+    `execution: next_open` a fill at the signal bar's own close."""
+    open_ = np.empty_like(close)
+    open_[:, 0] = first_price
+    share = rng.uniform(*OVERNIGHT_SHARE, size=(close.shape[0], close.shape[1] - 1))
+    open_[:, 1:] = close[:, :-1] * (close[:, 1:] / close[:, :-1]) ** share
+    return open_
 
 
 def _wick(sigma: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.float64]:

@@ -1,8 +1,9 @@
 """Sliding windows, labels, and chronological splits without look-ahead.
 
-A sample is a window ending at bar t (bars t-lookback+1..t) with a target from the closes
-t+1..t+horizon. Splits are in time order with `horizon` bars between them, so no training
-target reaches into a validation or test sample.
+A sample is a window ending at bar t (bars t-lookback+1..t) with a target from the fill
+prices of bars t+1..t+1+horizon (`tradewind.trainer.execution`). Splits and folds are in time
+order with a purge gap of at least horizon + 1 bars between them, so no training target
+reaches into a validation or test sample.
 """
 
 from __future__ import annotations
@@ -30,13 +31,6 @@ def sliding_windows(rows: npt.NDArray[Any], lookback: int) -> npt.NDArray[Any]:
     if len(rows) < lookback:
         return np.empty((0, lookback, rows.shape[1]), dtype=rows.dtype)
     return sliding_window_view(rows, (lookback, rows.shape[1]))[:, 0]
-
-
-def forward_returns(close: npt.NDArray[np.float64], horizon: int) -> npt.NDArray[np.float64]:
-    """close[t + horizon] / close[t] - 1; NaN for the last `horizon` bars."""
-    out = np.full(close.shape, np.nan)
-    out[:-horizon] = close[horizon:] / close[:-horizon] - 1.0
-    return out
 
 
 def label_returns(
@@ -68,8 +62,9 @@ def chronological_split(
     On the distinct sample times of all symbols, the last `test` fraction is the test split
     and the `validation` fraction before it the validation split; the first `gap` times of
     each are skipped. A symbol's own first `gap` samples after its previous split are skipped
-    too (for symbols with missing bars). So a training target, which looks `gap` bars ahead,
-    ends before the first validation bar, and a validation target before the first test bar."""
+    too (for symbols with missing bars). So a training target, which reads up to `gap` bars
+    ahead, ends before the first validation bar, and a validation target before the first
+    test bar."""
     if sum(len(t) for t in sample_times) == 0:
         raise DataError("no samples to split: every symbol has fewer bars than a window needs")
     times = np.unique(np.concatenate(sample_times))
@@ -81,7 +76,8 @@ def chronological_split(
         if 0 < size <= gap:
             raise DataError(
                 f"the {split} split is empty: {size} of {len(times)} sample times, less the gap "
-                f"of {gap} bars (predictionHorizon); use more data or a larger {split} fraction"
+                f"of {gap} bars (predictionHorizon + 1 + split.embargo); use more data or a "
+                f"larger {split} fraction"
             )
     train_end = times[n_train - 1]
     val_range = (times[n_train + gap], times[n_train + n_val - 1]) if n_val else None

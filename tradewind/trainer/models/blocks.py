@@ -128,8 +128,19 @@ class StackedLSTM(nn.Module):
         out = x
         for i, lstm in enumerate(self.layers):
             if i == 0:
-                out, _ = lstm(out)
+                out = _lstm_outputs(lstm, out)
                 continue
-            y, _ = lstm(self.dropout(out))
+            y = _lstm_outputs(lstm, self.dropout(out))
             out = out + y if self.skip_connections else y
         return out
+
+
+def _lstm_outputs(lstm: nn.Module, x: Tensor) -> Tensor:
+    """The LSTM's output sequence. Under CPU autocast (bf16) it runs in fp32: oneDNN has no
+    bf16 LSTM on CPUs without AVX-512 bf16, where autocast's bf16 LSTM fails outright."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            out, _ = lstm(x.float())
+        return out  # type: ignore[no-any-return]
+    out, _ = lstm(x)
+    return out  # type: ignore[no-any-return]

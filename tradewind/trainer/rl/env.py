@@ -1,20 +1,23 @@
 """TradingEnvironment: a multi-symbol portfolio over a `Market`, as one gymnasium env.
 
-Timing (no look-ahead). The environment is at bar t when the agent observes it: the
-observation holds the features of bars t-L+1..t (L = lookbackWindow; features of bar t use
-bars <= t) and the portfolio weights held from the close of bar t. `step(action)` then
-1. lets the held weights earn the close-to-close return of bar t -> t+1 (weights drift
-   with the prices);
-2. fills the action at the close of bar t+1: the weights are rebalanced to the action's
-   targets, paying (transactionCost + slippage) x traded value, where traded value =
-   equity x sum_i |target_i - drifted_weight_i| (both at the close of bar t+1);
+Timing (no look-ahead). Prices are the market's fill prices (`Market.prices`): the close
+or the open of each bar, as `data.execution` says (`tradewind.trainer.execution`). The
+environment is at bar t when the agent observes it: the observation holds the features of
+bars t-L+1..t (L = lookbackWindow; features of bar t use bars <= t) and the portfolio
+weights held from the fill at bar t. `step(action)` then
+1. lets the held weights earn the fill-to-fill return of bar t -> t+1 (weights drift with
+   the prices);
+2. fills the action at the fill price (close or open, `data.execution`) of bar t+1: the
+   weights are rebalanced to the action's targets, paying `cost_rate` (transactionCost +
+   slippage) x traded value, where traded value = equity x sum_i |target_i -
+   drifted_weight_i| (both at the fill price of bar t+1);
 3. moves to bar t+1 and observes it.
-So the action chosen after observing bar t is executed at bar t+1, and the return of bar
-t+1 -> t+2 accrues to the new position (in the next step's reward). Nothing of step t
-depends on a price after bar t+1.
+So the action chosen after observing bar t is executed at bar t+1 (`next_close`: its close;
+`next_open`: its open), and the return of bar t+1 -> t+2 accrues to the new position (in
+the next step's reward). Nothing of step t depends on a price after bar t+1.
 
-Accounting per step (w = held weights, r = returns of bar t -> t+1, g = target weights,
-c = transactionCost + slippage, V = equity):
+Accounting per step (w = held weights, r = fill-price returns of bar t -> t+1, g = target
+weights, c = transactionCost + slippage, V = equity):
     growth = 1 + sum_i w_i r_i               equity after the price move, over V
     w'_i   = w_i (1 + r_i) / growth          drifted weights
     turnover = sum_i |g_i - w'_i|
@@ -59,6 +62,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from tradewind.api.rl import EnvironmentSpec
 from tradewind.trainer.data import DataError
+from tradewind.trainer.execution import cost_rate
 from tradewind.trainer.rl.market import Market, required_bars
 
 MAX_DISCRETE_SYMBOLS = 12
@@ -79,7 +83,7 @@ class MarketArrays:
     """The features flattened (T*S*F) plus S zeros: the observation at bar t starts with
     `window_size` values at (t - L + 1) * row_size."""
     gross: npt.NDArray[np.float64]
-    """(T, S) close[t] / close[t-1]; row 0 is 1."""
+    """(T, S) prices[t] / prices[t-1] of the fill prices; row 0 is 1."""
     returns: npt.NDArray[np.float64]
     """(T, S) gross - 1."""
     n_symbols: int
@@ -376,7 +380,7 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         self._discrete = spec.action_space == "discrete"
         self._box_shape = None if self._discrete else (market.num_symbols,)
         self._max_position = spec.max_position_size
-        self._cost_rate = spec.transaction_cost + spec.slippage
+        self._cost_rate = cost_rate(spec.transaction_cost, spec.slippage)
         self._episode_length = spec.episode_length
         self._rewards = _RewardState(spec)
         self._reward = self._rewards.compute
@@ -437,7 +441,8 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         return self._observe(), info
 
     def step(self, action: Any) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
-        """Hold through bar t -> t+1, fill `action` at bar t+1's close, observe bar t+1."""
+        """Hold through bar t -> t+1, fill `action` at bar t+1's fill price (close or open,
+        `data.execution`), observe bar t+1."""
         if self._over:
             raise RuntimeError("the episode is over (or not started): call reset()")
         if type(action) is np.ndarray and action.shape == self._box_shape:  # the common case
@@ -445,7 +450,7 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         else:
             targets = self._targets(action)
         weights, bar = self._weights, self._bar + 1
-        # returns of bar t -> t+1, then close ratios
+        # returns of bar t -> t+1, then fill-price ratios
         growth, turnover = self._account(weights, self._moves[bar], targets)
         cost_fraction = self._cost_rate * turnover
         step_growth = growth * (1.0 - cost_fraction)

@@ -4,11 +4,13 @@ guide, before a Sweep takes over at scale.
 Every combination of the grid (rl-zoo3 / SB3 names, e.g. learning_rate, gamma, n_steps,
 batch_size, tau, ent_coef, net_arch) is laid over the agent's own hyperparameters, trained
 for `timesteps` on the run's training market (its batched env, VecNormalize, n_envs, seed)
-and scored on the held-out market: SB3's `evaluate_policy` mean episode reward over
-`eval.episodes`, and a deterministic pass over the held-out bars after costs (total return,
-annualised Sharpe, max drawdown, turnover), averaged over `seeds` seeds. Nothing is
-checkpointed or tracked: the result is a table sorted by the score, best first, and the best
-combination, to copy into the RLRun.
+and scored on the validation market: SB3's `evaluate_policy` mean episode reward over
+`eval.episodes`, and a deterministic pass over the validation bars after costs (total return,
+annualised Sharpe, max drawdown, turnover), averaged over `seeds` seeds. The ranking reads
+only these; the same pass over the test bars (`test_*`, never used to rank) is reported
+beside them, so the best row's test figures say what the choice is worth on bars it did not
+see. Nothing is checkpointed or tracked: the result is a table sorted by the score, best
+first, and the best combination, to copy into the RLRun.
 
     tradewind rl grid-search -f run.yaml --agent ppo \\
         --param learning_rate=1e-4,3e-4 --param gamma=0.95,0.99 --timesteps 20000
@@ -29,7 +31,7 @@ import numpy as np
 from tradewind.api.hyperparameters import HYPERPARAMETERS, hyperparameter_errors
 from tradewind.api.rl import AgentSpec, RLRunSpec
 from tradewind.trainer.rl.agents import build_agent
-from tradewind.trainer.rl.market import Market
+from tradewind.trainer.rl.market import Markets
 from tradewind.trainer.rl.run import (
     BUY_AND_HOLD,
     agent_policy,
@@ -42,7 +44,11 @@ from tradewind.trainer.rl.training import evaluation_reward, make_envs
 
 Score = Literal["sharpe", "total_return", "eval_mean_reward"]
 SCORES: tuple[Score, ...] = ("sharpe", "total_return", "eval_mean_reward")
-METRICS = ("eval_mean_reward", "total_return", "sharpe", "max_drawdown", "turnover")
+TRADING_METRICS = ("total_return", "sharpe", "max_drawdown", "turnover")
+METRICS = ("eval_mean_reward", *TRADING_METRICS)
+"""Scored on the validation market; the ranking reads these."""
+TEST_METRICS = tuple(f"test_{m}" for m in TRADING_METRICS)
+"""The same pass over the test market, reported beside and never ranked on."""
 MAX_COMBINATIONS = 1000
 """More than this is a Sweep's job."""
 
@@ -163,17 +169,23 @@ class GridSearchResult:
     timesteps: int
     seeds: int
     rows: list[dict[str, Any]]
-    """One per combination, best first: {"params": {...}, metric: mean over seeds, ...,
-    "seconds": training + evaluation time}."""
+    """One per combination, best (on validation) first: {"params": {...}, metric: mean over
+    seeds, ... (METRICS on validation, TEST_METRICS on test), "seconds": training +
+    evaluation time}."""
     baseline: dict[str, Any]
-    """Buy-and-hold on the same held-out bars (total_return, sharpe, max_drawdown,
-    turnover)."""
+    """Buy-and-hold on the same validation bars (total_return, sharpe, max_drawdown,
+    turnover) and test bars (test_total_return, ...)."""
 
     @property
     def best(self) -> dict[str, Any]:
         """The best combination's hyperparameters (only the searched ones)."""
         params: dict[str, Any] = self.rows[0]["params"]
         return params
+
+    @property
+    def best_test(self) -> dict[str, float]:
+        """The best combination's figures on the test market (TEST_METRICS)."""
+        return {m: float(self.rows[0][m]) for m in TEST_METRICS}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +195,7 @@ class GridSearchResult:
             "timesteps": self.timesteps,
             "seeds": self.seeds,
             "best": self.best,
+            "best_test": self.best_test,
             "rows": self.rows,
             "buy_and_hold": self.baseline,
         }
@@ -197,18 +210,20 @@ def _sort_key(score: Score) -> Callable[[dict[str, Any]], tuple[bool, float]]:
 
 
 def evaluate_trial(
-    spec: RLRunSpec, agent: AgentSpec, markets: tuple[Market, Market], timesteps: int, seed: int,
+    spec: RLRunSpec, agent: AgentSpec, markets: Markets, timesteps: int, seed: int,
     device: str = "cpu",
 ) -> dict[str, float]:  # fmt: skip
-    """Train `agent` for `timesteps` from scratch and score it on the held-out market."""
-    train, evaluation = markets
-    envs = make_envs(spec, train, evaluation, seed=seed)
+    """Train `agent` for `timesteps` from scratch and score it on the validation market
+    (METRICS) and the test market (TEST_METRICS)."""
+    envs = make_envs(spec, markets.train, markets.validation, seed=seed)
     model = build_agent(agent, envs.train, seed=seed, device=device)
     model.learn(timesteps)
-    mean_reward = evaluation_reward(model, envs, spec)
-    series = {agent.name: play_episode(evaluation, spec, agent_policy(model, envs))}
-    (row,) = strategy_rows(series, evaluation)
-    return {"eval_mean_reward": mean_reward, **{k: row[k] for k in METRICS[1:]}}
+    scores = {"eval_mean_reward": evaluation_reward(model, envs, spec)}
+    policy = agent_policy(model, envs)
+    for prefix, market in (("", markets.validation), ("test_", markets.test)):
+        (row,) = strategy_rows({agent.name: play_episode(market, spec, policy)}, market)
+        scores |= {f"{prefix}{k}": float(row[k]) for k in TRADING_METRICS}
+    return scores
 
 
 def grid_search(
@@ -218,13 +233,14 @@ def grid_search(
     timesteps: int | None = None,
     seeds: int = 1,
     score: str = "sharpe",
-    markets: tuple[Market, Market] | None = None,
+    markets: Markets | None = None,
     on_trial: Callable[[int, int, dict[str, Any]], None] | None = None,
     device: str = "cpu",
 ) -> GridSearchResult:
-    """Train and score every combination of `grid` for the agent (see the module docstring);
-    `timesteps` defaults to spec.totalTimesteps; seeds spec.seed .. spec.seed + seeds - 1;
-    `markets` (train, eval) defaults to the run's data; `on_trial(i, n, row)` after each."""
+    """Train and score every combination of `grid` for the agent (see the module docstring),
+    ranked on the validation market; `timesteps` defaults to spec.totalTimesteps; seeds
+    spec.seed .. spec.seed + seeds - 1; `markets` (train, validation, test) defaults to the
+    run's data; `on_trial(i, n, row)` after each."""
     if score not in SCORES:
         raise GridError(f"score {score!r}: one of {', '.join(SCORES)}")
     ranked_by: Score = score
@@ -249,7 +265,7 @@ def grid_search(
             for k in range(seeds)
         ]
         row: dict[str, Any] = {"params": params}
-        for metric in METRICS:
+        for metric in (*METRICS, *TEST_METRICS):
             row[metric] = float(np.mean([s[metric] for s in scores]))
         if seeds > 1:
             row[f"{score}_std"] = float(np.std([s[score] for s in scores]))
@@ -258,11 +274,19 @@ def grid_search(
         if on_trial is not None:
             on_trial(i, len(trials), row)
     rows.sort(key=_sort_key(ranked_by))
-    evaluation = markets[1]
-    hold = play_episode(evaluation, spec, buy_and_hold(spec, evaluation))
-    (baseline,) = strategy_rows({BUY_AND_HOLD: hold}, evaluation)
-    baseline.pop("strategy")
+    baseline = buy_and_hold_baseline(spec, markets)
     return GridSearchResult(chosen.name, chosen.algorithm, ranked_by, budget, seeds, rows, baseline)
+
+
+def buy_and_hold_baseline(spec: RLRunSpec, markets: Markets) -> dict[str, float]:
+    """Buy-and-hold's TRADING_METRICS on the validation market, and as TEST_METRICS on the
+    test market."""
+    baseline: dict[str, float] = {}
+    for prefix, market in (("", markets.validation), ("test_", markets.test)):
+        hold = play_episode(market, spec, buy_and_hold(spec, market))
+        (row,) = strategy_rows({BUY_AND_HOLD: hold}, market)
+        baseline |= {f"{prefix}{k}": float(row[k]) for k in TRADING_METRICS}
+    return baseline
 
 
 def trial_line(i: int, n: int, row: dict[str, Any], score: str) -> str:
@@ -276,40 +300,53 @@ def format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list) else str(value)
 
 
+TABLE_COLUMNS = (
+    ("eval rew", "eval_mean_reward", "{:.4g}"),
+    ("return", "total_return", "{:+.2%}"),
+    ("Sharpe", "sharpe", "{:.2f}"),
+    ("max DD", "max_drawdown", "{:.2%}"),
+    ("turn", "turnover", "{:.3f}"),
+    ("test return", "test_total_return", "{:+.2%}"),
+    ("test Sharpe", "test_sharpe", "{:.2f}"),
+    ("test max DD", "test_max_drawdown", "{:.2%}"),
+)
+"""(header, row key, format) of the figures in `result_table`."""
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [form.format(row[key]) if key in row else "" for _, key, form in TABLE_COLUMNS]
+
+
 def result_table(result: GridSearchResult) -> Any:
-    """A rich Table of the result, best first, with buy-and-hold as the last line."""
+    """A rich Table of the result, best (on validation) first, with the test figures beside
+    and buy-and-hold as the last line."""
     from rich import box
     from rich.table import Table
 
     table = Table(
         title=f"{result.agent} ({result.algorithm}), {result.timesteps} timesteps x "
-        f"{result.seeds} seed(s): held-out bars after costs, by {result.score}",
+        f"{result.seeds} seed(s), after costs: ranked by {result.score} on the validation "
+        "bars; test bars beside, never ranked on",
         box=box.SIMPLE_HEAD,
     )
     names = list(result.rows[0]["params"]) if result.rows else []
-    for column in ["#", *names, "eval rew", "return", "Sharpe", "max DD", "turn"]:
-        if column in names:
-            table.add_column(column, min_width=min(len(column), 16))
-        else:
-            table.add_column(column, justify="right")
+    table.add_column("#", justify="right")
+    for name in names:
+        table.add_column(name, min_width=min(len(name), 16))
+    for header, _, _ in TABLE_COLUMNS:
+        table.add_column(header, justify="right")
     for rank, row in enumerate(result.rows, 1):
-        table.add_row(
-            str(rank),
-            *(format_value(row["params"][n]) for n in names),
-            f"{row['eval_mean_reward']:.4g}",
-            f"{row['total_return']:+.2%}",
-            f"{row['sharpe']:.2f}",
-            f"{row['max_drawdown']:.2%}",
-            f"{row['turnover']:.3f}",
-        )
-    base = result.baseline
-    table.add_row(
-        "",
-        *(["buy-and-hold"] + [""] * (len(names) - 1) if names else []),
-        "",
-        f"{base['total_return']:+.2%}",
-        f"{base['sharpe']:.2f}",
-        f"{base['max_drawdown']:.2%}",
-        f"{base['turnover']:.3f}",
-    )
+        table.add_row(str(rank), *(format_value(row["params"][n]) for n in names), *_cells(row))
+    label = ["buy-and-hold"] + [""] * (len(names) - 1) if names else []
+    table.add_row("", *label, *_cells(result.baseline))
     return table
+
+
+def best_summary(result: GridSearchResult) -> str:
+    """One line: the best combination's figures on the test bars, against buy-and-hold's."""
+    best, hold = result.best_test, result.baseline
+    return (
+        f"best on validation, on the test bars: return {best['test_total_return']:+.2%}, "
+        f"Sharpe {best['test_sharpe']:.2f}, max DD {best['test_max_drawdown']:.2%} "
+        f"(buy-and-hold {hold['test_total_return']:+.2%}, Sharpe {hold['test_sharpe']:.2f})"
+    )

@@ -2,21 +2,27 @@
 
 `load_market` runs the data pipeline once (bars -> per-symbol features, from the feature
 cache when it can), keeps the timestamps every symbol has (inner join), splits them
-chronologically into a training and an evaluation market, and scales the features with a
-`Normalizer` fitted on the training rows only. The environments never touch pandas.
+chronologically into a training, a validation and a test market, and scales the features
+with a `Normalizer` fitted on the training rows only. Checkpoint selection reads the
+validation market; only the final report (each agent, the ensemble, buy-and-hold) reads the
+test market. Prices are fill prices (`tradewind.trainer.execution`): the opens or the closes,
+as `data.execution` says. The environments never touch pandas.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from tradewind.api.common import Execution
 from tradewind.api.rl import EnvironmentSpec
 from tradewind.trainer.data import DataError, FeatureTable, Normalizer, cached_feature_table
 from tradewind.trainer.data.object_store import ObjectStoreClient
+from tradewind.trainer.execution import fill_prices
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,8 @@ class Market:
     features: npt.NDArray[np.float32]
     """(T, S, F) engineered and normalised features; row t uses bars <= t only."""
     prices: npt.NDArray[np.float64]
-    """(T, S) close prices (split-adjusted for the bundled stocks), positive."""
+    """(T, S) fill prices, positive: the price at which a decision made at bar t-1 fills at
+    bar t, the close or the open (`data.execution`; split-adjusted for the bundled stocks)."""
     timestamps: npt.NDArray[np.datetime64]
     """(T,) ascending."""
     symbols: tuple[str, ...]
@@ -67,39 +74,68 @@ class Market:
 
 def required_bars(env: EnvironmentSpec) -> int:
     """Bars a market needs for one episode: `lookbackWindow` bars for the first
-    observation, then one more bar per step (each step fills at the next bar's close)."""
+    observation, then one more bar per step (each step fills at the next bar's fill price)."""
     return env.lookback_window + env.episode_length
+
+
+class Markets(NamedTuple):
+    """The chronological parts of a run's bars. `validation` and `test` each start with the
+    `lookbackWindow - 1` bars before them as history for their first observation."""
+
+    train: Market
+    """What the agents learn on."""
+    validation: Market
+    """What periodic evaluation, checkpoint selection and grid-search ranking read."""
+    test: Market
+    """Held out from every choice: only the final report reads it."""
 
 
 def load_market(
     env: EnvironmentSpec,
     seed: int,
-    eval_fraction: float = 0.2,
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     *,
     cache_dir: Path | None = None,
     s3_client: ObjectStoreClient | None = None,
-) -> tuple[Market, Market]:
-    """The (train, eval) markets of `env.data`, split chronologically.
+) -> Markets:
+    """The (train, validation, test) markets of `env.data`, split chronologically.
 
-    The last `eval_fraction` of the common timestamps are the evaluation market; it starts
-    with the `lookbackWindow - 1` training bars before them as history for its first
-    observations (its first decision is at its first own bar; no training reward uses an
-    evaluation price). The normaliser (`env.data.normalization`) is fitted on the training
-    market's rows. `seed` seeds the synthetic source when its settings are unset;
-    `cache_dir` and `s3_client` are passed to `cached_feature_table` (default cache:
-    `$TRADEWIND_CACHE/features`). Raises DataError when either market has fewer than
-    `lookbackWindow + episodeLength` bars."""
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    The last `test_fraction` of the common timestamps are the test market, the
+    `validation_fraction` before them the validation market, the rest the training market.
+    Each non-training market starts with the `lookbackWindow - 1` bars before it as history
+    for its first observations (its first decision is at its first own bar; no reward of a
+    market uses a price of a later one). Prices are `env.data.execution`'s fill prices. The
+    normaliser (`env.data.normalization`) is fitted on the training market's rows. `seed`
+    seeds the synthetic source when its settings are unset; `cache_dir` and `s3_client` are
+    passed to `cached_feature_table` (default cache: `$TRADEWIND_CACHE/features`). Raises
+    DataError when any market has fewer than `lookbackWindow + episodeLength` bars."""
+    check_fractions(validation_fraction, test_fraction)
     table, _ = cached_feature_table(
         env.data, synthetic_seed=seed, cache_dir=cache_dir, s3_client=s3_client
     )
-    return split_market(align_feature_table(table), env, eval_fraction)
+    market = align_feature_table(table, env.data.execution)
+    return split_market(market, env, validation_fraction, test_fraction)
 
 
-def align_feature_table(table: FeatureTable) -> Market:
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Refuse fractions that leave a market empty."""
+    for name, value in (
+        ("validation_fraction", validation_fraction),
+        ("test_fraction", test_fraction),
+    ):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"validation_fraction + test_fraction must be below 1, got "
+            f"{validation_fraction} + {test_fraction}"
+        )
+
+
+def align_feature_table(table: FeatureTable, execution: Execution) -> Market:
     """Un-normalised Market of the timestamps every symbol of `table` has (after each
-    symbol's feature warm-up)."""
+    symbol's feature warm-up), priced at `execution`'s fill prices."""
     per_symbol = [table.timestamps[table.rows(i)] for i in range(len(table.symbols))]
     common = per_symbol[0]
     for times in per_symbol[1:]:
@@ -110,9 +146,10 @@ def align_feature_table(table: FeatureTable) -> Market:
         [table.offsets[i] + np.searchsorted(times, common) for i, times in enumerate(per_symbol)],
         axis=1,
     )  # (T, S) row of each symbol's bar at each common timestamp
+    prices = fill_prices(table.open, table.close, execution)
     return Market(
         features=np.ascontiguousarray(table.values[rows], dtype=np.float32),
-        prices=np.ascontiguousarray(table.close[rows], dtype=np.float64),
+        prices=np.ascontiguousarray(prices[rows], dtype=np.float64),
         timestamps=common,
         symbols=table.symbols,
         feature_names=table.feature_names,
@@ -120,22 +157,16 @@ def align_feature_table(table: FeatureTable) -> Market:
 
 
 def split_market(
-    market: Market, env: EnvironmentSpec, eval_fraction: float
-) -> tuple[Market, Market]:
-    """(train, eval) parts of an un-normalised `market`, normalised with statistics of the
-    training rows (see `load_market`)."""
-    n_bars, needed = market.num_bars, required_bars(env)
-    n_eval = round(n_bars * eval_fraction)
-    n_train = n_bars - n_eval
-    context = env.lookback_window - 1
-    if n_train < needed or n_eval + context < needed:
-        raise DataError(
-            f"too few bars: an episode needs lookbackWindow + episodeLength = {needed} bars in "
-            f"each of the training and evaluation markets, but the {n_bars} common bars (after "
-            f"the feature warm-up) split into {n_train} training and {n_eval} evaluation bars "
-            f"(+{context} of history) at evalFraction {eval_fraction}; use more data or a "
-            f"shorter episodeLength or lookbackWindow"
-        )
+    market: Market, env: EnvironmentSpec, validation_fraction: float, test_fraction: float
+) -> Markets:
+    """(train, validation, test) parts of an un-normalised `market`, normalised with
+    statistics of the training rows (see `load_market`)."""
+    check_fractions(validation_fraction, test_fraction)
+    n_bars = market.num_bars
+    n_test = round(n_bars * test_fraction)
+    n_validation = round(n_bars * validation_fraction)
+    n_train = n_bars - n_validation - n_test
+    _check_sizes(env, n_bars, (n_train, n_validation, n_test), (validation_fraction, test_fraction))
     n_features = market.num_features
     normalizer = Normalizer(env.data.normalization).fit(
         market.features[:n_train].reshape(-1, n_features)
@@ -153,4 +184,29 @@ def split_market(
             feature_names=market.feature_names,
         )
 
-    return part(slice(0, n_train)), part(slice(n_train - context, n_bars))
+    context = env.lookback_window - 1
+    test_start = n_train + n_validation
+    return Markets(
+        part(slice(0, n_train)),
+        part(slice(n_train - context, test_start)),
+        part(slice(test_start - context, n_bars)),
+    )
+
+
+def _check_sizes(
+    env: EnvironmentSpec, n_bars: int, sizes: tuple[int, int, int], fractions: tuple[float, float]
+) -> None:
+    """DataError unless each market holds an episode (the non-training ones with their
+    `lookbackWindow - 1` bars of history)."""
+    needed, context = required_bars(env), env.lookback_window - 1
+    n_train, n_validation, n_test = sizes
+    if n_train >= needed and min(n_validation, n_test) + context >= needed:
+        return
+    raise DataError(
+        f"too few bars: an episode needs lookbackWindow + episodeLength = {needed} bars in "
+        f"each of the training, validation and test markets, but the {n_bars} common bars "
+        f"(after the feature warm-up) split into {n_train} training, {n_validation} "
+        f"validation and {n_test} test bars (the last two +{context} of history) at "
+        f"eval.split {fractions[0]} and eval.test {fractions[1]}; use more data, smaller "
+        f"eval.split / eval.test or a shorter episodeLength or lookbackWindow"
+    )

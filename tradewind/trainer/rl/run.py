@@ -1,6 +1,7 @@
 """An RLRun end to end: train each agent (one per pod index in a cluster, one after the other
-with `tradewind run`), then combine: evaluate every agent, the ensemble and buy-and-hold on
-the held-out market after costs.
+with `tradewind run`), choosing its best checkpoint on the validation market, then combine:
+evaluate every agent, the ensemble and buy-and-hold on the test market after costs (bars no
+choice of the run has read).
 
 `python -m tradewind.trainer.rl --config run.yaml (--agent-index I | --combine)`.
 """
@@ -23,10 +24,17 @@ from tradewind.api import ManifestError, RLRun, load_resources
 from tradewind.api.rl import RLRunSpec
 from tradewind.trainer import plots
 from tradewind.trainer.checkpoint import Checkpointer
-from tradewind.trainer.entrypoint import EXIT_BAD_CONFIG, EXIT_DATA_NOT_FOUND
+from tradewind.trainer.entrypoint import (
+    EXIT_BAD_CONFIG,
+    EXIT_DATA_NOT_FOUND,
+    EXIT_NON_FINITE_LOSS,
+    NonFiniteLossError,
+    fail_permanently,
+)
 from tradewind.trainer.evaluation import bars_per_year, performance
 from tradewind.trainer.rl.ensemble import Member, Policy, RLEnsemble
-from tradewind.trainer.rl.market import Market, load_market
+from tradewind.trainer.rl.env import MarketArrays
+from tradewind.trainer.rl.market import Market, Markets, load_market
 from tradewind.trainer.rl.training import AgentEnvs, make_envs, restore_agent, train_agent
 from tradewind.trainer.storage import open_store
 from tradewind.trainer.tracking import Tracker, default_tracking_uri
@@ -69,15 +77,22 @@ def _tracker(run: RLRun, state_dir: Path, role: str) -> Tracker:
     return tracker
 
 
-def run_markets(spec: RLRunSpec) -> tuple[Market, Market]:
-    """The run's training and held-out markets (the last eval.split of the bars)."""
-    return load_market(spec.environment, seed=spec.seed, eval_fraction=spec.eval.split)
+def run_markets(spec: RLRunSpec) -> Markets:
+    """The run's training, validation (eval.split of the bars before the test bars) and test
+    (the last eval.test of the bars) markets."""
+    return load_market(
+        spec.environment,
+        seed=spec.seed,
+        validation_fraction=spec.eval.split,
+        test_fraction=spec.eval.test,
+    )
 
 
 def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = False) -> None:
-    """Train (or resume) agent `index`, then log the trained policy's equity curve on the
-    held-out market against buy-and-hold (figure `equity_curve.png`, table `evaluation.json`,
-    metrics `eval_*` and `buy_and_hold_*`)."""
+    """Train (or resume) agent `index` (checkpoints chosen on the validation market), then
+    log the trained policy against buy-and-hold on the validation market (metrics `eval_*`
+    and `eval_buy_and_hold_*`) and on the test market (metrics `test_*` and
+    `test_buy_and_hold_*`, figure `equity_curve.png`), both in table `evaluation.json`."""
     agent = run.spec.agents[index]
     markets = run_markets(run.spec)
     tracker = _tracker(run, state_dir, agent.name)
@@ -87,31 +102,58 @@ def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = Fals
         model, envs = train_agent(
             run.spec, agent, markets, checkpointer, tracker, seed, progress_bar=progress_bar
         )
-        series = {
-            agent.name: play_episode(markets[1], run.spec, agent_policy(model, envs)),
-            BUY_AND_HOLD: play_episode(markets[1], run.spec, buy_and_hold(run.spec, markets[1])),
-        }
-        rows = strategy_rows(series, markets[1])
-        step = int(model.num_timesteps)
-        tracker.metrics(_row_metrics(rows[0], "eval") | _row_metrics(rows[1], BUY_AND_HOLD), step)
-        tracker.table(rows, "evaluation.json")
-        _log_figure(
-            tracker,
-            plots.equity_curves(
-                {name: returns for name, (returns, _) in series.items()},
-                title=f"Equity on held-out bars after costs: {agent.name} vs buy-and-hold",
-                xlabel="step (held-out bars)",
-            ),
-            "equity_curve.png",
-        )
+        policy = agent_policy(model, envs)
+        _report_agent(tracker, run.spec, agent.name, policy, markets, int(model.num_timesteps))
     except BaseException:
         tracker.end("FAILED")
         raise
     tracker.end()
 
 
+def _report_agent(
+    tracker: Tracker, spec: RLRunSpec, name: str, policy: Policy, markets: Markets, step: int
+) -> None:
+    """The agent and buy-and-hold on the validation market (metrics `eval_<metric>` and
+    `eval_buy_and_hold_<metric>`) and on the test market (`test_<metric>`,
+    `test_buy_and_hold_<metric>`, and the equity curves); every row, tagged with its market,
+    in `evaluation.json`."""
+    validation = against_buy_and_hold(spec, name, policy, markets.validation)
+    test = against_buy_and_hold(spec, name, policy, markets.test)
+    metrics: dict[str, float] = {}
+    table: list[dict[str, Any]] = []
+    for prefix, market_name, market, series in (
+        ("eval", "validation", markets.validation, validation),
+        ("test", "test", markets.test, test),
+    ):
+        agent_row, hold_row = strategy_rows(series, market)
+        metrics |= _row_metrics(agent_row, prefix)
+        metrics |= _row_metrics(hold_row, f"{prefix}_{BUY_AND_HOLD}")
+        table += [{"market": market_name, **row} for row in (agent_row, hold_row)]
+    tracker.metrics(metrics, step)
+    tracker.table(table, "evaluation.json")
+    _log_figure(
+        tracker,
+        plots.equity_curves(
+            {key: returns for key, (returns, _) in test.items()},
+            title=f"Equity on test bars after costs: {name} vs buy-and-hold",
+            xlabel="step (test bars)",
+        ),
+        "equity_curve.png",
+    )
+
+
+def against_buy_and_hold(
+    spec: RLRunSpec, name: str, policy: Policy, market: Market
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-step returns and turnover of `policy` (as `name`) and of buy-and-hold over one
+    deterministic pass of `market`."""
+    return {
+        name: play_episode(market, spec, policy),
+        BUY_AND_HOLD: play_episode(market, spec, buy_and_hold(spec, market)),
+    }
+
+
 BUY_AND_HOLD = "buy_and_hold"
-ROW_METRICS = ("total_return", "sharpe", "max_drawdown", "turnover")
 
 
 def _log_figure(tracker: Tracker, figure: Any, name: str) -> None:
@@ -122,7 +164,9 @@ def _log_figure(tracker: Tracker, figure: Any, name: str) -> None:
 
 
 def _row_metrics(row: dict[str, Any], prefix: str) -> dict[str, float]:
-    return {f"{prefix}_{key}": float(row[key]) for key in ROW_METRICS}
+    """Every figure of a strategy row as `<prefix>_<figure>` (with the Sharpe ratio's
+    statistics under the names `SharpeStats.from_metrics(metrics, prefix)` reads)."""
+    return {f"{prefix}_{key}": float(value) for key, value in row.items() if key != "strategy"}
 
 
 def agent_policy(model: Any, envs: AgentEnvs) -> Policy:
@@ -153,14 +197,17 @@ def play_episode(
     act: Policy,
     after_step: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One deterministic pass over `market` from its first bar: per-step returns and turnover
+    """One deterministic pass over all of `market`, from its first bar to its last (not just
+    one `episodeLength`: every bar of a test market counts): per-step returns and turnover
     after costs."""
     from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 
-    env = BatchedTradingEnv(market, spec.environment, 1, seed=spec.seed, random_start=False)
+    whole = market.num_bars - spec.environment.lookback_window
+    env_spec = spec.environment.model_copy(update={"episode_length": whole})
+    env = BatchedTradingEnv(market, env_spec, 1, seed=spec.seed, random_start=False)
     obs = env.reset()
     value, returns, turnover = spec.environment.initial_balance, [], []
-    for k in range(spec.environment.episode_length):
+    for k in range(whole):
         step_obs, _, dones, _ = env.step(act(obs))
         obs = np.asarray(step_obs)
         new_value = float(env.last_step["portfolio_value"][0])  # before any autoreset
@@ -177,26 +224,29 @@ def play_episode(
 def strategy_rows(
     series: dict[str, tuple[np.ndarray, np.ndarray]], market: Market
 ) -> list[dict[str, Any]]:
-    """Return, annualised Sharpe, max drawdown and mean turnover of each strategy's episode."""
+    """Each strategy's episode: every figure of `performance` on its per-step returns (total
+    return, annualised Sharpe with its interval and PSR, max drawdown, ...), with `turnover`
+    the mean traded weight per step."""
     ppy = bars_per_year(market.timestamps)
     rows = []
     for name, (returns, turnover) in series.items():
         perf = performance(returns, returns, np.ones(len(returns)), ppy)
-        keep = {k: perf[k] for k in ("total_return", "sharpe", "max_drawdown")}
         mean_turnover = float(turnover.mean()) if len(turnover) else 0.0
-        rows.append({"strategy": name, **keep, "turnover": mean_turnover})
+        rows.append({"strategy": name, **perf, "turnover": mean_turnover})
     return rows
 
 
 @dataclass
 class EnsembleTrace:
     """What the ensemble did at each step of its episode: every member's target weights
-    [steps, members, symbols], its own [steps, symbols] and the members' disagreement."""
+    [steps, members, symbols], its own [steps, symbols], the members' disagreement and
+    their weights as shares [steps, members] at each decision."""
 
     members: list[str]
     member_weights: list[np.ndarray] = field(default_factory=list)
     weights: list[np.ndarray] = field(default_factory=list)
     uncertainty: list[float] = field(default_factory=list)
+    shares: list[np.ndarray] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Summary of the disagreement: mean and max uncertainty, and the share of
@@ -211,11 +261,32 @@ class EnsembleTrace:
         }
 
 
+def play_ensemble(
+    market: Market, spec: RLRunSpec, ens: RLEnsemble
+) -> tuple[tuple[np.ndarray, np.ndarray], EnsembleTrace]:
+    """The ensemble's episode on `market` (see `play_episode`) and its trace. After step k
+    the ensemble observes the per-symbol returns of the bar the step moved to (first bar +
+    k + 1), the bar its next decision observes: it learns from closed bars only."""
+    arrays = MarketArrays.build(market, spec.environment)
+    trace = EnsembleTrace([m.name for m in ens.members])
+
+    def record(k: int) -> None:
+        trace.member_weights.append(ens.last_weights[:, 0, :])
+        trace.weights.append(ens.last_combined[0])
+        trace.uncertainty.append(float(ens.last_uncertainty[0]))
+        trace.shares.append(ens.last_shares)
+        ens.observe(arrays.returns[arrays.first_bar + k + 1])
+
+    return play_episode(market, spec, ens.act, record), trace
+
+
 def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
-    """Each agent (its best checkpoint), the ensemble and buy-and-hold on the held-out market;
-    logged to MLflow (role `combine`): the table, `<strategy>_<metric>` metrics, the equity
-    curves and, with `ensemble.uncertainty`, the members' disagreement per step and its plot."""
-    train, evaluation = run_markets(run.spec)
+    """Each agent (its best checkpoint, chosen on the validation market), the ensemble and
+    buy-and-hold on the test market; logged to MLflow (role `combine`): the table,
+    `<strategy>_<metric>` metrics, the equity curves and, with `ensemble.uncertainty`, the
+    members' disagreement per step and its plot."""
+    markets = run_markets(run.spec)
+    evaluation = markets.test
     spec = run.spec
     members: list[Member] = []
     for agent in spec.agents:
@@ -229,35 +300,18 @@ def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
             raise FileNotFoundError(
                 f"agent {agent.name} has no checkpoint in {checkpoint_base(run, state_dir)}"
             )
-        envs: AgentEnvs = make_envs(spec, train, evaluation, seed=spec.seed)
+        envs: AgentEnvs = make_envs(spec, markets.train, markets.validation, seed=spec.seed)
         model = restore_agent(agent, state, envs, "cpu")
         members.append(Member(agent.name, agent_policy(model, envs), weight=agent.weight))
     series = {m.name: play_episode(evaluation, spec, m.policy) for m in members}
     trace: EnsembleTrace | None = None
     if spec.ensemble is not None:
-        ens = RLEnsemble(
-            members,
-            spec.ensemble.method,
-            spec.environment.action_space == "discrete",
-            evaluation.num_symbols,
-            spec.ensemble.performance_window,
-            spec.seed,
-        )
-        member_returns = {m.name: series[m.name][0] for m in members}
-        trace = EnsembleTrace([m.name for m in members])
-
-        def record(k: int) -> None:
-            trace.member_weights.append(ens.last_weights[:, 0, :])
-            trace.weights.append(ens.last_combined[0])
-            trace.uncertainty.append(float(ens.last_uncertainty[0]))
-            ens.record(
-                [
-                    member_returns[m.name][k] if k < len(member_returns[m.name]) else 0.0
-                    for m in members
-                ]
-            )
-
-        series["ensemble"] = play_episode(evaluation, spec, ens.act, record)
+        env = spec.environment
+        ens = RLEnsemble.from_spec(
+            members, spec.ensemble, env.action_space == "discrete", evaluation.num_symbols,
+            spec.seed, cost_rate=env.transaction_cost + env.slippage,
+        )  # fmt: skip
+        series["ensemble"], trace = play_ensemble(evaluation, spec, ens)
     series[BUY_AND_HOLD] = play_episode(evaluation, spec, buy_and_hold(spec, evaluation))
     rows = strategy_rows(series, evaluation)
     tracker = _tracker(run, state_dir, "combine")
@@ -285,8 +339,8 @@ def _log_combine(
         tracker,
         plots.equity_curves(
             {name: returns for name, (returns, _) in series.items()},
-            title="Equity on held-out bars after costs: agents, ensemble, buy-and-hold",
-            xlabel="step (held-out bars)",
+            title="Equity on test bars after costs: agents, ensemble, buy-and-hold",
+            xlabel="step (test bars)",
         ),
         "equity_curves.png",
     )
@@ -350,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train_one(run, args.agent_index, args.state_dir)
     except DataError as exc:
-        print(f"error: data: {exc}", file=sys.stderr)
-        return EXIT_DATA_NOT_FOUND
+        return fail_permanently(EXIT_DATA_NOT_FOUND, f"error: data: {exc}")
+    except NonFiniteLossError as exc:
+        return fail_permanently(EXIT_NON_FINITE_LOSS, f"error: {exc}")
     return 0

@@ -1,6 +1,7 @@
 """Training one agent of an RLRun: batched env (+ VecNormalize), the SB3 algorithm,
-periodic evaluation keeping the best model, resumable checkpoints (model, replay buffer,
-normalisation statistics), SB3's metrics and evaluation returns to MLflow.
+periodic evaluation on the validation market keeping the best model, resumable checkpoints
+(model, replay buffer, normalisation statistics) every `checkpoint.interval` thousand
+timesteps, SB3's metrics and evaluation returns to MLflow. The test market is not read here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tradewind.trainer.rl.agents import (
     replay_buffer_bytes,
     restore_replay_buffer,
 )
-from tradewind.trainer.rl.market import Market
+from tradewind.trainer.rl.finite import FiniteTrainingCheck
+from tradewind.trainer.rl.market import Market, Markets
 from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 from tradewind.trainer.tracking import Tracker
 
@@ -43,15 +45,21 @@ def to_bytes(tensor: torch.Tensor) -> bytes:
     return bytes(tensor.numpy().tobytes())
 
 
+CHECKPOINT_UNIT = 1000
+"""`checkpoint.interval` counts thousands of timesteps for an RLRun."""
+
+
 @dataclass
 class AgentEnvs:
     train: VecEnv
     evaluation: VecEnv
+    """Over the validation market: periodic evaluation and the choice of the best model."""
 
 
 def make_envs(spec: RLRunSpec, train: Market, evaluation: Market, seed: int) -> AgentEnvs:
-    """The training env (n_envs, random starts) and the evaluation env (fixed start), both
-    behind VecNormalize when the spec asks, sharing its statistics at evaluation."""
+    """The training env (n_envs, random starts) and the evaluation env (fixed start) over
+    `evaluation` (the validation market), both behind VecNormalize when the spec asks,
+    sharing its statistics at evaluation."""
     env = spec.environment
     train_env: VecEnv = BatchedTradingEnv(train, env, spec.n_envs, seed=seed)
     eval_env: VecEnv = BatchedTradingEnv(evaluation, env, 1, seed=seed + 10_000, random_start=False)
@@ -67,17 +75,33 @@ def sync_normalization(envs: AgentEnvs) -> None:
         envs.evaluation.obs_rms = envs.train.obs_rms.copy()
 
 
+def next_multiple(timesteps: int, every: int) -> int:
+    """The first multiple of `every` above `timesteps`."""
+    return (timesteps // every + 1) * every
+
+
 class EvalCheckpointCallback(BaseCallback):
-    """At the first rollout end after every `eval.freq` timesteps: evaluate, log to MLflow,
-    checkpoint (the best evaluation is the best checkpoint). SB3's own metrics go to MLflow
-    at each rollout's end."""
+    """At the first rollout end after every `eval.freq` timesteps: evaluate on the validation
+    market, log `eval_mean_reward`, checkpoint with it (the best evaluation is the best
+    checkpoint). At the first rollout end after every `checkpoint.interval` thousand
+    timesteps without an evaluation: checkpoint, unranked (for resuming). SB3's own metrics
+    go to MLflow at each rollout's end. The rollout that reaches totalTimesteps is left to
+    the final `evaluate_and_save`."""
 
     def __init__(
         self, spec: RLRunSpec, envs: AgentEnvs, checkpointer: Checkpointer, tracker: Tracker
     ) -> None:
         super().__init__()
         self.spec, self.envs, self.checkpointer, self.tracker = spec, envs, checkpointer, tracker
-        self.next_eval = spec.eval.freq
+        self.eval_every = spec.eval.freq
+        self.checkpoint_every = spec.checkpoint.interval * CHECKPOINT_UNIT
+        self.next_eval = self.eval_every
+        self.next_checkpoint = self.checkpoint_every
+
+    def start_at(self, timesteps: int) -> None:
+        """Schedule the next evaluation and checkpoint after `timesteps` (a resumed run)."""
+        self.next_eval = next_multiple(timesteps, self.eval_every)
+        self.next_checkpoint = next_multiple(timesteps, self.checkpoint_every)
 
     def _on_step(self) -> bool:
         return True
@@ -88,13 +112,21 @@ class EvalCheckpointCallback(BaseCallback):
         values = {k.replace("/", "_"): float(v) for k, v in self.model.logger.name_to_value.items()}
         values["progress"] = 100.0 * self.num_timesteps / self.spec.total_timesteps
         self.tracker.metrics(values, step=self.num_timesteps)
-        if self.num_timesteps >= self.next_eval:
-            self.next_eval += self.spec.eval.freq * (
-                1 + (self.num_timesteps - self.next_eval) // self.spec.eval.freq
-            )
+        now = self.num_timesteps
+        evaluate, checkpoint = now >= self.next_eval, now >= self.next_checkpoint
+        if evaluate:
+            self.next_eval = next_multiple(now, self.eval_every)
+        if checkpoint:
+            self.next_checkpoint = next_multiple(now, self.checkpoint_every)
+        if now >= self.spec.total_timesteps:
+            return
+        if evaluate:
             self.evaluate_and_save()
+        elif checkpoint:
+            self.checkpointer.save(now, agent_state(self.model, self.envs))
 
     def evaluate_and_save(self) -> float:
+        """Evaluate on the validation market, log and checkpoint ranked by the result."""
         mean = evaluation_reward(self.model, self.envs, self.spec)
         self.tracker.metrics(
             {"eval_mean_reward": mean, "timesteps": self.num_timesteps}, step=self.num_timesteps
@@ -104,7 +136,8 @@ class EvalCheckpointCallback(BaseCallback):
 
 
 def evaluation_reward(model: BaseAlgorithm, envs: AgentEnvs, spec: RLRunSpec) -> float:
-    """SB3's evaluate_policy on the evaluation env: mean reward of `eval.episodes` episodes."""
+    """SB3's evaluate_policy on the evaluation (validation) env: mean reward of
+    `eval.episodes` episodes."""
     sync_normalization(envs)
     with warnings.catch_warnings():  # the batched env needs no Monitor: its episodes are exact
         warnings.filterwarnings("ignore", "Evaluation environment is not wrapped")
@@ -148,11 +181,12 @@ def restore_agent(
 
 
 def train_agent(
-    spec: RLRunSpec, agent: AgentSpec, markets: tuple[Market, Market], checkpointer: Checkpointer,
+    spec: RLRunSpec, agent: AgentSpec, markets: Markets, checkpointer: Checkpointer,
     tracker: Tracker, seed: int, device: str = "cpu", progress_bar: bool = False,
 ) -> tuple[BaseAlgorithm, AgentEnvs]:  # fmt: skip
-    """Train (or resume) one agent to spec.totalTimesteps; returns the final model."""
-    envs = make_envs(spec, *markets, seed=seed)
+    """Train (or resume) one agent to spec.totalTimesteps on the training market, evaluating
+    on the validation market; returns the final model."""
+    envs = make_envs(spec, markets.train, markets.validation, seed=seed)
     state = checkpointer.resume(spec.checkpoint.resume_from)
     if state is not None:
         model = restore_agent(agent, state, envs, device)
@@ -160,11 +194,15 @@ def train_agent(
     else:
         model = build_agent(agent, envs.train, seed=seed, device=device)
     callback = EvalCheckpointCallback(spec, envs, checkpointer, tracker)
-    callback.next_eval = (model.num_timesteps // spec.eval.freq + 1) * spec.eval.freq
+    callback.start_at(model.num_timesteps)
     remaining = spec.total_timesteps - model.num_timesteps
     if remaining > 0:
+        # the finiteness check first: it stops a diverged agent before anything checkpoints it
         model.learn(
-            remaining, callback=callback, reset_num_timesteps=False, progress_bar=progress_bar
+            remaining,
+            callback=[FiniteTrainingCheck(), callback],
+            reset_num_timesteps=False,
+            progress_bar=progress_bar,
         )
         callback.evaluate_and_save()
     return model, envs

@@ -1,7 +1,8 @@
 """BatchedTradingEnv: N TradingEnvironments stepped together with array math.
 
 The semantics are those of `TradingEnvironment` (timing, accounting, rewards, spaces: see
-`tradewind.trainer.rl.env`), computed for all environments at once: per-environment state
+`tradewind.trainer.rl.env`; a step's action fills at the next bar's fill price, its close or
+open as `data.execution` says), computed for all environments at once: per-environment state
 is a row of (N,) and (N, S) arrays, every sum over symbols is a sequential `cumsum` (the
 order of the single environment's loop) and every elementwise operation is the single
 environment's, so results are bit-for-bit the same. Environment i seeded with s + i draws
@@ -26,6 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from tradewind.api.rl import EnvironmentSpec
+from tradewind.trainer.execution import cost_rate
 from tradewind.trainer.rl.env import (
     FLAT_TOLERANCE,
     LOG_FLOOR,
@@ -176,7 +178,7 @@ class BatchedTradingEnv(VecEnv):
             seeding.np_random(None if seed is None else seed + i)[0] for i in range(n_envs)
         ]
         self._powers = 3 ** np.arange(market.num_symbols, dtype=np.int64)
-        self._cost_rate = spec.transaction_cost + spec.slippage
+        self._cost_rate = cost_rate(spec.transaction_cost, spec.slippage)
         self._rewards = _BatchRewards(spec, n_envs)
         self._bar = np.full(n_envs, self.arrays.first_bar, dtype=np.int64)
         self._steps = np.zeros(n_envs, dtype=np.int64)

@@ -1,10 +1,16 @@
-"""Model-agnostic meta-learning (MAML, Finn et al. 2017) with torch.func.functional_call."""
+"""Model-agnostic meta-learning (MAML, Finn et al. 2017) with torch.func.functional_call:
+the meta-update (`maml_step`) and the few-shot adaptation to a new task at evaluation
+(`adaptation_tasks`, `adapt`)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -12,6 +18,7 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
 from tradewind.api.training import MetaLearningSpec
+from tradewind.trainer.data.dataset import SupervisedSplit
 from tradewind.trainer.losses import LossFn
 
 Batch = Mapping[str, Tensor]
@@ -112,3 +119,54 @@ def maml_step(
         nn.utils.clip_grad_norm_(list(params.values()), grad_clip)
     optimizer.step()
     return {"support_loss": support_total / len(tasks), "query_loss": query_total / len(tasks)}
+
+
+@dataclass(frozen=True)
+class AdaptationTask:
+    """One symbol of an evaluation split as a new task: positions into the split."""
+
+    symbol: int
+    support: npt.NDArray[np.int64]
+    """The symbol's first samples in time: what the model adapts on."""
+    scored: npt.NDArray[np.int64]
+    """The symbol's samples after the support and the purge gap: what is scored."""
+
+
+def adaptation_tasks(split: SupervisedSplit, bars: int, gap: int) -> list[AdaptationTask]:
+    """Per symbol of `split` (in symbol order): its first `bars` samples in time as the
+    support, and its samples from position `bars + gap` on as the scored ones. Symbols with
+    nothing left to score are left out."""
+    if bars < 1 or gap < 0:
+        raise ValueError(f"adaptation needs bars >= 1 and gap >= 0, got {bars} and {gap}")
+    tasks = []
+    for symbol in np.unique(split.symbol_ids).tolist():
+        own = np.flatnonzero(split.symbol_ids == symbol)
+        ordered = own[np.argsort(split.timestamps[own], kind="stable")]
+        if len(ordered) > bars + gap:
+            tasks.append(AdaptationTask(int(symbol), ordered[:bars], ordered[bars + gap :]))
+    return tasks
+
+
+def adapt(model: nn.Module, loss_fn: LossFn, support: Batch, spec: MetaLearningSpec) -> nn.Module:
+    """A copy of `model` adapted to a new task: `adaptationSteps` (default `innerSteps`)
+    plain SGD steps at `innerLearningRate` on the support batch, in training mode as in the
+    meta-training inner loop (batch norm on the support's statistics) but without dropout,
+    so the adaptation is deterministic. The copy is returned in eval mode; `model`,
+    `loss_fn` and their gradients are untouched."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    adapted = copy.deepcopy(model).train()
+    for module in adapted.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
+    params = [p for p in adapted.parameters() if p.requires_grad]
+    steps = spec.adaptation_steps or spec.inner_steps
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss, _ = loss_fn(adapted(support["x"]), support["y_class"], support["y_ret"])
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        p.sub_(spec.inner_learning_rate * g)
+    return adapted.eval()

@@ -38,9 +38,9 @@ def test_quickstart_stocks(cache_dir: Path) -> None:
     assert dataset.num_features == 9
     assert dataset.train.inputs(slice(0, 4)).shape == (4, 30, 9)
     total = sum(len(split) for split in _splits(dataset))
-    # Per symbol: 3270 bars - 33 warm-up - 29 before the first full window - 5 horizon,
-    # less 2 gaps of 5 bars between the splits.
-    assert total == 3 * (3270 - 33 - 29 - 5 - 2 * 5)
+    # Per symbol: 3270 bars - 33 warm-up - 29 before the first full window - the fill bar
+    # and 5 horizon bars, less 2 purge gaps of 6 bars between the splits.
+    assert total == 3 * (3270 - 33 - 29 - 6 - 2 * 6)
     assert set(np.unique(dataset.train.labels)) == {SELL, HOLD, BUY}
 
 
@@ -49,8 +49,8 @@ def test_splits_are_in_time_order_with_a_gap(bars_file: Path, cache_dir: Path) -
     day = np.timedelta64(1, "D")
     for symbol in range(len(dataset.symbols)):
         times = [s.timestamps[s.symbol_ids == symbol] for s in _splits(dataset)]
-        assert times[1].min() - times[0].max() == 4 * day
-        assert times[2].min() - times[1].max() == 4 * day
+        assert times[1].min() - times[0].max() == 5 * day
+        assert times[2].min() - times[1].max() == 5 * day
         assert all(np.all(np.diff(t) == day) for t in times)
 
 
@@ -64,10 +64,19 @@ def test_samples_are_views_of_one_normalised_array(bars_file: Path, cache_dir: P
     assert high - low == (len(windows) + 10 - 1) * 9 * 4
 
 
+def test_embargo_widens_every_purge_gap(bars_file: Path, cache_dir: Path) -> None:
+    data = _file_data(bars_file, prediction_horizon=3, split={"embargo": 7})
+    dataset = build_dataset(data, cache_dir=cache_dir)
+    times = [s.timestamps[s.symbol_ids == 0] for s in _splits(dataset)]
+    assert times[1].min() - times[0].max() == 12 * np.timedelta64(1, "D")
+    assert times[2].min() - times[1].max() == 12 * np.timedelta64(1, "D")
+
+
+@pytest.mark.parametrize("execution", ["next_close", "next_open"])
 def test_samples_match_features_labels_and_targets(
-    daily_bars: pd.DataFrame, bars_file: Path, cache_dir: Path
+    daily_bars: pd.DataFrame, bars_file: Path, cache_dir: Path, execution: str
 ) -> None:
-    data = _file_data(bars_file, normalization="none", prediction_horizon=4)
+    data = _file_data(bars_file, normalization="none", prediction_horizon=4, execution=execution)
     dataset = build_dataset(data, cache_dir=cache_dir)
     table, _ = cache.cached_feature_table(data, cache_dir=cache_dir)
     test = dataset.test
@@ -78,11 +87,11 @@ def test_samples_match_features_labels_and_targets(
         np.testing.assert_array_equal(
             test.inputs([sample])[0], table.values[rows][end - 9 : end + 1]
         )
-        close = daily_bars[daily_bars["symbol"] == dataset.symbols[symbol]].set_index("timestamp")[
-            "close"
-        ]
-        at = close.index.get_loc(pd.Timestamp(test.timestamps[sample]))
-        expected = close.iloc[at + 4] / close.iloc[at] - 1
+        bars = daily_bars[daily_bars["symbol"] == dataset.symbols[symbol]].set_index("timestamp")
+        fill = bars["open" if execution == "next_open" else "close"]
+        at = fill.index.get_loc(pd.Timestamp(test.timestamps[sample]))
+        # decided at bar `at`, filled at the next bar, exited 4 fills later
+        expected = fill.iloc[at + 5] / fill.iloc[at + 1] - 1
         assert test.forward_returns[sample] == pytest.approx(expected, rel=1e-5)
         label = BUY if expected > 0.01 else SELL if expected < -0.01 else HOLD
         assert test.labels[sample] == label

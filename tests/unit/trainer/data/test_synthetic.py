@@ -29,7 +29,12 @@ def test_bars_are_ohlc_consistent() -> None:
     assert np.all(market.high >= np.maximum(market.open, market.close))
     assert np.all(market.volume > 0)
     assert np.all(np.isfinite(market.close))
-    np.testing.assert_array_equal(market.open[:, 1:], market.close[:, :-1])
+    # Each open lies between the previous close and the bar's close (an overnight move),
+    # never at the previous close itself, which next_open execution must not fill at.
+    previous, close, opens = market.close[:, :-1], market.close[:, 1:], market.open[:, 1:]
+    assert np.all(opens >= np.minimum(previous, close) - 1e-9)
+    assert np.all(opens <= np.maximum(previous, close) + 1e-9)
+    assert np.mean(opens != previous) > 0.99
 
 
 def test_every_regime_occurs_and_volatile_is_more_volatile() -> None:

@@ -8,11 +8,11 @@ from tradewind.trainer.data.windows import (
     SELL,
     chronological_split,
     expanding_window_folds,
-    forward_returns,
     label_returns,
     sliding_windows,
     walk_forward_folds,
 )
+from tradewind.trainer.execution import fill_prices, trade_returns
 
 
 def _days(n: int, skip: tuple[int, ...] = ()) -> np.ndarray:
@@ -29,11 +29,17 @@ def test_windows_are_read_only_views() -> None:
     assert not windows.flags.writeable
 
 
-def test_forward_returns_use_the_close_horizon_bars_ahead() -> None:
-    close = np.array([100.0, 101.0, 99.0, 110.0, 100.0])
-    returns = forward_returns(close, 2)
-    np.testing.assert_allclose(returns[:3], [-0.01, 110 / 101 - 1, 100 / 99 - 1])
-    assert np.isnan(returns[3:]).all()
+def test_trade_returns_fill_at_the_next_bar_and_exit_horizon_fills_later() -> None:
+    prices = np.array([100.0, 101.0, 99.0, 110.0, 100.0])
+    returns = trade_returns(prices, 2)
+    np.testing.assert_allclose(returns[:2], [110 / 101 - 1, 100 / 99 - 1])
+    assert np.isnan(returns[2:]).all()
+
+
+def test_fill_prices_are_the_open_or_the_close() -> None:
+    open_, close = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    np.testing.assert_array_equal(fill_prices(open_, close, "next_open"), open_)
+    np.testing.assert_array_equal(fill_prices(open_, close, "next_close"), close)
 
 
 def test_labels_by_threshold_with_holds_at_the_boundaries() -> None:
