@@ -56,7 +56,7 @@ def run_training_torchrun(
     manifest.write_text(dump_resource(run))
     result_path = state_dir / f"{run.metadata.name}.result.json"
     result_path.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+    argv = [sys.executable, "-m", "tradewind.trainer.launch", "--standalone", "--nnodes=1",
             f"--nproc-per-node={processes}", "-m", "tradewind.trainer", "--config", str(manifest),
             "--state-dir", str(state_dir), "--result", str(result_path)]  # fmt: skip
     console.print(f"torchrun: {processes} processes (gloo)", highlight=False)

@@ -217,7 +217,10 @@ def test_two_node_training_run_end_to_end(
     status = _status(xkubectl, ns, name)
     assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0
     assert status["progress"]["percent"] == 100 and status["progress"]["epoch"] == 3
-    assert status["headlineMetric"].startswith("val_loss=")
+    # finished: the headline is the test backtest's Sharpe with its 95% interval and PSR
+    assert re.fullmatch(
+        r"sharpe=-?[\d.]+ \[-?[\d.]+, -?[\d.]+\] psr=[\d.]+", status["headlineMetric"]
+    ), status["headlineMetric"]
 
     # Two pods, each in its own network namespace with its own address in the pod CIDR.
     pods = sorted(_pods(xkubectl, ns, name, 0), key=_index)

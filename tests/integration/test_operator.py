@@ -68,8 +68,10 @@ def test_children_are_built_as_specified_and_the_run_succeeds(
         "tradewind.dev/gpu-pool": "a100"
     }
     (container,) = pod["containers"]
-    assert container["command"][:4] == [
-        "torchrun",
+    assert container["command"][:6] == [
+        "python",
+        "-m",
+        "tradewind.trainer.launch",
         "--nnodes=2",
         "--nproc-per-node=4",
         "--node-rank=$(PET_NODE_RANK)",

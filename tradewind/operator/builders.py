@@ -132,16 +132,20 @@ def shape(run: Run) -> tuple[int, int]:
     return len(run.spec.agents), 1
 
 
+TORCHRUN = ("python", "-m", "tradewind.trainer.launch")
+"""torchrun, exiting with the failed rank's own exit code (see tradewind/trainer/launch.py)."""
+
+
 def trainer_command(run: Run, attempt: int, uid: str) -> list[str]:
-    """torchrun for a TrainingRun; the RL trainer (one agent per completion index) for an
-    RLRun."""
+    """torchrun (through `tradewind.trainer.launch`, which keeps a rank's permanent exit
+    code) for a TrainingRun; the RL trainer (one agent per completion index) for an RLRun."""
     nodes, procs = shape(run)
     if isinstance(run, RLRun):
         config = f"{CONFIG_DIR}/run.yaml"
         command = ["python", "-m", "tradewind.trainer.rl", "--config", config]
         return [*command, "--agent-index", "$(PET_NODE_RANK)", "--state-dir", STATE_DIR]
     return [
-        "torchrun",
+        *TORCHRUN,
         f"--nnodes={nodes}",
         f"--nproc-per-node={procs}",
         "--node-rank=$(PET_NODE_RANK)",

@@ -84,7 +84,8 @@ def test_the_trainer_image_runs_the_commands_the_operator_gives_its_pods() -> No
         assert isinstance(run, TrainingRun | RLRun)
         job = build_job(run, 0, "u", owner, settings)
         commands.append(job["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert commands[0][0] == "torchrun" and "tradewind.trainer" in commands[0]
+    assert commands[0][:3] == ["python", "-m", "tradewind.trainer.launch"]
+    assert "tradewind.trainer" in commands[0]
     assert commands[1][:3] == ["python", "-m", "tradewind.trainer.rl"]
     pyproject = (ROOT / "pyproject.toml").read_text()
     trainer_extra = pyproject.split("trainer = [", 1)[1].split("]", 1)[0]

@@ -39,14 +39,16 @@ def _container(job: dict[str, Any]) -> dict[str, Any]:
 def test_torchrun_command_and_rendezvous() -> None:
     job = builders.build_job(_run(nodes=3, procsPerNode=2), 1, "u-1", OWNER, OperatorSettings())
     cmd = _container(job)["command"]
-    assert cmd[:4] == [
-        "torchrun",
+    assert cmd[:6] == [
+        "python",
+        "-m",
+        "tradewind.trainer.launch",
         "--nnodes=3",
         "--nproc-per-node=2",
         "--node-rank=$(PET_NODE_RANK)",
     ]
     assert "--rdzv-endpoint=r-1-0.r:29400" in cmd and "--rdzv-id=u-1-1" in cmd
-    assert cmd[cmd.index("-m") + 1] == "tradewind.trainer"
+    assert cmd[-6:-4] == ["-m", "tradewind.trainer"]
     assert job["metadata"]["name"] == "r-1" and job["spec"]["completions"] == 3
 
 

@@ -255,10 +255,35 @@ def test_cli_grid_search_on_bundled_bars(tmp_path: Path, monkeypatch: pytest.Mon
     assert returns == sorted(returns, reverse=True)
     assert written["best"] == written["rows"][0]["params"]
     assert written["best_test"]["test_sharpe"] == written["rows"][0]["test_sharpe"]
-    assert "best on validation, on the test bars: return" in result.output
+    assert "deflated Sharpe" in result.output
     snippet = result.output.split("(add to the agent in the RLRun):")[1].split("wrote")[0]
     assert yaml.safe_load(snippet) == {"hyperparameters": written["best"]}
 
     bad = CliRunner().invoke(app, [*args[:6], "-p", "tau=0.1"])
     assert bad.exit_code == 1
     assert "tau: not a a2c hyperparameter" in bad.output
+
+
+def test_the_best_is_deflated_for_the_combinations_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tradewind.significance import SharpeStats, probabilistic_sharpe_ratio
+
+    def scored(*args: Any) -> dict[str, float]:
+        sharpe = 1000 * float(args[1].hyperparameters["learning_rate"])
+        stats = SharpeStats(sharpe, 0.0, 0.0, 0.0, 250, 252.0, 0.0, 3.0).as_metrics()
+        row = {"eval_mean_reward": 0.0, "total_return": 0.0, "max_drawdown": 0.0}
+        row |= {"turnover": 0.0, **stats}
+        return row | {f"test_{k}": v for k, v in row.items() if k != "eval_mean_reward"}
+
+    monkeypatch.setattr(gs, "evaluate_trial", scored)
+    spec = _spec()
+    markets = _markets(spec)
+    one = gs.grid_search(spec, {"learning_rate": [2e-3]}, markets=markets)
+    many = gs.grid_search(
+        spec, {"learning_rate": [5e-4, 1e-3, 1.5e-3, 2e-3, 1e-4, 8e-4]}, markets=markets
+    )
+    assert one.rows[0]["sharpe"] == many.rows[0]["sharpe"] == 2.0
+    plain = probabilistic_sharpe_ratio(2.0 / 252**0.5, 250, 0.0, 3.0)
+    assert one.deflated_sharpe == pytest.approx(plain)
+    assert many.deflated_sharpe is not None and many.deflated_sharpe < plain - 0.05
+    assert "deflated Sharpe" in gs.best_summary(many)
+    assert many.to_json()["best_deflated_sharpe"] == many.deflated_sharpe

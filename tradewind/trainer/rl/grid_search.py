@@ -30,6 +30,7 @@ import numpy as np
 
 from tradewind.api.hyperparameters import HYPERPARAMETERS, hyperparameter_errors
 from tradewind.api.rl import AgentSpec, RLRunSpec
+from tradewind.significance import SharpeStats, deflated_sharpe_ratio
 from tradewind.trainer.rl.agents import build_agent
 from tradewind.trainer.rl.market import Markets
 from tradewind.trainer.rl.run import (
@@ -44,7 +45,20 @@ from tradewind.trainer.rl.training import evaluation_reward, make_envs
 
 Score = Literal["sharpe", "total_return", "eval_mean_reward"]
 SCORES: tuple[Score, ...] = ("sharpe", "total_return", "eval_mean_reward")
-TRADING_METRICS = ("total_return", "sharpe", "max_drawdown", "turnover")
+TRADING_METRICS = (
+    "total_return",
+    "sharpe",
+    "max_drawdown",
+    "turnover",
+    # the Sharpe ratio's significance (tradewind.significance.SharpeStats)
+    "sharpe_ci_low",
+    "sharpe_ci_high",
+    "psr",
+    "periods",
+    "periods_per_year",
+    "skew",
+    "kurtosis",
+)
 METRICS = ("eval_mean_reward", *TRADING_METRICS)
 """Scored on the validation market; the ranking reads these."""
 TEST_METRICS = tuple(f"test_{m}" for m in TRADING_METRICS)
@@ -187,6 +201,16 @@ class GridSearchResult:
         """The best combination's figures on the test market (TEST_METRICS)."""
         return {m: float(self.rows[0][m]) for m in TEST_METRICS}
 
+    @property
+    def deflated_sharpe(self) -> float | None:
+        """The Deflated Sharpe Ratio of the best combination's validation Sharpe ratio, given
+        every combination tried: the probability that it is more than the luck of picking
+        the best of that many (None without the statistics)."""
+        best = SharpeStats.from_metrics(self.rows[0]) if self.rows else None
+        if best is None:
+            return None
+        return deflated_sharpe_ratio(best, [float(r["sharpe"]) for r in self.rows])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "agent": self.agent,
@@ -196,6 +220,7 @@ class GridSearchResult:
             "seeds": self.seeds,
             "best": self.best,
             "best_test": self.best_test,
+            "best_deflated_sharpe": self.deflated_sharpe,
             "rows": self.rows,
             "buy_and_hold": self.baseline,
         }
@@ -343,10 +368,17 @@ def result_table(result: GridSearchResult) -> Any:
 
 
 def best_summary(result: GridSearchResult) -> str:
-    """One line: the best combination's figures on the test bars, against buy-and-hold's."""
-    best, hold = result.best_test, result.baseline
+    """The best combination: its validation Sharpe ratio deflated for the combinations tried,
+    and its figures on the test bars (interval and PSR) against buy-and-hold's."""
+    best, hold, row = result.best_test, result.baseline, result.rows[0]
+    deflated = result.deflated_sharpe
+    dsr = "n/a" if deflated is None else f"{deflated:.2f}"
     return (
-        f"best on validation, on the test bars: return {best['test_total_return']:+.2%}, "
-        f"Sharpe {best['test_sharpe']:.2f}, max DD {best['test_max_drawdown']:.2%} "
+        f"best on validation: Sharpe {row['sharpe']:.2f} [{row['sharpe_ci_low']:.2f}, "
+        f"{row['sharpe_ci_high']:.2f}], deflated Sharpe {dsr} over {len(result.rows)} "
+        f"combination(s); on the test bars: return {best['test_total_return']:+.2%}, "
+        f"Sharpe {best['test_sharpe']:.2f} [{best['test_sharpe_ci_low']:.2f}, "
+        f"{best['test_sharpe_ci_high']:.2f}], PSR {best['test_psr']:.2f}, "
+        f"max DD {best['test_max_drawdown']:.2%} "
         f"(buy-and-hold {hold['test_total_return']:+.2%}, Sharpe {hold['test_sharpe']:.2f})"
     )
