@@ -618,6 +618,14 @@ cases = [
         "combination",
     ),
     (
+        "rl-agent-named-ensemble",
+        RL,
+        {"spec": {"agents": [{"name": "ensemble", "algorithm": "ppo"}]}},
+        "spec.agents[0].name",
+        "agent name 'ensemble' is taken",
+        "name",
+    ),
+    (
         "rl-ensemble-one-agent",
         RL,
         {"spec": {"ensemble": {"method": "majority"}}},

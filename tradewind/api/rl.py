@@ -70,8 +70,16 @@ class AgentSpec(ApiModel):
     weight: float = Field(default=1.0, ge=0, le=1000)
     """Weight in a weighted_average ensemble."""
 
-    cel_rules = tuple(
-        CelRule(rule, message, ".hyperparameters") for rule, message in hyperparameter_name_rules()
+    cel_rules = (
+        CelRule(
+            "self.name != 'ensemble'",
+            "agent name 'ensemble' is taken by the ensemble's own metrics (ensemble_sharpe, ...)",
+            ".name",
+        ),
+        *(
+            CelRule(rule, message, ".hyperparameters")
+            for rule, message in hyperparameter_name_rules()
+        ),
     )
 
     def check_semantics(self) -> None:
