@@ -116,6 +116,16 @@ def check_logged(client: Any, run: RLRun, rows: list[dict[str, Any]]) -> None:
     assert steps > episode
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(steps))
     assert (values >= 0).all()
+    shares = [
+        [
+            m.value
+            for m in sorted(
+                client.get_metric_history(combined.info.run_id, key), key=lambda m: m.step
+            )
+        ]
+        for key in ("ensemble_share_ppo", "ensemble_share_a2c")
+    ]
+    assert len(shares[0]) == steps and np.allclose(np.add(*shares), 1.0)
     assert metrics["ensemble_uncertainty_mean"] == pytest.approx(values.mean())
     assert metrics["ensemble_uncertainty_max"] == pytest.approx(values.max())
     assert 0.0 <= metrics["ensemble_side_agreement"] <= 1.0

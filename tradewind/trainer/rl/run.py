@@ -347,6 +347,8 @@ def _log_combine(
     if trace is not None and trace.uncertainty:
         metrics |= trace.metrics()
         log_series(tracker, "ensemble_uncertainty", trace.uncertainty)
+        for i, name in enumerate(trace.members):  # how re-weighting moved each member's share
+            log_series(tracker, f"ensemble_share_{name}", [float(s[i]) for s in trace.shares])
         members = np.array(trace.member_weights)  # [steps, members, symbols]
         _log_figure(
             tracker,
