@@ -213,9 +213,12 @@ def _market_file(bars: Any) -> Iterator[Path]:
 
 
 def results_table(results: Sequence[PathResult]) -> Table:
-    """market | path | Sharpe [95% interval] | PSR | edge? | expected | verdict."""
-    table = Table(title=f"Placebo check (edge = PSR >= {EDGE_PSR})")
-    for col in ("market", "path", "Sharpe [95% CI]", "PSR", "edge", "expected", "verdict"):
+    """market | path | Sharpe [95% interval] | PSR (DSR) | edge? | expected | verdict."""
+    table = Table(
+        title=f"Placebo check (edge = PSR >= {EDGE_PSR})",
+        caption="PSR: P(true Sharpe > 0); a search's best is judged by its Deflated Sharpe Ratio",
+    )
+    for col in ("market", "path", "Sharpe [95% CI]", "PSR/DSR", "edge", "expected", "verdict"):
         table.add_column(col, justify="left" if col in ("market", "path") else "right")
     for r in results:
         if r.stats is None:

@@ -9,7 +9,15 @@ from rich.console import Console
 
 from tests.tiny import tiny_run
 from tradewind.api import RLRun, Sweep, TrainingRun, parse_resource
-from tradewind.placebo import EDGE_PSR, Figures, Resource, check, data_of, with_source
+from tradewind.placebo import (
+    EDGE_PSR,
+    Figures,
+    Resource,
+    check,
+    data_of,
+    results_table,
+    with_source,
+)
 from tradewind.significance import sharpe_stats
 
 
@@ -90,3 +98,6 @@ def test_a_false_edge_fails_the_check(tmp_path: Path) -> None:
     assert isinstance(run, TrainingRun)
     (result,) = check(run, ["random_walk"], tmp_path, Console(quiet=True), runner=always_edge)
     assert result.shows_edge and not result.ok
+    console = Console(record=True, width=160)
+    console.print(results_table([result]))
+    assert "FALSE EDGE" in console.export_text()
