@@ -85,6 +85,8 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        # NaN and infinities are refused by every float field (a NaN bound made CEL raise)
+        allow_inf_nan=False,
         validate_assignment=True,
         use_attribute_docstrings=True,
         json_schema_extra=_add_cel_rules,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -139,7 +140,13 @@ def fold_progress(
     `epochs`: the run's total, if it counts epochs."""
     new = status.model_copy(deep=True)
     data, info = mlflow_run.get("data", {}), mlflow_run["info"]
-    metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
+    # NaN and infinities have no JSON form (the apiserver refuses them) and the API refuses
+    # them: a metric that is not finite is left out of the status
+    metrics = {
+        m["key"]: value
+        for m in data.get("metrics", [])
+        if math.isfinite(value := float(m["value"]))
+    }
     tags = {t["key"]: t["value"] for t in data.get("tags", [])}
     new.metrics = dict(sorted(metrics.items())[:128])
     if "epoch" in metrics and epochs:

@@ -28,3 +28,10 @@ def test_status_carries_every_significance_figure() -> None:
     status = fold_progress(RunStatus(), _mlflow_run(metrics), "http://mlflow", epochs=None)
     assert status.metrics == metrics
     assert status.headline_metric is None or "sharpe" not in status.headline_metric
+
+
+def test_non_finite_metrics_are_left_out_of_the_status() -> None:
+    metrics = {"val_loss": float("nan"), "train_loss": 0.5, "test_accuracy": float("inf")}
+    status = fold_progress(RunStatus(), _mlflow_run(metrics), "http://mlflow", epochs=None)
+    assert status.metrics == {"train_loss": 0.5}
+    assert status.headline_metric == "train_loss=0.5"
