@@ -626,6 +626,14 @@ cases = [
         "name",
     ),
     (
+        "tr-env-reserved-name",
+        TR,
+        {"spec": {"podTemplate": {"env": [{"name": "MASTER_ADDR", "value": "evil"}]}}},
+        "spec.podTemplate.env[0].name",
+        "name is set by the operator",
+        "name",
+    ),
+    (
         "rl-ensemble-one-agent",
         RL,
         {"spec": {"ensemble": {"method": "majority"}}},

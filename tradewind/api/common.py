@@ -80,6 +80,17 @@ class Toleration(ApiModel):
     """For NoExecute: how long the pod stays bound after the taint appears."""
 
 
+RESERVED_ENV_PREFIXES = ("TRADEWIND_", "PET_", "TORCHELASTIC_")
+RESERVED_ENV_NAMES = (
+    "RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+    "MASTER_PORT", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)  # fmt: skip
+"""Environment the operator gives a run's pods: a user's value would take its place (the
+last of duplicate names wins), moving the rendezvous, the checkpoints or the MLflow run."""
+
+
 class EnvVar(ApiModel):
     """An environment variable for the training container."""
 
@@ -94,6 +105,14 @@ class EnvVar(ApiModel):
 
     cel_rules = (
         CelRule("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both"),
+        CelRule(
+            f"!(self.name in {list(RESERVED_ENV_NAMES)}) && "
+            + " && ".join(f"!self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES),
+            "name is set by the operator (torchrun's rendezvous, the object store, MLflow: "
+            f"{', '.join(f'{p}*' for p in RESERVED_ENV_PREFIXES)}, "
+            f"{', '.join(RESERVED_ENV_NAMES)}); use another name",
+            ".name",
+        ),
     )
 
 
@@ -276,7 +295,8 @@ class TrackingSpec(ApiModel):
     tags: dict[Annotated[str, Field(max_length=250)], Annotated[str, Field(max_length=5000)]] = (
         Field(default_factory=dict, max_length=32)
     )
-    """Extra MLflow run tags."""
+    """Extra MLflow run tags; the run's identity tags (`tradewind.kind`, `tradewind.name`,
+    `tradewind.namespace`) are written after them and cannot be replaced."""
     register_model: ShortStr | None = None
     """If set, register the final model in the MLflow model registry under this name."""
     system_metrics: bool = True

@@ -85,8 +85,9 @@ def train(
         tracker.start(
             experiment=tracking.experiment,
             run_name=tracking.run_name or run.metadata.name,
-            tags={"tradewind.kind": "TrainingRun", "tradewind.name": run.metadata.name,
-                  "tradewind.namespace": run.metadata.namespace or "", **tracking.tags},
+            tags={**tracking.tags, "tradewind.kind": "TrainingRun",  # identity last
+                  "tradewind.name": run.metadata.name,
+                  "tradewind.namespace": run.metadata.namespace or ""},
             params=run.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
             resume_run_id=trainer.state.mlflow_run_id,
             system_metrics=tracking.system_metrics and env.is_main,

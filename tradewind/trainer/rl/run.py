@@ -66,11 +66,11 @@ def _tracker(run: RLRun, state_dir: Path, role: str) -> Tracker:
     mlflow.set_tracking_uri(default_tracking_uri(state_dir))
     tracker = Tracker(enabled=True)
     tags = {
-        "tradewind.kind": "RLRun",
+        **run.spec.tracking.tags,
+        "tradewind.kind": "RLRun",  # the identity last: no user tag can take its place
         "tradewind.name": run.metadata.name,
         "tradewind.namespace": run.metadata.namespace or "",
         "tradewind.role": role,
-        **run.spec.tracking.tags,
     }
     params = run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     tracker.start(run.spec.tracking.experiment, f"{run.metadata.name}-{role}", tags, params)
