@@ -133,15 +133,7 @@ def run_manifest(
 
     A Sweep's Optuna study is in STATE_DIR/sweeps/NAME: re-running continues it.
     """
-    from tradewind.api import ManifestError, load_resources
-
-    try:
-        resources = load_resources(filename)
-    except ManifestError as exc:
-        _fail(exc.problems)
-    if len(resources) != 1:
-        _fail([f"{filename}: holds {len(resources)} resources; tradewind run takes one"])
-    (resource,) = resources
+    resource = _one_resource(filename, "run")
     try:
         _run_here(resource, nodes, procs_per_node, state_dir, filename)
     except (ValueError, ArithmeticError) as exc:
@@ -151,6 +143,19 @@ def run_manifest(
         if isinstance(exc, DataError | NonFiniteLossError | SpecNotRunnableError):
             _fail([f"{filename}: {exc}"])
         raise
+
+
+def _one_resource(filename: Path, command: str) -> Any:
+    """The one resource of a manifest, or one clear line per problem and exit 1."""
+    from tradewind.api import ManifestError, load_resources
+
+    try:
+        resources = load_resources(filename)
+    except ManifestError as exc:
+        _fail(exc.problems)
+    if len(resources) != 1:
+        _fail([f"{filename}: holds {len(resources)} resources; tradewind {command} takes one"])
+    return resources[0]
 
 
 def _run_here(
@@ -213,20 +218,14 @@ def placebo(
     Exits 1 when a path shows a false edge or misses the planted one.
     """
     from tradewind import placebo as pb
-    from tradewind.api import ManifestError, load_resources
     from tradewind.trainer.data.placebo import PLACEBO_KINDS
 
     kinds = market or list(PLACEBO_KINDS)
     unknown = [k for k in kinds if k not in PLACEBO_KINDS]
     if unknown:
         _fail([f"--market {unknown[0]}: one of {', '.join(PLACEBO_KINDS)}"])
-    try:
-        resources = load_resources(filename)
-    except ManifestError as exc:
-        _fail(exc.problems)
-    if len(resources) != 1:
-        _fail([f"{filename}: holds {len(resources)} resources; tradewind placebo takes one"])
-    results = pb.check(resources[0], kinds, state_dir, out, seed=seed)  # type: ignore[arg-type]
+    resource = _one_resource(filename, "placebo")
+    results = pb.check(resource, kinds, state_dir, out, seed=seed)
     out.print(pb.results_table(results))
     if not all(r.ok for r in results):
         raise typer.Exit(1)

@@ -41,7 +41,7 @@ EULER_MASCHERONI = 0.5772156649015329
 _NORMAL = NormalDist()
 _BOOT_CELLS = 4_000_000
 """Resampled returns held at once (rows of the bootstrap are drawn in chunks of this size)."""
-_METRIC_KEYS = (
+METRIC_KEYS = (
     "sharpe",
     "sharpe_ci_low",
     "sharpe_ci_high",
@@ -51,6 +51,7 @@ _METRIC_KEYS = (
     "skew",
     "kurtosis",
 )
+"""The metrics of a SharpeStats (`as_metrics`), in its fields' order."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,14 @@ class SharpeStats:
         values = (self.sharpe, self.ci_low, self.ci_high, self.psr, self.periods,
                   self.periods_per_year, self.skew, self.kurtosis)  # fmt: skip
         head = f"{prefix}_" if prefix else ""
-        return {f"{head}{key}": float(v) for key, v in zip(_METRIC_KEYS, values, strict=True)}
+        return {f"{head}{key}": float(v) for key, v in zip(METRIC_KEYS, values, strict=True)}
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, float], prefix: str = "") -> SharpeStats | None:
         """The inverse of `as_metrics`; None unless every key is there and finite (a run that
         did not log them, or an older trainer)."""
         head = f"{prefix}_" if prefix else ""
-        values = [metrics.get(f"{head}{key}") for key in _METRIC_KEYS]
+        values = [metrics.get(f"{head}{key}") for key in METRIC_KEYS]
         if any(v is None or not math.isfinite(float(v)) for v in values):
             return None
         sharpe, low, high, psr, periods, per_year, skew, kurtosis = (float(v or 0) for v in values)

@@ -30,7 +30,7 @@ import numpy as np
 
 from tradewind.api.hyperparameters import HYPERPARAMETERS, hyperparameter_errors
 from tradewind.api.rl import AgentSpec, RLRunSpec
-from tradewind.significance import SharpeStats, deflated_sharpe_ratio
+from tradewind.significance import METRIC_KEYS, SharpeStats, deflated_sharpe_ratio
 from tradewind.trainer.rl.agents import build_agent
 from tradewind.trainer.rl.market import Markets
 from tradewind.trainer.rl.run import (
@@ -45,20 +45,8 @@ from tradewind.trainer.rl.training import evaluation_reward, make_envs
 
 Score = Literal["sharpe", "total_return", "eval_mean_reward"]
 SCORES: tuple[Score, ...] = ("sharpe", "total_return", "eval_mean_reward")
-TRADING_METRICS = (
-    "total_return",
-    "sharpe",
-    "max_drawdown",
-    "turnover",
-    # the Sharpe ratio's significance (tradewind.significance.SharpeStats)
-    "sharpe_ci_low",
-    "sharpe_ci_high",
-    "psr",
-    "periods",
-    "periods_per_year",
-    "skew",
-    "kurtosis",
-)
+TRADING_METRICS = ("total_return", "max_drawdown", "turnover", *METRIC_KEYS)
+"""Returns, drawdown, turnover and the Sharpe ratio with its significance (SharpeStats)."""
 METRICS = ("eval_mean_reward", *TRADING_METRICS)
 """Scored on the validation market; the ranking reads these."""
 TEST_METRICS = tuple(f"test_{m}" for m in TRADING_METRICS)
