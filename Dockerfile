@@ -74,6 +74,8 @@ RUN apt-get update \
     && mkdir -p /var/tmp/tradewind /etc/tradewind \
     && chown 10001:10001 /var/tmp/tradewind
 COPY --from=trainer-build /opt/venv /opt/venv
+# The operator runs training pods as 10001 (tradewind/operator/pod_security.py) with a
+# read-only root: /var/tmp/tradewind, /tmp and the home folder are emptyDirs there.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/tradewind MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001

@@ -418,6 +418,82 @@ def dev_env(directory: DevDir = None) -> None:
         print(f"export {key}={value}")
 
 
+store_app = typer.Typer(
+    help="The object store's tenants: one user per namespace, limited to its own prefix.",
+    no_args_is_help=True,
+)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("provision")
+def store_provision(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Namespace to give a user with fresh keys (repeatable)."
+        ),
+    ] = None,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of <namespace>.access-key / <namespace>.secret-key files: provision "
+            "those users with those keys (the chart's MinIO sidecar)."
+        ),
+    ] = None,
+    bucket: Annotated[str, typer.Option(help="The checkpoint bucket.")] = "tradewind",
+    secret_name: Annotated[
+        str,
+        typer.Option(help="Name of the printed Secrets (the operator's credentialsSecret)."),
+    ] = "tradewind-s3-credentials",
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for MinIO's admin API to answer.")
+    ] = 0,
+    every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Provision again every this many seconds, re-reading --keys-dir (the chart's "
+            "sidecar: a MinIO restarted without persistence gets its users back); 0: once.",
+        ),
+    ] = 0,
+) -> None:
+    """Create (or update) a MinIO user per namespace whose policy allows only
+    s3://BUCKET/NAMESPACE/*. The admin is whoever AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY name (MinIO's root). With --namespace, prints each namespace's
+    credentials Secret as YAML, for `kubectl apply -f -`.
+    """
+    import os
+    import time
+
+    import yaml
+
+    from tradewind.storage_tenants import ProvisionError, new_tenant, provision_all
+    from tradewind.storage_tenants import tenants_from_folder as from_folder
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("TRADEWIND_S3_ENDPOINT")
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (endpoint and access and secret):
+        _fail(["set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (MinIO's root)"])
+        return
+    fresh = [new_tenant(ns) for ns in namespace or []]
+    while True:
+        try:
+            given = from_folder(keys_dir) if keys_dir else []
+            done = provision_all(endpoint, access, secret, bucket, given + fresh, wait)
+            for ns in done:
+                err.print(f"provisioned {ns}: s3://{bucket}/{ns}/", markup=False, highlight=False)
+        except ProvisionError as exc:
+            if not every:
+                _fail([str(exc)])
+            err.print(f"error: {exc}", markup=False, highlight=False)
+        if not every:
+            break
+        time.sleep(every)
+    docs = [t.secret_manifest(secret_name) for t in fresh]
+    if docs:
+        print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+
+
 @app.command()
 def demo(
     directory: Annotated[
@@ -511,6 +587,14 @@ def operator(
     ] = None,
     json_logs: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log every watch event and handler.")] = False,
+    leader_election: Annotated[
+        bool | None,
+        typer.Option(
+            help="Work only while holding the Lease (TRADEWIND_LEASE_*), so that replicas "
+            "take turns; --no-leader-election works at once (one process only). "
+            "Default: TRADEWIND_LEADER_ELECTION, on."
+        ),
+    ] = None,
 ) -> None:
     """Run the Tradewind operator: TrainingRuns and RLRuns into torchrun Jobs, Sweeps into trials.
 
@@ -520,7 +604,7 @@ def operator(
     """
     from tradewind.operator.loop import run_operator
 
-    run_operator(namespace or [], liveness, metrics_port, json_logs, verbose)
+    run_operator(namespace or [], liveness, metrics_port, json_logs, verbose, leader_election)
 
 
 @app.command()

@@ -61,7 +61,8 @@ elseif phase == "Suspended" then
   hs.status = "Suspended"
 elseif phase == "Pending" or phase == "Running" or phase == "Restarting" then
   local ready = condition(status, "Ready")
-  if ready ~= nil and ready.reason == "ImagePullFailure" then
+  if ready ~= nil and (ready.reason == "ImagePullFailure" or ready.reason == "CreateFailed"
+        or ready.reason == "PodsRefused") then
     hs.status = "Degraded"
   else
     hs.status = "Progressing"

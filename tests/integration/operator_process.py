@@ -15,7 +15,9 @@ from tradewind.devstack.processes import free_port
 class OperatorProcess:
     """The operator with MLflow, MinIO and an Optuna storage in `folder`; JSON logs to
     `folder/operator.log`, metrics and liveness on free ports. `args` go on its command line,
-    `env` over the TRADEWIND_* settings (`self.env` may be changed before `start`)."""
+    `env` over the TRADEWIND_* settings (`self.env` may be changed before `start`). Its name
+    in the leader-election Lease is `folder`'s, the same across `kill` and `start` (as a pod's
+    across container restarts): a restarted operator leads again at once."""
 
     def __init__(self, stack: DevStack, folder: Path, *args: str, **env: str) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
@@ -31,6 +33,7 @@ class OperatorProcess:
                 "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:test",
                 "TRADEWIND_STATUS_POLL_SECONDS": "1",
                 "TRADEWIND_OPTUNA_STORAGE": self.storage,
+                "TRADEWIND_LEASE_IDENTITY": f"test-{folder.name}",
             }
             | env
         )

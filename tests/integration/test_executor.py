@@ -92,6 +92,13 @@ def ns(xstack: DevStack, xkubectl: Kubectl) -> Iterator[str]:
 # --- helpers -------------------------------------------------------------------------
 
 
+def _enforce_restricted(kubectl: Kubectl, ns: str) -> None:
+    """PodSecurity `restricted` in `ns`: the pods that really run must be admitted there and
+    train with its read-only root (the executor applies readOnlyRootFilesystem)."""
+    mode = "pod-security.kubernetes.io/enforce"
+    kubectl.run("label", "namespace", ns, f"{mode}=restricted", f"{mode}-version=latest")
+
+
 def _manifest(name: str, epochs: int) -> dict[str, Any]:
     """The quickstart 2-node manifest under another name, with more epochs for drills."""
     doc = yaml.safe_load(QUICKSTART.read_text())
@@ -188,6 +195,7 @@ def test_two_node_training_run_end_to_end(
     """The quickstart 2-node manifest, as is: rendezvous across two network namespaces,
     checkpoints in MinIO, metrics in MLflow, status Succeeded with the final metrics; while it
     runs, status progress and metrics follow MLflow within 30 s."""
+    _enforce_restricted(xkubectl, ns)
     xkubectl.run("apply", "-n", ns, "-f", str(QUICKSTART))
     name = "quickstart-2node"
     _wait(xkubectl, "condition=Running", ns, name)
@@ -238,7 +246,8 @@ def test_two_node_training_run_end_to_end(
 
     # Checkpoints in MinIO: latest is the last epoch, complete (its sha256 verifies on load).
     latest = status["checkpoint"]["latest"]
-    assert latest.startswith(f"s3://tradewind/{ns}/{name}/step-")
+    uid = xkubectl.get(f"trainingrun/{name}", "-n", ns)["metadata"]["uid"]
+    assert latest.startswith(f"s3://tradewind/{ns}/{name}/{uid}/step-")  # the run's own prefix
     checkpointer = Checkpointer(_store(xstack, latest.rsplit("/", 1)[0]))
     assert checkpointer.latest_step == 3
     assert checkpointer.load_latest() is not None
@@ -393,6 +402,7 @@ def _interval(pod: dict[str, Any]) -> tuple[str, str]:
 def test_an_rlrun_ensemble_trains_its_agents_in_parallel_pods_and_combines_them(
     xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
+    _enforce_restricted(xkubectl, ns)
     name = "rl-ensemble"
     run = {
         "apiVersion": "tradewind.dev/v1alpha1",
@@ -443,7 +453,8 @@ def test_an_rlrun_ensemble_trains_its_agents_in_parallel_pods_and_combines_them(
     assert max(s0, s1) <= min(f0, f1)  # the two agents trained at the same time
     assert _interval(combine)[0] >= max(f0, f1)  # then the combine step
     # Each agent's checkpoints are in MinIO.
-    store = _store(xstack, f"s3://tradewind/{ns}/{name}")
+    uid = xkubectl.get(f"rlrun/{name}", "-n", ns)["metadata"]["uid"]
+    store = _store(xstack, f"s3://tradewind/{ns}/{name}/{uid}")
     keys = store.list("")
     for agent in ("ppo", "a2c"):
         assert any(k.startswith(f"agents/{agent}/") for k in keys), keys
@@ -453,6 +464,7 @@ def test_a_sweep_of_four_trials_two_at_a_time_runs_on_executing_pods(
     xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     """4 trials, parallelism 2, median pruning from the val_loss the trainers log."""
+    _enforce_restricted(xkubectl, ns)
     name = "xsweep"
     template = tiny_spec(epochs=4, deterministic=False)
     sweep = {

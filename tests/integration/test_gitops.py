@@ -96,7 +96,7 @@ def test_runs_health_follows_the_operators_status(
         "-n",
         ns,
     )
-    kubectl.apply(_run("flaky", maxRestarts=100, podTemplate=_fail(137, "OOMKilled")), "-n", ns)
+    kubectl.apply(_run("flaky", maxRestarts=100, podTemplate=_fail(1)), "-n", ns)
     rl = _run("rl-done", "RLRun", agents=[{"name": "ppo", "algorithm": "ppo"}])
     kubectl.apply(rl, "-n", ns)
 

@@ -195,24 +195,42 @@ def test_rendered_objects_follow_the_values(
         settings = OperatorSettings()
         mp.undo()
         assert settings.trainer_image.endswith(":0.1.0") or label == "all-in-one"
-        # The Deployment: one pod, replaced (never two operators), hardened.
+        # The Deployment, hardened: with SQLite (on a ReadWriteOnce claim) one pod, replaced;
+        # with a database URL two, rolled one at a time, electing a leader.
         deployment = _one(docs, "Deployment") if label != "all-in-one" else None
         if deployment:
-            assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+            sqlite = not sets[label].get("optuna", {}).get("storage")
             pod = deployment["spec"]["template"]["spec"]
             (container,) = pod["containers"]
-            assert pod["securityContext"]["runAsNonRoot"] is True
-            assert container["securityContext"]["readOnlyRootFilesystem"] is True
-            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
-            assert {"/tmp", "/var/lib/tradewind"} <= mounts
+            if sqlite:
+                assert deployment["spec"]["replicas"] == 1
+                assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+                assert {"/tmp", "/var/lib/tradewind"} <= mounts
+            else:
+                assert deployment["spec"]["replicas"] == 2
+                assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+                assert mounts == {"/tmp"} and not _of(docs, "PersistentVolumeClaim")
+                assert _one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+            assert settings.leader_election and settings.lease_namespace == namespace
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             probe = container["livenessProbe"]["httpGet"]
             assert probe["path"] == "/healthz" and container["readinessProbe"]["httpGet"] == probe
             assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
 
     default = rendered["defaults"]
-    (cluster_role,) = _of(default, "ClusterRole")
-    assert not _of(default, "Role") and not _of(default, "RoleBinding")
+    (cluster_role,) = _of(default, "ClusterRole", "rel-tradewind")
+    # Namespaced: only the leader election's Lease, in the release namespace.
+    (lease_role,) = _of(default, "Role")
+    assert lease_role["metadata"]["namespace"] == namespace
+    assert {r for rule in lease_role["rules"] for r in rule["resources"]} == {"leases"}
+    assert [b["metadata"]["name"] for b in _of(default, "RoleBinding")] == [
+        "rel-tradewind-leader-election"
+    ]
     resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
     assert {"trainingruns", "jobs", "pods", "configmaps", "customresourcedefinitions"} <= resources
     (container,) = _one(default, "Deployment")["spec"]["template"]["spec"]["containers"]
@@ -220,12 +238,11 @@ def test_rendered_objects_follow_the_values(
     assert _one(default, "PersistentVolumeClaim")["metadata"]["name"] == "rel-tradewind-optuna"
 
     namespaced = rendered["namespaced"]
-    roles = _of(namespaced, "Role")
+    roles = _of(namespaced, "Role", "rel-tradewind")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces[:2])
-    assert sorted(b["metadata"]["namespace"] for b in _of(namespaced, "RoleBinding")) == sorted(
-        namespaces[:2]
-    )
-    cluster_rules = _one(namespaced, "ClusterRole")["rules"]
+    bindings = _of(namespaced, "RoleBinding", "rel-tradewind")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces[:2])
+    cluster_rules = _of(namespaced, "ClusterRole", "rel-tradewind")[0]["rules"]
     assert {r for rule in cluster_rules for r in rule["resources"]} == {
         "customresourcedefinitions",
         "namespaces",
@@ -248,9 +265,10 @@ def test_rendered_objects_follow_the_values(
         f"http://rel-tradewind-mlflow.{namespace}.svc:5000"
     )
     secrets = _of(aio, "Secret", "rel-tradewind-minio-credentials")
-    # The credentials are where run pods read them: the release namespace and each watched one.
+    # The credentials are where run pods read them: the release namespace and each watched
+    # one, each namespace its own (test_the_bundled_minio_gives_each_namespace_its_own_user).
     assert sorted(s["metadata"]["namespace"] for s in secrets) == sorted([namespace, namespaces[0]])
-    assert len({json.dumps(s["data"], sort_keys=True) for s in secrets}) == 1
+    assert len({json.dumps(s["data"], sort_keys=True) for s in secrets}) == 2
     assert {d["metadata"]["name"] for d in _of(aio, "Service")} >= {
         "rel-tradewind-minio",
         "rel-tradewind-mlflow",
@@ -286,10 +304,69 @@ def test_rendered_objects_follow_the_values(
     assert not _of(monitored, "PersistentVolumeClaim")
 
 
+def test_the_bundled_minio_gives_each_namespace_its_own_user_and_keeps_root_home(
+    helm: Helm, namespace: str, namespaces: list[str]
+) -> None:
+    values = {
+        "watchNamespaces": namespaces[:1],
+        "minio": {"enabled": True, "tenantNamespaces": namespaces[1:2]},
+        "objectStore": {"checkpointBucket": "models"},
+    }
+    docs = helm.template("rel", namespace, values)
+    tenants = [namespace, *namespaces[:2]]
+    (root,) = _of(docs, "Secret", "rel-tradewind-minio-root")
+    assert root["metadata"]["namespace"] == namespace
+    root_user = root["data"]["MINIO_ROOT_USER"]
+    (kept,) = _of(docs, "Secret", "rel-tradewind-minio-tenants")
+    assert kept["metadata"]["namespace"] == namespace
+    secrets = {s["metadata"]["namespace"]: s["data"] for s in _of(docs, "Secret")
+               if s["metadata"]["name"] == "rel-tradewind-minio-credentials"}  # fmt: skip
+    assert sorted(secrets) == sorted(tenants)
+    for ns, data in secrets.items():
+        # Its own keys (those the provisioner gives MinIO), never the root's.
+        assert data["AWS_ACCESS_KEY_ID"] == kept["data"][f"{ns}.access-key"] != root_user
+        assert data["AWS_SECRET_ACCESS_KEY"] == kept["data"][f"{ns}.secret-key"]
+    assert len({d["AWS_ACCESS_KEY_ID"] for d in secrets.values()}) == len(tenants)
+
+    # MinIO and its provisioner sidecar meet PodSecurity `restricted`; only they see the root.
+    minio = _of(docs, "Deployment", "rel-tradewind-minio")[0]["spec"]["template"]["spec"]
+    assert minio["securityContext"]["runAsNonRoot"] is True
+    assert isinstance(minio["securityContext"]["runAsUser"], int)
+    assert minio["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    containers = {c["name"]: c for c in minio["containers"]}
+    assert set(containers) == {"minio", "provisioner"}
+    for container in containers.values():
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    provisioner = containers["provisioner"]
+    assert provisioner["command"][:3] == ["tradewind", "store", "provision"]
+    assert "--bucket=models" in provisioner["command"]
+    assert {v["name"]: v["secret"]["secretName"] for v in minio["volumes"] if "secret" in v} == {
+        "tenants": "rel-tradewind-minio-tenants"
+    }
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for c in containers.values()
+            for e in c.get("env", []) if "valueFrom" in e]  # fmt: skip
+    assert set(refs) == {"rel-tradewind-minio-root"}
+
+    # The admission policy keeps each namespace in its prefix of the values' bucket.
+    policy = _one(docs, "ValidatingAdmissionPolicy")
+    binding = _one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    prefixes = next(v for v in policy["spec"]["variables"] if v["name"] == "prefixes")
+    assert "'s3://models/' + namespaceObject.metadata.name + '/'" in prefixes["expression"]
+    assert _one(docs, "ConfigMap")["data"]["TRADEWIND_STORAGE_SCOPE"] == "true"
+    unscoped = helm.template("rel", namespace, {"objectStore": {"namespaceScope": False}})
+    assert not _of(unscoped, "ValidatingAdmissionPolicy")
+    assert _one(unscoped, "ConfigMap")["data"]["TRADEWIND_STORAGE_SCOPE"] == "false"
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces/0"),
+        ({"minio": {"tenantNamespaces": ["Not_A_Namespace"]}}, "tenantNamespaces/0"),
+        ({"objectStore": {"namespaceScope": "yes"}}, "namespaceScope"),
         ({"operator": {"reconcileWorkers": 0}}, "reconcileWorkers"),
         ({"objectStore": {"endpoint": "minio:9000"}}, "endpoint"),
         ({"operatorr": {}}, "operatorr"),
@@ -301,6 +378,43 @@ def test_the_values_schema_rejects_mistakes(
 ) -> None:
     result = helm.with_values("template", "rel", "default", values, check=False)
     assert result.returncode != 0 and "schema" in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"replicas": 2}}, "needs optuna.storage"),
+        ({"operator": {"replicas": 2, "leaderElection": {"enabled": False}},
+          "optuna": {"storage": "postgresql://db/optuna"}}, "needs operator.leaderElection"),
+        ({"operator": {"leaderElection": {"renewDeadlineSeconds": 20}}}, "renewDeadlineSeconds <"),
+    ],
+)  # fmt: skip
+def test_the_chart_refuses_two_operators_that_could_both_work(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    result = helm.with_values("template", "rel", "default", values, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("storage", ["", "postgresql://optuna@db/optuna"])
+def test_the_operator_pod_is_admitted_where_pod_security_is_restricted(
+    helm: Helm, kubectl: Kubectl, namespace: str, storage: str
+) -> None:
+    """The operator's pod, as the Deployment would create it, in a namespace that enforces
+    `restricted` (a server-side dry run: admission runs, nothing is created)."""
+    kubectl.run("label", "namespace", namespace, "--overwrite",
+                "pod-security.kubernetes.io/enforce=restricted")  # fmt: skip
+    docs = helm.template("rel", namespace, {"optuna": {"storage": storage}})
+    template = _one(docs, "Deployment")["spec"]["template"]
+    # Admission checks the pod, not whether its claim and ServiceAccount exist yet.
+    spec = {**template["spec"], "serviceAccountName": "default"}
+    spec["volumes"] = [{"name": v["name"], "emptyDir": {}} for v in spec["volumes"]]
+    metadata = {**template["metadata"], "name": "operator-pod"}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    result = kubectl.run("create", "--dry-run=server", "-n", namespace, "-f", "-",
+                         stdin=json.dumps(pod), check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "violate" not in result.stderr, result.stderr
 
 
 def test_the_packaged_chart_ships_the_generated_crds(
@@ -344,7 +458,10 @@ class Release:
 
 
 def _can(kubectl: Kubectl, who: str, verb: str, resource: str, namespace: str | None) -> bool:
+    """`resource` may end in `/<subresource>` (kubectl itself reads that as an object name)."""
     where = ["-n", namespace] if namespace else []
+    resource, _, sub = resource.partition("/")
+    where += [f"--subresource={sub}"] if sub else []
     result = kubectl.run("auth", "can-i", verb, resource, "--as", who, *where, check=False)
     assert result.stdout.strip() in ("yes", "no"), result.stderr
     return result.stdout.strip() == "yes"
@@ -360,6 +477,9 @@ NEEDED = [  # (verb, resource): what the operator does in a watched namespace
     ("list", "pods"), ("watch", "pods"),
     ("create", "configmaps"), ("delete", "configmaps"), ("create", "services"),
     ("create", "events"),
+    ("get", "services"), ("get", "jobs.batch"), ("list", "events"),  # owner check, FailedCreate
+    # blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement)
+    *[("update", f"{k}.tradewind.dev/finalizers") for k in ("trainingruns", "rlruns", "sweeps")],
 ]  # fmt: skip
 DENIED = [  # what it must never do, in any namespace
     ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "secrets"),
@@ -437,6 +557,13 @@ def test_install_for_a_list_of_namespaces(
         keys = [sorted(kubectl.get(f"secret/{secret}", "-n", ns)["data"]) for ns in watched]
         assert keys == [["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]] * 2
         kubectl.get(f"deployment/{release.fullname}-minio", "-n", namespace)
+        # Each namespace's keys and the root's survive an upgrade (read back by `lookup`).
+        kept = [secret, f"{release.fullname}-minio-root", f"{release.fullname}-minio-tenants"]
+        where = [(name, ns) for name in kept for ns in (namespace, *watched)
+                 if name == secret or ns == namespace]  # fmt: skip
+        before = [kubectl.get(f"secret/{n}", "-n", ns)["data"] for n, ns in where]
+        helm.with_values("upgrade", release.name, namespace, values)
+        assert [kubectl.get(f"secret/{n}", "-n", ns)["data"] for n, ns in where] == before
 
 
 def _token_kubeconfig(kubectl: Kubectl, release: Release, path: Path) -> Path:
@@ -524,8 +651,9 @@ def test_the_operator_works_with_only_the_charts_permissions(
     with Release(helm, namespace, {"watchNamespaces": [watched]}) as release:
         kubeconfig = _token_kubeconfig(kubectl, release, tmp_path / "operator.kubeconfig")
         operator = OperatorProcess(
-            stack, tmp_path, f"--namespace={watched}", KUBECONFIG=str(kubeconfig)
-        )
+            stack, tmp_path, f"--namespace={watched}", KUBECONFIG=str(kubeconfig),
+            TRADEWIND_LEASE_NAMESPACE=namespace, TRADEWIND_LEASE_NAME=release.fullname,
+        )  # fmt: skip
         operator.start()
         try:
             run = {

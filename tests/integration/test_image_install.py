@@ -55,6 +55,7 @@ def test_operator_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
     )
     assert "--liveness" in out.stdout and "--metrics-port" in out.stdout
     check = "import tradewind.operator.main, tradewind.sweeps.study, kopf, kubernetes, optuna"
+    check += "; import tradewind.storage_tenants, minio"  # the chart's MinIO provisioner sidecar
     subprocess.run([bin_ / "python", "-c", check], check=True, timeout=120)
     # Only the operator extra: no torch, no trainer dependencies, and no pip left behind.
     for absent in ("torch", "mlflow", "pip"):

@@ -87,11 +87,14 @@ def test_children_are_built_as_specified_and_the_run_succeeds(
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "minio-credentials"
     assert env["NCCL_DEBUG"]["value"] == "WARN"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts == {"config": "/etc/tradewind", "dshm": "/dev/shm"}
+    assert mounts == {
+        "config": "/etc/tradewind", "dshm": "/dev/shm", "state": "/var/tmp/tradewind",
+        "tmp": "/tmp", "home": "/home/tradewind",
+    }  # fmt: skip
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
 
-    config = kubectl.get("configmap/gpu-run-0-config", "-n", namespace)
+    config = kubectl.get(f"configmap/gpu-run-0-config-{uid}", "-n", namespace)
     assert yaml.safe_load(config["data"]["run.yaml"])["spec"]["nodes"] == 2
     service = kubectl.get("service/gpu-run", "-n", namespace)
     assert (
@@ -121,20 +124,36 @@ def test_a_failed_pod_restarts_the_gang_until_max_restarts(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(
-        _run("oom", nodes=2, maxRestarts=2, podTemplate=_fail(137, "OOMKilled")), "-n", namespace
+        _run("evicted", nodes=2, maxRestarts=2, podTemplate=_fail(137, "Evicted")), "-n", namespace
     )
-    kubectl.wait("--for=condition=Failed", "trainingrun/oom", "-n", namespace, timeout=120)
-    status = _status(kubectl, namespace, "oom")
+    kubectl.wait("--for=condition=Failed", "trainingrun/evicted", "-n", namespace, timeout=120)
+    status = _status(kubectl, namespace, "evicted")
     assert status["restarts"] == 2 and status["attempt"] == 2
     failed = _condition(status, "Failed")
     assert failed["reason"] == "MaxRestartsReached"
-    assert "exit code 137 (OOMKilled)" in failed["message"] and "pod oom-2-" in failed["message"]
-    events = kubectl.get("events", "-n", namespace, "--field-selector", "involvedObject.name=oom")[
-        "items"
-    ]
-    assert sum(e["reason"] == "OOMKilled" for e in events) == 2
+    assert "exit code 137 (Evicted)" in failed["message"]
+    assert "pod evicted-2-" in failed["message"]
+    events = kubectl.get(
+        "events", "-n", namespace, "--field-selector", "involvedObject.name=evicted"
+    )["items"]
+    assert sum(e["reason"] == "Evicted" for e in events) == 2
     jobs = [j["metadata"]["name"] for j in kubectl.get("jobs", "-n", namespace)["items"]]
-    assert jobs == ["oom-2"]  # earlier attempts were torn down
+    assert jobs == ["evicted-2"]  # earlier attempts were torn down
+
+
+def test_out_of_memory_fails_at_once_with_its_reason(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    """Killed at its memory limit by the kubelet (OOMKilled), or the trainer's MemoryError
+    (exit 67): the same run would run out again, so no restart."""
+    kubectl.apply(_run("oom", maxRestarts=3, podTemplate=_fail(137, "OOMKilled")), "-n", namespace)
+    kubectl.apply(_run("memory-error", maxRestarts=3, podTemplate=_fail(67)), "-n", namespace)
+    for name, said in (("oom", "exit code 137 (OOMKilled)"), ("memory-error", "exit code 67")):
+        kubectl.wait("--for=condition=Failed", f"trainingrun/{name}", "-n", namespace)
+        status = _status(kubectl, namespace, name)
+        failed = _condition(status, "Failed")
+        assert status["restarts"] == 0 and failed["reason"] == "OutOfMemory"
+        assert said in failed["message"] and "not retried" in failed["message"]
 
 
 def test_a_permanent_exit_code_fails_without_retry(
@@ -189,11 +208,12 @@ def test_ttl_deletes_a_finished_run_and_its_children(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(_run("short-lived", ttlSecondsAfterFinished=1), "-n", namespace)
+    uid = kubectl.get("trainingrun/short-lived", "-n", namespace)["metadata"]["uid"]
     kubectl.wait("--for=delete", "trainingrun/short-lived", "-n", namespace, timeout=120)
     kubectl.wait(
         "--for=delete",
         "job/short-lived-0",
-        "configmap/short-lived-0-config",
+        f"configmap/short-lived-0-config-{uid}",
         "service/short-lived",
         "-n",
         namespace,
@@ -206,12 +226,14 @@ def test_delete_cascades_to_every_child(
     kubectl.apply(_run("doomed", podTemplate=_hold()), "-n", namespace)
     kubectl.wait("--for=condition=Running", "trainingrun/doomed", "-n", namespace)
     # No finalizer: the children's ownerReferences are enough, and deletes need no operator.
-    assert not kubectl.get("trainingrun/doomed", "-n", namespace)["metadata"].get("finalizers")
+    meta = kubectl.get("trainingrun/doomed", "-n", namespace)["metadata"]
+    assert not meta.get("finalizers")
+    kubectl.get(f"configmap/doomed-0-config-{meta['uid']}", "-n", namespace)
     kubectl.run("delete", "trainingrun/doomed", "-n", namespace)
     kubectl.wait(
         "--for=delete",
         "job/doomed-0",
-        "configmap/doomed-0-config",
+        f"configmap/doomed-0-config-{meta['uid']}",
         "service/doomed",
         "-n",
         namespace,
@@ -295,9 +317,9 @@ def test_an_rl_ensemble_trains_agents_in_parallel_then_combines(
     }
     kubectl.apply(run, "-n", namespace)
     kubectl.wait("--for=condition=Succeeded", "rlrun/ensemble", "-n", namespace, timeout=120)
-    train = kubectl.get("job/ensemble-0", "-n", namespace)
+    train = kubectl.get("job/ensemble-rl0", "-n", namespace)  # kind in RLRun child names
     assert train["spec"]["completions"] == 2 and train["status"]["succeeded"] == 2
-    combine = kubectl.get("job/ensemble-0-combine", "-n", namespace)
+    combine = kubectl.get("job/ensemble-rl0-combine", "-n", namespace)
     assert combine["status"]["succeeded"] == 1
     assert "--combine" in combine["spec"]["template"]["spec"]["containers"][0]["command"]
     train_done = next(c for c in train["status"]["conditions"] if c["type"] == "Complete")
@@ -316,12 +338,16 @@ def test_status_follows_the_runs_mlflow_metrics(
     experiment_id = (
         experiment.experiment_id if experiment else client.create_experiment("tradewind")
     )
+    uid = kubectl.get("trainingrun/tracked", "-n", namespace)["metadata"]["uid"]
     tags = {"tradewind.name": "tracked", "tradewind.namespace": namespace,
             "tradewind.checkpoint.latest": "s3://tradewind/x/step-0000000004"}  # fmt: skip
-    mlflow_run = client.create_run(experiment_id, tags=tags)
+    mlflow_run = client.create_run(experiment_id, tags=tags | {"tradewind.uid": uid})
     for epoch, loss in ((1, 0.9), (2, 0.7), (3, 0.61), (4, 0.55)):
         client.log_metric(mlflow_run.info.run_id, "val_loss", loss, step=epoch)
         client.log_metric(mlflow_run.info.run_id, "epoch", epoch, step=epoch)
+    # a newer MLflow run of another run of that name (another uid) is never read
+    other = client.create_run(experiment_id, tags=tags | {"tradewind.uid": "another-uid"})
+    client.log_metric(other.info.run_id, "epoch", 9, step=9)
     kubectl.wait(
         "--for=jsonpath={.status.progress.percent}=40",
         "trainingrun/tracked",

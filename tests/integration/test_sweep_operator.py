@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.conftest import Kubectl
 from tests.integration.operator_process import OperatorProcess
+from tradewind.api.identity import PARENT_RUN_ANNOTATION
 from tradewind.devstack import DevStack
 from tradewind.devstack.kwok import HOLD_LABEL
 from tradewind.operator.sweep_status import SWEEP_LABEL, TRIAL_LABEL, study_name
@@ -162,7 +163,7 @@ def test_a_sweep_runs_children_prunes_the_worse_and_reports_the_best(
     assert sweep_run.data.tags["tradewind.kind"] == "Sweep" and sweep_run.info.status == "FINISHED"
     assert sweep_run.data.metrics["best_val_loss"] == pytest.approx(0.45)
     child = kubectl.get("trainingrun/search-5", "-n", namespace)
-    assert child["spec"]["tracking"]["tags"]["mlflow.parentRunId"] == sweep_run.info.run_id
+    assert child["metadata"]["annotations"][PARENT_RUN_ANNOTATION] == sweep_run.info.run_id
 
     study = _study(operator, kubectl, namespace, "search")
     from optuna.trial import TrialState

@@ -263,6 +263,14 @@ cases = [
         "combination",
     ),
     (
+        "tr-synthetic-too-big",
+        TR,
+        {"spec": {"data": {"source": "synthetic", "synthetic": {"numSymbols": 5000}}}},
+        "spec.data.synthetic.numBars",
+        "numSymbols x numBars is at most 20000000 bars",
+        "combination",
+    ),
+    (
         "tr-epochs-float",
         TR,
         {"spec": {"training": {"epochs": 2.5}}},
@@ -632,6 +640,22 @@ cases = [
         "spec.podTemplate.env[0].name",
         "name is set by the operator",
         "name",
+    ),
+    (
+        "tr-tracking-reserved-tag",
+        TR,
+        {"spec": {"tracking": {"tags": {"tradewind.name": "someone-else"}}}},
+        "spec.tracking.tags",
+        "are written by Tradewind and MLflow",
+        "tags",
+    ),
+    (
+        "rl-tracking-mlflow-parent-tag",
+        RL,
+        {"spec": {"tracking": {"tags": {"mlflow.parentRunId": "0123abcd"}}}},
+        "spec.tracking.tags",
+        "are written by Tradewind and MLflow",
+        "tags",
     ),
     (
         "rl-ensemble-one-agent",

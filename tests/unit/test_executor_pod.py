@@ -5,6 +5,10 @@ init script."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +17,16 @@ import pytest
 from tradewind.devstack.executor_net import NetworkPlan
 from tradewind.devstack.executor_pod import (
     ConfigError,
+    Mount,
+    Security,
     container_mounts,
+    container_security,
     exit_code,
     expand,
     hosts_file,
     init_script,
     materialise_volumes,
+    memory_volume_sizes,
     quantity_bytes,
     resolve_env,
     write_in_place,
@@ -119,9 +127,11 @@ def test_volumes_are_materialised_and_mounted(tmp_path: Path) -> None:
     )
     script = init_script("run-0-1", mounts, tmp_path, "/")
     assert "hostname run-0-1" in script
-    assert f"mount --bind -o ro {tmp_path}/volumes/config /etc/tradewind" in script
+    assert f"cd {tmp_path}\n" in script  # bind sources below are relative to the pod's folder
+    assert "mount -c --bind -o ro volumes/config /etc/tradewind" in script
     assert "mount -t tmpfs -o mode=1777 tmpfs /dev/shm" in script
-    assert f"mount --bind {tmp_path}/etc-hosts /etc/hosts" in script
+    assert "mount -c --bind etc-hosts /etc/hosts" in script
+    assert "mount -c --bind var-tmp /var/tmp" in script and "remount" not in script
     assert script.rstrip().endswith('exec "$@"')
 
 
@@ -168,3 +178,90 @@ def test_pod_logs_finds_a_pod_by_name_or_unique_prefix(tmp_path: Path) -> None:
         pod_logs(tmp_path, "other", "default", "trainer")
     with pytest.raises(DemoError, match="no container 'sidecar'"):
         pod_logs(tmp_path, "run-0-0-abcde", "default", "sidecar")
+
+
+def _restricted_pod() -> dict[str, Any]:
+    """A training pod as the operator builds it (restricted securityContext, emptyDirs)."""
+    from tradewind.api import parse_resource
+    from tradewind.operator.builders import build_job
+    from tradewind.operator.settings import OperatorSettings
+
+    run = parse_resource(
+        {"apiVersion": "tradewind.dev/v1alpha1", "kind": "TrainingRun",
+         "metadata": {"name": "r", "namespace": "ns"}, "spec": {}}
+    )  # fmt: skip
+    owner = {"apiVersion": "v", "kind": "TrainingRun", "name": "r", "uid": "u"}
+    job = build_job(run, 0, "u", owner, OperatorSettings())  # type: ignore[arg-type]
+    return {"metadata": {"name": "r-0-0", "namespace": "ns"}, **job["spec"]["template"]}
+
+
+def test_a_restricted_pod_gets_a_read_only_root_and_a_sized_shm(tmp_path: Path) -> None:
+    pod = _restricted_pod()
+    (container,) = pod["spec"]["containers"]
+    security = container_security(pod, container)
+    assert security == Security(read_only_root=True, no_new_privs=True)
+    sizes = memory_volume_sizes(pod)
+    assert sizes == {"dshm": 2**30}
+    volumes = {v["name"]: None if v["name"] == "dshm" else tmp_path / "volumes" / v["name"]
+               for v in pod["spec"]["volumes"]}  # fmt: skip
+    script = init_script("h", container_mounts(container, volumes, sizes), tmp_path, "/", security)
+    lines = script.splitlines()
+    assert f"mount -t tmpfs -o mode=1777,size={2**30} tmpfs /dev/shm" in lines
+    assert "mount -c --bind volumes/tmp /tmp" in lines
+    assert "mount -c --bind volumes/state /var/tmp/tradewind" in lines
+    assert "mount -c --bind var-tmp /var/tmp" not in lines  # /var/tmp stays read-only
+    assert lines[-3:] == [
+        "mount -o remount,bind,ro /",
+        "cd /",
+        'exec setpriv --no-new-privs -- "$@"',
+    ]
+
+
+def test_run_as_non_root_needs_a_non_root_user() -> None:
+    """As a kubelet: the executor's image runs as root, so runAsNonRoot needs runAsUser."""
+    pod = _pod(securityContext={"runAsNonRoot": True})
+    with pytest.raises(ConfigError, match="runAsNonRoot"):
+        container_security(pod, {"name": "c"})
+    assert container_security(pod, {"name": "c", "securityContext": {"runAsUser": 7}}) == Security()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+def test_the_init_script_mounts_over_the_pods_own_folder_and_keeps_the_root_read_only(
+    tmp_path: Path,
+) -> None:
+    """Really run: an emptyDir on /tmp (a parent of the pod's folder here) hides neither the
+    sources after it nor the config mounted inside it; the root is read-only, the emptyDirs
+    and the sized tmpfs writable up to their limit."""
+    pod_dir = tmp_path / "pod"
+    for name in ("tmp", "state", "config"):
+        (pod_dir / "volumes" / name).mkdir(parents=True)
+    (pod_dir / "volumes" / "config" / "run.yaml").write_text("kind: TrainingRun\n")
+    for name in ("etc-hosts", "resolv.conf"):
+        (pod_dir / name).touch()
+    state = f"/var/tmp/tradewind-test-{os.getpid()}"
+    mounts = [
+        Mount(pod_dir / "volumes" / "config", "/tmp/config", read_only=True),
+        Mount(pod_dir / "volumes" / "tmp", "/tmp"),
+        Mount(pod_dir / "volumes" / "state", state),
+        Mount(None, "/tmp/shm", size=2**20),
+    ]
+    script = pod_dir / "init.sh"
+    script.write_text(init_script("h", mounts, pod_dir, "/", Security(read_only_root=True)))
+    check = (
+        f"cat /tmp/config/run.yaml && touch /tmp/a {state}/b"
+        " && ! touch /usr/tradewind-test 2>/dev/null && ! touch /tmp/config/x 2>/dev/null"
+        " && ! dd if=/dev/zero of=/tmp/shm/f bs=1M count=2 2>/dev/null && echo ok"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tradewind.devstack.executor_shim", str(script),
+             "sh", "-c", check],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(state)  # the mount point it made on the host
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "kind: TrainingRun\nok\n"
+    assert (pod_dir / "volumes" / "tmp" / "a").exists()
+    assert (pod_dir / "volumes" / "state" / "b").exists()

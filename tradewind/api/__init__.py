@@ -4,12 +4,11 @@ This package is the single source of truth for the CRDs (`tradewind crds`), the 
 the trainer. It imports neither kopf nor torch.
 """
 
+from tradewind.api.base import GROUP, VERSION
 from tradewind.api.manifest import ManifestError, dump_resource, load_resources, parse_resource
 from tradewind.api.resources import (
     API_VERSION,
-    GROUP,
     KINDS,
-    VERSION,
     Resource,
     RLRun,
     Sweep,

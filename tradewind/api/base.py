@@ -26,6 +26,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+GROUP = "tradewind.dev"
+VERSION = "v1alpha1"
+
 
 @dataclass(frozen=True)
 class CelRule:

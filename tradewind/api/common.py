@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field
 
 from tradewind.api.base import ApiModel, CelRule, DNSLabel, LongStr, Quantity, ShortStr
+from tradewind.api.identity import ALLOWED_MLFLOW_TAGS, RESERVED_TAG_PREFIXES
 
 BUNDLED_DATASETS = ("stocks", "indices", "eurusd", "synthetic")
 """Datasets shipped inside Python packages, so the examples run offline:
@@ -188,6 +189,10 @@ class PodTemplateOverride(ApiModel):
 # --- data ----------------------------------------------------------------------------------
 
 
+MAX_SYNTHETIC_BARS = 20_000_000
+"""Synthetic data's bars over all symbols at most (a few GB with its features and windows)."""
+
+
 class SyntheticData(ApiModel):
     """Settings of the seeded synthetic generator (regime-switching returns with volatility
     clustering), used when `source` is `synthetic`."""
@@ -198,6 +203,17 @@ class SyntheticData(ApiModel):
     """Bars per symbol, at the data's `interval`."""
     seed: int = Field(default=0, ge=0)
     """Generator seed; the same seed gives the same prices."""
+
+    cel_rules = (
+        CelRule(
+            # unset fields take the defaults (4, 5000): the apiserver does not fill them in
+            "(has(self.numSymbols) ? self.numSymbols : 4) * "
+            f"(has(self.numBars) ? self.numBars : 5000) <= {MAX_SYNTHETIC_BARS}",
+            f"numSymbols x numBars is at most {MAX_SYNTHETIC_BARS} bars "
+            "(e.g. 100 symbols x 200000 bars): the whole market is generated in memory",
+            ".numBars",
+        ),
+    )
 
 
 class DataSource(ApiModel):
@@ -295,12 +311,25 @@ class TrackingSpec(ApiModel):
     tags: dict[Annotated[str, Field(max_length=250)], Annotated[str, Field(max_length=5000)]] = (
         Field(default_factory=dict, max_length=32)
     )
-    """Extra MLflow run tags; the run's identity tags (`tradewind.kind`, `tradewind.name`,
-    `tradewind.namespace`) are written after them and cannot be replaced."""
+    """Extra MLflow run tags. Names starting `tradewind.` or `mlflow.` are Tradewind's and
+    MLflow's (the run's identity, checkpoints, nesting under a Sweep) and refused, except
+    `mlflow.note.content` (the run's description)."""
     register_model: ShortStr | None = None
     """If set, register the final model in the MLflow model registry under this name."""
     system_metrics: bool = True
     """Log CPU/GPU/memory utilisation per node."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.tags) || self.tags.all(k, "
+            + " && ".join(f"!k.startsWith('{p}')" for p in RESERVED_TAG_PREFIXES)
+            + f" || k in {list(ALLOWED_MLFLOW_TAGS)})",
+            f"tag names starting {' or '.join(repr(p) for p in RESERVED_TAG_PREFIXES)} are "
+            f"written by Tradewind and MLflow (except {', '.join(ALLOWED_MLFLOW_TAGS)}); "
+            "use another name",
+            ".tags",
+        ),
+    )
 
 
 class Lifecycle(ApiModel):

@@ -16,7 +16,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
-from tradewind.api.resources import CATEGORY, GROUP, KINDS, NAME_PATTERN, VERSION, Resource
+from tradewind.api.base import GROUP, VERSION
+from tradewind.api.resources import CATEGORY, KINDS, NAME_PATTERN, Resource
 from tradewind.api.spec_paths import unwrap_optional
 
 

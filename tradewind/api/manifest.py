@@ -25,7 +25,9 @@ class ManifestError(ValueError):
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int) or "." in part:
+        if isinstance(part, str) and (not part or not part.isprintable() or part != part.strip()):
+            out += f"[{part!r}]"  # a key no one could read as written (blank, a newline)
+        elif isinstance(part, int) or "." in part:
             out += f"[{part}]"
         elif part in KINDS and out.endswith("template"):
             continue  # the discriminated union's tag, not a field
@@ -45,7 +47,13 @@ def _describe(err: ErrorDetails, model: type[Resource]) -> str:
     if err["type"] == "missing":
         return f"{path}: required field is missing"
     message = err["msg"]
-    if err["type"] not in ("cel_rule", "search_path", "search_value", "hyperparameter"):
+    if err["type"] not in (
+        "cel_rule",
+        "search_path",
+        "search_value",
+        "hyperparameter",
+        "grid_size",
+    ):
         message += f" (got {err['input']!r})"
     return f"{path}: {message}"
 

@@ -9,14 +9,12 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from tradewind.api.base import ApiModel
+from tradewind.api.base import GROUP, VERSION, ApiModel
 from tradewind.api.rl import RLRunSpec
 from tradewind.api.status import RunStatus, SweepStatus
 from tradewind.api.sweep import SweepSpec
 from tradewind.api.training import TrainingRunSpec
 
-GROUP = "tradewind.dev"
-VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "tradewind"
 

@@ -15,6 +15,7 @@ import typing
 from typing import Any, Union
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 _SEGMENT = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)(\[(?P<item>[^\]]+)\])?$")
 
@@ -46,9 +47,13 @@ def unwrap_optional(annotation: Any) -> Any:
 
 
 def field_type(model: type[BaseModel], key: str) -> Any:
+    return field_info(model, key).annotation
+
+
+def field_info(model: type[BaseModel], key: str) -> FieldInfo:
     for name, info in model.model_fields.items():
         if key in (info.alias, name):
-            return info.annotation
+            return info
     allowed = ", ".join(sorted(info.alias or n for n, info in model.model_fields.items()))
     raise SpecPathError(f"'{key}' is not a field of {model.__name__}; fields: {allowed}")
 
@@ -64,17 +69,19 @@ def _find_item(items: list[Any], item: str) -> int:
     raise SpecPathError(f"no item named '{item}' in the template")
 
 
-def check_path(model: type[BaseModel], spec: dict[str, Any], path: str) -> None:
+def check_path(model: type[BaseModel], spec: dict[str, Any], path: str) -> FieldInfo | None:
     """Raise SpecPathError unless `path` names a field of `model` (given the `spec` dict,
-    for list items)."""
+    for list items); the field it names, or None when that is under a free-form map."""
     current: Any = model
     node: Any = spec
+    info: FieldInfo | None = None
     for key, item in _segments(path):
         if current is dict:
-            return
+            return None
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             raise SpecPathError(f"'{key}' is below a value that has no fields")
-        current = unwrap_optional(field_type(current, key))
+        info = field_info(current, key)
+        current = unwrap_optional(info.annotation)
         node = node.get(key, {}) if isinstance(node, dict) else {}
         if item is not None:
             if typing.get_origin(current) is not list:
@@ -85,6 +92,7 @@ def check_path(model: type[BaseModel], spec: dict[str, Any], path: str) -> None:
             current = dict
         elif typing.get_origin(current) is list:
             raise SpecPathError(f"'{key}' is a list; name an item as {key}[0] or {key}[name]")
+    return info if item is None else None  # a list item: set_path refuses it
 
 
 def set_path(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

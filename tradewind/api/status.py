@@ -6,14 +6,37 @@ Written by the operator only (the status subresource); users never set it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from tradewind.api.base import ApiModel, LongStr, ShortStr
+from tradewind.api.base import ApiModel, ShortStr
 
 RunPhase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 Metrics = dict[Annotated[str, Field(max_length=250)], float]
+CUT_MARK = "..."
+
+
+def cut_to(limit: int) -> Callable[[Any], Any]:
+    """A validator that cuts a string longer than `limit` (marked with CUT_MARK): what the
+    operator writes into a status (messages from pods, the apiserver, MLflow) never makes
+    the status invalid, which would fail every later write of it."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            return value[: limit - len(CUT_MARK)] + CUT_MARK
+        return value
+
+    return cut
+
+
+Reason = Annotated[str, BeforeValidator(cut_to(1024)), Field(max_length=1024)]
+Message = Annotated[str, BeforeValidator(cut_to(32768)), Field(max_length=32768)]
+Headline = Annotated[str, BeforeValidator(cut_to(256)), Field(max_length=256)]
+RunId = Annotated[str, BeforeValidator(cut_to(64)), Field(max_length=64)]
+StudyName = Annotated[str, BeforeValidator(cut_to(512)), Field(max_length=512)]
+LongText = Annotated[str, BeforeValidator(cut_to(4096)), Field(max_length=4096)]
 
 
 class Condition(ApiModel):
@@ -24,9 +47,9 @@ class Condition(ApiModel):
     """Condition type."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
-    reason: Annotated[str, Field(max_length=1024)] = ""
+    reason: Reason = ""
     """One CamelCase word for the cause, e.g. OOMKilled, DeadlineExceeded."""
-    message: Annotated[str, Field(max_length=32768)] = ""
+    message: Message = ""
     """Human-readable details naming the cause."""
     last_transition_time: dt.datetime | None = None
     """When status last changed."""
@@ -62,18 +85,18 @@ class Progress(ApiModel):
 class CheckpointStatus(ApiModel):
     """Where the run's checkpoints are."""
 
-    latest: LongStr | None = None
+    latest: LongText | None = None
     """URI of the newest checkpoint (an attempt restart resumes from it)."""
-    best: LongStr | None = None
+    best: LongText | None = None
     """URI of the checkpoint with the best validation metric."""
 
 
 class MLflowStatus(ApiModel):
     """The run in MLflow."""
 
-    run_id: Annotated[str, Field(max_length=64)] | None = None
+    run_id: RunId | None = None
     """MLflow run id."""
-    url: LongStr | None = None
+    url: LongText | None = None
     """Link to the run in the MLflow UI."""
 
 
@@ -101,7 +124,7 @@ class RunStatus(ApiModel):
     """Pods of the current attempt."""
     progress: Progress = Field(default_factory=Progress)
     """Progress."""
-    headline_metric: Annotated[str, Field(max_length=256)] | None = None
+    headline_metric: Headline | None = None
     """The main metric, e.g. `val_loss=0.4123`, as shown by `kubectl get`."""
     metrics: Metrics = Field(default_factory=dict, max_length=128)
     """Latest metrics read from MLflow."""
@@ -186,7 +209,7 @@ class SweepStatus(ApiModel):
     """Objective value of the best trial, as shown by `kubectl get`."""
     pareto_front: list[TrialSummary] = Field(default_factory=list, max_length=64)
     """Pareto-optimal trials (multi-objective)."""
-    study_name: Annotated[str, Field(max_length=512)] | None = None
+    study_name: StudyName | None = None
     """Name of the Optuna study."""
     mlflow: MLflowStatus = Field(default_factory=MLflowStatus)
     """The sweep's parent run in MLflow."""

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, WithJsonSchema
+from pydantic import Field, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from tradewind.api.base import ApiModel, CelRule, ShortStr, immutable
 from tradewind.api.rl import RLRunSpec
 from tradewind.api.spec_paths import SpecPathError, check_path, set_path
 from tradewind.api.training import TrainingRunSpec
+
+MAX_GRID_POINTS = 10_000
+"""The most points a grid Sweep may have: no more trials can run (maxTrials), and Optuna's
+grid sampler holds every point."""
+WHOLE_SPEC_SAMPLES = 3
+"""Values of each parameter that validation applies to the whole template (the first, the
+last and one between); every value is checked against its field's own type."""
 
 
 class TrainingRunTemplate(ApiModel):
@@ -217,13 +226,21 @@ class SweepSpec(ApiModel):
     )
 
     def check_semantics(self) -> None:
+        self._check_grid_size()
         spec_model = type(self.template.spec)
         spec = self.template.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
         for path, param in self.search_space.items():
             where = f".searchSpace[{path}]"  # path holds dots: keep it in one segment
             try:
-                check_path(spec_model, spec, path)
-                for value in param.sample_values():
+                field = check_path(spec_model, spec, path)
+                values = param.sample_values()
+                # Every value against the field's own type; a few against the whole
+                # template (its cross-field rules): validating the template once per value
+                # cost seconds for a few parameters of 256 values.
+                if field is not None:
+                    for value in values:
+                        _field_adapter(field).validate_python(value)
+                for value in _spread(values, WHOLE_SPEC_SAMPLES):
                     spec_model.model_validate(set_path(spec, path, value))
             except SpecPathError as exc:
                 raise PydanticCustomError(
@@ -240,9 +257,45 @@ class SweepSpec(ApiModel):
                     },
                 ) from None
 
+    def _check_grid_size(self) -> None:
+        if self.sampler != "grid":
+            return
+        points = math.prod(len(p.values or ()) for p in self.search_space.values())
+        if points > MAX_GRID_POINTS:
+            message = (
+                f"the grid has {points} points (the product of the parameters' numbers of "
+                f"values); at most {MAX_GRID_POINTS}: fewer values, or sampler random or tpe"
+            )
+            raise PydanticCustomError(
+                "grid_size", "{message}", {"message": message, "field_path": ".searchSpace"}
+            )
+
     def trial_spec(self, params: dict[str, Any]) -> dict[str, Any]:
         """The template spec with a trial's parameters applied."""
         spec = self.template.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
         for path, value in params.items():
             spec = set_path(spec, path, value)
         return spec
+
+
+def _spread(values: list[Any], most: int) -> list[Any]:
+    """At most `most` of `values`, the first and the last among them."""
+    if len(values) <= most:
+        return values
+    picks = {round(i * (len(values) - 1) / (most - 1)) for i in range(most)}
+    return [values[i] for i in sorted(picks)]
+
+
+_ADAPTERS: dict[int, TypeAdapter[Any]] = {}
+
+
+def _field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
+    """A validator of one model field's values (its type and constraints), built once (by
+    id: the API models' fields live as long as the models)."""
+    adapter = _ADAPTERS.get(id(field))
+    if adapter is None:
+        annotation: Any = field.annotation
+        if field.metadata:  # the field's constraints (ge, le, max_length, ...)
+            annotation = Annotated.__class_getitem__((annotation, *field.metadata))  # type: ignore[attr-defined]
+        adapter = _ADAPTERS[id(field)] = TypeAdapter(annotation)
+    return adapter

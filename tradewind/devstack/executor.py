@@ -7,7 +7,8 @@ label `tradewind.dev/executor=true`; kwok manages only nodes labelled
 namespace with its own address on a bridge, a hosts file in which pod hostnames and
 headless-Service names resolve as cluster DNS would, volumes (ConfigMap, Secret, emptyDir,
 projected, downwardAPI, hostPath), the environment (values, fieldRefs, Secret and ConfigMap
-keys), the container's command in namespaces of its own (see executor_pod), the pod's status
+keys), the container's command in namespaces of its own (see executor_pod) with a read-only
+root filesystem where its securityContext asks for one, the pod's status
 (phase, IP, container states, exit codes, `OOMKilled`, restarts) through the status API, and
 on deletion SIGTERM, the grace period, SIGKILL, then the final delete. Logs go to
 `<state-dir>/pods/<namespace>/<pod>-<uid>/<container>.log` (`tradewind logs POD`).
@@ -492,7 +493,9 @@ class Executor:
                 self._fetch,
                 lambda sa, source: self._token(sa, source, rt.namespace),
             )
-            mounts = runtime.container_mounts(spec, volumes)
+            sizes = runtime.memory_volume_sizes(rt.pod)
+            mounts = runtime.container_mounts(spec, volumes, sizes)
+            security = runtime.container_security(rt.pod, spec)
             env = self._image_env(rt) | runtime.resolve_env(rt.pod, spec, rt.ip, self._fetch)
         except (runtime.ConfigError, ApiError) as exc:
             self._waiting(rt, "CreateContainerConfigError", str(exc))
@@ -514,6 +517,7 @@ class Executor:
             workdir=spec.get("workingDir") or "/",
             log_path=rt.dir / f"{spec['name']}.log",
             cgroup=runtime.make_cgroup(self.plan.prefix, rt.uid, spec),
+            security=security,
         )
         c.waiting = None
         log.info("pod %s/%s: started %s: %s", rt.namespace, rt.name, spec["name"], command)

@@ -151,6 +151,33 @@ class Mount:
     """None mounts a fresh tmpfs (an emptyDir with medium Memory)."""
     target: str
     read_only: bool = False
+    size: int | None = None
+    """The tmpfs's size in bytes (the emptyDir's sizeLimit); None: the kernel's default."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the executor applies of a container's securityContext: a read-only root
+    filesystem and no privilege escalation (PR_SET_NO_NEW_PRIVS). runAsUser, runAsGroup,
+    fsGroup, capabilities and seccomp are accepted, not applied: "the image" is this
+    checkout's environment, whose interpreter may be readable by its owner only (under
+    /root), so the container runs as the executor's user."""
+
+    read_only_root: bool = False
+    no_new_privs: bool = False
+
+
+def container_security(pod: Manifest, container: Manifest) -> Security:
+    """The container's Security; ConfigError where a kubelet refuses to start it
+    (runAsNonRoot without a non-zero runAsUser: this image runs as root)."""
+    pod_ctx = pod["spec"].get("securityContext") or {}
+    ctx = {**pod_ctx, **(container.get("securityContext") or {})}
+    if ctx.get("runAsNonRoot") and not ctx.get("runAsUser"):
+        raise ConfigError("container has runAsNonRoot and image will run as root")
+    return Security(
+        read_only_root=bool(ctx.get("readOnlyRootFilesystem")),
+        no_new_privs=ctx.get("allowPrivilegeEscalation") is False,
+    )
 
 
 def _write_items(
@@ -196,6 +223,7 @@ def materialise_volumes(
                 out[name] = None
                 continue
             directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o777)  # as a kubelet makes it: writable whoever the pod runs as
         elif "configMap" in vol or "secret" in vol:
             kind, spec = (
                 ("configmaps", vol["configMap"])
@@ -261,7 +289,21 @@ def _downward(pod: Manifest, items: list[Manifest], directory: Path) -> None:
             )
 
 
-def container_mounts(container: Manifest, volumes: Mapping[str, Path | None]) -> list[Mount]:
+def memory_volume_sizes(pod: Manifest) -> dict[str, int]:
+    """The sizeLimit of each emptyDir in memory that has one, in bytes."""
+    return {
+        vol["name"]: quantity_bytes(str(vol["emptyDir"]["sizeLimit"]))
+        for vol in pod["spec"].get("volumes") or []
+        if (vol.get("emptyDir") or {}).get("medium") == "Memory"
+        and vol["emptyDir"].get("sizeLimit")
+    }
+
+
+def container_mounts(
+    container: Manifest,
+    volumes: Mapping[str, Path | None],
+    sizes: Mapping[str, int] | None = None,
+) -> list[Mount]:
     mounts = []
     for m in container.get("volumeMounts") or []:
         if m["name"] not in volumes:
@@ -270,7 +312,8 @@ def container_mounts(container: Manifest, volumes: Mapping[str, Path | None]) ->
         if source is not None and m.get("subPath"):
             source = source / m["subPath"]
             source.mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(source, m["mountPath"], bool(m.get("readOnly"))))
+        size = (sizes or {}).get(m["name"]) if source is None else None
+        mounts.append(Mount(source, m["mountPath"], bool(m.get("readOnly")), size))
     return mounts
 
 
@@ -290,28 +333,61 @@ def write_in_place(path: Path, text: str) -> None:
         f.truncate()
 
 
-def init_script(hostname: str, mounts: list[Mount], pod_dir: Path, workdir: str) -> str:
-    """What runs first inside the pod's namespaces: hostname, mounts, then exec the
-    container's command (passed as "$@")."""
+def init_script(
+    hostname: str,
+    mounts: list[Mount],
+    pod_dir: Path,
+    workdir: str,
+    security: Security | None = None,
+) -> str:
+    """What runs first inside the pod's namespaces: hostname, mounts, a read-only root if
+    asked, then exec the container's command (passed as "$@").
+
+    Every bind source is named relative to the pod's folder, the working directory while
+    mounting (`mount -c` keeps the name as given): a volume mounted over one of that folder's
+    parents (an emptyDir on /tmp) hides none of the sources after it. A source elsewhere (a
+    hostPath) is first bound into the folder, before anything is mounted over it."""
     q = shlex.quote
+    security = security or Security()
     lines = ["set -e", f"hostname {q(hostname)}", "mount --make-rprivate /"]
     lines.append("mount -t proc proc /proc")  # this PID namespace's processes
+    lines.append(f"cd {q(str(pod_dir))}")
+    sources: list[str | None] = []
+    for i, m in enumerate(mounts):
+        if m.source is None or m.source.is_relative_to(pod_dir):
+            sources.append(None if m.source is None else str(m.source.relative_to(pod_dir)))
+            continue
+        stage, src = f"host-paths/{i}", q(str(m.source))
+        lines.append(f"if [ -d {src} ]; then mkdir -p {stage}; else mkdir -p host-paths; "
+                     f"touch {stage}; fi")  # fmt: skip
+        lines.append(f"mount -c --bind {src} {stage}")
+        sources.append(stage)
     # The pod's own /etc/hosts and /etc/resolv.conf (no nameserver: names are in hosts).
-    lines.append(f"mount --bind {q(str(pod_dir / 'etc-hosts'))} /etc/hosts")
-    lines.append(f"mount --bind {q(str(pod_dir / 'resolv.conf'))} /etc/resolv.conf")
-    for m in mounts:
+    lines += [
+        "mount -c --bind etc-hosts /etc/hosts",
+        "mount -c --bind resolv.conf /etc/resolv.conf",
+    ]
+    if not security.read_only_root:
+        # The container's own writable /var/tmp, before the volumes: one may be in it.
+        lines.append("mount -c --bind var-tmp /var/tmp")
+    # A volume's mount point may be inside another's: parents first.
+    for source, m in sorted(zip(sources, mounts, strict=True), key=lambda p: _depth(p[1].target)):
         lines.append(f"mkdir -p {q(m.target)}")
-        if m.source is None:
-            lines.append(f"mount -t tmpfs -o mode=1777 tmpfs {q(m.target)}")
+        if source is None:
+            size = f",size={m.size}" if m.size else ""
+            lines.append(f"mount -t tmpfs -o mode=1777{size} tmpfs {q(m.target)}")
         else:
             ro = " -o ro" if m.read_only else ""
-            lines.append(f"mount --bind{ro} {q(str(m.source))} {q(m.target)}")
-    # The container's writable scratch (a container's own /var/tmp), last: sources above may
-    # live anywhere.
-    lines.append(f"mount --bind {q(str(pod_dir / 'var-tmp'))} /var/tmp")
+            lines.append(f"mount -c --bind{ro} {q(source)} {q(m.target)}")
+    if security.read_only_root:  # this namespace's view of /, not the host's
+        lines.append("mount -o remount,bind,ro /")
     lines.append(f"cd {q(workdir)}")
-    lines.append('exec "$@"')
+    lines.append('exec setpriv --no-new-privs -- "$@"' if security.no_new_privs else 'exec "$@"')
     return "\n".join(lines) + "\n"
+
+
+def _depth(path: str) -> int:
+    return len([part for part in path.split("/") if part])
 
 
 @dataclass
@@ -399,9 +475,10 @@ def start_container(
     workdir: str,
     log_path: Path,
     cgroup: Path | None,
+    security: Security | None = None,
 ) -> Container:
     script = pod_dir / "init.sh"
-    script.write_text(init_script(hostname, mounts, pod_dir, workdir))
+    script.write_text(init_script(hostname, mounts, pod_dir, workdir, security))
     (pod_dir / "var-tmp").mkdir(exist_ok=True)
     (pod_dir / "var-tmp").chmod(0o1777)
     shim = [sys.executable, "-m", "tradewind.devstack.executor_shim"]

@@ -1,7 +1,7 @@
 """Pure builders: a run and its attempt -> the ConfigMap, headless Service and Indexed Job.
 
-No API calls here; `reconcile` applies what these return. Names are deterministic (run name
-and attempt), so re-running a reconcile never creates anything twice.
+No API calls here; `reconcile` applies what these return. Names are deterministic (kind, run
+name and attempt: `_attempt_stem`), so re-running a reconcile never creates anything twice.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from typing import Any
 import yaml
 
 from tradewind.api import GROUP, RLRun, TrainingRun
+from tradewind.api.identity import PARENT_RUN_ANNOTATION
+from tradewind.operator import pod_security
+from tradewind.operator.pod_security import STATE_DIR as STATE_DIR
 from tradewind.operator.settings import OperatorSettings
 
 Run = TrainingRun | RLRun
@@ -18,27 +21,49 @@ Manifest = dict[str, Any]
 
 RUN_LABEL = f"{GROUP}/run"
 KIND_LABEL = f"{GROUP}/kind"
+RUN_UID_LABEL = f"{GROUP}/run-uid"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 ROLE_LABEL = f"{GROUP}/role"
 """`train` for the Job that trains, `combine` for an RLRun ensemble's evaluation step."""
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RDZV_PORT = 29400
 CONFIG_DIR = "/etc/tradewind"
-STATE_DIR = "/var/tmp/tradewind"
 CONTAINER = "trainer"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
+def _attempt_stem(run: Run, attempt: int) -> str:
+    """`<name>-<attempt>` for a TrainingRun, `<name>-rl<attempt>` for an RLRun.
+
+    Child names are a function of (kind, name, attempt) with no two alike, so a TrainingRun
+    and an RLRun of one name run side by side: split a stem at its last '-': a TrainingRun's
+    last part is all digits, an RLRun's is `rl` and digits. Every child name is a stem and a
+    fixed suffix (none for the Job, `-combine`, `-config`). Run names are at most 40
+    characters (`Resource.max_name_length`) and attempts at most 101, so the longest,
+    `<name>-rl101-combine` plus the pod index, stays within Kubernetes' 63-character labels
+    and hostnames."""
+    tag = "rl" if isinstance(run, RLRun) else ""
+    return f"{run.metadata.name}-{tag}{attempt}"
+
+
 def job_name(run: Run, attempt: int) -> str:
-    return f"{run.metadata.name}-{attempt}"
+    return _attempt_stem(run, attempt)
 
 
 def service_name(run: Run) -> str:
+    """The headless Service (and the pods' subdomain). Only TrainingRuns get one: RLRun pods
+    train alone and talk to nobody, and a Service name of the run's own name leaves no room
+    for the kind."""
     return run.metadata.name
 
 
+def needs_service(run: Run) -> bool:
+    """torchrun's rendezvous needs rank 0's DNS name: TrainingRuns."""
+    return isinstance(run, TrainingRun)
+
+
 def combine_job_name(run: Run, attempt: int) -> str:
-    return f"{run.metadata.name}-{attempt}-combine"
+    return f"{_attempt_stem(run, attempt)}-combine"
 
 
 def needs_combine(run: Run) -> bool:
@@ -47,7 +72,18 @@ def needs_combine(run: Run) -> bool:
 
 
 def config_name(run: Run, attempt: int) -> str:
-    return f"{run.metadata.name}-{attempt}-config"
+    """`<stem>-config-<run uid>`: the uid makes a ConfigMap that exists under this name this
+    run's own, with no read of it (the operator may not read ConfigMaps), never an earlier
+    run's of the same name with that run's spec (ConfigMap names may be 253 long)."""
+    uid = run_uid(run)
+    return f"{_attempt_stem(run, attempt)}-config" + (f"-{uid}" if uid else "")
+
+
+def run_uid(run: Run) -> str | None:
+    """The run's uid, when the model was parsed from the cluster's object (metadata.uid is
+    kept as an extra field: reconcile.PARSED_METADATA)."""
+    uid = (run.metadata.model_extra or {}).get("uid")
+    return str(uid) if uid else None
 
 
 def owner_reference(run_body: Manifest) -> Manifest:
@@ -64,7 +100,12 @@ def owner_reference(run_body: Manifest) -> Manifest:
 
 
 def labels(run: Run, attempt: int | None = None, role: str | None = None) -> dict[str, str]:
+    """The labels of every child and pod: run name, kind and uid (children are matched to
+    their run by uid: a run created again under the same name never counts its
+    predecessor's), attempt and role."""
     out = {RUN_LABEL: run.metadata.name, KIND_LABEL: run.kind}
+    if uid := run_uid(run):
+        out[RUN_UID_LABEL] = uid
     if attempt is not None:
         out[ATTEMPT_LABEL] = str(attempt)
     if role is not None:
@@ -88,12 +129,15 @@ def build_configmap(run: Run, attempt: int, owner: Manifest) -> Manifest:
 
 
 def _manifest_without_status(run: Run) -> str:
-    """The run as written, without status and with only name, namespace and labels of its
-    metadata: one dump (libyaml's C emitter where the yaml package has it)."""
+    """The run as written, without status and with only name, namespace, labels and the
+    MLflow parent-run annotation of its metadata (not kubectl's copy of the whole manifest):
+    one dump (libyaml's C emitter where the yaml package has it)."""
     doc = run.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
     doc.pop("status", None)
     meta = doc["metadata"]
     doc["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}
+    if parent := (meta.get("annotations") or {}).get(PARENT_RUN_ANNOTATION):
+        doc["metadata"]["annotations"] = {PARENT_RUN_ANNOTATION: parent}
     return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, allow_unicode=False)
 
 
@@ -115,7 +159,7 @@ def build_service(run: Run, owner: Manifest) -> Manifest:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {RUN_LABEL: run.metadata.name},
+            "selector": labels(run),  # the run's own pods: by kind and uid too
             "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
         },
     }
@@ -227,27 +271,32 @@ def build_job(
         job_labels[QUEUE_LABEL] = run.metadata.labels[QUEUE_LABEL]
     volumes = [
         {"name": "config", "configMap": {"name": config_name(run, attempt)}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        *pod_security.scratch_volumes(run),
         *[v.model_dump(by_alias=True, exclude_none=True) for v in template.volumes],
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        *pod_security.scratch_mounts(),
         *[m.model_dump(by_alias=True, exclude_none=True) for m in template.volume_mounts],
     ]
     container: Manifest = {
         "name": CONTAINER,
         "image": spec.image or settings.trainer_image,
         "command": trainer_command(run, attempt, uid),
-        "env": trainer_env(run, attempt, uid, settings),
+        # HOME and LOGNAME first: a user's own value still wins (the last duplicate does).
+        "env": [*pod_security.scratch_env(), *trainer_env(run, attempt, uid, settings)],
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
+        "securityContext": pod_security.container_security_context(),
     }
     if resources := _resources(run):
         container["resources"] = resources
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "subdomain": service_name(run),
+        "securityContext": pod_security.pod_security_context(),
+        # The token only for a run that names its ServiceAccount (it then wants the API).
+        "automountServiceAccountToken": template.service_account_name is not None,
         "containers": [container],
         "volumes": volumes,
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -17,20 +18,116 @@ from tradewind.api.status import RunStatus
 
 log = logging.getLogger(__name__)
 MANAGER = "tradewind-operator"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+"""How long one apiserver request may take (connect and read) unless the operator's settings
+say otherwise (`TRADEWIND_API_TIMEOUT_SECONDS`)."""
+
+
+class Gone(Exception):
+    """The run is no longer there: its status write met 404, or a run of its name with
+    another uid (deleted and created again). Its worker stops."""
+
+
+class Refused(Exception):
+    """The apiserver refused to create a child (`status`: its HTTP status), or an object of
+    the child's name exists that this run does not control. `message` is the apiserver's
+    (it names the object); `permanent` when retrying cannot help; `retry_after` in seconds,
+    when the apiserver said (429, 503)."""
+
+    def __init__(
+        self, status: int, message: str, permanent: bool, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.permanent, self.retry_after = permanent, retry_after
+
+
+PERMANENT_STATUSES = {400, 422}
+"""Refusals of the object itself (invalid, malformed): the same object is refused again. 403
+is not among them: quota frees up, a policy can change; 409 is decided by the owner."""
+
+
+def api_message(exc: ApiException) -> str:
+    """The apiserver's own message (its Status body), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "")["message"]
+    except (ValueError, KeyError, TypeError):
+        message = ""
+    return str(message or f"{exc.status} {exc.reason}")
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The Retry-After seconds of a 429 or 503 (API priority and fairness, an overloaded
+    apiserver), if it says."""
+    headers = getattr(exc, "headers", None)
+    if not isinstance(exc, ApiException) or exc.status not in (429, 503) or not headers:
+        return None
+    try:
+        return max(0.0, float(headers.get("Retry-After")))
+    except (TypeError, ValueError):
+        return None
+
+
+JSON_PATCH = "application/json-patch+json"
+
+
+def _uid_test(uid: str | None, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON patch operations that apply only to the object of that uid."""
+    return [{"op": "test", "path": "/metadata/uid", "value": uid}, *ops] if uid else ops
+
+
+def _uid_test_failed(exc: ApiException) -> bool:
+    """Whether a JSON patch was refused by its `test` (422 without a field cause: the object
+    of that name has another uid), not by validation (422 naming the fields)."""
+    if exc.status != 422:
+        return False
+    try:
+        details = json.loads(exc.body or "").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return not details.get("causes") and not details.get("name")
+
+
+def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The controller ownerReference of an object, if it has one."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((dict(r) for r in refs if r.get("controller")), None)
+
+
+def conflict(existing: dict[str, Any], manifest: dict[str, Any]) -> Refused | None:
+    """None if `existing` (what a 409 found) is the child `manifest` describes: the same
+    controller uid. Otherwise why it is not: an earlier run of the same kind and name still
+    holds it (it goes with that run: retried), or someone else does (permanent)."""
+    ours, theirs = controller_of(manifest), controller_of(existing)
+    if ours is None or (theirs is not None and theirs.get("uid") == ours.get("uid")):
+        return None
+    kind, meta = manifest["kind"], manifest["metadata"]
+    what = f'{kind} "{meta["name"]}" already exists'
+    if theirs is None:
+        return Refused(409, f"{what} and is not controlled by any object; not adopted", True)
+    owner = f"{theirs.get('kind')} {theirs.get('name')} (uid {theirs.get('uid')})"
+    if (theirs.get("kind"), theirs.get("name")) == (ours["kind"], ours["name"]):
+        message = f"{what}, controlled by an earlier {owner}; waiting for it to be deleted"
+        return Refused(409, message, False)
+    return Refused(409, f"{what}, controlled by {owner}; not adopted", True)
 
 
 class Kube:
     """Create-if-missing, delete-if-present, status and Event writes; 404/409 are success
-    where they mean the cluster already converged. Requests go through the client's
+    where they mean the cluster already converged (a 409 on create only when the object that
+    exists is controlled by the same owner uid). Requests go through the client's
     connection pool and authentication (`request`), not its generated per-endpoint methods:
     those validate a dict body into the client's pydantic models (~1 ms for a Job) only to
     serialise it again, and turn responses into models; only a status write's
     resourceVersion is read here. `custom` is the generated API, for the Sweep controller's
-    reads and child runs."""
+    reads and child runs. Every request, `custom`'s too, gives up after `timeout` seconds."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(
+        self, api_client: client.ApiClient, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
         self.api_client = api_client
-        self.custom = client.CustomObjectsApi(api_client)
+        self.timeout = timeout
+        self.custom = client.CustomObjectsApi(_DefaultTimeout(api_client, timeout))
 
     def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
@@ -44,7 +141,7 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = api.call_api(*serialized)
+        response = api.call_api(*serialized, _request_timeout=self.timeout)
         data = bytes(response.response.data)  # reading it returns the connection to the pool
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(
@@ -53,49 +150,100 @@ class Kube:
         return data
 
     def create(self, manifest: dict[str, Any]) -> None:
-        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
+        """Create the child unless it exists. Raises Refused when the apiserver refuses it,
+        or when the object of its name is controlled by another owner (never adopted). A
+        ConfigMap of that name is taken to be ours unread: the operator may not read
+        ConfigMaps, and a run's are named with its uid (`builders.config_name`)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        ns, name = meta["namespace"], meta["name"]
         try:
             self.request("POST", f"{_collection(kind, ns)}?fieldManager={MANAGER}", manifest)
         except ApiException as exc:
             if exc.status != 409:
-                raise
+                permanent = exc.status in PERMANENT_STATUSES
+                raise Refused(exc.status, api_message(exc), permanent, retry_after(exc)) from exc
+            if kind == "ConfigMap":
+                return
+            try:
+                existing = json.loads(self.request("GET", f"{_collection(kind, ns)}/{name}"))
+            except ApiException as gone:
+                if gone.status != 404:
+                    raise
+                # deleted between the two requests: created on the next pass
+                raise Refused(409, f'{kind} "{name}" was being deleted', False) from exc
+            if (refused := conflict(existing, manifest)) is not None:
+                raise refused from exc
             return
-        log.info("created %s %s/%s", kind, ns, manifest["metadata"]["name"])
+        log.info("created %s %s/%s", kind, ns, name)
 
-    def delete(self, kind: str, ns: str, name: str) -> None:
+    def delete(self, kind: str, ns: str, name: str, uid: str | None = None) -> None:
+        """Delete if present; with `uid`, only that object (not a successor of its name)."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
-            self.request(
-                "DELETE", f"{_collection(kind, ns)}/{name}", {"propagationPolicy": "Background"}
-            )
+            self.request("DELETE", f"{_collection(kind, ns)}/{name}", body)
         except ApiException as exc:
-            if exc.status != 404:
-                raise
-            return
+            if exc.status == 404 or (exc.status == 409 and uid is not None):
+                return  # gone already, or another object of that name now
+            raise
         log.info("deleted %s %s/%s", kind, ns, name)
 
-    def set_job_suspended(self, ns: str, name: str, suspended: bool) -> None:
+    def exists(self, kind: str, ns: str, name: str, uid: str) -> bool:
+        """Whether the object of that name is there with that uid."""
         try:
-            self.request(
-                "PATCH",
-                f"{_collection('Job', ns)}/{name}",
-                {"spec": {"suspend": suspended}},
-                content_type="application/strategic-merge-patch+json",
-            )
+            found = json.loads(self.request("GET", f"{_collection(kind, ns)}/{name}"))
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return False
+        return bool(found["metadata"].get("uid") == uid)
 
-    def patch_status(self, body: dict[str, Any], status: RunStatus) -> str | None:
-        """Write the status; returns the resourceVersion it produced (None if the run is gone)."""
+    def failed_create(self, ns: str, uid: str) -> str | None:
+        """The latest FailedCreate Event the Job controller posted on the Job `uid` (its pods
+        were refused: PodSecurity, quota, an invalid pod), as "Error creating: <the
+        apiserver's message>"; None if there is none."""
+        selector = f"involvedObject.uid={uid},reason=FailedCreate"
+        path = f"{_collection('Event', ns)}?fieldSelector={urllib.parse.quote(selector)}"
+        events = json.loads(self.request("GET", path)).get("items") or []
+        if not events:
+            return None
+
+        def when(event: dict[str, Any]) -> str:
+            meta = event["metadata"]
+            return str(
+                event.get("lastTimestamp")
+                or event.get("eventTime")
+                or meta.get("creationTimestamp")
+            )
+
+        return str(max(events, key=when).get("message") or "")
+
+    def set_job_suspended(
+        self, ns: str, name: str, suspended: bool, uid: str | None = None
+    ) -> None:
+        """Suspend or resume the Job; with `uid`, only that Job (not a successor of its name)."""
+        ops = _uid_test(uid, [{"op": "add", "path": "/spec/suspend", "value": suspended}])
+        try:
+            self.request("PATCH", f"{_collection('Job', ns)}/{name}", ops, JSON_PATCH)
+        except ApiException as exc:
+            if exc.status != 404 and not _uid_test_failed(exc):
+                raise
+
+    def patch_status(self, body: dict[str, Any], status: RunStatus) -> str:
+        """Write the whole status of that run (its uid is a precondition: never a
+        successor's of the same name; a merge patch on /status cannot say so, a JSON patch's
+        `test` can); returns the resourceVersion it produced. Gone if the run is not there."""
         meta = body["metadata"]
-        patch = {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        value = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        ops = _uid_test(meta.get("uid"), [{"op": "add", "path": "/status", "value": value}])
         path = f"{_collection(body['kind'], meta['namespace'])}/{meta['name']}/status"
         try:
-            response = self.request("PATCH", path, patch, "application/merge-patch+json")
+            response = self.request("PATCH", path, ops, JSON_PATCH)
         except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile
-                raise
-            return None
+            if exc.status == 404 or _uid_test_failed(exc):
+                raise Gone(f"{body['kind']} {meta['namespace']}/{meta['name']}") from exc
+            raise
         return str(json.loads(response)["metadata"]["resourceVersion"])
 
     def event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -134,6 +282,30 @@ class Kube:
                 meta["name"],
                 exc.reason,
             )
+
+
+class _DefaultTimeout:
+    """An ApiClient whose requests that name no timeout (the generated APIs') get one."""
+
+    def __init__(self, api_client: client.ApiClient, timeout: float) -> None:
+        self._client, self._timeout = api_client, timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: Any = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+    ) -> Any:
+        timeout = self._timeout if _request_timeout is None else _request_timeout
+        return self._client.call_api(
+            method, url, header_params, body, post_params, _request_timeout=timeout
+        )
 
 
 COLLECTIONS = {

@@ -15,13 +15,15 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from tradewind.operator import builders, metrics, observed
-from tradewind.operator.kube import Kube
-from tradewind.operator.progress import ProgressReader
+from tradewind.api.resources import TrainingRun
+from tradewind.operator import builders, leader, metrics, observed
+from tradewind.operator.kube import Gone, Kube
+from tradewind.operator.progress import ProgressReader, fold_progress
 from tradewind.operator.reconcile import SpecCache, reconcile
+from tradewind.operator.retry import Backoff, record_failure
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import TERMINAL, Decision
-from tradewind.operator.workers import Worker, Workers
+from tradewind.operator.workers import Worker, Workers, still_there
 
 log = logging.getLogger(__name__)
 ACTIVE = ("Pending", "Running", "Restarting")
@@ -29,14 +31,11 @@ ACTIVE = ("Pending", "Running", "Restarting")
 
 def setup(memo: kopf.Memo) -> None:
     """Clients, settings and the registries of workers, shared by every handler and worker."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+    _load_kube_config()
     memo.settings = settings = OperatorSettings()
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = settings.reconcile_workers * 2
-    memo.kube = Kube(client.ApiClient(configuration))
+    memo.kube = Kube(client.ApiClient(configuration), timeout=settings.api_timeout_seconds)
     # Reconciles run in threads (asyncio.to_thread): enough of them that a thousand runs do
     # not queue behind the default pool of min(32, cores + 4).
     asyncio.get_running_loop().set_default_executor(
@@ -86,6 +85,8 @@ class RunWorker(Worker):
         self.deferred_since: float | None = None  # a count-only status unwritten since then
         self.last_progress = -math.inf
         self.created: tuple[int, float] | None = None  # (attempt, when) children were created
+        self.backoff = Backoff()  # its cap: settings.retry_max_seconds, set where used
+        self.retry_in = 0.0  # after a failed reconcile
 
     def update(self, body: dict[str, Any]) -> None:
         slim = self.spec.without_parsed_spec(body)
@@ -130,8 +131,8 @@ class RunWorker(Worker):
             # The watch has not delivered our own status write yet: decide from what we
             # wrote, not from the stale copy (no double restarts, no duplicate Events).
             snapshot["status"] = written["status"]
-        jobs = list(self.jobs_index.get(self.key, []))
-        pods = list(self.pods_index.get(self.key, []))
+        jobs = list(self.jobs_index.get(self.ref, []))
+        pods = list(self.pods_index.get(self.ref, []))
         if self.created is not None and (
             now - self.created[1] > EXPECT_SECONDS
             or any(
@@ -166,32 +167,62 @@ class RunWorker(Worker):
             if decision.written_version is not None:
                 status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=decision.written_version, status=status)
-            reader: ProgressReader = self.memo.progress
-            run = self.spec.run
-            if (
-                reader.uri is not None
-                and run is not None
-                and decision.status.phase in ACTIVE
-                and now - self.last_progress >= settings.status_poll_seconds
-            ):
-                self.last_progress = now
-                await asyncio.to_thread(
-                    reader.update, snapshot, run, decision.status, self.memo.kube
-                )
-        except Exception:  # a failed reconcile is retried on the next wake-up
+            await self._progress(snapshot, decision, now)
+        except Gone:  # deleted (the watch may never say so: a relist sends no DELETED)
+            log.info("%s %s/%s is gone: its worker stops", *self.ref)
+            self.stop()
+            self.memo.run_workers.discard(self)
+            return None
+        except Exception as exc:  # retried with backoff, one log line per failure
             metrics.RECONCILE_ERRORS.labels(kind).inc()
-            log.exception("reconcile of %s/%s failed", *self.key)
+            what = "reconcile of {} {}/{}".format(*self.ref)
+            self.backoff.cap = settings.retry_max_seconds
+            self.retry_in = record_failure(log, what, exc, self.backoff)
             return None
         return decision
 
+    async def exists(self) -> bool:
+        """Whether the run is still there (asked after a relist of its kind left it out)."""
+        return await still_there(self.memo.kube, self.ref, self.uid)
+
+    async def _progress(self, snapshot: dict[str, Any], decision: Decision, now: float) -> None:
+        """MLflow progress, read in the background (`ProgressReader.request`: threads of its
+        own, one read per run at a time, a circuit breaker; MLflow never holds a reconcile
+        slot): ask for a read when one is due, and write the last one read into the status."""
+        reader: ProgressReader = self.memo.progress
+        run = self.spec.run
+        found = reader.take(self.key, self.uid)
+        if reader.uri is None or run is None or decision.status.phase not in ACTIVE:
+            return
+        if now - self.last_progress >= self.memo.settings.status_poll_seconds:
+            self.last_progress = now
+            reader.request(self.key, self.uid, run.spec.tracking.experiment, self.wakeup.set)
+        if found is None:
+            return
+        epochs = run.spec.training.epochs if isinstance(run, TrainingRun) else None
+        new = fold_progress(decision.status, found, reader.uri, epochs)
+        if new != decision.status:
+            version = await asyncio.to_thread(self.memo.kube.patch_status, snapshot, new)
+            if version is not None:  # our own write coming back through the watch is no news
+                status = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+                self.written.update(version=version, status=status)
+
     def _next_wake(self, decision: Decision | None, settings: OperatorSettings) -> float:
-        """Seconds until this run needs a reconcile that no event will bring: its deadline,
-        its TTL, MLflow progress, or the resync."""
-        if decision is None:  # failed: retry soon
-            return settings.status_poll_seconds
+        """Seconds until this run needs a reconcile that no event will bring: a retry (with
+        backoff) of a failed reconcile or of a refused child, a look at missing pods, its
+        deadline, its TTL, MLflow progress, or the resync."""
+        if decision is None:  # failed: retry after the backoff
+            return self.retry_in
         status, now = decision.status, dt.datetime.now(dt.UTC)
         run = self.spec.run
         wake = RESYNC_SECONDS
+        if decision.retry:
+            self.backoff.cap = settings.retry_max_seconds
+            wake = self.backoff.next(decision.retry_after)
+        else:
+            self.backoff.reset()
+        if decision.recheck_seconds is not None:
+            wake = min(wake, decision.recheck_seconds)
         if status.phase in ACTIVE and self.memo.progress.uri is not None:
             wake = min(wake, settings.status_poll_seconds)
         if run is not None:
@@ -240,8 +271,11 @@ def run_operator(
     metrics_port: int | None = None,
     json_logs: bool = False,
     verbose: bool = False,
+    leader_election: bool | None = None,
 ) -> None:
-    """Run the operator in this process until interrupted."""
+    """Run the operator in this process until interrupted; with leader election (the
+    default; `leader_election` overrides the setting), only once this process leads: until
+    then it serves liveness and metrics and writes nothing but its bids for the Lease."""
     import tradewind.operator.main  # noqa: F401  (registers the handlers)
 
     _fewer_malloc_arenas()
@@ -253,10 +287,45 @@ def run_operator(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if metrics_port is not None:
         metrics.serve(metrics_port)
+    settings = OperatorSettings()
+    if leader_election is not None:
+        settings = settings.model_copy(update={"leader_election": leader_election})
+    elector = _elector(settings) if settings.leader_election else None
+    if elector is not None:
+        with leader.standby_health(liveness), leader.exit_on_signals():
+            elector.acquire()
+        elector.hold(on_lost=leader.exit_lease_lost)
     log.info("tradewind operator starting; namespaces: %s", ", ".join(namespaces) or "all")
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,
-        liveness_endpoint=liveness,
+    try:
+        kopf.run(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,  # one replica works at a time: the Lease, not kopf's peering
+            liveness_endpoint=liveness,
+        )
+    finally:
+        if elector is not None:  # kopf has stopped every handler and worker
+            elector.release()
+
+
+def _load_kube_config() -> None:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+def _elector(settings: OperatorSettings) -> leader.LeaderElector:
+    """The Lease this process bids for, on a client of its own: renewals never wait behind
+    the reconciles' connection pool."""
+    _load_kube_config()
+    lease = leader.LeaseConfig(
+        namespace=settings.lease_namespace or leader.default_namespace(),
+        name=settings.lease_name,
+        identity=settings.lease_identity or leader.default_identity(),
+        duration=settings.lease_duration_seconds,
+        renew_deadline=settings.lease_renew_deadline_seconds,
+        retry=settings.lease_retry_seconds,
     )
+    api_client = client.ApiClient(client.Configuration.get_default_copy())
+    return leader.LeaderElector(lease, leader.KubeLeaseApi(api_client))

@@ -73,8 +73,11 @@ def _changing_handlers() -> bool:
     return changing is None or bool(getattr(changing, "_handlers", True))
 
 
-def _key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str | None, str]:
-    return namespace, labels[builders.RUN_LABEL]
+def _key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str | None, str]:
+    """A child's run as (kind, namespace, name), the key of its worker: a TrainingRun and an
+    RLRun may share a name. (A run created again under a name finds its predecessor's
+    children here too: the reconcile keeps only those of its own uid.)"""
+    return labels.get(builders.KIND_LABEL, ""), namespace, labels[builders.RUN_LABEL]
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_LABELS)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tradewind.operator import builders
 
-KEPT_LABELS = (builders.ATTEMPT_LABEL, builders.ROLE_LABEL)
+KEPT_LABELS = (builders.ATTEMPT_LABEL, builders.ROLE_LABEL, builders.RUN_UID_LABEL)
 """The labels the status logic reads (a pod carries ~10: the Job controller's, kwok's...)."""
 
 
@@ -19,9 +19,14 @@ def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job(body: Mapping[str, Any]) -> dict[str, Any]:
-    spec, status = body.get("spec") or {}, body.get("status") or {}
+    """A Job as the status logic reads it; `metadata.owner` is the uid of its controller (the
+    run it belongs to), `uid` and `creationTimestamp` its own."""
+    spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
+    refs = meta.get("ownerReferences") or []
+    owner = next((r.get("uid") for r in refs if r.get("controller")), None)
+    kept = {"uid": meta.get("uid"), "creationTimestamp": meta.get("creationTimestamp")}
     return {
-        "metadata": _meta(body),
+        "metadata": _meta(body) | kept | {"owner": owner},
         "spec": {"completions": spec.get("completions"), "suspend": spec.get("suspend")},
         "status": {"conditions": [dict(c) for c in status.get("conditions") or []]},
     }

@@ -3,30 +3,46 @@ operator image): latest metrics, progress, checkpoint URIs and the run's link.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import http.client
 import json
 import logging
 import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Self
 
-from tradewind.api.resources import RLRun, TrainingRun
 from tradewind.api.status import RunStatus
-from tradewind.operator.kube import Kube
+from tradewind.operator.breaker import CircuitBreaker
 from tradewind.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 HEADLINE = ("val_loss", "eval_mean_reward", "train_loss")
 TAG_LATEST = "tradewind.checkpoint.latest"  # set by tradewind.trainer.tracking
 TAG_BEST = "tradewind.checkpoint.best"
+TAG_UID = "tradewind.uid"
+"""The run's Kubernetes uid, set by the trainers: a run re-created under the same name never
+reads its predecessor's MLflow run."""
+MLFLOW_TIMEOUT_SECONDS = 5.0
+"""Each socket operation of an MLflow request (connect, each read) gives up after this."""
+READERS = 4
+"""Runs' progress reads in flight at once, on threads of their own (never the reconciles')."""
+METRIC_KEY_LENGTH = 250  # MLflow's own limit; status.metrics' keys allow no more
+URI_LENGTH = 4096  # status.checkpoint's URIs allow no more
+Key = tuple[str | None, str]
 
 
 class ProgressReader:
-    """Finds the MLflow run of a resource by its tags and folds it into the status. With
-    credentials (as MLflow's own client takes them: a username and password, or a token)
-    every request carries them."""
+    """Finds the MLflow run of a resource by its tags. With credentials (as MLflow's own
+    client takes them: a username and password, or a token) every request carries them.
+
+    Every request has a timeout and goes through `breaker`: while MLflow is down or black-holed
+    the callers fail at once (and statuses keep what was last read). Runs' progress is read
+    in the background (`request`, `take`), never in a reconcile."""
 
     def __init__(
         self,
@@ -34,6 +50,7 @@ class ProgressReader:
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.uri = tracking_uri.rstrip("/") if tracking_uri else None
         self.headers = {"Content-Type": "application/json"}
@@ -43,26 +60,41 @@ class ProgressReader:
             basic = base64.b64encode(f"{username}:{password}".encode()).decode()
             self.headers["Authorization"] = f"Basic {basic}"
         self.refused = False  # MLflow said 401/403 (warned once)
+        self.breaker = breaker or CircuitBreaker(f"MLflow at {self.uri}")
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reading: set[Key] = set()
+        self._found: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+        self._experiments: dict[str, str] = {}  # name -> id
 
     @classmethod
-    def from_settings(cls, settings: OperatorSettings) -> Self:
+    def from_settings(
+        cls, settings: OperatorSettings, breaker: CircuitBreaker | None = None
+    ) -> Self:
         password, token = settings.mlflow_tracking_password, settings.mlflow_tracking_token
         return cls(
             settings.mlflow_tracking_uri,
             settings.mlflow_tracking_username,
             password.get_secret_value() if password else None,
             token.get_secret_value() if token else None,
+            breaker,
         )
 
     def _call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One MLflow request. A timeout, a refused connection or a 5xx counts against the
+        breaker; CircuitOpenError (an OSError) when the breaker is open."""
         assert self.uri is not None
         url = f"{self.uri}/api/2.0/mlflow/{path}"
         data = json.dumps(payload).encode() if payload is not None else None
         request = urllib.request.Request(url, data=data, headers=self.headers)
+        self.breaker.before_call()
         try:
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                return dict(json.loads(resp.read()))
+            with urllib.request.urlopen(request, timeout=MLFLOW_TIMEOUT_SECONDS) as resp:
+                raw = resp.read()
         except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                self.breaker.failure(exc)
+            else:
+                self.breaker.success()  # it answered
             if exc.code in (401, 403) and not self.refused:
                 self.refused = True
                 log.warning(
@@ -73,50 +105,122 @@ class ProgressReader:
                     exc.code,
                 )
             raise
+        except OSError as exc:  # refused, reset, timed out (URLError is an OSError)
+            self.breaker.failure(exc)
+            raise
+        except http.client.HTTPException as exc:  # a malformed or cut-off answer
+            self.breaker.failure(exc)
+            raise ConnectionError(f"MLflow at {self.uri}: {exc!r}") from exc
+        self.breaker.success()
+        return dict(json.loads(raw))
 
-    def find_runs(
-        self, experiment: str, name: str, namespace: str, newest_first: bool = True, most: int = 1
+    def search_runs(
+        self,
+        experiment: str,
+        name: str,
+        namespace: str,
+        uid: str | None = None,
+        newest_first: bool = True,
+        most: int = 1,
     ) -> list[dict[str, Any]]:
-        """The MLflow runs of a resource, found by its tags (none when MLflow has none or
-        cannot be reached)."""
+        """The MLflow runs of a resource, found by its tags (its uid's too, when given); none
+        when the experiment does not exist. OSError when MLflow cannot be reached."""
         if self.uri is None:
             return []
-        try:
+        experiment_id = self._experiments.get(experiment)
+        if experiment_id is None:  # looked up once: one request per read, not two
             query = urllib.parse.urlencode({"experiment_name": experiment})
-            exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
+            try:
+                exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return []
+                raise
+            experiment_id = self._experiments[experiment] = str(exp["experiment_id"])
+        tags = {"tradewind.name": name, "tradewind.namespace": namespace}
+        if uid:
+            tags[TAG_UID] = uid
+        try:
             found = self._call(
                 "runs/search",
                 {
-                    "experiment_ids": [exp["experiment_id"]],
-                    "filter": f"tags.\"tradewind.name\" = '{name}' and "
-                    f"tags.\"tradewind.namespace\" = '{namespace}'",
+                    "experiment_ids": [experiment_id],
+                    "filter": " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items()),
                     "order_by": [f"attributes.start_time {'DESC' if newest_first else 'ASC'}"],
                     "max_results": most,
                 },
             )
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-            log.debug("no MLflow runs for %s/%s: %s", namespace, name, exc)
-            return []
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:  # e.g. the experiment was deleted: look it up again
+                self._experiments.pop(experiment, None)
+            raise
         return [dict(run) for run in found.get("runs") or []]
 
-    def find_run(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
+    def find_runs(
+        self,
+        experiment: str,
+        name: str,
+        namespace: str,
+        uid: str | None = None,
+        newest_first: bool = True,
+        most: int = 1,
+    ) -> list[dict[str, Any]]:
+        """`search_runs`, with none when MLflow cannot be reached or answers nonsense."""
+        try:
+            return self.search_runs(experiment, name, namespace, uid, newest_first, most)
+        except (OSError, KeyError, ValueError) as exc:
+            log.debug("no MLflow runs for %s/%s: %s", namespace, name, exc)
+            return []
+
+    def find_run(
+        self, experiment: str, name: str, namespace: str, uid: str | None = None
+    ) -> dict[str, Any] | None:
         """The resource's newest MLflow run."""
-        runs = self.find_runs(experiment, name, namespace)
+        runs = self.find_runs(experiment, name, namespace, uid)
         return runs[0] if runs else None
 
-    def update(
-        self, body: dict[str, Any], run: TrainingRun | RLRun, status: RunStatus, kube: Kube
-    ) -> None:
-        """Write the latest MLflow metrics, progress and checkpoints into the status (`run`:
-        the model parsed from `body`)."""
-        meta = body["metadata"]
-        found = self.find_run(run.spec.tracking.experiment, meta["name"], meta["namespace"])
-        if found is None:
-            return
-        epochs = run.spec.training.epochs if isinstance(run, TrainingRun) else None
-        new = fold_progress(status, found, self.uri or "", epochs)
-        if new != status:
-            kube.patch_status(body, new)
+    def request(self, key: Key, uid: str | None, experiment: str, done: Callable[[], None]) -> bool:
+        """Read the newest MLflow run of the run `key` (namespace, name) in the background, on
+        this reader's own threads (READERS at most): unless one read of it is under way
+        already, or the breaker is open. `done` is called on the event loop once a run was
+        found (`take` hands it over). Whether a read started."""
+        if self.uri is None or key in self._reading or self.breaker.is_open:
+            return False
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(READERS, "mlflow-progress")
+        namespace, name = key
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, self.find_run, experiment, name, namespace or "", uid
+        )
+        self._reading.add(key)
+
+        def finished(future: asyncio.Future[dict[str, Any] | None]) -> None:
+            self._reading.discard(key)
+            if future.cancelled() or future.exception() is not None:
+                return
+            found = future.result()
+            if found is not None and isinstance(found.get("info"), dict):
+                self._found[key] = (uid, _slim(found))
+                done()
+
+        future.add_done_callback(finished)
+        return True
+
+    def take(self, key: Key, uid: str | None) -> dict[str, Any] | None:
+        """The MLflow run last read for `key` by `request` (once), if it was read for `uid`."""
+        found = self._found.pop(key, None)
+        return found[1] if found is not None and found[0] == uid else None
+
+
+def _slim(mlflow_run: dict[str, Any]) -> dict[str, Any]:
+    """What `fold_progress` reads of an MLflow run (not its params: the whole spec)."""
+    data = mlflow_run.get("data") or {}
+    tags = [t for t in data.get("tags") or [] if t.get("key") in (TAG_LATEST, TAG_BEST)]
+    info = mlflow_run["info"]
+    return {
+        "info": {k: str(info.get(k, "")) for k in ("run_id", "experiment_id")},
+        "data": {"metrics": data.get("metrics") or [], "tags": tags},
+    }
 
 
 def headline(metrics: dict[str, float]) -> str | None:
@@ -140,23 +244,42 @@ def fold_progress(
     `epochs`: the run's total, if it counts epochs."""
     new = status.model_copy(deep=True)
     data, info = mlflow_run.get("data", {}), mlflow_run["info"]
+    # Nothing MLflow holds may make the status invalid, or every status write would fail:
     # NaN and infinities have no JSON form (the apiserver refuses them) and the API refuses
-    # them: a metric that is not finite is left out of the status
+    # them, so a metric that is not finite is left out, as is a key longer than the schema's;
+    # longer strings are cut by the status models, but a cut URI points nowhere: left out.
     metrics = {
-        m["key"]: value
+        str(m["key"]): value
         for m in data.get("metrics", [])
-        if math.isfinite(value := float(m["value"]))
+        if len(str(m.get("key", ""))) <= METRIC_KEY_LENGTH
+        and (value := _finite(m.get("value"))) is not None
     }
     tags = {t["key"]: t["value"] for t in data.get("tags", [])}
     new.metrics = dict(sorted(metrics.items())[:128])
     if "epoch" in metrics and epochs:
-        new.progress.epoch, new.progress.total_epochs = int(metrics["epoch"]), int(epochs)
-        new.progress.percent = min(100, int(100 * metrics["epoch"] / epochs))
+        epoch = min(max(int(metrics["epoch"]), 0), epochs)
+        new.progress.epoch, new.progress.total_epochs = epoch, int(epochs)
+        new.progress.percent = min(100, int(100 * epoch / epochs))
     elif "progress" in metrics:
-        new.progress.percent = min(100, int(metrics["progress"]))
+        new.progress.percent = min(100, max(0, int(metrics["progress"])))
     new.headline_metric = headline(metrics) or new.headline_metric
-    new.checkpoint.latest = tags.get(TAG_LATEST, new.checkpoint.latest)
-    new.checkpoint.best = tags.get(TAG_BEST, new.checkpoint.best)
+    new.checkpoint.latest = _uri(tags.get(TAG_LATEST), new.checkpoint.latest)
+    new.checkpoint.best = _uri(tags.get(TAG_BEST), new.checkpoint.best)
     new.mlflow.run_id = info["run_id"]
     new.mlflow.url = f"{uri}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}"
     return new
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _uri(value: Any, previous: str | None) -> str | None:
+    """A checkpoint URI from a tag, unless it is too long for the status (then the last one)."""
+    if isinstance(value, str) and len(value) <= URI_LENGTH:
+        return value
+    return previous

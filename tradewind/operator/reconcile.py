@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from tradewind.api import KINDS, RLRun, TrainingRun
 from tradewind.api.status import RunStatus
-from tradewind.operator import builders
-from tradewind.operator.kube import Kube
+from tradewind.operator import builders, storage_scope
+from tradewind.operator.kube import Kube, Refused
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import (
+    TERMINAL,
     AttemptState,
     Decision,
     decide,
     kstatus_conditions,
     observe_attempt,
+    refused_create,
     set_condition,
 )
 
@@ -32,8 +37,18 @@ log = logging.getLogger(__name__)
 MANAGED_BY = "tradewind.dev/operator"
 
 
-PARSED_METADATA = ("name", "namespace", "labels", "annotations")
-"""What of a run's metadata the models keep (not managedFields, uid, resourceVersion...)."""
+PARSED_METADATA = ("name", "namespace", "uid", "labels", "annotations")
+"""What of a run's metadata the models keep (not managedFields, resourceVersion...); the uid
+goes into its children's labels."""
+PODS_GRACE_SECONDS = 5.0
+"""A Job whose pods have not all appeared this long after its creation is asked why (its
+FailedCreate Events)."""
+PODS_RECHECK_SECONDS = 15.0
+"""How often it is asked again while its pods are missing and no Event says why."""
+GENERATED_POD_NAME = re.compile(r'(pods? "[a-z0-9.-]+?)-[bcdfghjklmnpqrstvwxz2456789]{5}(?=")')
+"""A pod name the Job controller generated (`<job>-<index>-` and 5 random characters)."""
+AGGREGATED = "(combined from similar events): "
+"""client-go's prefix of an Event message that stands for several similar ones."""
 
 
 def parse_run(body: dict[str, Any]) -> TrainingRun | RLRun:
@@ -101,20 +116,26 @@ class SpecCache:
 
 def invalid_spec_decision(body: dict[str, Any], exc: ValidationError, now: dt.datetime) -> Decision:
     """A spec the apiserver let through but the models refuse: Failed, naming the field."""
-    status = RunStatus.model_validate(body.get("status") or {})
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    message = f"invalid spec: {where}: {first['msg']}"
+    return refused_spec_decision(body, "InvalidSpec", f"invalid spec: {where}: {first['msg']}", now)
+
+
+def refused_spec_decision(
+    body: dict[str, Any], reason: str, message: str, now: dt.datetime
+) -> Decision:
+    """A spec the operator will not run (`reason`, `message` naming the field): Failed."""
+    status = RunStatus.model_validate(body.get("status") or {})
     decision = Decision(status=status)
     gen = body["metadata"].get("generation", 0)
     if status.phase != "Failed":
-        decision.events.append(("Warning", "InvalidSpec", message))
+        decision.events.append(("Warning", reason, message))
     status.phase = "Failed"
     status.completion_time = status.completion_time or now
     status.observed_generation = gen
-    set_condition(status, "Failed", True, "InvalidSpec", message, now, gen)
-    set_condition(status, "Ready", False, "InvalidSpec", message, now, gen)
-    for type_, value, why, text in kstatus_conditions("Failed", "InvalidSpec", message):
+    set_condition(status, "Failed", True, reason, message, now, gen)
+    set_condition(status, "Ready", False, reason, message, now, gen)
+    for type_, value, why, text in kstatus_conditions("Failed", reason, message):
         set_condition(status, type_, value, why, text, now, gen)
     return decision
 
@@ -146,23 +167,56 @@ def reconcile(
     status = RunStatus.model_validate(body.get("status") or {})
     if run.spec.managed_by not in (None, MANAGED_BY):
         return Decision(status=status)  # another controller's run (e.g. Kueue MultiKueue)
-    state, create_combine = _observe(run, status.attempt, jobs, pods)
-    decision = decide(run, status, state, now, meta.get("generation", 0))
-    if create_combine and decision.status.phase not in ("Failed", "Suspended"):
-        decision.actions.append("create_combine")
-    if created_attempt is not None and created_attempt == decision.status.attempt:
-        # Created moments ago; the watch has not shown the Job yet: creating again would
-        # only meet AlreadyExists.
-        decision.actions = [a for a in decision.actions if a != "create_attempt"]
-    _apply(run, body, decision, jobs, kube, settings)
+    if settings.storage_scope and status.phase not in TERMINAL:
+        refusal = storage_scope.check_run_storage(run, settings.checkpoint_bucket, kube)
+        if refusal is not None:
+            decision = refused_spec_decision(body, storage_scope.REASON, refusal, now)
+            decision.written_version = kube.patch_status(body, decision.status)
+            for kind, reason, message in decision.events:
+                kube.event(body, kind, reason, message)
+            return decision
+    # Children by uid: those of an earlier run of this name (deleted, its Jobs still held by
+    # a finalizer) are neither counted nor touched.
+    jobs = [j for j in jobs if _owned_by(j, meta.get("uid"))]
+    seen = _observe(run, status.attempt, jobs, [p for p in pods if _labelled_for(p, meta)])
+    state, recheck = _why_pods_missing(seen, run, kube, now)
+    gen = meta.get("generation", 0)
+    decision = _decide(run, status, seen, state, now, gen, created_attempt)
+    decision.recheck_seconds = recheck
+    try:
+        _apply(run, body, decision, jobs, kube, settings)
+    except Refused as exc:
+        log.warning("%s %s/%s: %s", run.kind, run.metadata.namespace, run.metadata.name, exc)
+        refused_create(decision, status, exc.message, exc.permanent, exc.retry_after, now, gen)
     if decision.status != status:
-        if defer_counts and counts_only(status, decision.status):
+        # A decision with an Event is a transition: its status is written before the Event
+        # (and the next reconcile then sees it, and posts no second one).
+        if defer_counts and counts_only(status, decision.status) and not decision.events:
             decision.deferred = True
         else:
             decision.written_version = kube.patch_status(body, decision.status)
     # Events last: the status is the record; an Event lost to a crash here is not re-posted.
     for kind, reason, message in decision.events:
         kube.event(body, kind, reason, message)
+    return decision
+
+
+def _decide(
+    run: TrainingRun | RLRun,
+    status: RunStatus,
+    seen: Observed,
+    state: AttemptState,
+    now: dt.datetime,
+    gen: int,
+    created_attempt: int | None,
+) -> Decision:
+    decision = decide(run, status, state, now, gen)
+    if seen.combine_due and decision.status.phase not in ("Failed", "Suspended"):
+        decision.actions.append("create_combine")
+    if created_attempt is not None and created_attempt == decision.status.attempt:
+        # Created moments ago; the watch has not shown the Job yet: creating again would
+        # only meet AlreadyExists.
+        decision.actions = [a for a in decision.actions if a != "create_attempt"]
     return decision
 
 
@@ -179,9 +233,33 @@ def counts_only(old: RunStatus, new: RunStatus) -> bool:
     ]
 
 
+def _owned_by(job: dict[str, Any], uid: str | None) -> bool:
+    """Whether the run `uid` controls this Job (by its ownerReference; a Job without one,
+    by its run-uid label; one with neither predates uids in labels: the run's by name)."""
+    meta = job["metadata"]
+    owner = meta.get("owner") or meta["labels"].get(builders.RUN_UID_LABEL)
+    return owner is None or uid is None or owner == uid
+
+
+def _labelled_for(pod: dict[str, Any], run_meta: Mapping[str, Any]) -> bool:
+    label, uid = pod["metadata"]["labels"].get(builders.RUN_UID_LABEL), run_meta.get("uid")
+    return label is None or uid is None or label == uid
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The current attempt as the indexes show it: its state, whether its combine step is
+    due, and the Job and pods that state was read from."""
+
+    state: AttemptState
+    combine_due: bool = False
+    job: dict[str, Any] | None = None
+    pods: tuple[dict[str, Any], ...] = ()
+
+
 def _observe(
     run: TrainingRun | RLRun, attempt: int, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
-) -> tuple[AttemptState, bool]:
+) -> Observed:
     """The state of the current attempt, and whether its combine step is due. An ensemble's
     attempt is done when its combine Job is: until then a finished training Job is still
     running."""
@@ -196,12 +274,72 @@ def _observe(
         ]
 
     train_jobs, combine_jobs = of(jobs, "train"), of(jobs, "combine")
-    train = observe_attempt(train_jobs[0] if train_jobs else None, of(pods, "train"))
+    train_job, train_pods = (train_jobs[0] if train_jobs else None), of(pods, "train")
+    train = observe_attempt(train_job, train_pods)
     if not (builders.needs_combine(run) and train.succeeded):
-        return train, False
+        return Observed(train, False, train_job, tuple(train_pods))
     if not combine_jobs:
-        return AttemptState(exists=True, running=train.total, total=train.total), True
-    return observe_attempt(combine_jobs[0], of(pods, "combine")), False
+        return Observed(AttemptState(exists=True, running=train.total, total=train.total), True)
+    combine_pods = of(pods, "combine")
+    state = observe_attempt(combine_jobs[0], combine_pods)
+    return Observed(state, False, combine_jobs[0], tuple(combine_pods))
+
+
+def _why_pods_missing(
+    seen: Observed, run: TrainingRun | RLRun, kube: Kube, now: dt.datetime
+) -> tuple[AttemptState, float | None]:
+    """A Job with fewer pods than it should, for a few seconds: the Job controller's
+    FailedCreate Event says why (Jobs have no condition for it), e.g. PodSecurity or quota.
+    Returns the state with `refused` set if so, and when to look again if not yet known."""
+    state, job = seen.state, seen.job
+    if (
+        job is None
+        or state.suspended
+        or state.succeeded
+        or state.failure is not None
+        or len(seen.pods) >= state.total
+    ):
+        return state, None
+    created = _timestamp(job["metadata"].get("creationTimestamp"))
+    age = (now - created).total_seconds() if created is not None else PODS_GRACE_SECONDS
+    if age < PODS_GRACE_SECONDS:
+        return state, PODS_GRACE_SECONDS - age
+    uid, ns = job["metadata"].get("uid"), run.metadata.namespace or "default"
+    try:
+        message = kube.failed_create(ns, uid) if uid else None
+    except ApiException as exc:  # a diagnosis, not the reconcile: it goes on without
+        log.warning("Events of Job %s/%s not read: %s %s", ns, job["metadata"]["name"],
+                    exc.status, exc.reason)  # fmt: skip
+        message = None
+    if not message:
+        return state, PODS_RECHECK_SECONDS
+    # The pod's generated suffix changes with each of the Job controller's tries, and the
+    # Event recorder prefixes what it aggregates: without them the message (and so the
+    # status) stays the same while the reason does.
+    message = GENERATED_POD_NAME.sub(r"\1-*", message.removeprefix(AGGREGATED))
+    return replace(state, refused=message), None
+
+
+def _timestamp(value: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _delete_stale(
+    run: TrainingRun | RLRun, attempt: int, jobs: list[dict[str, Any]], kube: Kube
+) -> None:
+    """Jobs of other attempts (this run's only) are stale: deleted with their pods, and their
+    ConfigMaps. An attempt label that is not a number is someone's edit: the Job goes, and
+    no ConfigMap name is guessed from it."""
+    ns = run.metadata.namespace or "default"
+    for job in jobs:
+        label = job["metadata"]["labels"].get(builders.ATTEMPT_LABEL)
+        if label != str(attempt):
+            kube.delete("Job", ns, job["metadata"]["name"], uid=job["metadata"].get("uid"))
+            if label is not None and label.isdigit():
+                kube.delete("ConfigMap", ns, builders.config_name(run, int(label)))
 
 
 def _apply(
@@ -214,23 +352,21 @@ def _apply(
 ) -> None:
     attempt = decision.status.attempt
     ns = run.metadata.namespace or "default"
-    for job in jobs:  # children of other attempts are stale: tear them down with their pods
-        if job["metadata"]["labels"].get(builders.ATTEMPT_LABEL) != str(attempt):
-            kube.delete("Job", ns, job["metadata"]["name"])
-            stale = int(job["metadata"]["labels"].get(builders.ATTEMPT_LABEL, -1))
-            kube.delete("ConfigMap", ns, builders.config_name(run, stale))
+    uids = {j["metadata"]["name"]: j["metadata"].get("uid") for j in jobs}
+    _delete_stale(run, attempt, jobs, kube)
     actions = decision.actions
     if "delete_run" in actions:
-        kube.delete(run.kind, ns, run.metadata.name)
+        kube.delete(run.kind, ns, run.metadata.name, uid=body["metadata"].get("uid"))
         return
     if "delete_attempt" in actions:
-        kube.delete("Job", ns, builders.job_name(run, attempt))
-        kube.delete("Job", ns, builders.combine_job_name(run, attempt))
+        for name in (builders.job_name(run, attempt), builders.combine_job_name(run, attempt)):
+            kube.delete("Job", ns, name, uid=uids.get(name))
     if "create_attempt" in actions:
         owner = builders.owner_reference(body)
         uid = body["metadata"]["uid"]
         kube.create(builders.build_configmap(run, attempt, owner))
-        kube.create(builders.build_service(run, owner))
+        if builders.needs_service(run):
+            kube.create(builders.build_service(run, owner))
         kube.create(builders.build_job(run, attempt, uid, owner, settings))
     if "create_combine" in actions:
         owner = builders.owner_reference(body)
@@ -238,4 +374,5 @@ def _apply(
             builders.build_combine_job(run, attempt, body["metadata"]["uid"], owner, settings)
         )
     if "suspend_job" in actions or "resume_job" in actions:
-        kube.set_job_suspended(ns, builders.job_name(run, attempt), "suspend_job" in actions)
+        name = builders.job_name(run, attempt)
+        kube.set_job_suspended(ns, name, "suspend_job" in actions, uid=uids.get(name))

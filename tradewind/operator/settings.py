@@ -21,7 +21,12 @@ class OperatorSettings(BaseSettings):
     s3_credentials_secret: str | None = None
     """Secret (in the run's namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."""
     checkpoint_bucket: str = "tradewind"
-    """Bucket for checkpoints of runs that do not set `spec.checkpoint.storage`."""
+    """Bucket for checkpoints of runs that do not set `spec.checkpoint.storage`; each
+    namespace's runs default to, and may reach, `s3://<bucket>/<namespace>/`."""
+    storage_scope: bool = True
+    """Refuse runs (Failed, StorageNotAllowed) whose `s3://` checkpoint storage, resumeFrom or
+    data source lies outside their namespace's prefix and the namespace's
+    `tradewind.dev/allowed-storage` annotation (see operator/storage_scope.py)."""
     mlflow_tracking_uri: str | None = None
     """MLflow server URL the pods log to and the operator reads progress from."""
     mlflow_credentials_secret: str | None = None
@@ -41,3 +46,24 @@ class OperatorSettings(BaseSettings):
     """How often running runs' progress is read from MLflow."""
     reconcile_workers: int = Field(default=32, ge=1, le=512)
     """Threads that run reconciles (each does a few blocking API calls) concurrently."""
+    api_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """How long one apiserver request may take before it fails (and the reconcile is retried
+    with backoff) instead of holding a reconcile thread."""
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    """The longest wait between retries of a run whose reconcile keeps failing (exponential
+    backoff with jitter from 1 s; an apiserver's Retry-After is honoured)."""
+    leader_election: bool = True
+    """Work only while holding the Lease `lease_name` (operator/leader.py): of several
+    replicas, one works and the others wait. False: work at once (one process only)."""
+    lease_name: str = "tradewind-operator"
+    """The coordination.k8s.io Lease the replicas elect a leader on."""
+    lease_namespace: str | None = None
+    """Its namespace; default the pod's own (its service account's), else `default`."""
+    lease_identity: str | None = None
+    """This replica's name in the Lease; default `<hostname>_<pid>` (the pod's name)."""
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    """A standby takes the Lease over when its record has not changed for this long."""
+    lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    """The leader exits when it has not renewed for this long (less than the duration)."""
+    lease_retry_seconds: float = Field(default=2.0, gt=0)
+    """How often the leader renews and a standby looks at the Lease."""

@@ -11,9 +11,15 @@ from typing import Any, Literal
 from tradewind.api.status import Condition, RunStatus, SweepStatus
 from tradewind.operator.builders import Run, shape
 
-PERMANENT_EXIT_CODES = {64: "InvalidConfig", 65: "NonFiniteLoss", 66: "DataNotFound"}
+PERMANENT_EXIT_CODES = {
+    64: "InvalidConfig",
+    65: "NonFiniteLoss",
+    66: "DataNotFound",
+    67: "OutOfMemory",
+}
 """Trainer exit codes that no restart can fix (see tradewind.trainer.entrypoint): the spec
-cannot run, the loss became NaN or infinite, the data is not there."""
+cannot run, the loss became NaN or infinite, the data is not there, out of memory (as is a
+container the kubelet OOMKilled)."""
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 TERMINAL = ("Succeeded", "Failed")
 RECONCILING = ("Pending", "Running", "Restarting")
@@ -49,6 +55,16 @@ class AttemptState:
     total: int = 0
     waiting: str = ""
     """Why pods wait, e.g. `pod x: ImagePullBackOff: ...`."""
+    refused: str = ""
+    """Why the Job has fewer pods than it should: the apiserver refused them (the Job
+    controller's FailedCreate Event: PodSecurity, quota, an invalid pod)."""
+
+
+PERMANENT_POD_REFUSALS = ("violates PodSecurity", " is invalid")
+"""Pod refusals that the same pod template meets again: PodSecurity admission, validation.
+Others (quota, a webhook that is down) may pass later."""
+MESSAGE_LIMIT = 1024
+"""An apiserver message is cut to this length in conditions (and Events)."""
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,6 +128,13 @@ class Decision:
     """resourceVersion of the status write, once applied."""
     deferred: bool = False
     """The new status only moved pod counts on and was not written yet."""
+    retry: bool = False
+    """A child was refused and retrying may help: the worker reconciles again with backoff."""
+    retry_after: float | None = None
+    """The apiserver's Retry-After for that refusal, in seconds."""
+    recheck_seconds: float | None = None
+    """Reconcile again within this many seconds even if no event comes (a Job whose pods
+    have not appeared yet is asked why once it is a few seconds old)."""
 
 
 def set_condition(
@@ -240,13 +263,14 @@ def _past_deadline(run: Run, s: RunStatus, now: dt.datetime) -> bool:
 def _create(d: Decision, now: dt.datetime, gen: int) -> None:
     s = d.status
     d.actions.append("create_attempt")
-    created = not any(c.type == "Created" for c in s.conditions)
+    # True once per run (a refused create leaves it False: the next try says it again)
+    created = not any(c.type == "Created" and c.status == "True" for c in s.conditions)
     if created:
         set_condition(
             s, "Created", True, "AttemptCreated", f"attempt {s.attempt} created", now, gen
         )
         d.events.append(
-            ("Normal", "Created", f"attempt {s.attempt}: ConfigMap, Service and Job created")
+            ("Normal", "Created", f"attempt {s.attempt}: its ConfigMap and Job created")
         )
     if s.phase != "Restarting":  # the Created Event says it: no second one for Pending
         message = f"waiting for {s.nodes_total} pod(s) of attempt {s.attempt}"
@@ -263,6 +287,8 @@ def _progress(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, ge
         _phase(d, "Succeeded", "Completed", message, now, gen)
     elif attempt.failure is not None:
         _on_failure(run, d, attempt.failure, now, gen)
+    elif attempt.refused:
+        _pods_refused(d, attempt.refused, now, gen)
     elif attempt.total > 0 and attempt.running == attempt.total:
         s.start_time = s.start_time or now
         _phase(d, "Running", "AllNodesRunning", counts, now, gen)
@@ -282,10 +308,61 @@ def _progress(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, ge
         _phase(d, "Pending", "PodsPending", counts, now, gen)
 
 
+def _pods_refused(d: Decision, message: str, now: dt.datetime, gen: int) -> None:
+    """The Job cannot create its pods: Failed if the same pods are refused again (the Job is
+    deleted: its controller would retry for ever), else Pending and waiting."""
+    s = d.status
+    text = f"the Job of attempt {s.attempt} cannot create its pods: {message}"[:MESSAGE_LIMIT]
+    if any(p in message for p in PERMANENT_POD_REFUSALS):
+        d.actions.append("delete_attempt")
+        _phase(d, "Failed", "PodsRefused", text, now, gen)
+    else:
+        _still_waiting(d, d.status, "PodsRefused", text, now, gen)
+
+
+def refused_create(
+    d: Decision,
+    before: RunStatus,
+    message: str,
+    permanent: bool,
+    retry_after: float | None,
+    now: dt.datetime,
+    gen: int,
+) -> None:
+    """The apiserver refused a child of the attempt (`message`, its own): the Created
+    condition says so instead of "created"; the run is Failed when retrying cannot help,
+    else Pending (or Restarting) and retried with backoff. One Warning Event per new
+    refusal; `before` is the status the decision started from."""
+    s = d.status
+    d.actions = [a for a in d.actions if a not in ("create_attempt", "create_combine")]
+    d.events = [e for e in d.events if e[1] != "Created"]
+    text = message[:MESSAGE_LIMIT]
+    set_condition(s, "Created", False, "CreateFailed", text, now, gen)
+    if permanent:
+        _phase(d, "Failed", "CreateFailed", text, now, gen)
+    else:
+        d.retry, d.retry_after = True, retry_after
+        _still_waiting(d, before, "CreateFailed", text, now, gen)
+
+
+def _still_waiting(
+    d: Decision, before: RunStatus, reason: str, message: str, now: dt.datetime, gen: int
+) -> None:
+    """Pending (or still Restarting) for `reason`, with a Warning Event when `before` did
+    not already say it."""
+    ready = next((c for c in before.conditions if c.type == "Ready"), None)
+    if ready is None or (ready.reason, ready.message) != (reason, message):
+        d.events.append(("Warning", reason, message))
+    phase = "Restarting" if d.status.phase == "Restarting" else "Pending"
+    _phase(d, phase, reason, message, now, gen, event=False)
+
+
 def _on_failure(run: Run, d: Decision, failure: PodFailure, now: dt.datetime, gen: int) -> None:
     s = d.status
     what = failure.describe()
     permanent = PERMANENT_EXIT_CODES.get(failure.exit_code or 0)
+    if failure.reason == "OOMKilled":  # the kubelet killed it at its memory limit: again
+        permanent = "OutOfMemory"
     if permanent:
         _phase(d, "Failed", permanent, f"{what}: a permanent error, not retried", now, gen)
     elif s.restarts >= run.spec.max_restarts:
@@ -302,9 +379,7 @@ def _on_failure(run: Run, d: Decision, failure: PodFailure, now: dt.datetime, ge
         s.restarts += 1
         s.attempt += 1
         reason = (
-            failure.reason
-            if failure.reason in ("OOMKilled", "Evicted", "DeadlineExceeded")
-            else "AttemptFailed"
+            failure.reason if failure.reason in ("Evicted", "DeadlineExceeded") else "AttemptFailed"
         )
         message = (
             f"{what}; starting attempt {s.attempt} from the latest checkpoint "

@@ -23,12 +23,14 @@ import threading
 import time
 import urllib.error
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
 from tradewind.api import GROUP, KINDS, VERSION
+from tradewind.api.identity import SWEEP_LABEL
 from tradewind.api.manifest import ManifestError, parse_resource
 from tradewind.api.resources import Sweep
 from tradewind.api.status import SweepStatus, TrialCounts
@@ -37,7 +39,6 @@ from tradewind.operator.progress import ProgressReader
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.sweep_status import (
     RUNNING_CHILD,
-    SWEEP_LABEL,
     TERMINAL,
     Child,
     Outcome,
@@ -72,9 +73,10 @@ class TrialMetrics(ProgressReader):
 
     def final_metrics(self, experiment: str, name: str, namespace: str) -> dict[str, float]:
         """The latest value of every metric across all of a child's MLflow runs (an RLRun's
-        agents and its combine step log to runs of their own), newer runs winning."""
+        agents and its combine step log to runs of their own), newer runs winning. OSError
+        when MLflow cannot be reached: the trial is told later, not failed for want of it."""
         metrics: dict[str, float] = {}
-        for run in self.find_runs(experiment, name, namespace, newest_first=False, most=100):
+        for run in self.search_runs(experiment, name, namespace, newest_first=False, most=100):
             for m in (run.get("data") or {}).get("metrics", []):
                 metrics[m["key"]] = float(m["value"])
         return metrics
@@ -172,6 +174,42 @@ def storage(url: str) -> optuna.storages.BaseStorage:
         return _STORAGES[url]
 
 
+class SweepCache:
+    """What one Sweep's reconciles keep while its generation stays: the Sweep parsed (or why
+    it is invalid; parsing validates the template with sampled values of every parameter)
+    and its study with its sampler (a grid sampler holds the whole grid)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._parsed: Sweep | ManifestError | None = None
+        self._study: optuna.Study | None = None
+
+    def parse(self, body: dict[str, Any]) -> Sweep:
+        """`parse_sweep(body)`, redone only when what it reads changes."""
+        meta = body["metadata"]
+        key = (
+            meta.get("uid"),
+            meta.get("generation"),
+            tuple(sorted((meta.get("labels") or {}).items())),
+        )
+        if key != self._key:
+            self._key, self._study = key, None
+            try:
+                self._parsed = parse_sweep(body)
+            except ManifestError as exc:
+                self._parsed = exc
+        if isinstance(self._parsed, ManifestError):
+            raise self._parsed.with_traceback(None)  # no traceback piling up per reconcile
+        assert self._parsed is not None
+        return self._parsed
+
+    def study(self, load: Callable[[], optuna.Study]) -> optuna.Study:
+        """The study of the Sweep last parsed, loaded once."""
+        if self._study is None:
+            self._study = load()
+        return self._study
+
+
 def parse_sweep(body: dict[str, Any]) -> Sweep:
     """The Sweep as the models read it; ManifestError names each invalid field (the CRD keeps
     the template's spec free-form, so the apiserver could not check it)."""
@@ -194,19 +232,22 @@ def reconcile_sweep(
     metrics: TrialMetrics,
     last: SweepStatus | None = None,
     now: dt.datetime | None = None,
+    cache: SweepCache | None = None,
 ) -> SweepStatus:
     """Converge one Sweep; returns the status it wrote (or found current). `last` is the
-    status this operator wrote before (the watched body may not show it yet)."""
+    status this operator wrote before (the watched body may not show it yet); `cache` what
+    the Sweep's earlier reconciles parsed and loaded."""
     now = now or dt.datetime.now(dt.UTC)
+    cache = cache or SweepCache()
     before = last or SweepStatus.model_validate(body.get("status") or {})
     status = before.model_copy(deep=True)
     generation = int(body["metadata"].get("generation") or 0)
     try:
-        sweep = parse_sweep(body)
+        sweep = cache.parse(body)
     except ManifestError as exc:
         events = invalid_status(status, "; ".join(exc.problems), now, generation)
     else:
-        events = _SweepReconcile(body, sweep, kube, settings, metrics, now).run(status)
+        events = _SweepReconcile(body, sweep, kube, settings, metrics, now, cache).run(status)
     if status != before:
         _patch_status(kube, body, status)
     for kind, reason, message in events:  # after the status: it is the record
@@ -237,6 +278,7 @@ class _SweepReconcile:
         settings: OperatorSettings,
         metrics: TrialMetrics,
         now: dt.datetime,
+        cache: SweepCache,
     ) -> None:
         from tradewind.sweeps import study as sw
 
@@ -253,7 +295,9 @@ class _SweepReconcile:
         self.kind = self.spec.template.kind
         self.plural = KINDS[self.kind].plural
         self.study_name = study_name(self.ns, self.name, self.uid)
-        self.study = sw.create_or_load(self.spec, self.study_name, storage(settings.optuna_storage))
+        self.study = cache.study(
+            lambda: sw.create_or_load(self.spec, self.study_name, storage(settings.optuna_storage))
+        )
         self.events: Events = []
         self.deleted: set[str] = set()
         self.parent_run_id: str | None = None
@@ -419,11 +463,14 @@ class _SweepReconcile:
         self._create(trial.number, params)
 
     def _tell_final(self, trial: FrozenTrial, child: Child) -> None:
+        try:
+            final = self.metrics.final_metrics(self._experiment(), child.name, self.ns)
+        except (OSError, KeyError, ValueError) as exc:  # told on a later reconcile
+            log.info("trial %d of %s/%s not told yet: %s", trial.number, self.ns, self.name, exc)
+            return
         run = self.metrics.latest(self._experiment(), child.name, self.ns)
         self._report(trial, run)  # the whole curve, for the pruner's view of finished trials
-        metrics = dict(child.metrics) | self.metrics.final_metrics(
-            self._experiment(), child.name, self.ns
-        )
+        metrics = dict(child.metrics) | final
         values = self.sw.objective_values(self.spec, metrics)
         if values is None:
             wanted = ", ".join(o.metric for o in self._objectives())

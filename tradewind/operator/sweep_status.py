@@ -9,14 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tradewind.api import GROUP
+from tradewind.api.identity import PARENT_RUN_ANNOTATION, SWEEP_LABEL, TRIAL_LABEL
 from tradewind.api.status import SweepStatus, TrialCounts
 from tradewind.api.sweep import SweepSpec
 from tradewind.operator.status import kstatus_conditions, set_condition
 
-SWEEP_LABEL = f"{GROUP}/sweep"
-"""On each child run: the name of its Sweep."""
-TRIAL_LABEL = f"{GROUP}/trial"
-"""On each child run: its Optuna trial number (what an operator restart maps it back by)."""
 STUDY_ANNOTATION = f"{GROUP}/study"
 """On each child run: the name of the Optuna study its trial belongs to."""
 TERMINAL = ("Succeeded", "Failed")
@@ -211,17 +208,14 @@ def build_child(
 ) -> dict[str, Any]:
     """The child run of trial `number`: the template with the trial's parameters applied,
     named `<sweep>-<number>`, labelled with its Sweep and trial number, owned by the Sweep;
-    its MLflow run is tagged with them and nested under the Sweep's run."""
+    the trainer tags its MLflow run with them and nests it under the Sweep's run
+    (`tradewind.api.identity`)."""
     meta = body["metadata"]
     run_spec = spec.trial_spec(params)
-    tracking = run_spec.setdefault("tracking", {})
-    tags = tracking.setdefault("tags", {})
-    ours = {"tradewind.sweep": meta["name"], "tradewind.trial": str(number)}
-    if parent_run_id:
-        ours["mlflow.parentRunId"] = parent_run_id
-    if len(tags) + len(ours) <= 32:  # the spec's limit on tags
-        tags |= ours
     labels = {**(meta.get("labels") or {}), SWEEP_LABEL: meta["name"], TRIAL_LABEL: str(number)}
+    annotations = {STUDY_ANNOTATION: study}
+    if parent_run_id:
+        annotations[PARENT_RUN_ANNOTATION] = parent_run_id
     return {
         "apiVersion": body["apiVersion"],
         "kind": spec.template.kind,
@@ -229,7 +223,7 @@ def build_child(
             "name": child_name(meta["name"], number),
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": {STUDY_ANNOTATION: study},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(body)],
         },
         "spec": run_spec,

@@ -13,7 +13,9 @@ puts in the memo, and main's cleanup stops the workers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -21,16 +23,26 @@ from typing import Any
 import kopf
 
 from tradewind.api import GROUP, VERSION
+from tradewind.api.identity import SWEEP_LABEL
 from tradewind.api.status import SweepStatus
 from tradewind.operator.settings import OperatorSettings
-from tradewind.operator.sweep_reconcile import TrialMetrics, reconcile_sweep, storage
-from tradewind.operator.sweep_status import SWEEP_LABEL, TERMINAL, study_name
-from tradewind.operator.workers import Worker
+from tradewind.operator.sweep_reconcile import (
+    SweepCache,
+    TrialMetrics,
+    reconcile_sweep,
+    storage,
+)
+from tradewind.operator.sweep_status import TERMINAL, study_name
+from tradewind.operator.workers import Worker, still_there
 
 log = logging.getLogger(__name__)
 CHILDREN = {SWEEP_LABEL: kopf.PRESENT}
 FINISHED_POLL_SECONDS = 60.0
 """A finished Sweep is looked at this often (e.g. maxTrials raised), besides its events."""
+SWEEP_THREADS = 4
+"""Sweep reconciles at once, on threads of their own: their MLflow and Optuna storage calls
+never take the threads that runs reconcile on."""
+_POOL = concurrent.futures.ThreadPoolExecutor(SWEEP_THREADS, "sweep")
 
 
 class SweepWorker(Worker):
@@ -40,16 +52,23 @@ class SweepWorker(Worker):
         super().__init__(body)
         self.memo = memo
 
+    async def exists(self) -> bool:
+        """Whether the Sweep is still there (asked after a relist of Sweeps left it out)."""
+        return await still_there(self.memo.kube, self.ref, self.uid)
+
     async def run(self) -> None:
         settings: OperatorSettings = self.memo.settings
-        metrics = TrialMetrics.from_settings(settings)
+        metrics = TrialMetrics.from_settings(settings, self.memo.progress.breaker)
+        cache = SweepCache()
+        loop = asyncio.get_running_loop()
         last: SweepStatus | None = None  # what we wrote: the watched body may lag behind it
         while not self.stopped:
             self.wakeup.clear()
             try:
-                last = await asyncio.to_thread(
-                    reconcile_sweep, self.body, self.memo.kube, settings, metrics, last
+                one = functools.partial(
+                    reconcile_sweep, self.body, self.memo.kube, settings, metrics, last, cache=cache
                 )
+                last = await loop.run_in_executor(_POOL, one)
             except Exception:  # retried on the next wake-up
                 log.exception("reconcile of sweep %s/%s failed", *self.key)
             finished = last is not None and last.phase in TERMINAL
@@ -62,7 +81,8 @@ async def sweep_changed(*, memo: Any, **kwargs: Any) -> None:
     sweep = kwargs["event"]["object"]
     memo.sweep_workers.on_event(sweep, kwargs["type"], lambda body: SweepWorker(body, memo))
     if kwargs["type"] == "DELETED":
-        await asyncio.to_thread(_drop_study, memo.settings, sweep["metadata"])
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(_POOL, _drop_study, memo.settings, sweep["metadata"])
 
 
 @kopf.on.event(GROUP, VERSION, "trainingruns", labels=CHILDREN)
@@ -70,7 +90,7 @@ async def sweep_changed(*, memo: Any, **kwargs: Any) -> None:
 async def sweep_child_changed(
     *, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
 ) -> None:
-    memo.sweep_workers.wake((namespace, labels[SWEEP_LABEL]))
+    memo.sweep_workers.wake(("Sweep", namespace, labels[SWEEP_LABEL]))
 
 
 def _drop_study(settings: OperatorSettings, meta: Mapping[str, Any]) -> None:

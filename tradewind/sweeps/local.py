@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tradewind.api import ManifestError, Sweep, dump_resource
+from tradewind.api.identity import PARENT_RUN_ANNOTATION, SWEEP_LABEL, TRIAL_LABEL
 from tradewind.api.manifest import parse_resource
 from tradewind.api.status import SharpeSummary, TrialSummary
 from tradewind.significance import SharpeStats
@@ -248,7 +249,7 @@ class LocalSweep:
         trial, params = sw.ask(self.study, self.spec)
         name = self.trial_name(trial.number)
         try:
-            manifest = self._write_manifest(name, params)
+            manifest = self._write_manifest(name, trial.number, params)
         except ManifestError as exc:  # e.g. a combination that breaks a cross-field rule
             self.console.print(f"trial {trial.number}: {exc}", highlight=False, markup=False)
             sw.tell(self.study, self.spec, trial.number, None)
@@ -268,19 +269,18 @@ class LocalSweep:
         self._next_command(t)
         self.active[trial.number] = t
 
-    def _write_manifest(self, name: str, params: dict[str, Any]) -> Path:
+    def _write_manifest(self, name: str, number: int, params: dict[str, Any]) -> Path:
         spec = self.spec.trial_spec(params)
-        tracking = spec.setdefault("tracking", {})
-        tracking["tags"] = {
-            **tracking.get("tags", {}),
-            "mlflow.parentRunId": self.tracking.parent_id,
-            "tradewind.sweep": self.sweep.metadata.name,
-        }
         storage = spec.get("checkpoint", {}).get("storage")
         if storage:  # one prefix per trial, never the template's shared one
             spec["checkpoint"]["storage"] = f"{storage.rstrip('/')}/{name}"
+        metadata = {  # the trainer tags the trial's MLflow run from these (api/identity.py)
+            "name": name,
+            "labels": {SWEEP_LABEL: self.sweep.metadata.name, TRIAL_LABEL: str(number)},
+            "annotations": {PARENT_RUN_ANNOTATION: self.tracking.parent_id},
+        }
         doc = {"apiVersion": self.sweep.api_version, "kind": self.spec.template.kind,
-               "metadata": {"name": name}, "spec": spec}  # fmt: skip
+               "metadata": metadata, "spec": spec}  # fmt: skip
         run = parse_resource(doc, name)
         path = self.folder / "trials" / f"{name}.yaml"
         path.write_text(dump_resource(run))

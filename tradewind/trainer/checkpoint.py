@@ -9,8 +9,11 @@ Layout under the store's root (a `file://` folder or an `s3://bucket/prefix`):
 
 A save writes `state.pt`, then `meta.json`, then `best.json`, and only then moves
 `latest.json`: a crash at any point leaves `latest.json` naming the previous complete
-checkpoint. Loading verifies `state.pt` against the sha256 in `meta.json`. Only one process
-(rank 0) should save into a store.
+checkpoint. Loading verifies `state.pt` against the sha256 in `meta.json` (a check against
+corruption only: whoever can write the prefix can write both) and reads it with
+`torch.load(weights_only=True)`, which builds tensors, numbers, strings, lists and dicts and
+refuses any other object: nothing read from the store runs code. Only one process (rank 0)
+should save into a store.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ Mode = Literal["min", "max"]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt (checksum mismatch) or cannot be unpickled."""
+    """A checkpoint is missing, corrupt (checksum mismatch), holds objects other than
+    tensors and plain data (refused by the weights-only loader) or cannot be restored."""
 
 
 def step_folder(step: int) -> str:
@@ -67,6 +71,8 @@ class Checkpointer:
         self.store = store
         self.keep_last = keep_last
         self.map_location = map_location
+        self.loaded_uri: str | None = None
+        """The checkpoint the last successful load read (for messages about its content)."""
 
     # --- saving --------------------------------------------------------------------------
 
@@ -188,7 +194,9 @@ class Checkpointer:
     def load_from_uri(self, uri: str) -> dict[str, Any]:
         """The state of the checkpoint at `uri`, e.g. another run's (`resumeFrom: <URI>`);
         see the module-level `load_from_uri` for the forms a URI may take."""
-        return load_from_uri(uri, map_location=self.map_location)
+        state = load_from_uri(uri, map_location=self.map_location)
+        self.loaded_uri = uri
+        return state
 
     def load_step(self, step: int) -> dict[str, Any]:
         """The verified state of checkpoint `step`; CheckpointError if missing or corrupt."""
@@ -209,6 +217,7 @@ class Checkpointer:
             )
         except Exception as err:
             raise CheckpointError(f"checkpoint {uri} cannot be loaded: {err}") from err
+        self.loaded_uri = uri
         return state
 
     def resume(self, resume_from: str) -> dict[str, Any] | None:

@@ -4,7 +4,8 @@
 Exit codes tell the operator whether restarting can help: 0 success, 64 the spec cannot run
 (bad configuration, or a setting this machine cannot run, such as fp16 without CUDA), 65 the
 loss became NaN or infinite (a restart would diverge again), 66 the data is not there,
-anything else a failure worth a restart.
+67 out of memory (MemoryError: the same run would run out again), anything else a failure
+worth a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tradewind.api import ManifestError, TrainingRun, load_resources
+from tradewind.api import ManifestError, RLRun, TrainingRun, load_resources
+from tradewind.api.identity import mlflow_tags
 
 if TYPE_CHECKING:
     from tradewind.trainer.supervised import Result
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 EXIT_BAD_CONFIG = 64
 EXIT_NON_FINITE_LOSS = 65
 EXIT_DATA_NOT_FOUND = 66
+EXIT_OUT_OF_MEMORY = 67
+OUT_OF_MEMORY_HINT = "give the pods more memory (resources) or the run less data or batch"
 TERMINATION_LOG = Path("/dev/termination-log")
 """Kubernetes' default terminationMessagePath: what is written there becomes the message of
 the container's terminated state, which the operator puts in the run's status."""
@@ -43,17 +47,20 @@ class NonFiniteLossError(ArithmeticError):
 log = logging.getLogger("tradewind.trainer")
 
 
-def checkpoint_uri(run: TrainingRun, state_dir: Path) -> str:
-    """spec.checkpoint.storage, else the operator's default (TRADEWIND_CHECKPOINT_URI),
-    else a folder under the local state folder; always one prefix per run."""
-    base = run.spec.checkpoint.storage or os.environ.get("TRADEWIND_CHECKPOINT_URI")
+def checkpoint_uri(run: TrainingRun | RLRun, state_dir: Path) -> str:
+    """spec.checkpoint.storage, else the run's own prefix: in a cluster
+    `<TRADEWIND_CHECKPOINT_URI>/<namespace>/<name>/<TRADEWIND_RUN_UID>` (the uid: a run
+    re-created under the same name starts afresh, unless its resumeFrom names the old
+    prefix), else a folder per name under the local state folder (`tradewind run -f`
+    resumes a manifest by its name)."""
+    if run.spec.checkpoint.storage:
+        return run.spec.checkpoint.storage
+    base = os.environ.get("TRADEWIND_CHECKPOINT_URI")
     if base is None:
         return (state_dir / "checkpoints" / run.metadata.name).resolve().as_uri()
-    return (
-        base
-        if run.spec.checkpoint.storage
-        else f"{base.rstrip('/')}/{run.metadata.namespace or 'default'}/{run.metadata.name}"
-    )
+    prefix = f"{base.rstrip('/')}/{run.metadata.namespace or 'default'}/{run.metadata.name}"
+    uid = os.environ.get("TRADEWIND_RUN_UID")
+    return f"{prefix}/{uid}" if uid else prefix
 
 
 def train(
@@ -85,9 +92,7 @@ def train(
         tracker.start(
             experiment=tracking.experiment,
             run_name=tracking.run_name or run.metadata.name,
-            tags={**tracking.tags, "tradewind.kind": "TrainingRun",  # identity last
-                  "tradewind.name": run.metadata.name,
-                  "tradewind.namespace": run.metadata.namespace or ""},
+            tags=mlflow_tags(run),
             params=run.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
             resume_run_id=trainer.state.mlflow_run_id,
             system_metrics=tracking.system_metrics and env.is_main,
@@ -161,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(run, TrainingRun):
         print(f"error: {args.config}: expected a TrainingRun, got {run.kind}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    from tradewind.trainer.checkpoint import CheckpointError
     from tradewind.trainer.data.errors import DataError
 
     try:
@@ -171,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail_permanently(EXIT_NON_FINITE_LOSS, f"error: {exc}")
     except DataError as exc:
         return fail_permanently(EXIT_DATA_NOT_FOUND, f"error: data: {exc}")
+    except CheckpointError as exc:  # corrupt or holding objects the loader refuses: for good
+        return fail_permanently(EXIT_BAD_CONFIG, f"error: checkpoint: {exc}")
+    except MemoryError:
+        return fail_permanently(EXIT_OUT_OF_MEMORY, f"error: out of memory: {OUT_OF_MEMORY_HINT}")
     if args.result is not None and int(os.environ.get("RANK", "0")) == 0:
         args.result.write_text(json.dumps(result.__dict__, indent=2, default=str))
     return 0

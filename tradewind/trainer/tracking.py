@@ -16,6 +16,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 TAG_LATEST = "tradewind.checkpoint.latest"
 TAG_BEST = "tradewind.checkpoint.best"
+TAG_UID = "tradewind.uid"
+"""The uid of the run's Kubernetes object (TRADEWIND_RUN_UID in its pods): a run re-created
+under the same name is another MLflow run, and the operator reads progress by it."""
 
 
 def flatten(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -58,10 +61,15 @@ class Tracker:
             root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment
             mlflow.create_experiment(experiment, artifact_location=root.resolve().as_uri())
         mlflow.set_experiment(experiment)
+        uid = os.environ.get("TRADEWIND_RUN_UID")
+        tags = {**tags, TAG_UID: uid} if uid else dict(tags)
+        if resume_run_id and not _same_uid(resume_run_id, uid):
+            log.info("MLflow run %s is another run's of this name: not resumed", resume_run_id)
+            resume_run_id = None
         run = mlflow.start_run(
             run_id=resume_run_id,
             run_name=None if resume_run_id else run_name,
-            tags=dict(tags),
+            tags=tags,
             log_system_metrics=system_metrics,
         )
         self.run_id = run.info.run_id
@@ -129,6 +137,15 @@ class Tracker:
             import mlflow
 
             mlflow.end_run(status=status)
+
+
+def _same_uid(run_id: str, uid: str | None) -> bool:
+    """Whether MLflow run `run_id` was started by the run of this uid (runs without the tag,
+    or a trainer without a uid, e.g. `tradewind run -f`, match by name as before)."""
+    import mlflow
+
+    theirs = mlflow.get_run(run_id).data.tags.get(TAG_UID)
+    return uid is None or theirs is None or theirs == uid
 
 
 def default_tracking_uri(state_dir: Path) -> str:

@@ -79,3 +79,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tradewind.optunaVolume" -}}
 {{- and (not .Values.optuna.storage) .Values.optuna.persistence.enabled -}}
 {{- end -}}
+
+{{/* The Optuna study is a SQLite file in the operator pod (on the claim, or an emptyDir). */}}
+{{- define "tradewind.optunaSqlite" -}}
+{{- not .Values.optuna.storage -}}
+{{- end -}}
+
+{{/*
+Operator replicas: operator.replicas, else 2 with a database URL in optuna.storage (and
+leader election), 1 with SQLite (a ReadWriteOnce claim, or an emptyDir, is one pod's: a
+second replica on another node could not mount it, and a takeover would lose the study).
+*/}}
+{{- define "tradewind.replicas" -}}
+{{- $sqlite := eq (include "tradewind.optunaSqlite" .) "true" -}}
+{{- $elect := .Values.operator.leaderElection.enabled -}}
+{{- $replicas := .Values.operator.replicas | default (ternary 2 1 (and $elect (not $sqlite))) | int -}}
+{{- if and $sqlite (gt $replicas 1) -}}
+{{- fail "operator.replicas > 1 needs optuna.storage, a database URL every replica reaches (e.g. postgresql://...): the SQLite study is on a ReadWriteOnce claim (or an emptyDir) that only one pod can use" -}}
+{{- end -}}
+{{- if and (not $elect) (gt $replicas 1) -}}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled: two operators without it would both work" -}}
+{{- end -}}
+{{- $replicas -}}
+{{- end -}}

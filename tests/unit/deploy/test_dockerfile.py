@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.dockerfile import DOCKERFILE, ROOT, parse
 from tradewind.api import RLRun, TrainingRun, parse_resource
+from tradewind.operator import pod_security
 from tradewind.operator.builders import build_job
 from tradewind.operator.settings import OperatorSettings
 
@@ -109,3 +110,25 @@ def test_dockerignore_admits_only_what_the_images_copy() -> None:
         for src in copy.split()[:-1]
     }
     assert copied == admitted == {"pyproject.toml", "README.md", "tradewind"}
+
+
+def test_the_images_user_is_the_uid_training_pods_run_as_with_their_writable_folders() -> None:
+    """The pods' runAsUser is the images' USER; the trainer image makes the folders the pods
+    mount emptyDirs on, and every folder its environment names is on one of them."""
+    _, stages = parse()
+    uid = pod_security.TRAINER_UID
+    for name in ("operator", "trainer"):
+        assert stages[name].args("USER") == [f"{uid}:{uid}"]
+    runs = " ".join(stages["trainer"].args("RUN"))
+    assert f"--uid {uid} --gid {uid}" in runs
+    assert f"--create-home --home-dir {pod_security.HOME_DIR}" in runs
+    assert f"mkdir -p {pod_security.STATE_DIR}" in runs
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(stages["trainer"].args("ENV"))))
+    assert env["HOME"] == pod_security.HOME_DIR
+    folders = {k: v for k, v in env.items() if k.endswith(("DIR", "HOME")) and v.startswith("/")}
+    assert folders, env
+    for name, folder in folders.items():
+        assert any(
+            folder == path or folder.startswith(f"{path}/")
+            for path in pod_security.WRITABLE.values()
+        ), f"{name}={folder} is not on an emptyDir of the pod"

@@ -105,11 +105,12 @@ def test_a_status_older_than_the_spec_is_progressing_whatever_its_phase() -> Non
     assert argocd_health(_obj("Succeeded", generation=3, observed=3))["status"] == "Healthy"
 
 
-def test_pods_that_cannot_pull_their_image_are_degraded() -> None:
-    conditions = [
-        {"type": "Ready", "status": "False", "reason": "ImagePullFailure", "message": "pod x"}
-    ]
+@pytest.mark.parametrize("reason", ["ImagePullFailure", "CreateFailed", "PodsRefused"])
+def test_pods_that_cannot_start_are_degraded(reason: str) -> None:
+    conditions = [{"type": "Ready", "status": "False", "reason": reason, "message": "pod x"}]
     assert argocd_health(_obj("Pending", conditions=conditions))["status"] == "Degraded"
+    waiting = [{"type": "Ready", "status": "False", "reason": "PodsPending", "message": "1/2"}]
+    assert argocd_health(_obj("Pending", conditions=waiting))["status"] == "Progressing"
 
 
 def test_an_unknown_phase_is_unknown() -> None:

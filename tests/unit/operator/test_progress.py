@@ -1,5 +1,18 @@
+import asyncio
+import contextlib
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
 from tradewind.api.status import RunStatus
-from tradewind.operator.progress import fold_progress, headline
+from tradewind.operator import progress
+from tradewind.operator.breaker import CircuitBreaker
+from tradewind.operator.progress import ProgressReader, fold_progress, headline
 
 
 def _mlflow_run(metrics: dict[str, float]) -> dict[str, object]:
@@ -35,3 +48,133 @@ def test_non_finite_metrics_are_left_out_of_the_status() -> None:
     status = fold_progress(RunStatus(), _mlflow_run(metrics), "http://mlflow", epochs=None)
     assert status.metrics == {"train_loss": 0.5}
     assert status.headline_metric == "train_loss=0.5"
+
+
+# --- nothing MLflow holds makes the status invalid -------------------------------------------
+
+
+def test_long_strings_are_cut_and_bad_values_left_out_so_the_status_stays_valid() -> None:
+    from tradewind.api.status import CUT_MARK, Condition
+
+    before = RunStatus(checkpoint={"latest": "s3://b/step-1"})
+    run = _mlflow_run({"val_loss": 0.5, "k" * 251: 1.0, "epoch": -3.0})
+    run["data"]["metrics"].append({"key": "text", "value": "not a number"})  # type: ignore[index]
+    run["data"]["tags"] = [  # type: ignore[index]
+        {"key": "tradewind.checkpoint.latest", "value": "s3://b/" + "x" * 5000},
+        {"key": "tradewind.checkpoint.best", "value": "s3://b/best"},
+    ]
+    status = fold_progress(before, run, "http://mlflow", epochs=10)
+    assert set(status.metrics) == {"val_loss", "epoch"}
+    assert status.progress.epoch == 0 and status.progress.percent == 0
+    assert status.checkpoint.latest == "s3://b/step-1"  # a cut URI would point nowhere
+    assert status.checkpoint.best == "s3://b/best"
+    message = Condition(type="Failed", status="True", reason="R" * 2000, message="m" * 40000)
+    assert len(message.reason) == 1024 and len(message.message) == 32768
+    assert message.message.endswith(CUT_MARK)
+    status.headline_metric = "h" * 1000
+    status.mlflow.url = "http://mlflow/" + "u" * 5000
+    status.conditions.append(message)
+    assert len(status.headline_metric) == 256 and len(status.mlflow.url) == 4096
+    dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert RunStatus.model_validate(dumped) == status
+
+
+# --- reading off the reconcile path, with a timeout and a circuit breaker --------------------
+
+
+@pytest.fixture
+def black_hole() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A TCP server that accepts every connection and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_a_black_holed_mlflow_opens_the_breaker_and_is_then_not_called(
+    black_hole: tuple[str, list[socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, accepted = black_hole
+    monkeypatch.setattr(progress, "MLFLOW_TIMEOUT_SECONDS", 0.2)
+    reader = ProgressReader(uri, breaker=CircuitBreaker("MLflow", threshold=2, cooldown=600))
+    woken: list[str] = []
+
+    async def poll() -> list[bool]:
+        started = [reader.request(("ns", f"r{i}"), None, "exp", lambda: woken.append("x"))
+                   for i in range(20)]  # fmt: skip
+        again = reader.request(("ns", "r0"), None, "exp", lambda: None)
+        while reader._reading:
+            await asyncio.sleep(0.05)
+        return [*started, again]
+
+    started = asyncio.run(poll())
+    assert all(started[:-1]) and not started[-1]  # one read per run at a time
+    assert reader.breaker.is_open and not woken
+    assert len(accepted) <= progress.READERS + 1  # the rest failed without calling MLflow
+    calls = len(accepted)
+    assert reader.find_run("exp", "r0", "ns") is None  # fails at once
+    assert asyncio.run(_request(reader)) is False  # not even queued
+    assert len(accepted) == calls
+
+
+async def _request(reader: ProgressReader) -> bool:
+    return reader.request(("ns", "r0"), None, "exp", lambda: None)
+
+
+class _MLflow(http.server.BaseHTTPRequestHandler):
+    searches: ClassVar[list[dict[str, Any]]] = []
+
+    def do_GET(self) -> None:
+        self._answer({"experiment": {"experiment_id": "1"}})
+
+    def do_POST(self) -> None:
+        self.searches.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._answer({"runs": [_mlflow_run({"val_loss": 0.25, "epoch": 2.0})]})
+
+    def _answer(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_read_in_the_background_finds_the_run_by_its_uid_and_wakes_the_worker() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MLflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reader = ProgressReader(f"http://127.0.0.1:{server.server_address[1]}")
+
+    async def read() -> dict[str, Any] | None:
+        woken = asyncio.Event()
+        assert reader.request(("ns", "r"), "uid-1", "exp", woken.set)
+        await asyncio.wait_for(woken.wait(), 10)
+        assert reader.take(("ns", "r"), "uid-2") is None  # read for another run of that name
+        assert reader.request(("ns", "r"), "uid-1", "exp", woken.set)
+        woken.clear()
+        await asyncio.wait_for(woken.wait(), 10)
+        return reader.take(("ns", "r"), "uid-1")
+
+    try:
+        found = asyncio.run(read())
+    finally:
+        server.shutdown()
+    assert found is not None and found["info"]["run_id"] == "r1"
+    assert reader.take(("ns", "r"), "uid-1") is None  # handed over once
+    search = _MLflow.searches[-1]["filter"]
+    assert "tags.\"tradewind.uid\" = 'uid-1'" in search and "'ns'" in search
+    status = fold_progress(RunStatus(), found, reader.uri or "", epochs=4)
+    assert status.progress.percent == 50 and status.metrics["val_loss"] == 0.25

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from tradewind.api.status import RunStatus
 from tradewind.operator import builders
+from tradewind.operator.kube import Refused
 from tradewind.operator.reconcile import SpecCache, counts_only, parse_run, reconcile
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import decide, observe_attempt
@@ -17,19 +18,32 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class RecordingKube:
-    """Kube's interface; records every call instead of making it."""
+    """Kube's interface; records every call instead of making it. `refuse` maps a kind to
+    the Refused its create raises; `pod_refusal` is the FailedCreate message of any Job."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, refuse: dict[str, Refused] | None = None, pod_refusal: str | None = None
+    ) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.refuse = refuse or {}
+        self.pod_refusal = pod_refusal
 
     def create(self, manifest: dict[str, Any]) -> None:
         self.calls.append(("create", manifest["kind"]))
+        if manifest["kind"] in self.refuse:
+            raise self.refuse[manifest["kind"]]
 
-    def delete(self, kind: str, ns: str, name: str) -> None:
+    def delete(self, kind: str, ns: str, name: str, uid: str | None = None) -> None:
         self.calls.append(("delete", f"{kind}/{name}"))
 
-    def set_job_suspended(self, ns: str, name: str, suspended: bool) -> None:
+    def set_job_suspended(
+        self, ns: str, name: str, suspended: bool, uid: str | None = None
+    ) -> None:
         self.calls.append(("suspend", suspended))
+
+    def failed_create(self, ns: str, uid: str) -> str | None:
+        self.calls.append(("events", uid))
+        return self.pod_refusal
 
     def patch_status(self, body: dict[str, Any], status: RunStatus) -> str:
         self.calls.append(("status", status.phase))
@@ -129,7 +143,8 @@ def test_counts_only_is_about_pending_pod_counts() -> None:
 def test_spec_cache_parses_again_only_when_what_it_reads_changes() -> None:
     cache = SpecCache()
     first = cache.parse(_body())
-    assert first.metadata.model_extra == {}  # managedFields, uid: not kept in the model
+    # managedFields and the like are not kept in the model; the uid is (children's labels)
+    assert first.metadata.model_extra == {"uid": "u-1"}
     assert cache.parse(_body()) is first
     assert cache.parse(_body(generation=2)) is not first
     second = cache.parse(_body(generation=2))

@@ -52,12 +52,12 @@ def test_all_pods_running_is_running_and_ready() -> None:
 
 def test_failure_restarts_then_fails_at_max_restarts() -> None:
     state = observe_attempt(
-        JOB, [_pod("r-0-0", "Failed", 137, "OOMKilled"), _pod("r-0-1", "Running")]
+        JOB, [_pod("r-0-0", "Failed", 137, "Evicted"), _pod("r-0-1", "Running")]
     )
-    assert state.failure == PodFailure("r-0-0", 137, "OOMKilled", "")
+    assert state.failure == PodFailure("r-0-0", 137, "Evicted", "")
     d = decide(_run(maxRestarts=1), RunStatus(phase="Running"), state, NOW, 1)
     assert d.status.phase == "Restarting" and d.status.attempt == 1 and d.status.restarts == 1
-    assert "pod r-0-0 failed with exit code 137 (OOMKilled)" in d.events[0][2]
+    assert "pod r-0-0 failed with exit code 137 (Evicted)" in d.events[0][2]
     d2 = decide(_run(maxRestarts=1), d.status, state, NOW, 1)
     assert d2.status.phase == "Failed" and d2.status.completion_time == NOW
     failed = next(c for c in d2.status.conditions if c.type == "Failed")
@@ -65,12 +65,23 @@ def test_failure_restarts_then_fails_at_max_restarts() -> None:
 
 
 def test_permanent_exit_codes_are_not_retried() -> None:
-    for code, reason in ((64, "InvalidConfig"), (65, "NonFiniteLoss"), (66, "DataNotFound")):
+    permanent = ((64, "InvalidConfig"), (65, "NonFiniteLoss"), (66, "DataNotFound"),
+                 (67, "OutOfMemory"))  # fmt: skip
+    for code, reason in permanent:
         state = observe_attempt(JOB, [_pod("r-0-0", "Failed", code)])
         d = decide(_run(maxRestarts=5), RunStatus(phase="Running"), state, NOW, 1)
         assert d.status.phase == "Failed" and d.status.restarts == 0
         assert d.actions == []
         assert next(c for c in d.status.conditions if c.type == "Failed").reason == reason
+
+
+def test_a_pod_the_kubelet_oomkilled_fails_the_run_as_out_of_memory() -> None:
+    state = observe_attempt(JOB, [_pod("r-0-0", "Failed", 137, "OOMKilled")])
+    d = decide(_run(maxRestarts=5), RunStatus(phase="Running"), state, NOW, 1)
+    assert d.status.phase == "Failed" and d.status.restarts == 0 and d.actions == []
+    failed = next(c for c in d.status.conditions if c.type == "Failed")
+    assert failed.reason == "OutOfMemory"
+    assert "exit code 137 (OOMKilled)" in failed.message and "not retried" in failed.message
 
 
 def test_a_permanent_failure_says_what_the_trainer_wrote_in_its_termination_message() -> None:
@@ -138,7 +149,7 @@ def _condition(status: RunStatus, type_: str) -> tuple[str, str, str]:
 def _in_each_phase() -> dict[str, RunStatus]:
     """A status in each phase, as decide() writes it."""
     running = observe_attempt(JOB, [_pod("a", "Running"), _pod("b", "Running")])
-    oom = observe_attempt(JOB, [_pod("r-0-0", "Failed", 137, "OOMKilled")])
+    oom = observe_attempt(JOB, [_pod("r-0-0", "Failed", 137, "Error")])
     done = {**JOB, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     pending = decide(_run(nodes=2), RunStatus(), AttemptState(exists=False), NOW, 1).status
     restarting = decide(_run(maxRestarts=1), RunStatus(phase="Running"), oom, NOW, 1).status

@@ -67,8 +67,8 @@ def test_a_worker_starts_on_the_first_event_and_is_fed_each_later_body_slimmed()
         assert len(started) == 1
         assert worker.seen[-1]["status"] == {"phase": "Running"}
         assert "managedFields" not in worker.seen[-1]["metadata"]
-        workers.wake(("ns", "a"))
-        workers.wake(("ns", "unknown"))  # no worker: nothing happens
+        workers.wake(("Sweep", "ns", "a"))
+        workers.wake(("Sweep", "ns", "unknown"))  # no worker: nothing happens
         await settle()
         assert len(worker.seen) == 3
         await workers.stop_all()
@@ -86,7 +86,7 @@ def test_a_gone_object_stops_its_worker_and_a_new_uid_gets_a_new_one() -> None:
         await settle()
         first, second = started
         assert first.ended and not second.ended
-        assert workers.by_key == {("ns", "a"): second}
+        assert workers.by_key == {("Sweep", "ns", "a"): second}
         workers.on_event(body("a", uid="u2"), "DELETED", start)
         await settle()
         assert second.ended and workers.by_key == {}
@@ -127,5 +127,86 @@ def test_a_sweep_being_deleted_stops_its_worker_and_starts_no_new_one() -> None:
         await sweeps.sweep_changed(memo=memo, type="MODIFIED", event={"object": dying})
         await settle()
         assert worker.stopped and worker.ended and memo.sweep_workers.by_key == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_trainingrun_and_an_rlrun_of_one_name_have_a_worker_each() -> None:
+    async def scenario() -> None:
+        workers, started = Workers("reconcile"), []
+        start = recording_start(started)
+        workers.on_event(body("a", kind="TrainingRun"), "ADDED", start)
+        workers.on_event(body("a", uid="u2", kind="RLRun"), "ADDED", start)
+        await settle()
+        training, rl = started
+        assert not training.ended and not rl.ended  # neither replaced the other
+        assert set(workers.by_key) == {("TrainingRun", "ns", "a"), ("RLRun", "ns", "a")}
+        workers.wake(("RLRun", "ns", "a"))
+        await settle()
+        assert (len(training.seen), len(rl.seen)) == (1, 2)
+        await workers.stop_all()
+
+    asyncio.run(scenario())
+
+
+class Vanishing(Recorder):
+    """A worker whose object is gone when asked (`exists`), and says how often it was."""
+
+    asked = 0
+
+    async def exists(self) -> bool:
+        self.asked += 1
+        return self.metadata_name != "gone"
+
+    @property
+    def metadata_name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+
+def test_a_relist_that_leaves_a_run_out_stops_its_worker_if_it_is_gone() -> None:
+    async def scenario() -> None:
+        workers = Workers("reconcile")
+        workers.listing_quiet = 0.05
+        made: dict[str, Vanishing] = {}
+
+        def start(slim: dict[str, Any]) -> Worker:
+            made[slim["metadata"]["name"]] = Vanishing(slim)
+            return made[slim["metadata"]["name"]]
+
+        for name in ("kept", "gone", "listed"):  # the first listing, at start-up
+            workers.on_event(body(name, kind="TrainingRun"), None, start)
+        workers.on_event(body("other", kind="RLRun"), "ADDED", start)
+        await asyncio.sleep(0.1)
+        assert all(w.asked == 0 for w in made.values())  # each was listed
+        # The watch expired; kopf lists again: "listed" only (no DELETED for the others).
+        workers.on_event(body("listed", kind="TrainingRun"), None, start)
+        await asyncio.sleep(0.2)
+        assert (made["kept"].asked, made["gone"].asked, made["listed"].asked) == (1, 1, 0)
+        assert made["other"].asked == 0  # another kind's listing did not happen
+        assert made["gone"].stopped and not made["kept"].stopped
+        assert set(workers.by_key) == {
+            ("TrainingRun", "ns", "kept"),
+            ("TrainingRun", "ns", "listed"),
+            ("RLRun", "ns", "other"),
+        }
+        await workers.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_stopped_itself_is_forgotten_not_a_successor() -> None:
+    async def scenario() -> None:
+        workers, started = Workers("reconcile"), []
+        start = recording_start(started)
+        workers.on_event(body("a"), "ADDED", start)
+        workers.on_event(body("a", uid="u2"), "ADDED", start)
+        await settle()
+        first, second = started
+        workers.discard(first)  # the old one, already replaced: the new one stays
+        assert workers.by_key == {("Sweep", "ns", "a"): second}
+        workers.discard(second)
+        assert workers.by_key == {}
+        await workers.stop_all()
+        second.stop()
 
     asyncio.run(scenario())

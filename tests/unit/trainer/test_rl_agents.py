@@ -11,16 +11,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from tests.unit.trainer.rl.markets import env_spec, random_market
 from tradewind.api.rl import AgentSpec
-from tradewind.trainer.rl.agents import (
-    build_agent,
-    load_agent,
-    model_bytes,
-    replay_buffer_bytes,
-    restore_replay_buffer,
-    sb3_kwargs,
-)
+from tradewind.trainer.rl.agents import build_agent, sb3_kwargs
 from tradewind.trainer.rl.ensemble import Member, RLEnsemble, decode_discrete, encode_discrete
 from tradewind.trainer.rl.market import Market
+from tradewind.trainer.rl.state import agent_tensors, load_agent_tensors
 from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 
 SMALL = {
@@ -46,15 +40,16 @@ def test_each_algorithm_saves_and_loads(algorithm: str) -> None:
     model = build_agent(agent, env, seed=0, device="cpu")
     model.learn(total_timesteps=64)
     assert model.num_timesteps >= 64
-    restored = load_agent(agent, model_bytes(model), env, device="cpu")
+    state = agent_tensors(model, env)
+    assert ("replay_buffer" in state) == (algorithm in ("sac", "td3", "dqn"))
+    restored = build_agent(agent, env, seed=1, device="cpu")
+    load_agent_tensors(restored, state)
     obs = env.reset()
     np.testing.assert_array_equal(
         model.predict(obs, deterministic=True)[0], restored.predict(obs, deterministic=True)[0]
     )
-    buffer = replay_buffer_bytes(model)
-    assert (buffer is not None) == (algorithm in ("sac", "td3", "dqn"))
-    if buffer is not None:
-        restore_replay_buffer(restored, buffer)
+    assert restored.num_timesteps == model.num_timesteps
+    if "replay_buffer" in state:
         assert restored.replay_buffer.size() == model.replay_buffer.size() > 0  # type: ignore[attr-defined]
 
 

@@ -1,8 +1,9 @@
-"""stable-baselines3 agents from AgentSpecs: algorithm, policy network and hyperparameters."""
+"""stable-baselines3 agents from AgentSpecs: algorithm, policy network and hyperparameters.
+Checkpoints restore into an agent built here (`tradewind.trainer.rl.state`), never through
+SB3's `load`, which unpickles."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,6 @@ import torch
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from tradewind.api.hyperparameters import resolve_hyperparameters
@@ -57,29 +57,3 @@ def build_agent(agent: AgentSpec, env: VecEnv, seed: int, device: str = "auto") 
     """A fresh SB3 model of the agent on `env`."""
     cls = ALGORITHMS[agent.algorithm]
     return cls(agent.policy, env, seed=seed, device=device, verbose=0, **sb3_kwargs(agent, env))
-
-
-def model_bytes(model: BaseAlgorithm) -> bytes:
-    """The SB3 zip (policy, optimiser, hyperparameters) in memory."""
-    buffer = io.BytesIO()
-    model.save(buffer)
-    return buffer.getvalue()
-
-
-def replay_buffer_bytes(model: BaseAlgorithm) -> bytes | None:
-    """An off-policy agent's replay buffer, pickled; None for on-policy agents."""
-    if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
-        return None
-    buffer = io.BytesIO()
-    model.save_replay_buffer(buffer)
-    return buffer.getvalue()
-
-
-def load_agent(agent: AgentSpec, data: bytes, env: VecEnv, device: str = "auto") -> BaseAlgorithm:
-    """An agent saved with `model_bytes`, attached to `env`."""
-    return ALGORITHMS[agent.algorithm].load(io.BytesIO(data), env=env, device=device)
-
-
-def restore_replay_buffer(model: BaseAlgorithm, data: bytes) -> None:
-    if isinstance(model, OffPolicyAlgorithm):
-        model.load_replay_buffer(io.BytesIO(data))

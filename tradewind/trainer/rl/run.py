@@ -21,14 +21,18 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecNormalize
 
 from tradewind.api import ManifestError, RLRun, load_resources
+from tradewind.api.identity import mlflow_tags
 from tradewind.api.rl import RLRunSpec
 from tradewind.trainer import plots
-from tradewind.trainer.checkpoint import Checkpointer
+from tradewind.trainer.checkpoint import Checkpointer, CheckpointError
 from tradewind.trainer.entrypoint import (
     EXIT_BAD_CONFIG,
     EXIT_DATA_NOT_FOUND,
     EXIT_NON_FINITE_LOSS,
+    EXIT_OUT_OF_MEMORY,
+    OUT_OF_MEMORY_HINT,
     NonFiniteLossError,
+    checkpoint_uri,
     fail_permanently,
 )
 from tradewind.trainer.evaluation import bars_per_year, performance
@@ -43,14 +47,8 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_base(run: RLRun, state_dir: Path) -> str:
-    base = run.spec.checkpoint.storage or os.environ.get("TRADEWIND_CHECKPOINT_URI")
-    if base is None:
-        return (state_dir / "checkpoints" / run.metadata.name).resolve().as_uri()
-    return (
-        base
-        if run.spec.checkpoint.storage
-        else f"{base.rstrip('/')}/{run.metadata.namespace or 'default'}/{run.metadata.name}"
-    )
+    """The run's own prefix (see `checkpoint_uri`); each agent checkpoints below it."""
+    return checkpoint_uri(run, state_dir)
 
 
 def agent_checkpointer(run: RLRun, state_dir: Path, name: str) -> Checkpointer:
@@ -65,13 +63,7 @@ def _tracker(run: RLRun, state_dir: Path, role: str) -> Tracker:
 
     mlflow.set_tracking_uri(default_tracking_uri(state_dir))
     tracker = Tracker(enabled=True)
-    tags = {
-        **run.spec.tracking.tags,
-        "tradewind.kind": "RLRun",  # the identity last: no user tag can take its place
-        "tradewind.name": run.metadata.name,
-        "tradewind.namespace": run.metadata.namespace or "",
-        "tradewind.role": role,
-    }
+    tags = mlflow_tags(run, **{"tradewind.role": role})
     params = run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     tracker.start(run.spec.tracking.experiment, f"{run.metadata.name}-{role}", tags, params)
     return tracker
@@ -289,7 +281,7 @@ def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
     evaluation = markets.test
     spec = run.spec
     members: list[Member] = []
-    for agent in spec.agents:
+    for index, agent in enumerate(spec.agents):
         checkpointer = agent_checkpointer(run, state_dir, agent.name)
         state = (
             checkpointer.load(checkpointer.best_step)
@@ -301,7 +293,11 @@ def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
                 f"agent {agent.name} has no checkpoint in {checkpoint_base(run, state_dir)}"
             )
         envs: AgentEnvs = make_envs(spec, markets.train, markets.validation, seed=spec.seed)
-        model = restore_agent(agent, state, envs, "cpu")
+        try:
+            model = restore_agent(agent, state, envs, "cpu", seed=spec.seed + index)
+        except CheckpointError as err:
+            where = checkpointer.loaded_uri or checkpointer.store.uri("")
+            raise type(err)(f"agent {agent.name}: {where}: {err}") from err
         members.append(Member(agent.name, agent_policy(model, envs), weight=agent.weight))
     series = {m.name: play_episode(evaluation, spec, m.policy) for m in members}
     trace: EnsembleTrace | None = None
@@ -409,4 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail_permanently(EXIT_DATA_NOT_FOUND, f"error: data: {exc}")
     except NonFiniteLossError as exc:
         return fail_permanently(EXIT_NON_FINITE_LOSS, f"error: {exc}")
+    except CheckpointError as exc:  # corrupt, pickled or not this spec's: a restart cannot help
+        return fail_permanently(EXIT_BAD_CONFIG, f"error: checkpoint: {exc}")
+    except MemoryError:
+        return fail_permanently(EXIT_OUT_OF_MEMORY, f"error: out of memory: {OUT_OF_MEMORY_HINT}")
     return 0

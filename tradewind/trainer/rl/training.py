@@ -7,42 +7,37 @@ timesteps, SB3's metrics and evaluation returns to MLflow. The test market is no
 from __future__ import annotations
 
 import logging
-import pickle
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from tradewind.api.rl import AgentSpec, RLRunSpec
-from tradewind.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
-from tradewind.trainer.rl.agents import (
-    build_agent,
-    load_agent,
-    model_bytes,
-    replay_buffer_bytes,
-    restore_replay_buffer,
+from tradewind.trainer.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    rng_state,
+    set_rng_state,
 )
+from tradewind.trainer.rl.agents import build_agent
 from tradewind.trainer.rl.finite import FiniteTrainingCheck
 from tradewind.trainer.rl.market import Market, Markets
+from tradewind.trainer.rl.state import (
+    AgentStateError,
+    agent_tensors,
+    check_agent_format,
+    load_agent_tensors,
+    load_vecnormalize_tensors,
+)
 from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 from tradewind.trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-def to_tensor(data: bytes) -> torch.Tensor:
-    """Bytes in a form the weights-only checkpoint loader accepts."""
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
-
-
-def to_bytes(tensor: torch.Tensor) -> bytes:
-    return bytes(tensor.numpy().tobytes())
 
 
 CHECKPOINT_UNIT = 1000
@@ -152,31 +147,32 @@ def evaluation_reward(model: BaseAlgorithm, envs: AgentEnvs, spec: RLRunSpec) ->
 
 
 def agent_state(model: BaseAlgorithm, envs: AgentEnvs) -> dict[str, Any]:
-    """Everything a resumed agent needs: the SB3 zip, the replay buffer, the VecNormalize
-    statistics, the timestep count and the RNG states."""
-    state: dict[str, Any] = {
+    """Everything a resumed agent needs, as tensors and numbers (`rl.state.agent_tensors`:
+    networks and optimisers, SB3's counters, the replay buffer, the VecNormalize
+    statistics), the timestep count and the RNG states."""
+    return {
+        **agent_tensors(model, envs.train),
         "timesteps": int(model.num_timesteps),
-        "model": to_tensor(model_bytes(model)),
         "rng": rng_state(),
     }
-    buffer = replay_buffer_bytes(model)
-    if buffer is not None:
-        state["replay_buffer"] = to_tensor(buffer)
-    if isinstance(envs.train, VecNormalize):
-        state["vecnormalize"] = to_tensor(pickle.dumps(envs.train))
-    return state
 
 
 def restore_agent(
-    agent: AgentSpec, state: dict[str, Any], envs: AgentEnvs, device: str
+    agent: AgentSpec, state: dict[str, Any], envs: AgentEnvs, device: str, seed: int
 ) -> BaseAlgorithm:
-    if "vecnormalize" in state and isinstance(envs.train, VecNormalize):
-        stats: VecNormalize = pickle.loads(to_bytes(state["vecnormalize"]))  # our own checkpoint
-        envs.train.obs_rms, envs.train.ret_rms = stats.obs_rms, stats.ret_rms
-    model = load_agent(agent, to_bytes(state["model"]), envs.train, device)
-    if "replay_buffer" in state:
-        restore_replay_buffer(model, to_bytes(state["replay_buffer"]))
-    set_rng_state(state["rng"])
+    """The agent built from its spec on `envs`, with the checkpointed state loaded into it
+    (a checkpoint in the old pickled format is refused before anything of it is read)."""
+    check_agent_format(state)
+    model = build_agent(agent, envs.train, seed=seed, device=device)
+    if isinstance(envs.train, VecNormalize):
+        load_vecnormalize_tensors(envs.train, state)
+    load_agent_tensors(model, state)
+    if not isinstance(state.get("rng"), dict):
+        raise AgentStateError("the checkpoint's RNG states are missing or not a mapping")
+    try:
+        set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise AgentStateError(f"the checkpoint's RNG states are unreadable: {err!r}") from err
     return model
 
 
@@ -189,7 +185,11 @@ def train_agent(
     envs = make_envs(spec, markets.train, markets.validation, seed=seed)
     state = checkpointer.resume(spec.checkpoint.resume_from)
     if state is not None:
-        model = restore_agent(agent, state, envs, device)
+        try:
+            model = restore_agent(agent, state, envs, device, seed)
+        except CheckpointError as err:  # say which checkpoint
+            where = checkpointer.loaded_uri or checkpointer.store.uri("")
+            raise type(err)(f"agent {agent.name}: {where}: {err}") from err
         log.info("agent %s resumed at %d timesteps", agent.name, model.num_timesteps)
     else:
         model = build_agent(agent, envs.train, seed=seed, device=device)
