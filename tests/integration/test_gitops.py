@@ -67,7 +67,7 @@ def _kstatus(obj: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
-def _log_val_loss(stack: DevStack, ns: str, child: str, value: float) -> None:
+def _log_val_loss(stack: DevStack, ns: str, child: str, uid: str, value: float) -> None:
     """What the child's trainer would log to MLflow."""
     from mlflow.tracking import MlflowClient
 
@@ -76,9 +76,8 @@ def _log_val_loss(stack: DevStack, ns: str, child: str, value: float) -> None:
     experiment_id = (
         experiment.experiment_id if experiment else client.create_experiment("tradewind")
     )
-    run = client.create_run(
-        experiment_id, tags={"tradewind.name": child, "tradewind.namespace": ns}
-    )
+    tags = {"tradewind.name": child, "tradewind.namespace": ns, "tradewind.uid": uid}
+    run = client.create_run(experiment_id, tags=tags)
     client.log_metric(run.info.run_id, "val_loss", value, step=1)
 
 
@@ -205,7 +204,8 @@ def test_sweeps_health_follows_the_operators_status(
     assert _kstatus(obj) == ("InProgress", "True", "False"), obj["status"]
 
     kubectl.wait("--for=create", "trainingrun/found-0", "-n", ns)
-    _log_val_loss(stack, ns, "found-0", 0.42)
+    uid = kubectl.get("trainingrun/found-0", "-n", ns)["metadata"]["uid"]
+    _log_val_loss(stack, ns, "found-0", uid, 0.42)
     kubectl.wait("--for=condition=Running", "trainingrun/found-0", "-n", ns)
     kubectl.run("label", "pods", "-n", ns, "-l", "tradewind.dev/run=found-0", f"{HOLD_LABEL}-")
     kubectl.wait("--for=condition=Succeeded", "sweep/found", "-n", ns, timeout=120)

@@ -624,7 +624,8 @@ def _sweep_to_the_end(kubectl: Kubectl, stack: DevStack, ns: str) -> None:
     experiment_id = (
         experiment.experiment_id if experiment else mlflow.create_experiment("tradewind")
     )
-    tags = {"tradewind.name": "lp-sweep-0", "tradewind.namespace": ns}
+    uid = kubectl.get("trainingrun/lp-sweep-0", "-n", ns)["metadata"]["uid"]
+    tags = {"tradewind.name": "lp-sweep-0", "tradewind.namespace": ns, "tradewind.uid": uid}
     mlflow.log_metric(
         mlflow.create_run(experiment_id, tags=tags).info.run_id, "val_loss", 0.5, step=1
     )

@@ -174,7 +174,9 @@ def test_the_quickstart_sweep_succeeds_where_restricted_is_enforced(
             selector = f"{builders.RUN_LABEL}={child}"
             if child in released or not kubectl.get("pods", "-n", team_b, "-l", selector)["items"]:
                 continue
-            _log_val_loss(mlflow, team_b, child, {epoch: 1.0 / epoch for epoch in range(1, 7)})
+            uid = kubectl.get(f"trainingrun/{child}", "-n", team_b)["metadata"]["uid"]
+            curve = {epoch: 1.0 / epoch for epoch in range(1, 7)}
+            _log_val_loss(mlflow, team_b, child, uid, curve)
             kubectl.run("label", "pods", "-n", team_b, "-l", selector, f"{HOLD_LABEL}-")
             released.add(child)
         time.sleep(0.5)

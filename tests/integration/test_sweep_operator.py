@@ -43,15 +43,17 @@ def _sweep(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def _log_val_loss(mlflow: Any, namespace: str, child: str, values: dict[int, float]) -> None:
-    """What the trainer of `child` would log: val_loss per epoch, in its tagged MLflow run."""
+def _log_val_loss(
+    mlflow: Any, namespace: str, child: str, uid: str, values: dict[int, float]
+) -> None:
+    """What the trainer of `child` (uid `uid`) would log: val_loss per epoch, in its tagged
+    MLflow run."""
     experiment = mlflow.get_experiment_by_name("tradewind")
     experiment_id = (
         experiment.experiment_id if experiment else mlflow.create_experiment("tradewind")
     )
-    run = mlflow.create_run(
-        experiment_id, tags={"tradewind.name": child, "tradewind.namespace": namespace}
-    )
+    tags = {"tradewind.name": child, "tradewind.namespace": namespace, "tradewind.uid": uid}
+    run = mlflow.create_run(experiment_id, tags=tags)
     for step, value in values.items():
         mlflow.log_metric(run.info.run_id, "val_loss", value, step=step)
 
@@ -121,7 +123,8 @@ def _drive(
             child_name = child["metadata"]["name"]
             if number not in params:
                 params[number] = child["spec"]["training"]["optimizer"]["learningRate"]
-                _log_val_loss(mlflow, ns, child_name, curve[number])
+                uid = child["metadata"]["uid"]
+                _log_val_loss(mlflow, ns, child_name, uid, curve[number])
             if number in release and number not in released and _release(kubectl, ns, child_name):
                 released.add(number)
         time.sleep(0.5)

@@ -67,16 +67,19 @@ Events = list[tuple[str, str, str]]
 class TrialMetrics(ProgressReader):
     """A child run's MLflow run: its latest metrics and one metric's history by step."""
 
-    def latest(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
+    def latest(self, experiment: str, name: str, namespace: str, uid: str) -> dict[str, Any] | None:
         """The MLflow run of a child (None when MLflow has none, or cannot be reached)."""
-        return self.find_run(experiment, name, namespace)
+        return self.find_run(experiment, name, namespace, uid or None)
 
-    def final_metrics(self, experiment: str, name: str, namespace: str) -> dict[str, float]:
+    def final_metrics(
+        self, experiment: str, name: str, namespace: str, uid: str
+    ) -> dict[str, float]:
         """The latest value of every metric across all of a child's MLflow runs (an RLRun's
         agents and its combine step log to runs of their own), newer runs winning. OSError
         when MLflow cannot be reached: the trial is told later, not failed for want of it."""
         metrics: dict[str, float] = {}
-        for run in self.search_runs(experiment, name, namespace, newest_first=False, most=100):
+        runs = self.search_runs(experiment, name, namespace, uid or None, False, most=100)
+        for run in runs:
             for m in (run.get("data") or {}).get("metrics", []):
                 metrics[m["key"]] = float(m["value"])
         return metrics
@@ -464,11 +467,11 @@ class _SweepReconcile:
 
     def _tell_final(self, trial: FrozenTrial, child: Child) -> None:
         try:
-            final = self.metrics.final_metrics(self._experiment(), child.name, self.ns)
+            final = self.metrics.final_metrics(self._experiment(), child.name, self.ns, child.uid)
         except (OSError, KeyError, ValueError) as exc:  # told on a later reconcile
             log.info("trial %d of %s/%s not told yet: %s", trial.number, self.ns, self.name, exc)
             return
-        run = self.metrics.latest(self._experiment(), child.name, self.ns)
+        run = self.metrics.latest(self._experiment(), child.name, self.ns, child.uid)
         self._report(trial, run)  # the whole curve, for the pruner's view of finished trials
         metrics = dict(child.metrics) | final
         values = self.sw.objective_values(self.spec, metrics)
@@ -513,7 +516,7 @@ class _SweepReconcile:
         metric = self.sw.intermediate_metric(self.spec)
         if metric is None or self.spec.pruner.type == "none":
             return
-        run = self.metrics.latest(self._experiment(), child.name, self.ns)
+        run = self.metrics.latest(self._experiment(), child.name, self.ns, child.uid)
         prune, values = self._report(trial, run)
         if not prune:
             return

@@ -41,6 +41,9 @@ class Child:
     deleting: bool = False
     message: str = ""
     """Why the child failed (its Failed condition)."""
+    uid: str = ""
+    """The child run's uid: its trainer tags its MLflow runs with it (`tradewind.uid`), so a
+    Sweep created again under the same name never reads its predecessor's trials."""
     metrics: tuple[tuple[str, float], ...] = ()
     """Its status.metrics (MLflow's latest, as its own reconcile last read them)."""
 
@@ -75,6 +78,7 @@ def observe_child(body: dict[str, Any], sweep_uid: str) -> Child | None:
         deleting=bool(meta.get("deletionTimestamp")),
         message=message,
         metrics=metrics,
+        uid=str(meta.get("uid") or ""),
     )
 
 

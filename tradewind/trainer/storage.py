@@ -307,10 +307,18 @@ def _endpoint(env: Mapping[str, str]) -> str:
     return endpoint if "://" in endpoint else f"https://{endpoint}"
 
 
+S3_CONNECT_TIMEOUT_S = 10.0
+S3_READ_TIMEOUT_S = 120.0
+
+
 def s3_client_from_env(env: Mapping[str, str], uri: str = "s3://") -> Minio:
     """A `minio.Minio` client for `AWS_ENDPOINT_URL` (or `TRADEWIND_S3_ENDPOINT`), with
     `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN` and
-    `AWS_REGION`; TLS when the endpoint is `https://` (or has no scheme)."""
+    `AWS_REGION`; TLS when the endpoint is `https://` (or has no scheme). Every request
+    times out (`S3_CONNECT_TIMEOUT_S`, and `S3_READ_TIMEOUT_S` per socket read, not per
+    object) and is retried a few times on 5xx, so a store that stops answering fails the
+    attempt instead of hanging it."""
+    import urllib3
     from minio import Minio
 
     url = urlsplit(_endpoint(env))
@@ -323,6 +331,12 @@ def s3_client_from_env(env: Mapping[str, str], uri: str = "s3://") -> Minio:
         session_token=env.get("AWS_SESSION_TOKEN"),
         secure=url.scheme == "https",
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        http_client=urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=S3_CONNECT_TIMEOUT_S, read=S3_READ_TIMEOUT_S),
+            retries=urllib3.Retry(
+                total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        ),
     )
 
 

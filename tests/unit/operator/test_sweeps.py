@@ -54,6 +54,7 @@ class FakeCustom:
         if name in self.objects:
             raise ApiException(status=409)
         self.objects[name] = copy.deepcopy(body)
+        self.objects[name]["metadata"]["uid"] = f"uid-{name}"  # as the apiserver does
         self.created.append(name)
 
     def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
@@ -110,8 +111,8 @@ class FakeMetrics(TrialMetrics):
     def finish_sweep_run(self, run_id: str, failed: bool, metrics: dict[str, float]) -> None:
         self.finished.append((run_id, failed, metrics))
 
-    def latest(self, experiment: str, name: str, namespace: str) -> dict[str, Any] | None:
-        if name not in self.runs:
+    def latest(self, experiment: str, name: str, namespace: str, uid: str) -> dict[str, Any] | None:
+        if name not in self.runs or uid != f"uid-{name}":  # found by the child's uid too
             return None
         last = [{"key": k, "value": h[max(h)]} for k, h in self.runs[name].items() if h]
         return {"info": {"run_id": name}, "data": {"metrics": last}}
@@ -119,8 +120,12 @@ class FakeMetrics(TrialMetrics):
     def history(self, run_id: str, key: str) -> dict[int, float]:
         return dict(self.runs.get(run_id, {}).get(key, {}))
 
-    def final_metrics(self, experiment: str, name: str, namespace: str) -> dict[str, float]:
+    def final_metrics(
+        self, experiment: str, name: str, namespace: str, uid: str
+    ) -> dict[str, float]:
         merged: dict[str, float] = {}
+        if uid != f"uid-{name}":
+            return merged
         for earlier in self.older.get(name, []):
             merged |= earlier
         return merged | {k: h[max(h)] for k, h in self.runs.get(name, {}).items() if h}
