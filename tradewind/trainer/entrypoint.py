@@ -48,18 +48,20 @@ log = logging.getLogger("tradewind.trainer")
 
 
 def checkpoint_uri(run: TrainingRun | RLRun, state_dir: Path) -> str:
-    """spec.checkpoint.storage, else the run's own prefix: in a cluster
-    `<TRADEWIND_CHECKPOINT_URI>/<namespace>/<name>/<TRADEWIND_RUN_UID>` (the uid: a run
-    re-created under the same name starts afresh, unless its resumeFrom names the old
-    prefix), else a folder per name under the local state folder (`tradewind run -f`
+    """The run's checkpoint prefix. In a cluster, `<spec.checkpoint.storage>/<uid>`, or
+    without one `<TRADEWIND_CHECKPOINT_URI>/<namespace>/<name>/<uid>` (TRADEWIND_RUN_UID: a
+    run re-created under the same name starts afresh unless its resumeFrom names the old
+    prefix, and a Sweep's trials never share one). Outside one, `spec.checkpoint.storage` as
+    written, else a folder per name under the local state folder (`tradewind run -f`
     resumes a manifest by its name)."""
-    if run.spec.checkpoint.storage:
-        return run.spec.checkpoint.storage
-    base = os.environ.get("TRADEWIND_CHECKPOINT_URI")
-    if base is None:
-        return (state_dir / "checkpoints" / run.metadata.name).resolve().as_uri()
-    prefix = f"{base.rstrip('/')}/{run.metadata.namespace or 'default'}/{run.metadata.name}"
     uid = os.environ.get("TRADEWIND_RUN_UID")
+    storage, base = run.spec.checkpoint.storage, os.environ.get("TRADEWIND_CHECKPOINT_URI")
+    if storage:
+        prefix = storage.rstrip("/")
+    elif base is not None:
+        prefix = f"{base.rstrip('/')}/{run.metadata.namespace or 'default'}/{run.metadata.name}"
+    else:
+        return (state_dir / "checkpoints" / run.metadata.name).resolve().as_uri()
     return f"{prefix}/{uid}" if uid else prefix
 
 

@@ -37,14 +37,15 @@ def test_under_the_operator_the_prefix_holds_namespace_name_and_uid(
     assert checkpoint_uri(_run(kind), tmp_path) == "s3://tradewind/team-a/r/uid-2"
 
 
-def test_an_explicit_storage_is_kept_and_a_local_run_resumes_by_name(
+def test_an_explicit_storage_gets_the_uid_in_a_cluster_and_a_local_run_resumes_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRADEWIND_RUN_UID", "uid-1")
     monkeypatch.setenv("TRADEWIND_CHECKPOINT_URI", "s3://tradewind")
-    explicit = _run(storage="s3://tradewind/team-a/mine")
-    assert checkpoint_uri(explicit, tmp_path) == "s3://tradewind/team-a/mine"
+    explicit = _run(storage="s3://tradewind/team-a/mine/")
+    assert checkpoint_uri(explicit, tmp_path) == "s3://tradewind/team-a/mine/uid-1"
     monkeypatch.delenv("TRADEWIND_RUN_UID")
+    assert checkpoint_uri(explicit, tmp_path) == "s3://tradewind/team-a/mine"
     assert checkpoint_uri(_run(), tmp_path) == "s3://tradewind/team-a/r"
     monkeypatch.delenv("TRADEWIND_CHECKPOINT_URI")
     assert checkpoint_uri(_run(), tmp_path) == (tmp_path / "checkpoints" / "r").as_uri()
