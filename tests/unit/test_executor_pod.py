@@ -245,10 +245,14 @@ def test_the_init_script_mounts_over_the_pods_own_folder_and_keeps_the_root_read
         Mount(pod_dir / "volumes" / "state", state),
         Mount(None, "/tmp/shm", size=2**20),
     ]
+    image = tmp_path / "image"  # a checkout under /tmp, where an emptyDir goes
+    image.mkdir()
+    (image / "python").write_text("the interpreter\n")
     script = pod_dir / "init.sh"
-    script.write_text(init_script("h", mounts, pod_dir, "/", Security(read_only_root=True)))
+    security = Security(read_only_root=True)
+    script.write_text(init_script("h", mounts, pod_dir, "/", security, image=[image]))
     check = (
-        f"cat /tmp/config/run.yaml && touch /tmp/a {state}/b"
+        f"cat {image}/python && cat /tmp/config/run.yaml && touch /tmp/a {state}/b"
         " && ! touch /usr/tradewind-test 2>/dev/null && ! touch /tmp/config/x 2>/dev/null"
         " && ! dd if=/dev/zero of=/tmp/shm/f bs=1M count=2 2>/dev/null && echo ok"
     )
@@ -262,6 +266,6 @@ def test_the_init_script_mounts_over_the_pods_own_folder_and_keeps_the_root_read
         with contextlib.suppress(OSError):
             os.rmdir(state)  # the mount point it made on the host
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout == "kind: TrainingRun\nok\n"
+    assert result.stdout == "the interpreter\nkind: TrainingRun\nok\n"
     assert (pod_dir / "volumes" / "tmp" / "a").exists()
     assert (pod_dir / "volumes" / "state" / "b").exists()

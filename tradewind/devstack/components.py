@@ -86,6 +86,9 @@ def build_processes(stack: DevStack) -> list[ManagedProcess]:
                 f"--service-account-signing-key-file={admin_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
+                # As on hardened clusters: setting blockOwnerDeletion needs `update` on the
+                # owner's finalizers (the operator's children block their run's deletion).
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",

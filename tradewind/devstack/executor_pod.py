@@ -333,12 +333,21 @@ def write_in_place(path: Path, text: str) -> None:
         f.truncate()
 
 
+def image_paths() -> list[Path]:
+    """What stands in for the container image on the executor: this Python environment and
+    the checkout it runs from (an editable install)."""
+    import tradewind
+
+    return sorted({Path(sys.prefix), Path(tradewind.__file__).resolve().parents[1]})
+
+
 def init_script(
     hostname: str,
     mounts: list[Mount],
     pod_dir: Path,
     workdir: str,
     security: Security | None = None,
+    image: list[Path] | None = None,
 ) -> str:
     """What runs first inside the pod's namespaces: hostname, mounts, a read-only root if
     asked, then exec the container's command (passed as "$@").
@@ -346,9 +355,17 @@ def init_script(
     Every bind source is named relative to the pod's folder, the working directory while
     mounting (`mount -c` keeps the name as given): a volume mounted over one of that folder's
     parents (an emptyDir on /tmp) hides none of the sources after it. A source elsewhere (a
-    hostPath) is first bound into the folder, before anything is mounted over it."""
+    hostPath) is first bound into the folder, before anything is mounted over it. So are the
+    `image` paths (default `image_paths()`) that a volume would hide (a checkout under /tmp
+    and an emptyDir on /tmp): they are bound back over the volume, as an image's own files
+    would stay visible."""
     q = shlex.quote
     security = security or Security()
+    targets = [Path(m.target) for m in mounts]
+    hidden = [
+        p for p in (image_paths() if image is None else image)
+        if any(p.is_relative_to(t) for t in targets)
+    ]  # fmt: skip
     lines = ["set -e", f"hostname {q(hostname)}", "mount --make-rprivate /"]
     lines.append("mount -t proc proc /proc")  # this PID namespace's processes
     lines.append(f"cd {q(str(pod_dir))}")
@@ -362,6 +379,9 @@ def init_script(
                      f"touch {stage}; fi")  # fmt: skip
         lines.append(f"mount -c --bind {src} {stage}")
         sources.append(stage)
+    for i, path in enumerate(hidden):
+        lines.append(f"mkdir -p image-paths/{i}")
+        lines.append(f"mount -c --bind {q(str(path))} image-paths/{i}")
     # The pod's own /etc/hosts and /etc/resolv.conf (no nameserver: names are in hosts).
     lines += [
         "mount -c --bind etc-hosts /etc/hosts",
@@ -379,6 +399,9 @@ def init_script(
         else:
             ro = " -o ro" if m.read_only else ""
             lines.append(f"mount -c --bind{ro} {q(source)} {q(m.target)}")
+    for i, path in enumerate(hidden):
+        lines.append(f"mkdir -p {q(str(path))}")
+        lines.append(f"mount -c --bind image-paths/{i} {q(str(path))}")
     if security.read_only_root:  # this namespace's view of /, not the host's
         lines.append("mount -o remount,bind,ro /")
     lines.append(f"cd {q(workdir)}")
