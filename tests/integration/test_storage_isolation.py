@@ -303,7 +303,14 @@ def test_the_operator_fails_a_run_out_of_reach_without_the_policy(
     )
     assert policies["items"] == []  # nothing refuses it at admission
     theirs = f"s3://{BUCKET}/{namespace}-b/r/uid/step-0000000002"
-    kubectl.apply(_run("poach", namespace, {"checkpoint": {"resumeFrom": theirs}}))
+    poach = _run("poach", namespace, {"checkpoint": {"resumeFrom": theirs}})
+    # A policy deleted moments ago (the test before) is still enforced until the apiserver's
+    # informer sees the deletion: wait, bounded, until admission lets the run through.
+    deadline = time.monotonic() + 60
+    while (result := _create(kubectl, poach)).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.5)
+    kubectl.apply(poach)
     kubectl.apply(
         _run("own", namespace, {"checkpoint": {"storage": f"s3://{BUCKET}/{namespace}/o"}})
     )
