@@ -168,13 +168,9 @@ def reconcile(
     if run.spec.managed_by not in (None, MANAGED_BY):
         return Decision(status=status)  # another controller's run (e.g. Kueue MultiKueue)
     if settings.storage_scope and status.phase not in TERMINAL:
-        refusal = storage_scope.check_run_storage(run, settings.checkpoint_bucket, kube)
-        if refusal is not None:
-            decision = refused_spec_decision(body, storage_scope.REASON, refusal, now)
-            decision.written_version = kube.patch_status(body, decision.status)
-            for kind, reason, message in decision.events:
-                kube.event(body, kind, reason, message)
-            return decision
+        refused = _refuse_out_of_reach(run, body, jobs, kube, settings, now)
+        if refused is not None:
+            return refused
     # Children by uid: those of an earlier run of this name (deleted, its Jobs still held by
     # a finalizer) are neither counted nor touched.
     jobs = [j for j in jobs if _owned_by(j, meta.get("uid"))]
@@ -196,6 +192,31 @@ def reconcile(
         else:
             decision.written_version = kube.patch_status(body, decision.status)
     # Events last: the status is the record; an Event lost to a crash here is not re-posted.
+    for kind, reason, message in decision.events:
+        kube.event(body, kind, reason, message)
+    return decision
+
+
+def _refuse_out_of_reach(
+    run: TrainingRun | RLRun,
+    body: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    kube: Kube,
+    settings: OperatorSettings,
+    now: dt.datetime,
+) -> Decision | None:
+    """Failed (StorageNotAllowed) if the run names storage its namespace may not reach; a
+    running attempt's Jobs are deleted (an administrator narrowed the reach meanwhile: it
+    stops writing there). None if every URI is within reach."""
+    refusal = storage_scope.check_run_storage(run, settings.checkpoint_bucket, kube)
+    if refusal is None:
+        return None
+    decision = refused_spec_decision(body, storage_scope.REASON, refusal, now)
+    uid, ns = body["metadata"].get("uid"), run.metadata.namespace or "default"
+    for job in jobs:
+        if _owned_by(job, uid):
+            kube.delete("Job", ns, job["metadata"]["name"], job["metadata"].get("uid"))
+    decision.written_version = kube.patch_status(body, decision.status)
     for kind, reason, message in decision.events:
         kube.event(body, kind, reason, message)
     return decision

@@ -134,8 +134,8 @@ class NamespaceKube:
     def create(self, manifest: dict[str, Any]) -> None:
         self.calls.append(("create", manifest["kind"]))
 
-    def delete(self, kind: str, ns: str, name: str) -> None:
-        self.calls.append(("delete", kind))
+    def delete(self, kind: str, ns: str, name: str, uid: str | None = None) -> None:
+        self.calls.append(("delete", f"{kind}/{name}"))
 
     def patch_status(self, body: dict[str, Any], status: RunStatus) -> str:
         self.calls.append(("status", status))
@@ -174,6 +174,20 @@ def test_the_operator_follows_the_admin_annotation_and_reads_no_namespace_otherw
 
     unreadable = NamespaceKube(annotations=None, status=403)
     assert _reconcile(shared, unreadable).phase == "Failed"
+
+
+def test_a_running_run_that_falls_out_of_reach_stops_its_own_jobs_only() -> None:
+    """An administrator narrowed the namespace's reach while the run trained: Failed, and
+    its attempt stops writing there; a same-named predecessor's Job is not touched."""
+    body = _body({"data": {"source": "s3://shared/prices.csv"}})
+    body["status"] = {"phase": "Running", "attempt": 0}
+    labels = {"tradewind.dev/attempt": "0", "tradewind.dev/role": "train"}
+    ours = {"metadata": {"name": "r-0", "uid": "j-1", "owner": "u-1", "labels": labels}}
+    older = {"metadata": {"name": "r-0-old", "uid": "j-0", "owner": "u-0", "labels": labels}}
+    kube = NamespaceKube(annotations=None)
+    decision = reconcile(body, [ours, older], [], kube, OperatorSettings(), now=NOW)  # type: ignore[arg-type]
+    assert decision.status.phase == "Failed"
+    assert [c for c in kube.calls if c[0] == "delete"] == [("delete", "Job/r-0")]
 
 
 def test_the_check_can_be_turned_off() -> None:
