@@ -259,6 +259,8 @@ def test_rendered_objects_follow_the_values(
     assert "--verbose" in container["args"] and "--json-logs" not in container["args"]
     config = _one(aio, "ConfigMap")["data"]
     assert config["TRADEWIND_TRAINER_IMAGE"] == "registry.example.com/ml/tradewind-trainer:0.1.0"
+    # The chart's pull secrets reach run pods too, not just the operator's.
+    assert json.loads(config["TRADEWIND_IMAGE_PULL_SECRETS"]) == ["regcred"]
     assert config["TRADEWIND_S3_ENDPOINT"] == f"http://rel-tradewind-minio.{namespace}.svc:9000"
     assert config["TRADEWIND_S3_CREDENTIALS_SECRET"] == "rel-tradewind-minio-credentials"
     assert config["TRADEWIND_MLFLOW_TRACKING_URI"] == (

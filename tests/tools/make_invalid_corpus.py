@@ -642,6 +642,14 @@ cases = [
         "name",
     ),
     (
+        "tr-pull-secret-bad-name",
+        TR,
+        {"spec": {"podTemplate": {"imagePullSecrets": [{"name": "Reg_Cred"}]}}},
+        "spec.podTemplate.imagePullSecrets[0].name",
+        "String should match pattern",
+        "name",
+    ),
+    (
         "tr-tracking-reserved-tag",
         TR,
         {"spec": {"tracking": {"tags": {"tradewind.name": "someone-else"}}}},

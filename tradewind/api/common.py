@@ -141,6 +141,15 @@ class Volume(ApiModel):
     """Volume name, referenced by `volumeMounts`."""
 
 
+class LocalObjectReference(ApiModel):
+    """An object of the run's namespace, by name."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ]
+    """Its name."""
+
+
 class PodTemplateOverride(ApiModel):
     """The narrow part of the pod template a run may change. Everything else (command,
     ports, rendezvous, shared memory) belongs to the operator."""
@@ -165,6 +174,9 @@ class PodTemplateOverride(ApiModel):
     """PriorityClass of the pods."""
     service_account_name: Annotated[str, Field(max_length=253)] | None = None
     """ServiceAccount the pods run as; defaults to the namespace's `default`."""
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    """Secrets (docker-registry) of the run's namespace to pull a private image with, after
+    the operator's own (TRADEWIND_IMAGE_PULL_SECRETS, the chart's `imagePullSecrets`)."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
     """Extra environment variables for the training container."""
     volumes: list[Volume] = Field(default_factory=list, max_length=32)

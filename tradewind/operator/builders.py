@@ -309,6 +309,12 @@ def build_job(
         "affinity": template.affinity,
         "priorityClassName": template.priority_class_name,
         "serviceAccountName": template.service_account_name,
+        "imagePullSecrets": [
+            {"name": name}
+            for name in dict.fromkeys(
+                [*settings.image_pull_secrets, *(s.name for s in template.image_pull_secrets)]
+            )
+        ],
     }
     pod_spec |= {k: v for k, v in optional.items() if v}
     return {

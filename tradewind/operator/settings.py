@@ -16,6 +16,9 @@ class OperatorSettings(BaseSettings):
     """Namespaces to watch (JSON list in TRADEWIND_NAMESPACES); empty watches all."""
     trainer_image: str = "tradewind-trainer:latest"
     """Image of runs that do not set `spec.image`."""
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets every run pod pulls its image with (JSON list in TRADEWIND_IMAGE_PULL_SECRETS;
+    a Secret of each name in each namespace where runs go), before the run's own."""
     s3_endpoint: str | None = None
     """Object store (MinIO/S3) URL the pods write checkpoints to, e.g. http://minio:9000."""
     s3_credentials_secret: str | None = None

@@ -102,3 +102,10 @@ second replica on another node could not mount it, and a takeover would lose the
 {{- end -}}
 {{- $replicas -}}
 {{- end -}}
+
+{{/* The names of .Values.imagePullSecrets as a JSON list (TRADEWIND_IMAGE_PULL_SECRETS). */}}
+{{- define "tradewind.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets }}{{ $names = append $names .name }}{{ end -}}
+{{- $names | toJson -}}
+{{- end -}}

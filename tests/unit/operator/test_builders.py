@@ -130,3 +130,18 @@ def test_rlrun_trains_one_agent_per_index() -> None:
     job = builders.build_job(run, 0, "u", OWNER, OperatorSettings())
     assert job["spec"]["completions"] == 2
     assert _container(job)["command"][:3] == ["python", "-m", "tradewind.trainer.rl"]
+
+
+def test_run_pods_pull_with_the_operators_secrets_then_the_runs_own() -> None:
+    run = _run(podTemplate={"imagePullSecrets": [{"name": "team-registry"}, {"name": "regcred"}]})
+    settings = OperatorSettings(image_pull_secrets=["regcred"])
+    job = builders.build_job(run, 0, "u-1", OWNER, settings)
+    pull = job["spec"]["template"]["spec"]["imagePullSecrets"]
+    assert pull == [{"name": "regcred"}, {"name": "team-registry"}]
+    plain = builders.build_job(_run(), 0, "u-1", OWNER, OperatorSettings())
+    assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]
+
+
+def test_the_pull_secrets_setting_is_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEWIND_IMAGE_PULL_SECRETS", '["regcred", "other"]')
+    assert OperatorSettings().image_pull_secrets == ["regcred", "other"]
