@@ -573,7 +573,10 @@ def operator(
     namespace: Annotated[
         list[str] | None,
         typer.Option(
-            "--namespace", "-n", help="Namespace to watch (repeatable); none watches all."
+            "--namespace",
+            "-n",
+            help="Namespace to watch (repeatable); none: TRADEWIND_NAMESPACES (a JSON list), "
+            "else all.",
         ),
     ] = None,
     liveness: Annotated[
@@ -603,8 +606,10 @@ def operator(
     Configuration: TRADEWIND_* variables (tradewind/operator/settings.py).
     """
     from tradewind.operator.loop import run_operator
+    from tradewind.operator.settings import OperatorSettings
 
-    run_operator(namespace or [], liveness, metrics_port, json_logs, verbose, leader_election)
+    namespaces = namespace or OperatorSettings().namespaces
+    run_operator(namespaces, liveness, metrics_port, json_logs, verbose, leader_election)
 
 
 @app.command()

@@ -151,6 +151,18 @@ def _value_sets(ns: str, others: list[str]) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.parametrize(
+    ("values", "where"), [({}, "tw"), ({"watchNamespaces": ["team-a", "team-b"]}, "team-a")]
+)
+def test_the_notes_train_the_quickstart_where_the_operator_watches_and_keys_are(
+    helm: Helm, values: dict[str, Any], where: str
+) -> None:
+    notes = helm.with_values("install", "rel", "tw", values, "--dry-run=client").stdout
+    notes = notes[notes.index("NOTES:") :]
+    assert f"kubectl apply -n {where} -f examples/trainingrun-quickstart.yaml" in notes
+    assert f"kubectl wait -n {where} --for=condition=Succeeded trainingrun/quickstart" in notes
+
+
 def test_the_chart_lints_strictly(helm: Helm) -> None:
     result = helm.run("lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in result.stdout

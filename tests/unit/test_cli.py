@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.corpus import example_paths, invalid_cases
@@ -61,3 +62,18 @@ def test_crds_check_detects_a_stale_folder(tmp_path: Path) -> None:
 def test_version() -> None:
     result = runner.invoke(app, ["version"])
     assert result.exit_code == 0 and "tradewind.dev/v1alpha1" in result.output
+
+
+def test_the_operator_watches_tradewind_namespaces_unless_told_on_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tradewind.operator.loop as loop
+
+    watched: list[list[str]] = []
+    monkeypatch.setattr(loop, "run_operator", lambda namespaces, *_: watched.append(namespaces))
+    monkeypatch.setenv("TRADEWIND_NAMESPACES", '["team-a", "team-b"]')
+    assert runner.invoke(app, ["operator"]).exit_code == 0
+    assert runner.invoke(app, ["operator", "-n", "team-c"]).exit_code == 0
+    monkeypatch.delenv("TRADEWIND_NAMESPACES")
+    assert runner.invoke(app, ["operator"]).exit_code == 0
+    assert watched == [["team-a", "team-b"], ["team-c"], []]

@@ -190,7 +190,7 @@ class TrialSummary(ApiModel):
 class SweepStatus(ApiModel):
     """Observed state of a Sweep."""
 
-    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] = "Pending"
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
     """Pending, Running, Succeeded (maxTrials reached or timeout) or Failed."""
     conditions: Conditions
     """Conditions, including Ready, a terminal Succeeded or Failed, and kstatus's Reconciling
