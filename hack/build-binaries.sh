@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # build_<component>/cleanup are called indirectly
 # Build the third-party binaries Tradewind's tests need (etcd, Kubernetes
-# control plane + kubectl, kwok/kwokctl, helm, minio) from Go modules, and cache
+# control plane + kubectl, kwok/kwokctl, helm, minio, kueue) from Go modules, and cache
 # them outside the repo:
 #
 #   ${TRADEWIND_CACHE:-$HOME/.cache/tradewind}/bin/<component>-<version>/   binaries
@@ -14,7 +14,7 @@
 # when complete, so an interrupted build never leaves a half-filled cache.
 #
 # Usage: hack/build-binaries.sh [--list] [COMPONENT|BINARY ...]
-#   components: etcd kubernetes kwok helm minio (default: all)
+#   components: etcd kubernetes kwok helm minio kueue (default: all)
 #   binary names (kubectl, kube-apiserver, kwokctl, ...) select their component.
 #
 # Environment:
@@ -33,7 +33,7 @@ BIN_ROOT="$CACHE_ROOT/bin"
 LOG_DIR="$CACHE_ROOT/logs"
 CURRENT_DIR="$BIN_ROOT/current"
 
-ALL_COMPONENTS=(etcd kubernetes kwok helm minio)
+ALL_COMPONENTS=(etcd kubernetes kwok helm minio kueue)
 
 component_version() {
   case "$1" in
@@ -42,6 +42,7 @@ component_version() {
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;;
+    kueue) echo "$KUEUE_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -53,6 +54,7 @@ component_binaries() {
     kwok) echo "kwok kwokctl" ;;
     helm) echo "helm" ;;
     minio) echo "minio" ;;
+    kueue) echo "kueue" ;;
     *) return 1 ;;
   esac
 }
@@ -224,6 +226,29 @@ build_minio() {
     "github.com/minio/minio@$ver"
 }
 
+build_kueue() {
+  local out="$1" dir date commit
+  cd "$(new_wrapper_module kueue)"
+  # Same version stamps as Kueue's Makefile; the build date and commit are the
+  # release's, from the module proxy (reproducible).
+  date="$(go_mod_field "sigs.k8s.io/kueue@$KUEUE_VERSION" Time)"
+  date="${date%%.*}"; date="${date%Z}Z"
+  commit="$(go_mod_field "sigs.k8s.io/kueue@$KUEUE_VERSION" Hash)"
+  GOBIN="$out" "$GO" install -trimpath -ldflags "-s -w \
+    -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION \
+    -X sigs.k8s.io/kueue/pkg/version.GitCommit=${commit:-unknown} \
+    -X sigs.k8s.io/kueue/pkg/version.BuildDate=$date" \
+    "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # Its CRDs (kueue.x-k8s.io_*.yaml), applied by `tradewind dev up --kueue`.
+  "$GO" mod download "sigs.k8s.io/kueue@$KUEUE_VERSION"
+  dir="$(go_mod_field "sigs.k8s.io/kueue@$KUEUE_VERSION" Dir)/config/components/crd/bases"
+  [[ -f "$dir/kueue.x-k8s.io_workloads.yaml" ]] || die "no CRDs in sigs.k8s.io/kueue@$KUEUE_VERSION ($dir)"
+  mkdir -p "$out/crds"
+  cp "$dir"/*.yaml "$out/crds/"
+  chmod u+w "$out"/crds/*.yaml
+  echo "--- crds"; ls "$out/crds"
+}
+
 # Quick "does it run" check after a build, output goes to the log.
 smoke_test() {
   local comp="$1" dir="$2"
@@ -237,6 +262,7 @@ smoke_test() {
     kwok) "$dir/kwok" --version; "$dir/kwokctl" --version ;;
     helm) "$dir/helm" version ;;
     minio) "$dir/minio" --version ;;
+    kueue) "$dir/kueue" --help 2>&1 | grep -- -config ;;
   esac
 }
 
@@ -362,6 +388,9 @@ refresh_current() {
       done
       if [[ "$comp" == kwok && -d "$dest/stages" ]]; then
         ln -sfn "../$comp-$ver/stages" "$CURRENT_DIR/kwok-stages"
+      fi
+      if [[ "$comp" == kueue && -d "$dest/crds" ]]; then
+        ln -sfn "../$comp-$ver/crds" "$CURRENT_DIR/kueue-crds"
       fi
     else
       missing+=("$comp")

@@ -49,18 +49,20 @@ def validate(
         bool, typer.Option("--show", help="Print each resource with every default filled in.")
     ] = False,
 ) -> None:
-    """Check manifests against the Tradewind API, exactly as the cluster would.
+    """Check manifests against the Tradewind API, exactly as the cluster would, and the
+    extensions they name (`<package>.<name>`) against the packages installed here.
 
     Every problem is printed on one line naming the field path and what is allowed; the
     exit code is 1 if any manifest is invalid.
     """
     from tradewind.api import ManifestError, dump_resource, load_resources
+    from tradewind.extensions import validation_context
 
     problems: list[str] = []
     paths = [p for f in filename for p in (sorted(f.glob("*.yaml")) if f.is_dir() else [f])]
     for path in paths:
         try:
-            resources = load_resources(path)
+            resources = load_resources(path, validation_context())
         except ManifestError as exc:
             problems.extend(exc.problems)
             continue
@@ -148,9 +150,10 @@ def run_manifest(
 def _one_resource(filename: Path, command: str) -> Any:
     """The one resource of a manifest, or one clear line per problem and exit 1."""
     from tradewind.api import ManifestError, load_resources
+    from tradewind.extensions import validation_context
 
     try:
-        resources = load_resources(filename)
+        resources = load_resources(filename, validation_context())
     except ManifestError as exc:
         _fail(exc.problems)
     if len(resources) != 1:
@@ -178,6 +181,10 @@ def _run_here(
     assert isinstance(resource, TrainingRun)
 
     run = local_run.with_overrides(resource, nodes, procs_per_node)
+    if run.spec.entrypoint is not None:  # your own code
+        if code := local_run.run_own_code(run, state_dir, out):
+            raise typer.Exit(code)
+        return
     processes = run.spec.nodes * run.spec.procs_per_node
     if processes > 1:
         result = local_run.run_training_torchrun(run, state_dir, processes, out)
@@ -280,9 +287,10 @@ def rl_grid_search(
     import yaml
 
     from tradewind.api import ManifestError, RLRun, load_resources
+    from tradewind.extensions import validation_context
 
     try:
-        resources = load_resources(filename)
+        resources = load_resources(filename, validation_context())
     except ManifestError as exc:
         _fail(exc.problems)
     if len(resources) != 1 or not isinstance(resources[0], RLRun):
@@ -360,6 +368,13 @@ def dev_up(
             "(bench/operator_scale.py --profile-apiserver uses it)."
         ),
     ] = False,
+    kueue: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the Kueue controller (built by hack/build-binaries.sh) with its "
+            "CRDs; see docs/kueue.md."
+        ),
+    ] = False,
 ) -> None:
     """Start the stack (idempotent: healthy parts are kept). Prints how to point kubectl at it."""
     from tradewind.devstack import StackError
@@ -372,6 +387,7 @@ def dev_up(
         with_mlflow=mlflow,
         executor=executor,
         profiling=profiling,
+        kueue=kueue,
     )
     try:
         stack.up(log=lambda line: out.print(line, markup=False, highlight=False))

@@ -66,6 +66,21 @@ def run_training_torchrun(
     return dict(json.loads(result_path.read_text()))
 
 
+def run_own_code(run: TrainingRun, state_dir: Path, console: Console) -> int:
+    """A run's own code (`spec.entrypoint`) here: nodes x procsPerNode processes of torchrun
+    --standalone with the variables a pod gets, checkpoints in a folder under `state_dir`
+    (or `checkpoint.storage`), MLflow as the built-in trainer's; the code's exit code."""
+    from tradewind.trainer import own_code
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    manifest = state_dir / f"{run.metadata.name}.yaml"
+    manifest.write_text(dump_resource(run))
+    processes = run.spec.nodes * run.spec.procs_per_node
+    console.print(f"torchrun: {processes} processes of your code (gloo)", highlight=False)
+    argv = own_code.local_argv(run, manifest, state_dir)
+    return subprocess.run(argv, check=False).returncode
+
+
 def print_summary(result: dict[str, Any], console: Console) -> None:
     """Final metrics, the backtest against baselines and the walk-forward table."""
     m = result["metrics"]

@@ -254,11 +254,16 @@ def test_rendered_objects_follow_the_values(
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces[:2])
     bindings = _of(namespaced, "RoleBinding", "rel-tradewind")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces[:2])
+    # Cluster-wide: only `get` of the watched namespaces themselves (kopf scans nothing).
     cluster_rules = _of(namespaced, "ClusterRole", "rel-tradewind")[0]["rules"]
-    assert {r for rule in cluster_rules for r in rule["resources"]} == {
-        "customresourcedefinitions",
-        "namespaces",
-    }
+    assert cluster_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["namespaces"],
+            "resourceNames": namespaces[:2],
+            "verbs": ["get"],
+        }
+    ]
     (container,) = _one(namespaced, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [a for a in container["args"] if a.startswith("--namespace")] == [
         f"--namespace={n}" for n in namespaces[:2]
@@ -565,7 +570,12 @@ def test_install_for_a_list_of_namespaces(
         for ns in (*watched, unwatched, namespace):
             for verb, resource in DENIED:
                 assert not _can(kubectl, sa, verb, resource, ns), (verb, resource, ns)
-        assert _can(kubectl, sa, "list", "namespaces", None)  # kopf's namespace observation
+        # Nothing cluster-wide but `get` of the watched namespaces: kopf scans nothing.
+        assert not _can(kubectl, sa, "list", "namespaces", None)
+        assert not _can(kubectl, sa, "list", "customresourcedefinitions.apiextensions.k8s.io", None)
+        for ns, allowed in ((watched[0], "yes"), (unwatched, "no")):
+            can = kubectl.run("auth", "can-i", "get", f"namespace/{ns}", "--as", sa, check=False)
+            assert can.stdout.strip() == allowed, (ns, can.stderr)
         # The bundled MinIO's credentials are in each watched namespace, for the run pods.
         secret = f"{release.fullname}-minio-credentials"
         keys = [sorted(kubectl.get(f"secret/{secret}", "-n", ns)["data"]) for ns in watched]

@@ -4,14 +4,24 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.corpus import example_paths, invalid_cases
+from tests.extension_package import install_example_extension
 from tradewind.cli import app
+from tradewind.extensions import registry
 
 runner = CliRunner()
 
 
-def test_validate_accepts_every_example() -> None:
+def test_validate_accepts_every_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # examples/trainingrun-extension.yaml names the example extension package's model,
+    # feature and data source: validate checks them where the package is installed
+    monkeypatch.syspath_prepend(str(install_example_extension(tmp_path)))
+    registry.cache_clear()
     args = ["validate"] + [a for p in example_paths() for a in ("-f", str(p))]
-    result = runner.invoke(app, args)
+    try:
+        result = runner.invoke(app, args)
+    finally:
+        monkeypatch.undo()
+        registry.cache_clear()
     assert result.exit_code == 0, result.output
     assert result.output.count("valid ") == len(example_paths())
 

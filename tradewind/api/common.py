@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from tradewind.api.base import ApiModel, CelRule, DNSLabel, LongStr, Quantity, ShortStr
+from tradewind.api.base import ApiModel, CelRule, ShortStr
 from tradewind.api.identity import ALLOWED_MLFLOW_TAGS, RESERVED_TAG_PREFIXES
+
+# The pod models live in tradewind/api/pods.py; the `X as X` ones are re-exported here.
+from tradewind.api.pods import RESERVED_ENV_NAMES as RESERVED_ENV_NAMES
+from tradewind.api.pods import RESERVED_ENV_PREFIXES as RESERVED_ENV_PREFIXES
+from tradewind.api.pods import Accelerator, GangScheduling, PodTemplateOverride, ResourceList
+from tradewind.api.pods import EnvVar as EnvVar
+from tradewind.api.pods import LocalObjectReference as LocalObjectReference
+from tradewind.api.pods import Toleration as Toleration
+from tradewind.api.pods import Volume as Volume
+from tradewind.api.pods import VolumeMount as VolumeMount
 
 BUNDLED_DATASETS = ("stocks", "indices", "eurusd", "synthetic")
 """Datasets shipped inside Python packages, so the examples run offline:
@@ -30,172 +48,60 @@ FEATURES = (
     "volume_zscore",
     "high_low_range",
 )
-Feature = Literal[
-    "returns",
-    "log_returns",
-    "sma",
-    "ema",
-    "rsi",
-    "macd",
-    "bollinger",
-    "atr",
-    "obv",
-    "realized_volatility",
-    "volume_zscore",
-    "high_low_range",
-]
+EXTENSION_NAME = r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+"
+"""An extension's name, `<package>.<name>` (see tradewind.extensions): the operator accepts
+any such name; the trainer and the CLI check it against the installed entry points."""
+MAX_EXTENSION_FEATURES = 16
+
+
+def builtin_or_extension(builtins: tuple[str, ...]) -> tuple[AfterValidator, WithJsonSchema]:
+    """Annotations of a name that is one of `builtins` or an extension's `<package>.<name>`:
+    a pattern in the CRD, and in Python an error that lists the built-ins."""
+    pattern = rf"^({'|'.join(builtins)}|{EXTENSION_NAME})$"
+    expected = ", ".join(repr(b) for b in builtins)
+
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise PydanticCustomError(
+                "builtin_or_extension",
+                "Input should be {expected}, or an extension's <package>.<name>",
+                {"expected": expected},
+            )
+        return value
+
+    schema = {"type": "string", "minLength": 1, "maxLength": 253, "pattern": pattern}
+    return AfterValidator(check), WithJsonSchema(schema)
+
+
+_FEATURE_CHECK, _FEATURE_SCHEMA = builtin_or_extension(FEATURES)
+Feature = Annotated[str, Field(min_length=1, max_length=253), _FEATURE_CHECK, _FEATURE_SCHEMA]
+"""A built-in feature (FEATURES) or an extension's, `<package>.<name>`."""
 Execution = Literal["next_close", "next_open"]
 """Fill price of a decision made at bar t: the close or the open of bar t+1."""
 
+
+def check_extension(
+    info: ValidationInfo,
+    kind: str,
+    name: str,
+    field_path: str,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """Check an extension's name (at `field_path`) and its params (at `<field_path's
+    parent>.params`) against the registry in the validation context (`{"extensions":
+    tradewind.extensions.registry()}`); without one (the operator) any dotted name passes."""
+    registry = (info.context or {}).get("extensions")
+    if registry is None or not re.fullmatch(EXTENSION_NAME, name):
+        return
+    problem = registry.problem(kind, name, params)
+    if problem is None:
+        return
+    where, message = problem
+    path = field_path if where is None else field_path.rsplit(".", 1)[0] + ".params" + where
+    raise PydanticCustomError("extension", "{message}", {"message": message, "field_path": path})
+
+
 DEFAULT_FEATURES: list[Feature] = ["returns", "log_returns", "rsi", "macd", "bollinger", "atr"]
-
-
-# --- pods ----------------------------------------------------------------------------------
-
-
-class ResourceList(ApiModel):
-    """Compute resources per node (pod). GPUs are not set here: see `device`."""
-
-    requests: dict[Annotated[str, Field(max_length=253)], Quantity] = Field(
-        default_factory=dict, max_length=16
-    )
-    """Minimum resources per pod, e.g. `{cpu: "4", memory: 16Gi}`."""
-    limits: dict[Annotated[str, Field(max_length=253)], Quantity] = Field(
-        default_factory=dict, max_length=16
-    )
-    """Maximum resources per pod, e.g. `{memory: 32Gi}`."""
-
-
-class Toleration(ApiModel):
-    """A Kubernetes toleration, so pods can land on tainted (e.g. GPU) nodes."""
-
-    key: Annotated[str, Field(max_length=316)] | None = None
-    """Taint key to tolerate; empty with operator Exists tolerates everything."""
-    operator: Literal["Exists", "Equal"] = "Equal"
-    """`Equal` matches key and value; `Exists` matches the key alone."""
-    value: Annotated[str, Field(max_length=253)] | None = None
-    """Taint value to match when operator is Equal."""
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    """Taint effect to match; empty matches all effects."""
-    toleration_seconds: int | None = Field(default=None, ge=0)
-    """For NoExecute: how long the pod stays bound after the taint appears."""
-
-
-RESERVED_ENV_PREFIXES = ("TRADEWIND_", "PET_", "TORCHELASTIC_")
-RESERVED_ENV_NAMES = (
-    "RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-    "MASTER_PORT", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)  # fmt: skip
-"""Environment the operator gives a run's pods: a user's value would take its place (the
-last of duplicate names wins), moving the rendezvous, the checkpoints or the MLflow run."""
-
-
-class EnvVar(ApiModel):
-    """An environment variable for the training container."""
-
-    name: Annotated[
-        str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    ]
-    """Variable name."""
-    value: LongStr | None = None
-    """Literal value."""
-    value_from: dict[str, Any] | None = None
-    """A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...)."""
-
-    cel_rules = (
-        CelRule("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both"),
-        CelRule(
-            f"!(self.name in {list(RESERVED_ENV_NAMES)}) && "
-            + " && ".join(f"!self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES),
-            "name is set by the operator (torchrun's rendezvous, the object store, MLflow: "
-            f"{', '.join(f'{p}*' for p in RESERVED_ENV_PREFIXES)}, "
-            f"{', '.join(RESERVED_ENV_NAMES)}); use another name",
-            ".name",
-        ),
-    )
-
-
-class VolumeMount(ApiModel):
-    """Where a volume appears in the training container."""
-
-    name: DNSLabel
-    """Name of a volume in `podTemplate.volumes`."""
-    mount_path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^/")]
-    """Absolute path in the container."""
-    read_only: bool = False
-    """Mount read-only."""
-    sub_path: Annotated[str, Field(max_length=1024)] | None = None
-    """Sub-path of the volume to mount instead of its root."""
-
-
-class Volume(ApiModel):
-    """A Kubernetes volume (any volume source: persistentVolumeClaim, secret, configMap, ...).
-
-    Only `name` is checked here; the rest is passed to the pod as written and checked by the
-    apiserver when the Job is created."""
-
-    model_config = ConfigDict(extra="allow")
-    name: DNSLabel
-    """Volume name, referenced by `volumeMounts`."""
-
-
-class LocalObjectReference(ApiModel):
-    """An object of the run's namespace, by name."""
-
-    name: Annotated[
-        str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    ]
-    """Its name."""
-
-
-class PodTemplateOverride(ApiModel):
-    """The narrow part of the pod template a run may change. Everything else (command,
-    ports, rendezvous, shared memory) belongs to the operator."""
-
-    labels: dict[Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, max_length=64)
-    )
-    """Extra pod labels."""
-    annotations: dict[Annotated[str, Field(max_length=316)], LongStr] = Field(
-        default_factory=dict, max_length=64
-    )
-    """Extra pod annotations."""
-    node_selector: dict[
-        Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=63)]
-    ] = Field(default_factory=dict, max_length=32)
-    """Node labels the pods must match, e.g. `{tradewind.dev/gpu-pool: a100}`."""
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    """Taints the pods tolerate."""
-    affinity: dict[str, Any] | None = None
-    """A Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity), passed through."""
-    priority_class_name: Annotated[str, Field(max_length=253)] | None = None
-    """PriorityClass of the pods."""
-    service_account_name: Annotated[str, Field(max_length=253)] | None = None
-    """ServiceAccount the pods run as; defaults to the namespace's `default`."""
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
-    """Secrets (docker-registry) of the run's namespace to pull a private image with, after
-    the operator's own (TRADEWIND_IMAGE_PULL_SECRETS, the chart's `imagePullSecrets`)."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=64)
-    """Extra environment variables for the training container."""
-    volumes: list[Volume] = Field(default_factory=list, max_length=32)
-    """Extra pod volumes."""
-    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
-    """Extra mounts in the training container; each must name a volume above."""
-
-    cel_rules = (
-        CelRule(
-            "self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
-            "every volumeMounts[].name must name an entry of volumes",
-            ".volumeMounts",
-        ),
-        CelRule(
-            "self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
-            "volume names must be unique",
-            ".volumes",
-        ),
-    )
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -236,12 +142,14 @@ class DataSource(ApiModel):
         Field(
             min_length=1,
             max_length=2048,
-            pattern=r"^(stocks|indices|eurusd|synthetic|file://.+|s3://[a-z0-9][-a-z0-9.]*/.+)$",
+            pattern=rf"^(stocks|indices|eurusd|synthetic|file://.+|s3://[a-z0-9][-a-z0-9.]*/.+"
+            rf"|{EXTENSION_NAME})$",
         ),
     ] = "stocks"
-    """A bundled dataset (`stocks`, `indices`, `eurusd`, `synthetic`) or a `file://` or
+    """A bundled dataset (`stocks`, `indices`, `eurusd`, `synthetic`), a `file://` or
     `s3://bucket/key` URI of a CSV or Parquet file with columns
-    symbol,timestamp,open,high,low,close,volume."""
+    symbol,timestamp,open,high,low,close,volume, or an extension's data source,
+    `<package>.<name>` (entry point group `tradewind.data_sources`)."""
     symbols: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
         default_factory=list, max_length=512
     )
@@ -253,10 +161,13 @@ class DataSource(ApiModel):
     interval: Literal["1m", "5m", "15m", "1h", "1d"] = "1d"
     """Bar interval; coarser than the source's bars resamples."""
     features: list[Feature] = Field(
-        default_factory=lambda: list(DEFAULT_FEATURES), min_length=1, max_length=len(FEATURES)
+        default_factory=lambda: list(DEFAULT_FEATURES),
+        min_length=1,
+        max_length=len(FEATURES) + MAX_EXTENSION_FEATURES,
     )
     """Engineered features computed per symbol: returns, log_returns, sma, ema, rsi, macd,
-    bollinger, atr, obv, realized_volatility, volume_zscore, high_low_range."""
+    bollinger, atr, obv, realized_volatility, volume_zscore, high_low_range, or an
+    extension's, `<package>.<name>` (entry point group `tradewind.features`)."""
     normalization: Literal["robust", "zscore", "minmax", "none"] = "robust"
     """Feature scaling, fitted on the training split only."""
     execution: Execution = "next_close"
@@ -285,6 +196,13 @@ class DataSource(ApiModel):
             ".features",
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_extensions(self, info: ValidationInfo) -> DataSource:
+        check_extension(info, "data_source", self.source, ".source")
+        for i, name in enumerate(self.features):
+            check_extension(info, "feature", name, f".features[{i}]")
+        return self
 
 
 # --- checkpoints, tracking -----------------------------------------------------------------
@@ -344,16 +262,81 @@ class TrackingSpec(ApiModel):
     )
 
 
+TRAINER_PERMANENT_EXIT_CODES = (64, 65, 66, 67)
+"""The built-in trainer's exit codes that no restart can fix (see tradewind.trainer.entrypoint):
+invalid config, non-finite loss, data not found, out of memory."""
+_DEFAULT_PERMANENT = str(list(TRAINER_PERMANENT_EXIT_CODES))
+ExitCode = Annotated[int, Field(ge=1, le=255)]
+
+
+class FailurePolicy(ApiModel):
+    """Which exit codes of a failed pod restart the attempt and which fail the run at once.
+    A failure without an exit code (a pod the cluster stopped) is retried; a disruption
+    (eviction, preemption, node drain) restarts without counting against maxRestarts."""
+
+    permanent_exit_codes: list[ExitCode] = Field(
+        default_factory=lambda: list(TRAINER_PERMANENT_EXIT_CODES), max_length=255
+    )
+    """Exit codes (1-255) that fail the run without a restart. Defaults to the built-in
+    trainer's 64 (InvalidConfig), 65 (NonFiniteLoss), 66 (DataNotFound) and 67
+    (OutOfMemory); other codes are reported as PermanentExitCode. Set it (e.g. to `[]`)
+    when your own code gives these codes other meanings."""
+    retryable_exit_codes: list[ExitCode] = Field(default_factory=list, max_length=255)
+    """Exit codes (1-255) that restart the attempt (against maxRestarts). Empty: every code
+    not in permanentExitCodes is retried; set: every code outside it is permanent too. A
+    container the kubelet OOMKilled (137) is permanent (OutOfMemory) unless 137 is listed
+    here."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.permanentExitCodes) || "
+            "self.permanentExitCodes.all(c, self.permanentExitCodes.exists_one(d, d == c))",
+            "permanentExitCodes must not repeat",
+            ".permanentExitCodes",
+        ),
+        CelRule(
+            "!has(self.retryableExitCodes) || "
+            "self.retryableExitCodes.all(c, self.retryableExitCodes.exists_one(d, d == c))",
+            "retryableExitCodes must not repeat",
+            ".retryableExitCodes",
+        ),
+        CelRule(
+            "!has(self.retryableExitCodes) || self.retryableExitCodes.all(c, !(c in "
+            f"(has(self.permanentExitCodes) ? self.permanentExitCodes : {_DEFAULT_PERMANENT})))",
+            "an exit code cannot be both permanent and retryable (permanentExitCodes defaults "
+            f"to {_DEFAULT_PERMANENT}: set it to make one of these retryable)",
+            ".retryableExitCodes",
+        ),
+    )
+
+
 class Lifecycle(ApiModel):
-    """Restart, suspend and clean-up policy shared by runs."""
+    """Restart, suspend, deadline and clean-up policy shared by runs. None of these fields
+    reaches the pods: a change of one is acted on (and observed) at once, where a change of
+    any other spec field rolls a new attempt (docs/failures.md)."""
 
     max_restarts: int = Field(default=3, ge=0, le=100)
     """How many times a failed attempt is torn down and restarted from the latest checkpoint
-    before the run is Failed."""
+    before the run is Failed. Disruptions and spec changes do not count."""
     suspend: bool = False
     """Suspend the run: pods are deleted, state is kept; set false to resume."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
-    """Fail the run if it has been active longer than this."""
+    """Fail the run (DeadlineExceeded) this long after its first attempt's Job started (its
+    pods were created: time queued in Kueue before that does not count); every later
+    attempt, and time suspended, count."""
+    scheduling_timeout_seconds: int | None = Field(default=None, ge=1)
+    """Fail an attempt (SchedulingTimeout) whose pods are not all running this long after
+    its Job started (time queued in Kueue does not count): its pods are deleted, releasing
+    what a partly placed gang holds, and it is restarted against maxRestarts. Unset waits
+    for ever."""
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    """Which exit codes are permanent and which are retried."""
+    clean_pod_policy: Literal["None", "Running", "All"] = "Running"
+    """What is kept of finished attempts (the Jobs, their finished pods for `kubectl logs`,
+    and ConfigMaps); pods still running when their attempt ends are always deleted.
+    `Running`: the last failed attempt's and, once the run ends, its last attempt's;
+    `None`: every failed attempt's as well; `All`: none (each attempt's are deleted when
+    the next starts, and the last one's when the run ends)."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the run this long after it finished; unset keeps it."""
     managed_by: Annotated[str, Field(max_length=63)] | None = None
@@ -368,12 +351,22 @@ class RunBase(Lifecycle):
     image: Annotated[str, Field(max_length=1024)] | None = None
     """Trainer container image; defaults to the operator's configured trainer image."""
     device: Literal["cpu", "cuda"] = "cpu"
-    """`cuda` requests `nvidia.com/gpu` = procsPerNode on each node and trains on GPUs;
-    `cpu` trains on CPU cores."""
+    """What the trainer computes on: `cuda` trains on GPUs (torch's cuda devices: NVIDIA's,
+    and AMD's with a ROCm build of torch) and, without `accelerator`, requests
+    `nvidia.com/gpu` = procsPerNode on each node; `cpu` trains on CPU cores."""
+    accelerator: Accelerator | None = None
+    """The devices each pod gets, e.g. `{resource: amd.com/gpu, perNode: 8}`: any extended
+    resource, as many per pod as you say (requested and limited). With device `cpu` the pods
+    get them and the built-in trainer still trains on CPU (your own code may use them)."""
     resources: ResourceList = Field(default_factory=ResourceList)
     """CPU and memory per node."""
     pod_template: PodTemplateOverride = Field(default_factory=PodTemplateOverride)
-    """Scheduling and environment overrides for the pods."""
+    """A patch over the operator's pod: placement, security contexts, init containers and
+    sidecars, networking, environment, volumes (see docs/pod-template.md)."""
+    gang_scheduling: GangScheduling | None = None
+    """Place each attempt's pods all at once or not at all, with Volcano or scheduler-plugins'
+    coscheduling (a PodGroup per attempt); unset leaves the pods to the scheduler one by
+    one."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Checkpointing."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)

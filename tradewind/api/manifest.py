@@ -53,6 +53,7 @@ def _describe(err: ErrorDetails, model: type[Resource]) -> str:
         "search_value",
         "hyperparameter",
         "grid_size",
+        "extension",
     ):
         message += f" (got {err['input']!r})"
     return f"{path}: {message}"
@@ -77,8 +78,13 @@ def _allowed_fields(model: type[Resource], loc: tuple[int | str, ...]) -> str:
     return "; allowed: " + ", ".join(sorted(f.alias or n for n, f in fields.items()))
 
 
-def parse_resource(doc: Any, source: str = "<manifest>") -> Resource:
-    """One YAML document (already parsed) -> its resource model, or ManifestError."""
+def parse_resource(
+    doc: Any, source: str = "<manifest>", context: dict[str, Any] | None = None
+) -> Resource:
+    """One YAML document (already parsed) -> its resource model, or ManifestError.
+
+    `context` is the pydantic validation context: `tradewind.extensions.validation_context()`
+    checks extension names and params against the installed packages."""
     if not isinstance(doc, dict):
         raise ManifestError(
             [f"{source}: the document must be a mapping with apiVersion, kind, metadata, spec"]
@@ -92,7 +98,7 @@ def parse_resource(doc: Any, source: str = "<manifest>") -> Resource:
     if model is None:
         raise ManifestError([f"{source}: kind: must be one of {', '.join(KINDS)} (got {kind!r})"])
     try:
-        return model.model_validate(doc)
+        return model.model_validate(doc, context=context)
     except ValidationError as exc:
         raise ManifestError([f"{source}: {_describe(e, model)}" for e in exc.errors()]) from None
 
@@ -117,14 +123,15 @@ def load_documents(path: Path) -> Iterator[Any]:
     yield from docs
 
 
-def load_resources(path: Path) -> list[Resource]:
-    """Every resource in a manifest file; ManifestError lists every problem found."""
+def load_resources(path: Path, context: dict[str, Any] | None = None) -> list[Resource]:
+    """Every resource in a manifest file; ManifestError lists every problem found. `context`
+    as for parse_resource."""
     resources, problems = [], []
     docs = list(load_documents(path))
     for i, doc in enumerate(docs):
         source = str(path) if len(docs) == 1 else f"{path}#{i}"
         try:
-            resources.append(parse_resource(doc, source))
+            resources.append(parse_resource(doc, source, context))
         except ManifestError as exc:
             problems.extend(exc.problems)
     if problems:

@@ -80,9 +80,9 @@ class Resource(ApiModel):
     metadata: ObjectMeta
     """Kubernetes object metadata."""
 
-    max_name_length: ClassVar[int] = 40
-    """metadata.name names Jobs, Services and pod hostnames (and, for a Sweep, its trial runs),
-    so it is a DNS label with room for suffixes."""
+    max_name_length: ClassVar[int] = 63
+    """metadata.name names the Service and the label values of every child, so it is a DNS
+    label (Jobs and pod hostnames take a shortened form of long names: builders.STEM_MAX)."""
     plural: ClassVar[str]
     short_names: ClassVar[tuple[str, ...]]
     printer_columns: ClassVar[tuple[PrinterColumn, ...]]
@@ -180,7 +180,7 @@ class Sweep(Resource):
         ),
         AGE,
     )
-    max_name_length = 33  # trial runs are named <sweep>-<trial number>
+    max_name_length = 58  # trial runs are named <sweep>-<trial number> (maxTrials <= 10000)
 
 
 KINDS: dict[str, type[Resource]] = {k.__name__: k for k in (TrainingRun, RLRun, Sweep)}

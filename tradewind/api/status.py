@@ -41,7 +41,8 @@ LongText = Annotated[str, BeforeValidator(cut_to(4096)), Field(max_length=4096)]
 
 class Condition(ApiModel):
     """A Kubernetes-style condition (Created, Running, Restarting, Suspended, Succeeded,
-    Failed, Ready, and kstatus's Reconciling and Stalled)."""
+    Failed, Ready, and kstatus's Reconciling and Stalled; Admitted for a run queued in Kueue:
+    whether Kueue admitted its current Job)."""
 
     type: ShortStr
     """Condition type."""
@@ -109,15 +110,30 @@ class RunStatus(ApiModel):
     """Conditions, including Ready, a terminal Succeeded or Failed, and kstatus's Reconciling
     (True while Pending, Running or Restarting) and Stalled (True once Failed)."""
     observed_generation: int | None = Field(default=None, ge=0)
-    """The metadata.generation the operator last acted on."""
+    """The metadata.generation the current attempt's pods run: a change of a lifecycle
+    field (maxRestarts, suspend, deadlines, failurePolicy, cleanPodPolicy, TTL) is observed
+    at once, a change of any other field once the new attempt it rolls is created. A
+    finished run observes every change at once (it starts no attempt)."""
     start_time: dt.datetime | None = None
-    """When the first attempt started."""
+    """When the first attempt's Job started (its pods were created; not while Kueue held it
+    queued): activeDeadlineSeconds counts from here."""
     completion_time: dt.datetime | None = None
     """When the run succeeded or failed."""
     attempt: int = Field(default=0, ge=0)
-    """Current attempt (0-based); each restart starts a new one."""
+    """Current attempt (0-based); each restart, disruption or spec change starts a new one."""
     restarts: int = Field(default=0, ge=0)
-    """Attempts torn down and restarted so far (against maxRestarts)."""
+    """Attempts torn down and restarted after a failure so far (against maxRestarts)."""
+    disruptions: int = Field(default=0, ge=0)
+    """Attempts restarted after a disruption of one of their pods (eviction, preemption, node
+    drain or pressure: the pod's DisruptionTarget condition); not counted against
+    maxRestarts."""
+    last_failed_attempt: int | None = Field(default=None, ge=0)
+    """The last attempt that failed (an exit code, a pod or Job failure; not one disrupted,
+    timed out or rolled for a spec change): with cleanPodPolicy Running (the default) its Job
+    and its finished pods are kept for `kubectl logs`."""
+    attempt_spec_hash: Annotated[str, Field(max_length=64)] | None = None
+    """Hash of the spec (all but its lifecycle fields) the current attempt was created from:
+    when the spec's differs, the operator rolls a new attempt (reason SpecChanged)."""
     nodes_ready: int = Field(default=0, ge=0)
     """Pods of the current attempt that are running."""
     nodes_total: int = Field(default=0, ge=0)

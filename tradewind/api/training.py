@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from tradewind.api.base import ApiModel, CelRule, ShortStr, immutable
-from tradewind.api.common import DataSource, RunBase
+from tradewind.api.common import DataSource, RunBase, builtin_or_extension, check_extension
+
+BUILTIN_MODELS = ("cnn", "lstm", "attention_lstm", "hybrid")
+_MODEL_CHECK, _MODEL_SCHEMA = builtin_or_extension(BUILTIN_MODELS)
+ModelType = Annotated[str, Field(min_length=1, max_length=253), _MODEL_CHECK, _MODEL_SCHEMA]
+"""A built-in model or an extension's, `<package>.<name>`."""
 
 # --- data ----------------------------------------------------------------------------------
 
@@ -165,9 +171,13 @@ class HeadsSpec(ApiModel):
 class ModelSpec(ApiModel):
     """The network: which architecture and its parts."""
 
-    type: Literal["cnn", "lstm", "attention_lstm", "hybrid"] = "hybrid"
-    """`cnn` (CNNModel), `lstm` (LSTMModel), `attention_lstm` (AttentionLSTM) or `hybrid`
-    (HybridCNNLSTM: CNN and LSTM branches fused)."""
+    type: ModelType = "hybrid"
+    """`cnn` (CNNModel), `lstm` (LSTMModel), `attention_lstm` (AttentionLSTM), `hybrid`
+    (HybridCNNLSTM: CNN and LSTM branches fused), or an extension's model, `<package>.<name>`
+    (entry point group `tradewind.models`; cnn, lstm and fusion do not apply to it)."""
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    """Parameters of an extension's model, checked by the parameters model it declares where
+    its package is installed (the trainer, `tradewind validate`); empty for the built-ins."""
     cnn: CNNSpec = Field(default_factory=CNNSpec)
     """CNN branch (cnn, hybrid)."""
     lstm: LSTMSpec = Field(default_factory=LSTMSpec)
@@ -186,6 +196,24 @@ class ModelSpec(ApiModel):
             ".lstm.attentionHeads",
         ),
     )
+
+    def check_semantics(self) -> None:
+        # not CEL: the apiserver's CEL does not see inside a free-form object
+        if self.params and self.type in BUILTIN_MODELS:
+            raise PydanticCustomError(
+                "extension",
+                "{message}",
+                {
+                    "message": f"params are for an extension's model (type <package>.<name>); "
+                    f"{self.type} takes none: set its fields (cnn, lstm, fusion, heads) instead",
+                    "field_path": ".params",
+                },
+            )
+
+    @model_validator(mode="after")
+    def _check_extension(self, info: ValidationInfo) -> ModelSpec:
+        check_extension(info, "model", self.type, ".type", self.params)
+        return self
 
 
 # --- training ------------------------------------------------------------------------------
@@ -408,13 +436,60 @@ class EvaluationSpec(ApiModel):
     transactionCost (as in the RL environment)."""
 
 
+# --- your own code --------------------------------------------------------------------------
+
+
+PYTHON_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+ModuleName = Annotated[str, Field(min_length=1, max_length=253, pattern=PYTHON_MODULE)]
+Arg = Annotated[str, Field(max_length=4096)]
+
+
+class Entrypoint(ApiModel):
+    """Your own training code in place of the built-in trainer: a Python module or a
+    command, started by the launcher on every node with the Kubeflow-compatible environment
+    (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, PET_*) and Tradewind's
+    checkpoint and MLflow contract (TRADEWIND_CHECKPOINT_DIR, MLFLOW_RUN_ID, ...: see
+    docs/own-code.md). The image (`spec.image`) must hold the code and have `tradewind`
+    installed (build it `FROM` the trainer image)."""
+
+    module: ModuleName | None = None
+    """Python module to run as `python -m <module>`, e.g. `mypackage.train`."""
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None, min_length=1, max_length=64
+    )
+    """Program and its first arguments, e.g. `[python, /app/train.py]` (an absolute path,
+    or one relative to the image's working directory)."""
+    args: list[Arg] = Field(default_factory=list, max_length=256)
+    """Arguments after the module or command."""
+    launcher: Literal["torchrun", "none"] = "torchrun"
+    """`torchrun` starts procsPerNode processes per node (torchrun's c10d rendezvous; each
+    process gets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from torchrun).
+    `none` starts the code once per pod, as PyTorchJob does without torchrun: RANK is the
+    pod's index, WORLD_SIZE the number of nodes, MASTER_ADDR:MASTER_PORT the first pod's
+    address; it needs procsPerNode 1."""
+
+    cel_rules = (
+        CelRule(
+            "has(self.module) != has(self.command)",
+            "set exactly one of module (run as python -m) and command (a program and its "
+            "arguments)",
+            ".module",
+        ),
+    )
+
+
 class TrainingRunSpec(RunBase):
-    """A supervised training run: data, model, training loop, evaluation, and where it runs."""
+    """A supervised training run: data, model, training loop, evaluation, and where it runs;
+    or your own code (`entrypoint`) with the same launcher, checkpoints and tracking."""
 
     nodes: int = Field(default=1, ge=1, le=256)
     """Pods (torchrun nodes); each runs procsPerNode processes."""
     procs_per_node: int = Field(default=1, ge=1, le=16)
     """Processes per node (one per GPU with device cuda)."""
+    entrypoint: Entrypoint | None = None
+    """Run your own code instead of the built-in trainer; unset runs the built-in trainer.
+    With it set, Tradewind does not read data, model, training or evaluation; your code may
+    (the run's manifest is at $TRADEWIND_RUN_CONFIG, with a Sweep trial's values in it)."""
     data: TrainingData = Field(default_factory=TrainingData)
     """Market data, features and labels."""
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -426,6 +501,12 @@ class TrainingRunSpec(RunBase):
 
     cel_rules = (
         *immutable("nodes", "procsPerNode", "device", "data", "model", "managedBy"),
+        CelRule(
+            "!has(self.entrypoint) || self.entrypoint.launcher != 'none' || self.procsPerNode == 1",
+            "entrypoint.launcher none starts one process per pod: procsPerNode must be 1 "
+            "(or use launcher torchrun)",
+            ".entrypoint.launcher",
+        ),
         CelRule(
             "!has(self.training.seq2seq) || self.model.type in ['lstm', 'attention_lstm']",
             "training.seq2seq needs model.type lstm or attention_lstm",

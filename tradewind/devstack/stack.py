@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tradewind.devstack import kwok
+from tradewind.devstack import kueue, kwok
 from tradewind.devstack.certs import write_certificates
 from tradewind.devstack.processes import (
     ManagedProcess,
@@ -66,6 +66,8 @@ class StackConfig:
     """Also run the executor node (tradewind.devstack.executor), whose pods really run."""
     profiling: bool = False
     """Serve Go's /debug/pprof on the apiserver, controller-manager and scheduler."""
+    kueue: bool = False
+    """Also run the Kueue controller (tradewind.devstack.kueue)."""
 
 
 class DevStack:
@@ -80,6 +82,7 @@ class DevStack:
             json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
         )
         self.with_executor = config.executor or "executor" in self.state
+        self.with_kueue = config.kueue or kueue.NAME in self.state
 
     # --- public ------------------------------------------------------------------------
 
@@ -122,6 +125,8 @@ class DevStack:
                 log(f"{proc.name}: running (pid {pids[proc.name]})")
                 continue
             stop(pids.get(proc.name))
+            if proc.name == kueue.NAME:
+                kueue.prepare(self)
             pids[proc.name] = start(proc)
             self._save()
             log(f"{proc.name}: started (pid {pids[proc.name]}, log {proc.log})")
@@ -133,7 +138,7 @@ class DevStack:
 
     def down(self, log: Callable[[str], None] = print) -> None:
         pids = self.state.get("pids", {})
-        for name in ("executor", *reversed(COMPONENTS)):
+        for name in ("executor", kueue.NAME, *reversed(COMPONENTS)):
             if pid_alive(pids.get(name)):
                 stop(pids[name])
                 log(f"{name}: stopped")
@@ -144,6 +149,7 @@ class DevStack:
     def status(self) -> dict[str, str]:
         """Component -> 'running', 'unhealthy' or 'stopped'."""
         names = (*COMPONENTS, "executor") if self.with_executor else COMPONENTS
+        names = (*names, kueue.NAME) if self.with_kueue else names
         if not self.state.get("ports"):
             return dict.fromkeys(names, "stopped")
         pids = self.state.get("pids", {})
@@ -172,6 +178,8 @@ class DevStack:
             "minio",
         ]
         missing = [b for b in needed if not (self.bin / b).is_file()]
+        if self.with_kueue:
+            missing += kueue.missing_binaries(self)
         if missing:
             raise StackError(
                 f"missing binaries in {self.bin}: {', '.join(missing)}; "
@@ -198,6 +206,10 @@ class DevStack:
 
             ports.setdefault("executor", free_port())
             self.state.setdefault("executor", plan_network(str(self.dir.resolve())).to_json())
+        if self.with_kueue:
+            for name in kueue.PORTS:
+                ports.setdefault(name, free_port())
+            self.state.setdefault(kueue.NAME, {"webhook": ports["kueue-webhook"]})
         self._save()
 
     def _save(self) -> None:
@@ -293,6 +305,8 @@ class DevStack:
             from tradewind.devstack.executor import executor_process
 
             procs.append(executor_process(self))
+        if self.with_kueue:
+            procs.append(kueue.process(self))
         return [p for p in procs if p.name != "mlflow" or self.config.with_mlflow]
 
     def python_bin(self, name: str) -> str:

@@ -6,15 +6,18 @@ name and attempt: `_attempt_stem`), so re-running a reconcile never creates anyt
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import yaml
 
 from tradewind.api import GROUP, RLRun, TrainingRun
 from tradewind.api.identity import PARENT_RUN_ANNOTATION
+from tradewind.api.pods import GANG_SCHEDULERS, Container, PodTemplateOverride
 from tradewind.operator import pod_security
 from tradewind.operator.pod_security import STATE_DIR as STATE_DIR
 from tradewind.operator.settings import OperatorSettings
+from tradewind.trainer import own_code
 
 Run = TrainingRun | RLRun
 Manifest = dict[str, Any]
@@ -32,18 +35,26 @@ CONTAINER = "trainer"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
+STEM_MAX = 53
+"""The longest attempt stem: `<stem>-combine` and a pod index (`-0`), or `<stem>` and the
+highest index (`-255`), stay within the 63 characters of a pod hostname and a label value."""
+
+
 def _attempt_stem(run: Run, attempt: int) -> str:
     """`<name>-<attempt>` for a TrainingRun, `<name>-rl<attempt>` for an RLRun.
 
     Child names are a function of (kind, name, attempt) with no two alike, so a TrainingRun
     and an RLRun of one name run side by side: split a stem at its last '-': a TrainingRun's
     last part is all digits, an RLRun's is `rl` and digits. Every child name is a stem and a
-    fixed suffix (none for the Job, `-combine`, `-config`). Run names are at most 40
-    characters (`Resource.max_name_length`) and attempts at most 101, so the longest,
-    `<name>-rl101-combine` plus the pod index, stays within Kubernetes' 63-character labels
-    and hostnames."""
+    fixed suffix (none for the Job, `-combine`, `-config`). A stem longer than STEM_MAX (run
+    names may be 63 characters, attempts have no bound) keeps the start of the name and a
+    hash of all of it: `<name prefix>-<8 hex>-<attempt>`."""
     tag = "rl" if isinstance(run, RLRun) else ""
-    return f"{run.metadata.name}-{tag}{attempt}"
+    name, suffix = run.metadata.name, f"-{tag}{attempt}"
+    if len(name) + len(suffix) > STEM_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[: STEM_MAX - len(suffix) - 9].rstrip('-')}-{digest}"
+    return name + suffix
 
 
 def job_name(run: Run, attempt: int) -> str:
@@ -182,26 +193,37 @@ TORCHRUN = ("python", "-m", "tradewind.trainer.launch")
 
 def trainer_command(run: Run, attempt: int, uid: str) -> list[str]:
     """torchrun (through `tradewind.trainer.launch`, which keeps a rank's permanent exit
-    code) for a TrainingRun; the RL trainer (one agent per completion index) for an RLRun."""
-    nodes, procs = shape(run)
+    code) for a TrainingRun; the RL trainer (one agent per completion index) for an RLRun.
+    A TrainingRun's own code (`entrypoint`) runs under `tradewind.trainer.own_code`, the
+    checkpoint and MLflow contract, with the same torchrun flags, or alone (launcher none)."""
     if isinstance(run, RLRun):
         config = f"{CONFIG_DIR}/run.yaml"
         command = ["python", "-m", "tradewind.trainer.rl", "--config", config]
         return [*command, "--agent-index", "$(PET_NODE_RANK)", "--state-dir", STATE_DIR]
+    if run.spec.entrypoint is not None:
+        child = own_code.child_argv(run.spec.entrypoint, _torchrun_flags(run, attempt, uid))
+        return own_code.wrapper_argv(f"{CONFIG_DIR}/run.yaml", STATE_DIR, child)
     return [
         *TORCHRUN,
-        f"--nnodes={nodes}",
-        f"--nproc-per-node={procs}",
-        "--node-rank=$(PET_NODE_RANK)",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={rendezvous_endpoint(run, attempt)}",
-        f"--rdzv-id={uid}-{attempt}",
+        *_torchrun_flags(run, attempt, uid),
         "-m",
         "tradewind.trainer",
         "--config",
         f"{CONFIG_DIR}/run.yaml",
         "--state-dir",
         STATE_DIR,
+    ]
+
+
+def _torchrun_flags(run: Run, attempt: int, uid: str) -> list[str]:
+    nodes, procs = shape(run)
+    return [
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={procs}",
+        "--node-rank=$(PET_NODE_RANK)",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rendezvous_endpoint(run, attempt)}",
+        f"--rdzv-id={uid}-{attempt}",
     ]
 
 
@@ -229,6 +251,9 @@ def trainer_env(run: Run, attempt: int, uid: str, settings: OperatorSettings) ->
         {"name": "TRADEWIND_STATE_DIR", "value": STATE_DIR},
         {"name": "TRADEWIND_CHECKPOINT_URI", "value": f"s3://{settings.checkpoint_bucket}"},
     ]
+    entrypoint = run.spec.entrypoint if isinstance(run, TrainingRun) else None
+    if entrypoint is not None and entrypoint.launcher == "none":  # no torchrun to set them
+        env += [{"name": "LOCAL_RANK", "value": "0"}, {"name": "LOCAL_WORLD_SIZE", "value": "1"}]
     if settings.s3_endpoint:
         env += [{"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint}]
     if settings.s3_credentials_secret:
@@ -248,14 +273,130 @@ def _secret_env(secret: str, keys: tuple[str, ...]) -> list[Manifest]:
     return [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} for k in keys]
 
 
+DEFAULT_GPU = "nvidia.com/gpu"
+"""The accelerator of `device: cuda` without `spec.accelerator`."""
+
+
+def accelerator(run: Run) -> tuple[str, int] | None:
+    """(extended resource, devices per pod) of a run's pods, if any: `spec.accelerator`
+    (perNode defaulting to procsPerNode, or 1 per RLRun agent's pod), else nvidia.com/gpu x
+    procsPerNode for device cuda."""
+    spec, (_, procs) = run.spec, shape(run)
+    if spec.accelerator is not None:
+        return spec.accelerator.resource, spec.accelerator.per_node or procs
+    return (DEFAULT_GPU, procs) if spec.device == "cuda" else None
+
+
 def _resources(run: Run) -> Manifest:
     spec = run.spec
     requests = {k: str(v) for k, v in spec.resources.requests.items()}
     limits = {k: str(v) for k, v in spec.resources.limits.items()}
-    if spec.device == "cuda":
-        _, procs = shape(run)
-        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(procs)
-    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    if devices := accelerator(run):
+        resource, count = devices
+        limits[resource] = requests[resource] = str(count)
+    out: Manifest = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    if claims := spec.pod_template.resource_claims:
+        out["claims"] = [{"name": c.name} for c in claims]
+    return out
+
+
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+"""Volcano's pod annotation naming the pod's PodGroup."""
+COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+"""scheduler-plugins' (coscheduling) pod label naming the pod's PodGroup."""
+POD_GROUP_API = {
+    "volcano": "scheduling.volcano.sh/v1beta1",
+    "coscheduling": "scheduling.x-k8s.io/v1alpha1",
+}
+
+
+def pod_group_resource(run: Run) -> str | None:
+    """The Kube collection key of the run's PodGroups (`PodGroup.<api group>`), if the run
+    is gang-scheduled."""
+    gang = run.spec.gang_scheduling
+    return None if gang is None else f"PodGroup.{POD_GROUP_API[gang.scheduler].split('/')[0]}"
+
+
+def build_pod_group(run: Run, attempt: int, owner: Manifest) -> Manifest | None:
+    """The attempt's PodGroup (named as its Job, minMember = nodes), if the run is
+    gang-scheduled: created before the Job, so no pod of the gang binds before it exists."""
+    gang = run.spec.gang_scheduling
+    if gang is None:
+        return None
+    nodes, _ = shape(run)
+    spec: Manifest = {"minMember": nodes}
+    if gang.scheduler == "volcano":
+        if gang.queue:
+            spec["queue"] = gang.queue
+        if priority := run.spec.pod_template.priority_class_name:
+            spec["priorityClassName"] = priority
+    elif gang.schedule_timeout_seconds is not None:
+        spec["scheduleTimeoutSeconds"] = gang.schedule_timeout_seconds
+    return {
+        "apiVersion": POD_GROUP_API[gang.scheduler],
+        "kind": "PodGroup",
+        "metadata": {
+            "name": job_name(run, attempt),
+            "namespace": run.metadata.namespace,
+            "labels": labels(run, attempt, "train"),
+            "ownerReferences": [owner],
+        },
+        "spec": spec,
+    }
+
+
+def _pod_group_membership(run: Run, attempt: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations) that put a training pod in its attempt's PodGroup."""
+    gang = run.spec.gang_scheduling
+    if gang is None:
+        return {}, {}
+    if gang.scheduler == "volcano":
+        return {}, {VOLCANO_GROUP_ANNOTATION: job_name(run, attempt)}
+    return {COSCHEDULING_GROUP_LABEL: job_name(run, attempt)}, {}
+
+
+def _scheduler_name(run: Run) -> str | None:
+    gang = run.spec.gang_scheduling
+    default = GANG_SCHEDULERS[gang.scheduler] if gang is not None else None
+    return run.spec.pod_template.scheduler_name or default
+
+
+def _init_containers(template: PodTemplateOverride) -> list[Manifest]:
+    """The run's init containers, then its sidecars as native sidecars (init containers
+    that restart Always: they start before the trainer and stop when it ends), each with
+    what PodSecurity `restricted` asks of a container under its own security context."""
+
+    def container(c: Container) -> Manifest:
+        out = c.model_dump(by_alias=True, exclude_none=True)
+        context = pod_security.extra_container_security_context(out.get("securityContext"))
+        return out | {"securityContext": context}
+
+    init = [container(c) for c in template.init_containers]
+    return init + [container(c) | {"restartPolicy": "Always"} for c in template.sidecars]
+
+
+def _pod_fields(template: PodTemplateOverride) -> Manifest:
+    """The podTemplate fields set as written (a false value too), unset ones left out."""
+    dns_policy = template.dns_policy
+    if dns_policy is None and template.host_network:
+        dns_policy = "ClusterFirstWithHostNet"  # the rendezvous name must still resolve
+    fields = {
+        "topologySpreadConstraints": template.topology_spread_constraints or None,
+        "runtimeClassName": template.runtime_class_name,
+        "hostNetwork": template.host_network,
+        "hostIPC": template.host_ipc,
+        "dnsPolicy": dns_policy,
+        "dnsConfig": template.dns_config,
+        "hostAliases": template.host_aliases or None,
+        "resourceClaims": [
+            c.model_dump(by_alias=True, exclude_none=True) for c in template.resource_claims
+        ]
+        or None,
+        "terminationGracePeriodSeconds": template.termination_grace_period_seconds,
+        "enableServiceLinks": template.enable_service_links,
+        "shareProcessNamespace": template.share_process_namespace,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def build_job(
@@ -265,7 +406,9 @@ def build_job(
     retries (the operator restarts the whole gang from the latest checkpoint)."""
     nodes, _ = shape(run)
     spec, template = run.spec, run.spec.pod_template
-    pod_labels = {**template.labels, **labels(run, attempt, "train")}
+    group_labels, group_annotations = _pod_group_membership(run, attempt)
+    pod_labels = {**template.labels, **labels(run, attempt, "train"), **group_labels}
+    pod_annotations = {**template.annotations, **group_annotations}
     job_labels = labels(run, attempt, "train")
     if QUEUE_LABEL in (run.metadata.labels or {}):
         job_labels[QUEUE_LABEL] = run.metadata.labels[QUEUE_LABEL]
@@ -287,19 +430,25 @@ def build_job(
         "env": [*pod_security.scratch_env(), *trainer_env(run, attempt, uid, settings)],
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
-        "securityContext": pod_security.container_security_context(),
+        "securityContext": pod_security.container_security_context(
+            template.container_security_context
+        ),
     }
+    if template.env_from:
+        container["envFrom"] = template.env_from
     if resources := _resources(run):
         container["resources"] = resources
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "subdomain": service_name(run),
-        "securityContext": pod_security.pod_security_context(),
+        "securityContext": pod_security.pod_security_context(template.security_context),
         # The token only for a run that names its ServiceAccount (it then wants the API).
         "automountServiceAccountToken": template.service_account_name is not None,
         "containers": [container],
         "volumes": volumes,
     }
+    if init_containers := _init_containers(template):
+        pod_spec["initContainers"] = init_containers
     optional = {
         "nodeSelector": template.node_selector or None,
         "tolerations": [
@@ -308,6 +457,7 @@ def build_job(
         or None,
         "affinity": template.affinity,
         "priorityClassName": template.priority_class_name,
+        "schedulerName": _scheduler_name(run),
         "serviceAccountName": template.service_account_name,
         "imagePullSecrets": [
             {"name": name}
@@ -316,7 +466,7 @@ def build_job(
             )
         ],
     }
-    pod_spec |= {k: v for k, v in optional.items() if v}
+    pod_spec |= {k: v for k, v in optional.items() if v} | _pod_fields(template)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -331,9 +481,11 @@ def build_job(
             "completions": nodes,
             "parallelism": nodes,
             "backoffLimit": 0,
-            "suspend": spec.suspend,
+            # A queued run's Job waits, suspended, for Kueue to admit it (as Kueue's webhook
+            # would make it; its controller admits Jobs created so without the webhook).
+            "suspend": spec.suspend or QUEUE_LABEL in job_labels,
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": dict(template.annotations)},
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,
             },
         },
@@ -352,6 +504,9 @@ def build_combine_job(
     template = job["spec"]["template"]
     template["metadata"]["labels"][ROLE_LABEL] = "combine"
     template["spec"].pop("subdomain", None)
+    # One pod after the gang: not a member of the training pods' PodGroup (minMember nodes).
+    template["metadata"]["labels"].pop(COSCHEDULING_GROUP_LABEL, None)
+    template["metadata"]["annotations"].pop(VOLCANO_GROUP_ANNOTATION, None)
     (container,) = template["spec"]["containers"]
     config = f"{CONFIG_DIR}/run.yaml"
     container["command"] = ["python", "-m", "tradewind.trainer.rl", "--config", config, "--combine"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 import urllib.parse
 import uuid
 from typing import Any
@@ -15,6 +16,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tradewind.api import GROUP, KINDS, VERSION
 from tradewind.api.status import RunStatus
+from tradewind.operator import kueue
+from tradewind.operator.kueue import SUSPENDED_BY_RUN_LABEL
 
 log = logging.getLogger(__name__)
 MANAGER = "tradewind-operator"
@@ -69,6 +72,8 @@ def retry_after(exc: BaseException) -> float | None:
 
 
 JSON_PATCH = "application/json-patch+json"
+_WORKLOADS_UNREADABLE: set[int] = set()
+"""HTTP statuses of Workload reads already warned of (once per process)."""
 
 
 def _uid_test(uid: str | None, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,8 +161,9 @@ class Kube:
         ConfigMaps, and a run's are named with its uid (`builders.config_name`)."""
         kind, meta = manifest["kind"], manifest["metadata"]
         ns, name = meta["namespace"], meta["name"]
+        path = _collection(resource_key(manifest), ns)
         try:
-            self.request("POST", f"{_collection(kind, ns)}?fieldManager={MANAGER}", manifest)
+            self.request("POST", f"{path}?fieldManager={MANAGER}", manifest)
         except ApiException as exc:
             if exc.status != 409:
                 permanent = exc.status in PERMANENT_STATUSES
@@ -165,7 +171,7 @@ class Kube:
             if kind == "ConfigMap":
                 return
             try:
-                existing = json.loads(self.request("GET", f"{_collection(kind, ns)}/{name}"))
+                existing = json.loads(self.request("GET", f"{path}/{name}"))
             except ApiException as gone:
                 if gone.status != 404:
                     raise
@@ -219,11 +225,72 @@ class Kube:
 
         return str(max(events, key=when).get("message") or "")
 
+    _workload_reads: dict[str, tuple[float, str | None]] | None = None
+
+    def workload_message(self, ns: str, job_uid: str, max_age: float = 0.0) -> str | None:
+        """What Kueue says of the Job `job_uid` it holds suspended (its Workload's message,
+        `kueue.workload_message`); "" if it says nothing, None if the Job has no Workload.
+        A cluster without Kueue's Workload API (404) or an operator not allowed to read it
+        (403) gets "" (nothing known) and one warning. The answer of a read less than
+        `max_age` seconds ago for the same Job is given again unread (from the apiserver's
+        watch cache when read: a diagnosis need not be the latest word)."""
+        now = time.monotonic()
+        if self._workload_reads is None:
+            self._workload_reads = {}
+        reads = self._workload_reads
+        if (last := reads.get(job_uid)) is not None and now - last[0] < max_age:
+            return last[1]
+        if len(reads) > 1024:  # Jobs long admitted or gone
+            for uid in [u for u, (when, _) in reads.items() if now - when >= max_age]:
+                reads.pop(uid, None)
+        message = self._read_workload_message(ns, job_uid)
+        reads[job_uid] = (now, message)
+        return message
+
+    def _read_workload_message(self, ns: str, job_uid: str) -> str | None:
+        selector = urllib.parse.quote(f"{kueue.JOB_UID_LABEL}={job_uid}")
+        for version in kueue.WORKLOAD_VERSIONS:
+            path = f"/apis/{kueue.WORKLOAD_GROUP}/{version}/namespaces/{ns}/workloads"
+            try:
+                found = json.loads(
+                    self.request("GET", f"{path}?labelSelector={selector}&resourceVersion=0")
+                )
+            except ApiException as exc:
+                if exc.status not in (403, 404):
+                    raise
+                if exc.status == 403 or version == kueue.WORKLOAD_VERSIONS[-1]:
+                    self._warn_unreadable(exc)
+                    return ""
+                continue
+            items = found.get("items") or []
+            return kueue.workload_message(items[0]) if items else None
+        return None
+
+    @staticmethod
+    def _warn_unreadable(exc: ApiException) -> None:
+        if exc.status not in _WORKLOADS_UNREADABLE:
+            _WORKLOADS_UNREADABLE.add(exc.status)
+            log.warning(
+                "Kueue Workloads not read (%s %s): queued runs waiting for quota will not "
+                "say what Kueue says",
+                exc.status,
+                exc.reason,
+            )
+
     def set_job_suspended(
         self, ns: str, name: str, suspended: bool, uid: str | None = None
     ) -> None:
-        """Suspend or resume the Job; with `uid`, only that Job (not a successor of its name)."""
-        ops = _uid_test(uid, [{"op": "add", "path": "/spec/suspend", "value": suspended}])
+        """Suspend or resume the Job for its run's spec.suspend, saying so in its
+        SUSPENDED_BY_RUN_LABEL (only a Job the operator suspended is resumed); with `uid`,
+        only that Job (not a successor of its name)."""
+        label = "/metadata/labels/" + SUSPENDED_BY_RUN_LABEL.replace("~", "~0").replace("/", "~1")
+        ops = _uid_test(
+            uid,
+            [
+                {"op": "add", "path": "/spec/suspend", "value": suspended},
+                {"op": "add", "path": label, "value": str(suspended).lower()},
+            ],
+        )
         try:
             self.request("PATCH", f"{_collection('Job', ns)}/{name}", ops, JSON_PATCH)
         except ApiException as exc:
@@ -317,5 +384,18 @@ COLLECTIONS = {
 }
 
 
+COLLECTIONS |= {
+    f"PodGroup.{api.split('/')[0]}": f"/apis/{api}/namespaces/{{ns}}/podgroups"
+    for api in ("scheduling.volcano.sh/v1beta1", "scheduling.x-k8s.io/v1alpha1")
+}  # gang scheduling (builders.build_pod_group): one kind name, two API groups
+
+
 def _collection(kind: str, ns: str) -> str:
     return COLLECTIONS[kind].format(ns=ns)
+
+
+def resource_key(manifest: dict[str, Any]) -> str:
+    """The COLLECTIONS key of a manifest: `<kind>.<api group>` where a kind name is in more
+    than one group (PodGroup), else its kind."""
+    key = f"{manifest['kind']}.{manifest.get('apiVersion', '').rpartition('/')[0]}"
+    return key if key in COLLECTIONS else str(manifest["kind"])

@@ -199,7 +199,9 @@ class RunWorker(Worker):
             reader.request(self.key, self.uid, run.spec.tracking.experiment, self.wakeup.set)
         if found is None:
             return
-        epochs = run.spec.training.epochs if isinstance(run, TrainingRun) else None
+        epochs = None  # own code (entrypoint) has no training.epochs: its `progress` metric
+        if isinstance(run, TrainingRun) and run.spec.entrypoint is None:
+            epochs = run.spec.training.epochs
         new = fold_progress(decision.status, found, reader.uri, epochs)
         if new != decision.status:
             version = await asyncio.to_thread(self.memo.kube.patch_status, snapshot, new)
@@ -296,10 +298,15 @@ def run_operator(
             elector.acquire()
         elector.hold(on_lost=leader.exit_lease_lost)
     log.info("tradewind operator starting; namespaces: %s", ", ".join(namespaces) or "all")
+    kopf_settings = kopf.OperatorSettings()
+    # A list of namespaces (exact names) needs no cluster-wide watch of namespaces or CRDs:
+    # the chart's watchNamespaces mode grants neither.
+    kopf_settings.scanning.disabled = bool(namespaces)
     try:
         kopf.run(
             clusterwide=not namespaces,
             namespaces=namespaces,
+            settings=kopf_settings,
             standalone=True,  # one replica works at a time: the Lease, not kopf's peering
             liveness_endpoint=liveness,
         )

@@ -2,7 +2,9 @@
 emptyDirs the trainer writes on (the root filesystem is read-only), a size limit on the
 memory-backed `/dev/shm`, and no service-account token unless the run names an account.
 
-Pure data for `builders.build_job`; a run's `podTemplate` has no field that reaches these.
+Pure data for `builders.build_job`. A run's `podTemplate.securityContext` and
+`containerSecurityContext` are merged over these (`merged`): the defaults pass `restricted`;
+what a run changes is its own choice, and PodSecurity admission judges it.
 """
 
 from __future__ import annotations
@@ -38,22 +40,50 @@ SCRATCH_ENV = (("HOME", HOME_DIR), ("LOGNAME", "tradewind"))
 tag, torch's cache folder) works in an image with no passwd entry for TRAINER_UID."""
 
 
-def pod_security_context() -> Manifest:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": TRAINER_UID,
-        "runAsGroup": TRAINER_UID,
-        "fsGroup": TRAINER_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def pod_security_context(override: Manifest | None = None) -> Manifest:
+    """The pod's, with a run's `podTemplate.securityContext` merged over it."""
+    return merged(
+        {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        override,
+    )
 
 
-def container_security_context() -> Manifest:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-    }
+def container_security_context(override: Manifest | None = None) -> Manifest:
+    """The trainer container's, with `podTemplate.containerSecurityContext` merged over it."""
+    return merged(
+        {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+        override,
+    )
+
+
+def extra_container_security_context(override: Manifest | None = None) -> Manifest:
+    """A run's init container's or sidecar's: what `restricted` asks of every container (the
+    pod's context gives it non-root and seccomp), with its own securityContext merged over
+    it. Its root filesystem stays writable: it is the user's image."""
+    return merged({"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}, override)
+
+
+def merged(base: Manifest, override: Manifest | None) -> Manifest:
+    """`override` over `base`: objects merged key by key, anything else (lists included)
+    replaced by the override's value. E.g. `capabilities: {add: [IPC_LOCK]}` keeps
+    `drop: [ALL]` beside it."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            value = merged(old, value)
+        out[key] = value
+    return out
 
 
 def shm_size_limit(run: Run) -> str:

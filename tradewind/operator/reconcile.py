@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from tradewind.api import KINDS, RLRun, TrainingRun
 from tradewind.api.status import RunStatus
-from tradewind.operator import builders, storage_scope
+from tradewind.operator import builders, failures, kueue, storage_scope
 from tradewind.operator.kube import Kube, Refused
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import (
@@ -47,6 +47,9 @@ PODS_RECHECK_SECONDS = 15.0
 """How often it is asked again while its pods are missing and no Event says why."""
 GENERATED_POD_NAME = re.compile(r'(pods? "[a-z0-9.-]+?)-[bcdfghjklmnpqrstvwxz2456789]{5}(?=")')
 """A pod name the Job controller generated (`<job>-<index>-` and 5 random characters)."""
+WORKLOAD_RECHECK_SECONDS = 30.0
+"""How often the Kueue Workload of a queued run's suspended Job is read again for its message
+(the message is a diagnosis: admission itself comes by the Job's watch)."""
 AGGREGATED = "(combined from similar events): "
 """client-go's prefix of an Event message that stands for several similar ones."""
 
@@ -174,12 +177,15 @@ def reconcile(
     # Children by uid: those of an earlier run of this name (deleted, its Jobs still held by
     # a finalizer) are neither counted nor touched.
     jobs = [j for j in jobs if _owned_by(j, meta.get("uid"))]
-    seen = _observe(run, status.attempt, jobs, [p for p in pods if _labelled_for(p, meta)])
+    pods = [p for p in pods if _labelled_for(p, meta)]
+    seen = _observe(run, status.attempt, jobs, pods)
     state, recheck = _why_pods_missing(seen, run, kube, now)
+    if state.suspended and not run.spec.suspend:
+        state, recheck = _why_held(seen, run, kube, now)
     gen = meta.get("generation", 0)
-    decision = _decide(run, status, seen, state, now, gen, created_attempt)
-    decision.recheck_seconds = recheck
+    decision = _decide(run, status, seen, state, now, gen, created_attempt, recheck)
     try:
+        _delete_stale(run, decision.status, jobs, pods, kube)
         _apply(run, body, decision, jobs, kube, settings)
     except Refused as exc:
         log.warning("%s %s/%s: %s", run.kind, run.metadata.namespace, run.metadata.name, exc)
@@ -230,9 +236,16 @@ def _decide(
     now: dt.datetime,
     gen: int,
     created_attempt: int | None,
+    recheck: float | None = None,
 ) -> Decision:
     decision = decide(run, status, state, now, gen)
-    if seen.combine_due and decision.status.phase not in ("Failed", "Suspended"):
+    if recheck is not None:  # the sooner of decide's (a scheduling timeout) and the caller's
+        decision.recheck_seconds = min(recheck, decision.recheck_seconds or recheck)
+    if (
+        seen.combine_due
+        and decision.status.phase not in ("Failed", "Suspended")
+        and decision.status.attempt == status.attempt  # not rolled to a new one
+    ):
         decision.actions.append("create_combine")
     if created_attempt is not None and created_attempt == decision.status.attempt:
         # Created moments ago; the watch has not shown the Job yet: creating again would
@@ -341,6 +354,36 @@ def _why_pods_missing(
     return replace(state, refused=message), None
 
 
+def _why_held(
+    seen: Observed, run: TrainingRun | RLRun, kube: Kube, now: dt.datetime
+) -> tuple[AttemptState, float | None]:
+    """A queued run's Job that Kueue holds suspended, a few seconds old: what its Workload
+    says (`admission`), read again every WORKLOAD_RECHECK_SECONDS while it waits (its
+    admission itself comes by the Job's watch). Returns the state and when to look again."""
+    state, job = seen.state, seen.job
+    if (
+        job is None
+        or kueue.queue_name(run) is None
+        or state.suspended_by_run
+        or state.succeeded
+        or state.failure is not None
+    ):
+        return state, None
+    created = _timestamp(job["metadata"].get("creationTimestamp"))
+    age = (now - created).total_seconds() if created is not None else PODS_GRACE_SECONDS
+    if age < PODS_GRACE_SECONDS:
+        return state, PODS_GRACE_SECONDS - age
+    uid, ns = job["metadata"].get("uid"), run.metadata.namespace or "default"
+    try:
+        message = kube.workload_message(ns, uid, WORKLOAD_RECHECK_SECONDS) if uid else ""
+    except ApiException as exc:  # a diagnosis, not the reconcile: it goes on without
+        log.warning("Workload of Job %s/%s not read: %s %s", ns, job["metadata"]["name"],
+                    exc.status, exc.reason)  # fmt: skip
+        message = ""
+    admission = kueue.NO_WORKLOAD if message is None else message
+    return replace(state, admission=admission), WORKLOAD_RECHECK_SECONDS
+
+
 def _timestamp(value: str | None) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(value) if value else None
@@ -349,18 +392,57 @@ def _timestamp(value: str | None) -> dt.datetime | None:
 
 
 def _delete_stale(
-    run: TrainingRun | RLRun, attempt: int, jobs: list[dict[str, Any]], kube: Kube
+    run: TrainingRun | RLRun,
+    status: RunStatus,
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    kube: Kube,
 ) -> None:
-    """Jobs of other attempts (this run's only) are stale: deleted with their pods, and their
-    ConfigMaps. An attempt label that is not a number is someone's edit: the Job goes, and
-    no ConfigMap name is guessed from it."""
+    """Jobs of other attempts (this run's only), with their pods, ConfigMaps and PodGroups,
+    are deleted unless spec.cleanPodPolicy keeps them (`_kept`). An attempt label that is
+    not a number is someone's edit: the Job goes, and no other name is guessed from it."""
     ns = run.metadata.namespace or "default"
+    policy, ended = run.spec.clean_pod_policy, _ended_attempts(jobs, pods)
+    gone: set[int] = set()
     for job in jobs:
         label = job["metadata"]["labels"].get(builders.ATTEMPT_LABEL)
-        if label != str(attempt):
-            kube.delete("Job", ns, job["metadata"]["name"], uid=job["metadata"].get("uid"))
-            if label is not None and label.isdigit():
-                kube.delete("ConfigMap", ns, builders.config_name(run, int(label)))
+        number = int(label) if label is not None and label.isdigit() else None
+        if number is not None and _kept(policy, number, status, ended):
+            continue
+        kube.delete("Job", ns, job["metadata"]["name"], uid=job["metadata"].get("uid"))
+        if number is not None and number not in gone:
+            gone.add(number)
+            kube.delete("ConfigMap", ns, builders.config_name(run, number))
+            if group := builders.pod_group_resource(run):
+                kube.delete(group, ns, builders.job_name(run, number))
+
+
+def _kept(policy: str, number: int, status: RunStatus, ended: set[int]) -> bool:
+    """Whether attempt `number`'s children stay: the current attempt's (`All`: until the
+    run ends); an earlier one's only once it failed (no pod of it runs any more: the Job
+    controller deletes a failed Job's other pods), `None`: every such one, `Running`: the
+    last failed attempt's; `All`: none. A later attempt than the current one is someone's
+    edit."""
+    if number == status.attempt:
+        return not (policy == "All" and status.phase in TERMINAL)
+    if number > status.attempt or policy == "All" or number not in ended:
+        return False
+    return policy == "None" or number == status.last_failed_attempt
+
+
+def _ended_attempts(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> set[int]:
+    """Attempts that failed for good: their Job is Failed, or a pod of theirs is (a pod's
+    Failed phase is final, and makes its Job, which allows no retry, fail), or was
+    disrupted (on its way out: the Job controller counts it failed)."""
+    found: set[str] = set()
+    for job in jobs:
+        conditions = job.get("status", {}).get("conditions") or []
+        if any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
+            found.add(job["metadata"]["labels"].get(builders.ATTEMPT_LABEL, ""))
+    for pod in pods:
+        if pod.get("status", {}).get("phase") == "Failed" or failures.disruption(pod):
+            found.add(pod["metadata"]["labels"].get(builders.ATTEMPT_LABEL, ""))
+    return {int(label) for label in found if label.isdigit()}
 
 
 def _apply(
@@ -374,7 +456,6 @@ def _apply(
     attempt = decision.status.attempt
     ns = run.metadata.namespace or "default"
     uids = {j["metadata"]["name"]: j["metadata"].get("uid") for j in jobs}
-    _delete_stale(run, attempt, jobs, kube)
     actions = decision.actions
     if "delete_run" in actions:
         kube.delete(run.kind, ns, run.metadata.name, uid=body["metadata"].get("uid"))
@@ -388,6 +469,8 @@ def _apply(
         kube.create(builders.build_configmap(run, attempt, owner))
         if builders.needs_service(run):
             kube.create(builders.build_service(run, owner))
+        if (pod_group := builders.build_pod_group(run, attempt, owner)) is not None:
+            kube.create(pod_group)  # before the Job: no pod of the gang binds before it
         kube.create(builders.build_job(run, attempt, uid, owner, settings))
     if "create_combine" in actions:
         owner = builders.owner_reference(body)

@@ -9,17 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tradewind.api.status import Condition, RunStatus, SweepStatus
+from tradewind.operator import failures, kueue
 from tradewind.operator.builders import Run, shape
+from tradewind.operator.generations import spec_hash
 
-PERMANENT_EXIT_CODES = {
-    64: "InvalidConfig",
-    65: "NonFiniteLoss",
-    66: "DataNotFound",
-    67: "OutOfMemory",
-}
+PERMANENT_EXIT_CODES = failures.TRAINER_EXIT_REASONS
 """Trainer exit codes that no restart can fix (see tradewind.trainer.entrypoint): the spec
 cannot run, the loss became NaN or infinite, the data is not there, out of memory (as is a
-container the kubelet OOMKilled)."""
+container the kubelet OOMKilled). The default of spec.failurePolicy.permanentExitCodes."""
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 TERMINAL = ("Succeeded", "Failed")
 RECONCILING = ("Pending", "Running", "Restarting")
@@ -36,10 +33,15 @@ class PodFailure:
     exit_code: int | None
     reason: str
     message: str
+    disrupted: bool = False
+    """The cluster stopped the pod (its DisruptionTarget condition, a kubelet eviction):
+    `reason` and `message` are the condition's."""
 
     def describe(self) -> str:
-        code = f" with exit code {self.exit_code}" if self.exit_code is not None else ""
         detail = f": {self.message}" if self.message else ""
+        if self.disrupted:
+            return f"pod {self.pod} disrupted ({self.reason}){detail}"
+        code = f" with exit code {self.exit_code}" if self.exit_code is not None else ""
         return f"pod {self.pod} failed{code} ({self.reason}){detail}"
 
 
@@ -48,6 +50,9 @@ class AttemptState:
     """What the cluster shows of the current attempt."""
 
     exists: bool
+    started: dt.datetime | None = None
+    """When the Job controller started the Job (its status.startTime: unset while the Job
+    is suspended, e.g. queued by Kueue)."""
     suspended: bool = False
     succeeded: bool = False
     failure: PodFailure | None = None
@@ -58,6 +63,12 @@ class AttemptState:
     refused: str = ""
     """Why the Job has fewer pods than it should: the apiserver refused them (the Job
     controller's FailedCreate Event: PodSecurity, quota, an invalid pod)."""
+    suspended_by_run: bool | None = None
+    """Whether the operator suspended the Job for the run's spec.suspend (its
+    SUSPENDED_BY_RUN_LABEL); None if the Job has no such label (an older operator's)."""
+    admission: str = ""
+    """What Kueue says of a queued run's suspended Job (its Workload's message, e.g.
+    "couldn't assign flavors ... insufficient quota"), if read."""
 
 
 PERMANENT_POD_REFUSALS = ("violates PodSecurity", " is invalid")
@@ -84,13 +95,16 @@ def observe_attempt(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> A
         for c in job.get("status", {}).get("conditions") or []
         if c.get("status") == "True"
     }
-    failure = None
+    failure = disrupted = None
     waiting = ""
     running = 0
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         name = pod["metadata"]["name"]
         phase = pod.get("status", {}).get("phase")
         term = _terminated(pod)
+        found = failures.disruption(pod)
+        if found is not None and disrupted is None:
+            disrupted = PodFailure(name, (term or {}).get("exitCode"), *found, disrupted=True)
         if (phase == "Failed" or term) and failure is None:
             term = term or {}
             reason = term.get("reason") or pod["status"].get("reason") or "Error"
@@ -102,6 +116,8 @@ def observe_attempt(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> A
             wait = (status.get("state") or {}).get("waiting") or {}
             if wait.get("reason") in IMAGE_PULL_REASONS:
                 waiting = f"pod {name}: {wait['reason']}: {wait.get('message', '')}".strip()
+    # A disruption explains the other pods' failures (their peer went away): it comes first.
+    failure = disrupted or failure
     if failure is None and "Failed" in conditions:
         cond = conditions["Failed"]
         failure = PodFailure(
@@ -109,13 +125,27 @@ def observe_attempt(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> A
         )
     return AttemptState(
         exists=True,
+        started=_timestamp(job.get("status", {}).get("startTime")),
         suspended=bool(job.get("spec", {}).get("suspend")),
+        suspended_by_run=_suspended_by_run(job),
         succeeded="Complete" in conditions or "SuccessCriteriaMet" in conditions,
         failure=failure,
         running=running,
         total=int(job.get("spec", {}).get("completions") or 0),
         waiting=waiting,
     )
+
+
+def _timestamp(value: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _suspended_by_run(job: dict[str, Any]) -> bool | None:
+    label = (job["metadata"].get("labels") or {}).get(kueue.SUSPENDED_BY_RUN_LABEL)
+    return None if label is None else label == "true"
 
 
 @dataclass
@@ -216,7 +246,9 @@ def decide(
     """The next status of a run and the actions that converge the cluster to it."""
     d = Decision(status=status.model_copy(deep=True))
     s = d.status
-    s.observed_generation = generation
+    current, latest = spec_hash(run), generation
+    # From here `generation` is the one the current attempt's pods run (docs/failures.md).
+    generation = _track(s, attempt, current, latest)
     s.nodes_total = shape(run)[0]
     s.nodes_ready = attempt.running if attempt.exists else 0
     if s.phase in TERMINAL:
@@ -228,16 +260,16 @@ def decide(
         ):
             d.actions.append("delete_run")
     elif run.spec.suspend:
-        if attempt.exists and not attempt.suspended:
-            d.actions.append("suspend_job")
-        message = "spec.suspend is true: pods deleted, state kept"
-        _phase(d, "Suspended", "Suspended", message, now, generation)
+        _suspend(run, d, attempt, now, generation)
     elif _past_deadline(run, s, now):
         d.actions += ["delete_attempt"] if attempt.exists else []
         message = f"active for more than activeDeadlineSeconds={run.spec.active_deadline_seconds}"
         _phase(d, "Failed", "DeadlineExceeded", message, now, generation)
+    elif _spec_changed(s, attempt, current):
+        _roll(d, latest, now, generation)
     elif not attempt.exists:
-        _create(d, now, generation)
+        s.attempt_spec_hash = current
+        _create(d, now, latest)
     else:
         if not any(c.type == "Created" for c in s.conditions):  # e.g. the operator died
             set_condition(
@@ -249,10 +281,111 @@ def decide(
                 now,
                 generation,
             )
-        if attempt.suspended:
-            d.actions.append("resume_job")
-        _progress(run, d, attempt, now, generation)
+        if attempt.suspended and not attempt.succeeded:
+            _suspended_job(run, d, status, attempt, now, generation)
+        else:
+            _progress(run, d, attempt, now, generation)
+        _admitted_condition(run, d, attempt, now, generation)
     return d
+
+
+def _suspend(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, gen: int) -> None:
+    """spec.suspend: the Job is suspended (its pods deleted), or for a queued run deleted:
+    Kueue un-suspends a Job it admitted, so the Job goes, its quota with it, and a resume
+    creates it again, queued."""
+    message = "spec.suspend is true: pods deleted, state kept"
+    queued = kueue.queue_name(run) is not None
+    if queued:
+        d.actions += ["delete_attempt"] if attempt.exists else []
+        message = "spec.suspend is true: the Job deleted (its Kueue quota released), state kept"
+    elif attempt.exists and not attempt.suspended:
+        d.actions.append("suspend_job")
+    _phase(d, "Suspended", "Suspended", message, now, gen)
+    if queued:
+        set_condition(d.status, kueue.ADMITTED_CONDITION, False, "Suspended", message, now, gen)
+
+
+def _suspended_job(
+    run: Run, d: Decision, before: RunStatus, attempt: AttemptState, now: dt.datetime, gen: int
+) -> None:
+    """The Job is suspended while the run is not. Resumed only if the operator suspended it
+    for the run's spec.suspend (its label says so; a Job without the label, of an older
+    operator, if the run was Suspended and is not queued); otherwise Kueue, or another
+    controller, holds it: the run waits and says so, and the Job is left alone. Its pods
+    that end meanwhile were stopped by the suspension (Kueue preempting it): no restart."""
+    queue = kueue.queue_name(run)
+    ours = attempt.suspended_by_run
+    if ours or (ours is None and queue is None and before.phase == "Suspended"):
+        d.actions.append("resume_job")
+        _progress(run, d, attempt, now, gen)
+        return
+    s = d.status
+    if queue is not None:
+        reason = kueue.WAITING_REASON
+        message = kueue.waiting_message(queue, s.attempt, attempt.admission)
+    else:
+        reason, message = "JobSuspended", kueue.suspended_elsewhere_message(s.attempt)
+    ready = next((c for c in before.conditions if c.type == "Ready"), None)
+    if ready is None or ready.reason != reason:
+        d.events.append(("Normal", reason, message[:MESSAGE_LIMIT]))
+    phase = "Restarting" if s.phase == "Restarting" else "Pending"
+    _phase(d, phase, reason, message[:MESSAGE_LIMIT], now, gen, event=False)
+
+
+def _admitted_condition(
+    run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, gen: int
+) -> None:
+    """A queued run's Admitted condition: whether Kueue admitted (un-suspended) the Job of
+    its current attempt."""
+    s, queue = d.status, kueue.queue_name(run)
+    if queue is None or s.phase in TERMINAL:
+        return
+    ready = next((c for c in s.conditions if c.type == "Ready"), None)
+    if ready is not None and ready.reason == kueue.WAITING_REASON:
+        set_condition(s, kueue.ADMITTED_CONDITION, False, ready.reason, ready.message, now, gen)
+    elif not attempt.suspended:
+        message = f"Kueue admitted the Job of attempt {s.attempt} (LocalQueue {queue})"
+        set_condition(s, kueue.ADMITTED_CONDITION, True, "Admitted", message, now, gen)
+
+
+def _track(s: RunStatus, attempt: AttemptState, current: str, latest: int) -> int:
+    """Keep in `s` when the first attempt's Job started and which spec the attempt runs;
+    return (and set) observedGeneration: the latest generation if the spec (less its
+    lifecycle fields) is the one the attempt was created from, or no attempt runs; else the
+    generation observed before. A finished run starts no attempt: it observes every change."""
+    if s.phase in TERMINAL:
+        s.observed_generation = latest
+        return latest
+    s.start_time = s.start_time or attempt.started
+    if s.attempt_spec_hash is None and attempt.exists:
+        s.attempt_spec_hash = current  # an older operator's attempt: taken as it is
+    if s.attempt_spec_hash in (None, current) or s.observed_generation is None:
+        s.observed_generation = latest
+    return s.observed_generation
+
+
+def _spec_changed(s: RunStatus, attempt: AttemptState, current: str) -> bool:
+    """Whether the attempt runs another spec than the run's, and is not over yet."""
+    return (
+        attempt.exists
+        and not attempt.succeeded
+        and attempt.failure is None
+        and s.attempt_spec_hash not in (None, current)
+    )
+
+
+def _roll(d: Decision, latest: int, now: dt.datetime, gen: int) -> None:
+    """The spec changed under a running (or pending, or held) attempt: a new attempt with
+    it, from the latest checkpoint, not counted against maxRestarts."""
+    s = d.status
+    message = (
+        f"the spec changed (generation {latest}; attempt {s.attempt}'s pods run generation "
+        f"{gen}): starting attempt {s.attempt + 1} from the latest checkpoint with it "
+        "(not counted against maxRestarts)"
+    )
+    d.events.append(("Normal", "SpecChanged", message))
+    s.attempt += 1
+    _phase(d, "Restarting", "SpecChanged", message, now, gen, event=False)
 
 
 def _past_deadline(run: Run, s: RunStatus, now: dt.datetime) -> bool:
@@ -261,8 +394,13 @@ def _past_deadline(run: Run, s: RunStatus, now: dt.datetime) -> bool:
 
 
 def _create(d: Decision, now: dt.datetime, gen: int) -> None:
+    """Create the attempt from the current spec: `gen`, the latest generation, is observed
+    (conditions set before, e.g. Restarting for a spec change, are restamped with it)."""
     s = d.status
     d.actions.append("create_attempt")
+    s.observed_generation = gen
+    for condition in s.conditions:
+        condition.observed_generation = gen
     # True once per run (a refused create leaves it False: the next try says it again)
     created = not any(c.type == "Created" and c.status == "True" for c in s.conditions)
     if created:
@@ -289,6 +427,8 @@ def _progress(run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, ge
         _on_failure(run, d, attempt.failure, now, gen)
     elif attempt.refused:
         _pods_refused(d, attempt.refused, now, gen)
+    elif _scheduling_due(run, s, attempt, d, now):
+        _scheduling_timeout(run, d, attempt, now, gen)
     elif attempt.total > 0 and attempt.running == attempt.total:
         s.start_time = s.start_time or now
         _phase(d, "Running", "AllNodesRunning", counts, now, gen)
@@ -357,15 +497,89 @@ def _still_waiting(
     _phase(d, phase, reason, message, now, gen, event=False)
 
 
+def _scheduling_due(
+    run: Run, s: RunStatus, attempt: AttemptState, d: Decision, now: dt.datetime
+) -> bool:
+    """Whether the attempt's pods are not all running schedulingTimeoutSeconds after its
+    Job started (an attempt that ran all its pods once is past it); if not yet, the
+    decision is asked to look again when it would be."""
+    timeout = run.spec.scheduling_timeout_seconds
+    if (
+        not timeout
+        or attempt.started is None
+        or attempt.suspended
+        or s.phase == "Running"
+        or attempt.running >= attempt.total
+    ):
+        return False
+    left = (attempt.started + dt.timedelta(seconds=timeout) - now).total_seconds()
+    if left > 0:
+        due = left + 0.1
+        d.recheck_seconds = due if d.recheck_seconds is None else min(d.recheck_seconds, due)
+    return left <= 0
+
+
+def _scheduling_timeout(
+    run: Run, d: Decision, attempt: AttemptState, now: dt.datetime, gen: int
+) -> None:
+    """Its pods are deleted (a gang placed in part holds what another needs), and the
+    attempt restarted against maxRestarts, as Kueue's waitForPodsReady requeues a
+    workload."""
+    s = d.status
+    timeout = run.spec.scheduling_timeout_seconds
+    what = (
+        f"{attempt.running}/{attempt.total} pods of attempt {s.attempt} running "
+        f"schedulingTimeoutSeconds={timeout} after its Job started"
+    )
+    if attempt.waiting:
+        what += f" ({attempt.waiting})"
+    d.actions.append("delete_attempt")
+    if s.restarts >= run.spec.max_restarts:
+        message = f"{what}; maxRestarts={run.spec.max_restarts} reached"
+        _phase(d, "Failed", "MaxRestartsReached", message[:MESSAGE_LIMIT], now, gen)
+        return
+    s.restarts += 1
+    message = (
+        f"{what}; starting attempt {s.attempt + 1} "
+        f"(restart {s.restarts} of {run.spec.max_restarts})"
+    )
+    _new_attempt(d, "SchedulingTimeout", message[:MESSAGE_LIMIT], now, gen)
+
+
+def _new_attempt(
+    d: Decision, reason: str, message: str, now: dt.datetime, gen: int, failed: bool = False
+) -> None:
+    """Restarting with the next attempt; `failed`: the one ending failed (its Job and pods
+    are kept for logs, per cleanPodPolicy)."""
+    s = d.status
+    if failed:
+        s.last_failed_attempt = s.attempt
+    s.attempt += 1
+    if s.phase == "Restarting":  # a restart during a restart is a transition too
+        d.events.append(("Warning", reason, message))
+    _phase(d, "Restarting", reason, message, now, gen)
+
+
 def _on_failure(run: Run, d: Decision, failure: PodFailure, now: dt.datetime, gen: int) -> None:
     s = d.status
     what = failure.describe()
-    permanent = PERMANENT_EXIT_CODES.get(failure.exit_code or 0)
-    if failure.reason == "OOMKilled":  # the kubelet killed it at its memory limit: again
-        permanent = "OutOfMemory"
+    if failure.disrupted:
+        s.disruptions += 1
+        message = (
+            f"{what}; starting attempt {s.attempt + 1} from the latest checkpoint "
+            f"(disruption {s.disruptions}, not counted against maxRestarts)"
+        )
+        # Not a failed attempt: its pods are gone with the disruption, and an earlier
+        # crash's are worth more for logs.
+        _new_attempt(d, "Disrupted", message[:MESSAGE_LIMIT], now, gen)
+        return
+    policy = run.spec.failure_policy
+    permanent = failures.permanent_reason(failure.exit_code, failure.reason, policy)
     if permanent:
+        s.last_failed_attempt = s.attempt
         _phase(d, "Failed", permanent, f"{what}: a permanent error, not retried", now, gen)
     elif s.restarts >= run.spec.max_restarts:
+        s.last_failed_attempt = s.attempt
         _phase(
             d,
             "Failed",
@@ -377,14 +591,11 @@ def _on_failure(run: Run, d: Decision, failure: PodFailure, now: dt.datetime, ge
     else:
         d.actions.append("delete_attempt")
         s.restarts += 1
-        s.attempt += 1
         reason = (
             failure.reason if failure.reason in ("Evicted", "DeadlineExceeded") else "AttemptFailed"
         )
         message = (
-            f"{what}; starting attempt {s.attempt} from the latest checkpoint "
+            f"{what}; starting attempt {s.attempt + 1} from the latest checkpoint "
             f"(restart {s.restarts} of {run.spec.max_restarts})"
         )
-        if s.phase == "Restarting":  # a restart during a restart is a transition too
-            d.events.append(("Warning", reason, message))
-        _phase(d, "Restarting", reason, message, now, gen)
+        _new_attempt(d, reason, message, now, gen, failed=True)

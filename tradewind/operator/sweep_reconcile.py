@@ -307,8 +307,9 @@ class _SweepReconcile:
 
     def run(self, status: SweepStatus) -> Events:
         was = status.phase
-        if was not in TERMINAL:
-            self.parent_run_id = self._sweep_run(status)
+        if was in TERMINAL:  # as a run's: raising maxTrials afterwards starts nothing
+            return []
+        self.parent_run_id = self._sweep_run(status)
         children = self._children()
         for trial in self._running():
             self._account(trial, children.get(trial.number))
@@ -337,7 +338,7 @@ class _SweepReconcile:
             result = Outcome(result.phase, result.reason, message)
         generation = int(self.body["metadata"].get("generation") or 0)
         events = apply_outcome(status, result, self.now, generation)
-        if status.phase in TERMINAL and was not in TERMINAL and status.mlflow.run_id:
+        if status.phase in TERMINAL and status.mlflow.run_id:
             self.metrics.finish_sweep_run(
                 status.mlflow.run_id, status.phase == "Failed", self._result_metrics(status)
             )

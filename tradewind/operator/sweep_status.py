@@ -177,8 +177,6 @@ def apply_outcome(
         set_condition(status, type_, value, why, text, now, generation)
     if result.phase in TERMINAL:
         status.completion_time = status.completion_time or now
-    else:  # e.g. maxTrials raised after the sweep finished: it runs again
-        status.completion_time = None
     return events
 
 

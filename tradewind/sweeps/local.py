@@ -259,6 +259,13 @@ class LocalSweep:
         args = ["--config", str(manifest), "--state-dir", str(self.state_dir)]
         if self.spec.template.kind == "TrainingRun":
             commands = [[*base, "tradewind.trainer", *args]]
+            if self.spec.template.spec.entrypoint is not None:  # the template's own code
+                from tradewind.api import TrainingRun, load_resources
+                from tradewind.trainer.own_code import local_argv
+
+                (trial_run,) = load_resources(manifest)
+                assert isinstance(trial_run, TrainingRun)
+                commands = [local_argv(trial_run, manifest, self.state_dir)]
         else:
             agents = len(self.spec.template.spec.agents)
             commands = [[*base, "tradewind.trainer.rl", *args, "--agent-index", str(i)]

@@ -154,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from tradewind.extensions import validation_context
+
     try:
-        resources = load_resources(args.config)
+        resources = load_resources(args.config, validation_context())
     except (ManifestError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return fail_permanently(EXIT_BAD_CONFIG, f"error: {exc}")
     if len(resources) != 1:
         print(
             f"error: {args.config}: holds {len(resources)} resources; expected one", file=sys.stderr

@@ -122,12 +122,24 @@ def test_user_env_and_volumes_add_to_the_security_settings_without_replacing_the
 @pytest.mark.parametrize(
     "field",
     [
-        {"securityContext": {"runAsUser": 0}},
-        {"hostNetwork": True},
         {"automountServiceAccountToken": True},
         {"containers": [{"name": "x", "securityContext": {"privileged": True}}]},
     ],
 )
-def test_pod_template_has_no_field_that_weakens_the_pod(field: dict[str, Any]) -> None:
+def test_pod_template_has_no_field_that_weakens_the_pod_behind_the_operators_back(
+    field: dict[str, Any],
+) -> None:
     with pytest.raises(ManifestError, match="podTemplate"):
         _parse("TrainingRun", podTemplate=field)
+
+
+def test_a_security_context_a_run_writes_is_merged_over_the_restricted_one() -> None:
+    """Loosening it is the run's own, visible choice (PodSecurity admission judges it); what
+    the run does not name stays restricted."""
+    template = {"securityContext": {"runAsUser": 0}, "hostNetwork": True}
+    for job in _jobs(podTemplate=template):
+        pod = _pod(job)
+        assert pod["securityContext"]["runAsUser"] == 0
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["hostNetwork"] is True

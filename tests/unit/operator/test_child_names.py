@@ -14,7 +14,7 @@ from tradewind.operator import builders
 from tradewind.operator.settings import OperatorSettings
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_ATTEMPT = 101  # maxRestarts <= 100
+MAX_ATTEMPT = 10**6  # disruptions and spec changes add attempts beyond maxRestarts
 
 
 def _run(kind: str, name: str, uid: str | None = None) -> TrainingRun | RLRun:
@@ -67,12 +67,22 @@ def test_no_two_runs_or_attempts_share_a_child_name(a: Any, b: Any) -> None:
     assert not _names(first, a[2]) & _names(second, b[2])
 
 
-@given(st.sampled_from(["TrainingRun", "RLRun"]), st.integers(0, MAX_ATTEMPT))
-def test_the_longest_names_fit_kubernetes_limits(kind: str, attempt: int) -> None:
-    run = _run(kind, "a" * Resource.max_name_length)
-    for name in _names(run, attempt):
-        # the pod hostname `<job>-<index>` (and the job-name label) is a 63-character label
-        assert DNS_LABEL.match(name) and len(f"{name}-999") <= 63
+@given(st.sampled_from(["TrainingRun", "RLRun"]), names, st.integers(0, MAX_ATTEMPT))
+def test_names_up_to_the_limit_fit_kubernetes_limits(kind: str, name: str, attempt: int) -> None:
+    run = _run(kind, name)
+    # the pod hostname `<job>-<index>` (and the job-name label) is a 63-character label
+    assert DNS_LABEL.match(builders.job_name(run, attempt))
+    assert len(f"{builders.job_name(run, attempt)}-255") <= 63
+    assert len(f"{builders.combine_job_name(run, attempt)}-0") <= 63
+    assert len(builders.config_name(run, attempt)) <= 253
+    assert builders.service_name(run) == name and len(name) <= 63
+
+
+def test_long_names_keep_their_start_and_differ_by_a_hash() -> None:
+    first, second = "a" * 60 + "xyz", "a" * 60 + "xyw"
+    jobs = [builders.job_name(_run("TrainingRun", n), 3) for n in (first, second)]
+    assert jobs[0] != jobs[1] and all(j.startswith("a" * 30) and j.endswith("-3") for j in jobs)
+    assert builders.job_name(_run("TrainingRun", "short"), 3) == "short-3"
 
 
 def test_every_child_and_pod_carries_the_runs_uid_kind_and_name() -> None:

@@ -98,9 +98,19 @@ def test_suspend_and_resume() -> None:
     running = observe_attempt(JOB, [_pod("a", "Running")])
     d = decide(_run(suspend=True), RunStatus(phase="Running"), running, NOW, 2)
     assert d.actions == ["suspend_job"] and d.status.phase == "Suspended"
-    suspended = AttemptState(exists=True, suspended=True, total=1)
+    suspended = AttemptState(exists=True, suspended=True, suspended_by_run=True, total=1)
     d2 = decide(_run(), d.status, suspended, NOW, 3)
     assert d2.actions == ["resume_job"]
+    # A Job suspended by something else (Kueue, another controller) is not resumed.
+    held = AttemptState(exists=True, suspended=True, suspended_by_run=False, total=1)
+    d3 = decide(_run(), d.status, held, NOW, 3)
+    assert d3.actions == [] and d3.status.phase == "Pending"
+    queued = _run()
+    queued.metadata.labels = {"kueue.x-k8s.io/queue-name": "q"}
+    by_kueue = AttemptState(exists=True, suspended=True, total=1)
+    d4 = decide(queued, RunStatus(phase="Pending"), by_kueue, NOW, 3)
+    ready = next(c for c in d4.status.conditions if c.type == "Ready")
+    assert d4.actions == [] and ready.reason == "WaitingForQuota"
 
 
 def test_deadline_and_ttl() -> None:

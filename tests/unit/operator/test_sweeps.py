@@ -240,6 +240,18 @@ def test_finished_children_are_told_and_replaced_until_max_trials(tmp_path: Path
     assert len(h.metrics.finished) == 1
 
 
+def test_a_finished_sweep_stays_finished_when_max_trials_is_raised(tmp_path: Path) -> None:
+    h = Harness(tmp_path, _body(maxTrials=1, parallelism=1))
+    h.reconcile()
+    h.kube.finish("sw-0", "Succeeded", val_loss=0.25)
+    assert h.reconcile().phase == "Succeeded"
+    h.body["spec"]["maxTrials"] = 3
+    h.body["metadata"]["generation"] = 2
+    status = h.reconcile()
+    assert status.phase == "Succeeded" and status.completion_time == NOW
+    assert h.children() == ["sw-0"] and len(h.study().trials) == 1
+
+
 def test_the_pruner_stops_a_worse_trial_and_its_child_is_deleted(tmp_path: Path) -> None:
     h = Harness(tmp_path, _body(pruner={"type": "median", "startupTrials": 1}))
     h.reconcile()

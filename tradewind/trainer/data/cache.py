@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from tradewind.api.common import DataSource, SyntheticData
+from tradewind.extensions import is_extension
+from tradewind.trainer.data.extensions import extension_fingerprint
 from tradewind.trainer.data.features import FeatureTable, engineer_features
 from tradewind.trainer.data.object_store import (
     ObjectStoreClient,
@@ -48,6 +50,9 @@ def feature_cache_key(
         "config": source.model_dump(mode="json", include=fields),
         "source": source_fingerprint(source, synthetic_seed=synthetic_seed, s3_client=s3_client),
     }
+    extensions = [f for f in source.features if is_extension(f)]
+    if extensions:  # their code is the user's: a new version of it computes new features
+        document["features"] = [extension_fingerprint("feature", f, 0) for f in extensions]
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
 
@@ -56,8 +61,10 @@ def source_fingerprint(
     source: DataSource, *, synthetic_seed: int = 0, s3_client: ObjectStoreClient | None = None
 ) -> dict[str, Any]:
     """What identifies the version of the source's data: file mtime and size, object ETag,
-    or the generator settings."""
+    the generator settings, or an extension's package version and seed."""
     name = source.source
+    if is_extension(name):
+        return extension_fingerprint("data_source", name, synthetic_seed)
     if name == "synthetic":
         settings = source.synthetic or SyntheticData(seed=synthetic_seed)
         return {"synthetic": settings.model_dump(mode="json")}

@@ -17,6 +17,13 @@ import pandas as pd  # type: ignore[import-untyped]
 
 from tradewind.api.common import FEATURES
 from tradewind.trainer.data.errors import DataError
+from tradewind.trainer.data.extensions import (
+    check_no_lookahead,
+    extension_columns,
+    extension_values,
+    split_features,
+    symbol_frame,
+)
 from tradewind.trainer.data.synthetic import NO_REGIME
 
 FloatArray = npt.NDArray[np.float64]
@@ -57,12 +64,16 @@ class SymbolBars:
 
 
 def feature_columns(features: Iterable[str]) -> tuple[str, ...]:
-    """Column names for `features`, in the fixed order of FEATURES whatever the input order."""
-    chosen = set(features)
+    """Column names for `features`, in the fixed order of FEATURES whatever the input order,
+    then the extension features' (sorted by name)."""
+    builtin, extensions = split_features(list(features))
+    chosen = set(builtin)
     unknown = chosen - set(FEATURES)
     if unknown:
         raise DataError(f"unknown feature(s) {', '.join(sorted(unknown))}")
-    return tuple(column for name in FEATURES if name in chosen for column in FEATURE_COLUMNS[name])
+    return tuple(
+        column for name in FEATURES if name in chosen for column in FEATURE_COLUMNS[name]
+    ) + tuple(column for name in extensions for column in extension_columns(name))
 
 
 def compute_features(bars: SymbolBars, features: Iterable[str]) -> FloatArray:
@@ -272,9 +283,14 @@ def engineer_features(bars: pd.DataFrame, features: Sequence[str]) -> FeatureTab
     starts, stops = np.r_[0, bounds], np.r_[bounds, len(codes)]
     symbols = tuple(str(bars["symbol"].iloc[start]) for start in starts)
     prices = {c: bars[c].to_numpy(np.float64) for c in _PRICE_FIELDS}
+    timestamps = bars["timestamp"].to_numpy("datetime64[ns]")
+    extensions = split_features(features)[1]
+    if extensions:
+        first = symbol_frame(prices, timestamps, slice(int(starts[0]), int(stops[0])))
+        check_no_lookahead(first, extensions)
     warmed_up: dict[int, tuple[int, FloatArray, FloatArray]] = {}
     for chunk in _chunks_of_similar_length(stops - starts):
-        results = _chunk_features(prices, starts[chunk], stops[chunk], features)
+        results = _chunk_features(prices, starts[chunk], stops[chunk], features, timestamps)
         for symbol, result in zip(chunk.tolist(), results, strict=True):
             _check_finite(result[1], names, symbols[symbol])
             warmed_up[symbol] = result
@@ -290,7 +306,7 @@ def engineer_features(bars: pd.DataFrame, features: Sequence[str]) -> FeatureTab
         symbols=symbols,
         feature_names=names,
         offsets=np.r_[0, np.cumsum([len(matrix) for _, matrix, _ in ordered])].astype(np.int64),
-        timestamps=bars["timestamp"].to_numpy("datetime64[ns]")[rows],
+        timestamps=timestamps[rows],
         values=np.concatenate([matrix for _, matrix, _ in ordered]).astype(np.float32),
         open=prices["open"][rows],
         close=prices["close"][rows],
@@ -304,16 +320,29 @@ def _chunk_features(
     starts: npt.NDArray[np.int64],
     stops: npt.NDArray[np.int64],
     features: Sequence[str],
+    timestamps: npt.NDArray[np.datetime64],
 ) -> list[tuple[int, FloatArray, FloatArray]]:
     """Features of the symbols in rows starts[j]:stops[j], computed side by side in one
-    padded (bar, symbol) block: (first complete row, features, volatility) per symbol."""
+    padded (bar, symbol) block: (first complete row, features, volatility) per symbol.
+    Extension features are computed symbol by symbol into the same block."""
     lengths = stops - starts
     padded = {c: np.full((int(lengths.max()), len(starts)), np.nan) for c in _PRICE_FIELDS}
     for j, (start, stop) in enumerate(zip(starts, stops, strict=True)):
         for field, column in padded.items():
             column[: stop - start, j] = prices[field][start:stop]
     block = SymbolBars(**padded)
-    matrix = compute_features(block, features)
+    builtin, extensions = split_features(features)
+    matrix = (
+        compute_features(block, builtin)
+        if builtin
+        else np.empty((*block.close.shape, 0), dtype=np.float64)
+    )
+    if extensions:
+        extra = np.full((*block.close.shape, len(feature_columns(extensions))), np.nan)
+        for j, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
+            frame = symbol_frame(prices, timestamps, slice(start, stop))
+            extra[: stop - start, j] = extension_values(frame, extensions)
+        matrix = np.concatenate([matrix, extra], axis=-1)
     volatility = realized_volatility(block.close)
     results = []
     for j, n_bars in enumerate(lengths.tolist()):

@@ -20,7 +20,9 @@ import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped]
 
 from tradewind.api.common import DataSource, SyntheticData
+from tradewind.extensions import is_extension
 from tradewind.trainer.data.errors import DataError
+from tradewind.trainer.data.extensions import read_extension_source
 from tradewind.trainer.data.object_store import (
     ObjectStoreClient,
     minio_client_from_env,
@@ -73,7 +75,8 @@ def read_source(
     synthetic_seed: int = 0,
     s3_client: ObjectStoreClient | None = None,
 ) -> pd.DataFrame:
-    """Every bar of the source, unfiltered, as the tidy frame."""
+    """Every bar of the source, unfiltered, as the tidy frame. An extension's source is
+    called with `seed=synthetic_seed` (the run's seed)."""
     name = source.source
     if name == "stocks":
         raw = _read_stocks()
@@ -90,6 +93,8 @@ def read_source(
     elif name.startswith("s3://"):
         client = s3_client if s3_client is not None else minio_client_from_env()
         raw = _read_table(lambda: read_object(name, client), name)
+    elif is_extension(name):
+        raw = read_extension_source(name, synthetic_seed)
     else:
         raise DataError(f"unknown data source {name!r}")
     return tidy_bars(raw, name)

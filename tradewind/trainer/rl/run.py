@@ -384,11 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--combine", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from tradewind.extensions import validation_context
+
     try:
-        resources = load_resources(args.config)
+        resources = load_resources(args.config, validation_context())
     except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return fail_permanently(EXIT_BAD_CONFIG, f"error: {exc}")
     if len(resources) != 1 or not isinstance(resources[0], RLRun):
         print(f"error: {args.config}: expected one RLRun", file=sys.stderr)
         return EXIT_BAD_CONFIG

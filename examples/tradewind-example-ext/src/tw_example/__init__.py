@@ -1,0 +1,1 @@
+"""An example Tradewind extension package (see docs/extensions.md)."""
