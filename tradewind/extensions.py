@@ -1,4 +1,4 @@
-"""Extensions: models, features and data sources from the user's own package.
+"""Extensions: models, features, data sources and RL environments from the user's package.
 
 A package registers them as Python entry points, named `<package>.<name>` (a dot: the
 built-ins have none), in the groups of GROUPS:
@@ -20,6 +20,9 @@ The contracts (docs/extensions.md has examples):
   first, indexed by timestamp; the result has one row per bar, each computed from bars <= t.
 - data source: `source(*, seed) -> DataFrame` with columns symbol, timestamp, open, high,
   low, close, volume (one row per bar).
+- environment: `factory(*, market, spec, seed, random_start, params) -> TradingEnvironment`,
+  a subclass of Tradewind's that changes only its hooks (`shape_reward`,
+  `shape_observation`); see `tradewind.trainer.rl.extension`.
 
 This module imports neither torch nor pandas.
 """
@@ -39,11 +42,12 @@ from tradewind.api.common import EXTENSION_NAME
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["model", "feature", "data_source"]
+Kind = Literal["model", "feature", "data_source", "environment"]
 GROUPS: dict[Kind, str] = {
     "model": "tradewind.models",
     "feature": "tradewind.features",
     "data_source": "tradewind.data_sources",
+    "environment": "tradewind.environments",
 }
 """The entry point group of each kind of extension."""
 NAME = re.compile(f"^{EXTENSION_NAME}$")
@@ -67,13 +71,18 @@ def is_extension(name: str) -> bool:
 
 def model(*, params: type[BaseModel] | None = None) -> Callable[[F], F]:
     """Mark a model factory; `params` is the pydantic model that `model.params` of a
-    manifest is validated against (unset: the model takes no params)."""
+    manifest is validated against (unset: the model takes no params). It marks an
+    environment factory the same way (`environment.params`): `environment = model`."""
 
     def mark(factory: F) -> F:
         factory.params_model = params  # type: ignore[attr-defined]
         return factory
 
     return mark
+
+
+environment = model
+"""Mark an environment factory; `params` is the pydantic model of `environment.params`."""
 
 
 def feature(*, columns: tuple[str, ...] | None = None) -> Callable[[F], F]:

@@ -125,6 +125,22 @@ cases = [
         "combination",
     ),
     (
+        "rl-environment-type-name",
+        RL,
+        {"spec": {"environment": {"type": "Gym.TradingEnv"}}},
+        "spec.environment.type",
+        "or an extension's <package>.<name>",
+        "format",
+    ),
+    (
+        "rl-environment-params-builtin",
+        RL,
+        {"spec": {"environment": {"type": "portfolio", "params": {"penalty": 1}}}},
+        "spec.environment.params",
+        "params are for an extension's environment",
+        "combination",
+    ),
+    (
         "tr-model-unknown-field",
         TR,
         {"spec": {"model": {"layers": 3}}},
@@ -1078,6 +1094,7 @@ OPERATOR_CHECKED = {
     "sw-template-spec-invalid": "template.spec is validated as the template's kind",
     "sw-value-rejected-by-template": "searchSpace values are validated as the template's kind",
     "tr-model-params-builtin": "the apiserver's CEL cannot see inside the free-form params",
+    "rl-environment-params-builtin": "the apiserver's CEL cannot see inside the free-form params",
 }
 names = set()
 for name, base, patch, path, fragment, family in cases:

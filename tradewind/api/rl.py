@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, ValidationInfo, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from tradewind.api.base import ApiModel, CelRule, DNSLabel, immutable
-from tradewind.api.common import DataSource, RunBase
+from tradewind.api.common import DataSource, RunBase, builtin_or_extension, check_extension
 from tradewind.api.hyperparameters import (
     hyperparameter_errors,
     hyperparameter_name_rules,
@@ -18,12 +18,27 @@ from tradewind.api.hyperparameters import (
 Algorithm = Literal["ppo", "sac", "td3", "dqn", "a2c"]
 CONTINUOUS_ONLY = ("sac", "td3")
 DISCRETE_ONLY = ("dqn",)
+BUILTIN_ENVIRONMENTS = ("portfolio",)
+_ENVIRONMENT_CHECK, _ENVIRONMENT_SCHEMA = builtin_or_extension(BUILTIN_ENVIRONMENTS)
+EnvironmentType = Annotated[
+    str, Field(min_length=1, max_length=253), _ENVIRONMENT_CHECK, _ENVIRONMENT_SCHEMA
+]
+"""The built-in environment or an extension's, `<package>.<name>`."""
 
 
 class EnvironmentSpec(ApiModel):
     """The trading environment: a multi-symbol portfolio over real or synthetic bars. The
     observation at bar t uses bars <= t; orders fill at bar t+1."""
 
+    type: EnvironmentType = "portfolio"
+    """`portfolio` (the built-in environment) or an extension's environment,
+    `<package>.<name>` (entry point group `tradewind.environments`): Tradewind's portfolio
+    environment with the extension's reward and observation; its accounting (fills at the
+    next bar, costs, per-step returns and turnover) stays Tradewind's."""
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    """Parameters of an extension's environment, checked by the parameters model it declares
+    where its package is installed (the trainer, `tradewind validate`); empty for
+    `portfolio`."""
     data: DataSource = Field(default_factory=DataSource)
     """Market data and features."""
     initial_balance: float = Field(default=100_000.0, gt=0, le=1e15)
@@ -49,6 +64,24 @@ class EnvironmentSpec(ApiModel):
     """Steps per episode (episodes start at random bars)."""
     random_start: bool = True
     """Start each training episode at a random bar."""
+
+    def check_semantics(self) -> None:
+        # not CEL: the apiserver's CEL does not see inside a free-form object
+        if self.params and self.type in BUILTIN_ENVIRONMENTS:
+            raise PydanticCustomError(
+                "extension",
+                "{message}",
+                {
+                    "message": "params are for an extension's environment (type "
+                    f"<package>.<name>); {self.type} takes none: set its fields instead",
+                    "field_path": ".params",
+                },
+            )
+
+    @model_validator(mode="after")
+    def _check_extension(self, info: ValidationInfo) -> EnvironmentSpec:
+        check_extension(info, "environment", self.type, ".type", self.params)
+        return self
 
 
 class AgentSpec(ApiModel):

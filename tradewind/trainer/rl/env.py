@@ -358,7 +358,12 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
     returned (keep it, stack it, change it: later steps do not touch it). They are rows of
     a block the environment copies from the market's windows `OBSERVATION_BLOCK` bars at a
     time, its weights written in at the step, so one observation keeps its block (~0.5 MB at
-    the quickstart's size) alive; copy it to keep a lone observation for long."""
+    the quickstart's size) alive; copy it to keep a lone observation for long.
+
+    Hooks for an extension's environment (`environment.type: <package>.<name>`, see
+    `tradewind.trainer.rl.extension`): a subclass overrides `shape_reward` and
+    `shape_observation` (and sets `observation_space` in its `__init__` when it changes the
+    observation's shape), nothing of the accounting."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's convention)
 
@@ -399,6 +404,23 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
         self._value = spec.initial_balance
         self._weights: tuple[float, ...] = (0.0,) * market.num_symbols
         self._over = True
+        cls = type(self)
+        self._shaped = (
+            cls.shape_reward is not TradingEnvironment.shape_reward
+            or cls.shape_observation is not TradingEnvironment.shape_observation
+        )
+
+    def shape_reward(self, reward: float, info: dict[str, Any]) -> float:
+        """The reward of a step: the built-in one (`environment.reward`) unless a subclass
+        changes it. `info` is a copy of the step's info (portfolio_value, positions, costs,
+        turnover, step)."""
+        return reward
+
+    def shape_observation(self, observation: Observation, info: dict[str, Any]) -> Any:
+        """The observation returned by reset (`info["step"] == 0`) and step: the built-in one
+        unless a subclass changes it (within its `observation_space`). `info` is a copy of the
+        reset's or step's info."""
+        return observation
 
     @property
     def bar(self) -> int:
@@ -438,6 +460,8 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
             "step": 0,
         }
         self._new_block(self._bar)
+        if self._shaped:
+            return self.shape_observation(self._observe(), dict(info)), info
         return self._observe(), info
 
     def step(self, action: Any) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
@@ -477,6 +501,10 @@ class TradingEnvironment(gymnasium.Env[npt.NDArray[Any], Any]):
             self._new_block(bar)
         observation = self._block[bar - self._block_end + self._block_rows]
         observation[self._window_size :] = targets  # over the next bar's first S values
+        if self._shaped:
+            reward = float(self.shape_reward(reward, dict(info)))
+            shaped = self.shape_observation(observation, dict(info))
+            return shaped, reward, bankrupt, truncated, info
         return observation, reward, bankrupt, truncated, info
 
     def _targets(self, action: Any) -> tuple[float, ...]:

@@ -22,7 +22,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from tradewind.api import ManifestError, RLRun, load_resources
 from tradewind.api.identity import mlflow_tags
-from tradewind.api.rl import RLRunSpec
+from tradewind.api.rl import EnvironmentSpec, RLRunSpec
+from tradewind.extensions import is_extension
 from tradewind.trainer import plots
 from tradewind.trainer.checkpoint import Checkpointer, CheckpointError
 from tradewind.trainer.entrypoint import (
@@ -32,12 +33,14 @@ from tradewind.trainer.entrypoint import (
     EXIT_OUT_OF_MEMORY,
     OUT_OF_MEMORY_HINT,
     NonFiniteLossError,
+    SpecNotRunnableError,
     checkpoint_uri,
     fail_permanently,
 )
 from tradewind.trainer.evaluation import bars_per_year, performance
 from tradewind.trainer.rl.ensemble import Member, Policy, RLEnsemble
 from tradewind.trainer.rl.env import MarketArrays
+from tradewind.trainer.rl.extension import build_environment
 from tradewind.trainer.rl.market import Market, Markets, load_market
 from tradewind.trainer.rl.training import AgentEnvs, make_envs, restore_agent, train_agent
 from tradewind.trainer.storage import open_store
@@ -191,11 +194,14 @@ def play_episode(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic pass over all of `market`, from its first bar to its last (not just
     one `episodeLength`: every bar of a test market counts): per-step returns and turnover
-    after costs."""
+    after costs, from Tradewind's accounting whatever `environment.type` (an extension's
+    environment only shapes rewards and observations)."""
     from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 
     whole = market.num_bars - spec.environment.lookback_window
     env_spec = spec.environment.model_copy(update={"episode_length": whole})
+    if is_extension(env_spec.type):
+        return _play_extension_episode(market, env_spec, spec.seed, act, after_step)
     env = BatchedTradingEnv(market, env_spec, 1, seed=spec.seed, random_start=False)
     obs = env.reset()
     value, returns, turnover = spec.environment.initial_balance, [], []
@@ -209,6 +215,33 @@ def play_episode(
         if after_step is not None:
             after_step(k)
         if dones[0]:
+            break
+    return np.array(returns), np.array(turnover)
+
+
+def _play_extension_episode(
+    market: Market,
+    env_spec: EnvironmentSpec,
+    seed: int,
+    act: Policy,
+    after_step: Callable[[int], None] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`play_episode` in an extension's environment, stepped as a batch of one (the policy
+    sees (1, ...) observations as from a vector environment); returns and turnover from the
+    infos of TradingEnvironment.step, which an extension cannot override."""
+    env = build_environment(market, env_spec, seed=seed, random_start=False)
+    obs, _ = env.reset(seed=seed)
+    value, returns, turnover = env_spec.initial_balance, [], []
+    for k in range(env_spec.episode_length):
+        action = np.asarray(act(np.asarray(obs)[None]))[0]
+        obs, _, terminated, truncated, info = env.step(action)
+        new_value = float(info["portfolio_value"])
+        returns.append(new_value / value - 1.0)
+        turnover.append(float(info["turnover"]))
+        value = new_value
+        if after_step is not None:
+            after_step(k)
+        if terminated or truncated:
             break
     return np.array(returns), np.array(turnover)
 
@@ -408,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail_permanently(EXIT_NON_FINITE_LOSS, f"error: {exc}")
     except CheckpointError as exc:  # corrupt, pickled or not this spec's: a restart cannot help
         return fail_permanently(EXIT_BAD_CONFIG, f"error: checkpoint: {exc}")
+    except SpecNotRunnableError as exc:  # e.g. an extension's environment breaks its contract
+        return fail_permanently(EXIT_BAD_CONFIG, f"error: {exc}")
     except MemoryError:
         return fail_permanently(EXIT_OUT_OF_MEMORY, f"error: out of memory: {OUT_OF_MEMORY_HINT}")
     return 0

@@ -25,6 +25,7 @@ from tradewind.trainer.checkpoint import (
     set_rng_state,
 )
 from tradewind.trainer.rl.agents import build_agent
+from tradewind.trainer.rl.extension import make_vec_env
 from tradewind.trainer.rl.finite import FiniteTrainingCheck
 from tradewind.trainer.rl.market import Market, Markets
 from tradewind.trainer.rl.state import (
@@ -34,7 +35,6 @@ from tradewind.trainer.rl.state import (
     load_agent_tensors,
     load_vecnormalize_tensors,
 )
-from tradewind.trainer.rl.vec_env import BatchedTradingEnv
 from tradewind.trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ class AgentEnvs:
 
 def make_envs(spec: RLRunSpec, train: Market, evaluation: Market, seed: int) -> AgentEnvs:
     """The training env (n_envs, random starts) and the evaluation env (fixed start) over
-    `evaluation` (the validation market), both behind VecNormalize when the spec asks,
-    sharing its statistics at evaluation."""
+    `evaluation` (the validation market), of `environment.type` (`make_vec_env`), both
+    behind VecNormalize when the spec asks, sharing its statistics at evaluation."""
     env = spec.environment
-    train_env: VecEnv = BatchedTradingEnv(train, env, spec.n_envs, seed=seed)
-    eval_env: VecEnv = BatchedTradingEnv(evaluation, env, 1, seed=seed + 10_000, random_start=False)
+    train_env = make_vec_env(train, env, spec.n_envs, seed=seed)
+    eval_env = make_vec_env(evaluation, env, 1, seed=seed + 10_000, random_start=False)
     if spec.normalize:
         train_env = VecNormalize(train_env)
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
@@ -134,7 +134,8 @@ def evaluation_reward(model: BaseAlgorithm, envs: AgentEnvs, spec: RLRunSpec) ->
     """SB3's evaluate_policy on the evaluation (validation) env: mean reward of
     `eval.episodes` episodes."""
     sync_normalization(envs)
-    with warnings.catch_warnings():  # the batched env needs no Monitor: its episodes are exact
+    # no Monitor needed: every step's reward reaches evaluate_policy, so episodes are exact
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Evaluation environment is not wrapped")
         rewards, _ = evaluate_policy(
             model,
