@@ -334,10 +334,8 @@ def _why_pods_missing(
         or len(seen.pods) >= state.total
     ):
         return state, None
-    created = _timestamp(job["metadata"].get("creationTimestamp"))
-    age = (now - created).total_seconds() if created is not None else PODS_GRACE_SECONDS
-    if age < PODS_GRACE_SECONDS:
-        return state, PODS_GRACE_SECONDS - age
+    if wait := _too_young(job, now):
+        return state, wait
     uid, ns = job["metadata"].get("uid"), run.metadata.namespace or "default"
     try:
         message = kube.failed_create(ns, uid) if uid else None
@@ -369,10 +367,8 @@ def _why_held(
         or state.failure is not None
     ):
         return state, None
-    created = _timestamp(job["metadata"].get("creationTimestamp"))
-    age = (now - created).total_seconds() if created is not None else PODS_GRACE_SECONDS
-    if age < PODS_GRACE_SECONDS:
-        return state, PODS_GRACE_SECONDS - age
+    if wait := _too_young(job, now):
+        return state, wait
     uid, ns = job["metadata"].get("uid"), run.metadata.namespace or "default"
     try:
         message = kube.workload_message(ns, uid, WORKLOAD_RECHECK_SECONDS) if uid else ""
@@ -382,6 +378,14 @@ def _why_held(
         message = ""
     admission = kueue.NO_WORKLOAD if message is None else message
     return replace(state, admission=admission), WORKLOAD_RECHECK_SECONDS
+
+
+def _too_young(job: dict[str, Any], now: dt.datetime) -> float | None:
+    """Seconds until the Job is PODS_GRACE_SECONDS old (when it is worth asking why its pods
+    are missing or held), or None once it is."""
+    created = _timestamp(job["metadata"].get("creationTimestamp"))
+    age = (now - created).total_seconds() if created is not None else PODS_GRACE_SECONDS
+    return PODS_GRACE_SECONDS - age if age < PODS_GRACE_SECONDS else None
 
 
 def _timestamp(value: str | None) -> dt.datetime | None:
