@@ -111,11 +111,40 @@ def operator(
     op.stop()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+"""Whether the test body failed: the namespace fixture then prints what the cluster shows."""
+DIAGNOSTIC_KINDS = "trainingruns,rlruns,sweeps,jobs,pods,events"
+
+
 @pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
     # Pods need the namespace's default ServiceAccount, made by the controller-manager.
     kubectl.wait("--for=create", "serviceaccount/default", "-n", name)
     yield name
+    if request.node.stash.get(CALL_FAILED, False):
+        _print_diagnostics(kubectl, request, name)
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _print_diagnostics(kubectl: Kubectl, request: pytest.FixtureRequest, namespace: str) -> None:
+    """A failed test's namespace as the cluster shows it (runs with status, Jobs, pods,
+    Events) and the operator's log lines about it: shown with the failure report."""
+    shown = kubectl.run("get", DIAGNOSTIC_KINDS, "-n", namespace, "-o", "yaml", check=False)
+    print(f"--- {namespace} at the failure ---\n{shown.stdout}{shown.stderr}")
+    if "operator" in request.fixturenames:
+        log = request.getfixturevalue("operator").log
+        lines = [line for line in log.read_text(errors="replace").splitlines() if namespace in line]
+        print(f"--- {log}: {len(lines)} line(s) on {namespace} ---")
+        print("\n".join(lines[-200:]))
