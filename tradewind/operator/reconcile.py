@@ -45,6 +45,8 @@ PODS_GRACE_SECONDS = 5.0
 FailedCreate Events)."""
 PODS_RECHECK_SECONDS = 15.0
 """How often it is asked again while its pods are missing and no Event says why."""
+POD_RECORD_WAIT_SECONDS = 10.0
+"""How long a Job's failure waits for the failed pod's own record to reach the pods' index."""
 GENERATED_POD_NAME = re.compile(r'(pods? "[a-z0-9.-]+?)-[bcdfghjklmnpqrstvwxz2456789]{5}(?=")')
 """A pod name the Job controller generated (`<job>-<index>-` and 5 random characters)."""
 WORKLOAD_RECHECK_SECONDS = 30.0
@@ -179,9 +181,7 @@ def reconcile(
     jobs = [j for j in jobs if _owned_by(j, meta.get("uid"))]
     pods = [p for p in pods if _labelled_for(p, meta)]
     seen = _observe(run, status.attempt, jobs, pods)
-    state, recheck = _why_pods_missing(seen, run, kube, now)
-    if state.suspended and not run.spec.suspend:
-        state, recheck = _why_held(seen, run, kube, now)
+    seen, state, recheck = _look_closer(seen, run, kube, now)
     gen = meta.get("generation", 0)
     decision = _decide(run, status, seen, state, now, gen, created_attempt, recheck)
     try:
@@ -317,6 +317,31 @@ def _observe(
     combine_pods = of(pods, "combine")
     state = observe_attempt(combine_jobs[0], combine_pods)
     return Observed(state, False, combine_jobs[0], tuple(combine_pods))
+
+
+def _look_closer(
+    seen: Observed, run: TrainingRun | RLRun, kube: Kube, now: dt.datetime
+) -> tuple[Observed, AttemptState, float | None]:
+    """What the indexes alone do not tell: a failed pod's record not seen yet, why pods are
+    missing, why a queued Job is held. The state to decide on, and when to look again."""
+    state, awaited = _await_failed_pod(seen.state, now)
+    seen = replace(seen, state=state)
+    state, recheck = _why_pods_missing(seen, run, kube, now)
+    if state.suspended and not run.spec.suspend:
+        state, recheck = _why_held(seen, run, kube, now)
+    if awaited is not None:
+        recheck = awaited if recheck is None else min(recheck, awaited)
+    return seen, state, recheck
+
+
+def _await_failed_pod(state: AttemptState, now: dt.datetime) -> tuple[AttemptState, float | None]:
+    """A Job failed for a pod's failure that the pods' index does not show yet: the pod's
+    record (its exit code, OOMKilled) decides whether the run restarts, so it is awaited for
+    POD_RECORD_WAIT_SECONDS; then the Job's word is taken (the pod may be gone)."""
+    since = state.failure_unexplained_since
+    if since is None or (waited := (now - since).total_seconds()) >= POD_RECORD_WAIT_SECONDS:
+        return state, None
+    return replace(state, failure=None), max(POD_RECORD_WAIT_SECONDS - waited, 0.5)
 
 
 def _why_pods_missing(

@@ -19,6 +19,8 @@ cannot run, the loss became NaN or infinite, the data is not there, out of memor
 container the kubelet OOMKilled). The default of spec.failurePolicy.permanentExitCodes."""
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 TERMINAL = ("Succeeded", "Failed")
+JOB_FAILED_BY_A_POD = ("BackoffLimitExceeded", "PodFailurePolicy")
+"""A Job's Failed reasons that mean a pod of it failed: that pod's own record says how."""
 RECONCILING = ("Pending", "Running", "Restarting")
 """Phases of a resource working toward a terminal one (kstatus: Reconciling is True)."""
 
@@ -56,6 +58,9 @@ class AttemptState:
     suspended: bool = False
     succeeded: bool = False
     failure: PodFailure | None = None
+    failure_unexplained_since: dt.datetime | None = None
+    """When the Job failed for a pod's failure that none of the pods as seen shows yet (the
+    pods' watch can lag the Jobs'): `failure` is then only the Job's word for it."""
     running: int = 0
     total: int = 0
     waiting: str = ""
@@ -118,11 +123,14 @@ def observe_attempt(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> A
                 waiting = f"pod {name}: {wait['reason']}: {wait.get('message', '')}".strip()
     # A disruption explains the other pods' failures (their peer went away): it comes first.
     failure = disrupted or failure
+    unexplained_since = None
     if failure is None and "Failed" in conditions:
         cond = conditions["Failed"]
         failure = PodFailure(
             job["metadata"]["name"], None, cond.get("reason", "JobFailed"), cond.get("message", "")
         )
+        if failure.reason in JOB_FAILED_BY_A_POD:
+            unexplained_since = _timestamp(cond.get("lastTransitionTime"))
     return AttemptState(
         exists=True,
         started=_timestamp(job.get("status", {}).get("startTime")),
@@ -130,6 +138,7 @@ def observe_attempt(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> A
         suspended_by_run=_suspended_by_run(job),
         succeeded="Complete" in conditions or "SuccessCriteriaMet" in conditions,
         failure=failure,
+        failure_unexplained_since=unexplained_since,
         running=running,
         total=int(job.get("spec", {}).get("completions") or 0),
         waiting=waiting,

@@ -1,6 +1,7 @@
 """reconcile() when the cluster says no: a child the apiserver refuses, pods the Job controller
 cannot create, and children that belong to another run of the same name."""
 
+import datetime as dt
 from typing import Any
 
 from tests.unit.operator.test_reconcile import NOW, RecordingKube, _body, _reconcile
@@ -170,3 +171,46 @@ def test_an_rlrun_gets_no_service_and_its_own_names() -> None:
         "ConfigMap/r-rl0-config-u-1",
         "Job/r-rl0",
     ]
+
+
+def _failed_job(failed_at: dt.datetime) -> dict[str, Any]:
+    job = _job("u-1", created="2025-12-31T23:59:00+00:00")
+    job["status"] = {"conditions": [{
+        "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+        "message": "Job has reached the specified backoff limit",
+        "lastTransitionTime": failed_at.isoformat(),
+    }]}  # fmt: skip
+    return job
+
+
+def _oom_killed(name: str) -> dict[str, Any]:
+    pod = _pod(name, "Failed", "u-1")
+    terminated = {"exitCode": 137, "reason": "OOMKilled"}
+    pod["status"]["containerStatuses"] = [{"state": {"terminated": terminated}}]
+    return pod
+
+
+def test_a_failed_job_waits_for_its_failed_pods_record_before_it_restarts_the_run() -> None:
+    """The pods' watch can lag the Jobs': the Job is Failed (BackoffLimitExceeded) while the
+    pods as seen still run. The pod's own record (here OOMKilled: not retried) decides."""
+    body = _body()
+    body["status"] = {"attempt": 0, "restarts": 0, "phase": "Running"}
+    running = [_pod("r-0-0", "Running", "u-1"), _pod("r-0-1", "Running", "u-1")]
+    kube = RecordingKube()
+    waiting = _reconcile(body, kube, jobs=[_failed_job(NOW)], pods=running)
+    assert waiting.status.phase == "Running" and waiting.status.restarts == 0
+    assert not [c for c in kube.calls if c[0] == "delete"]
+    assert waiting.recheck_seconds is not None and 0 < waiting.recheck_seconds <= 10
+    seen = [_oom_killed("r-0-0"), _pod("r-0-1", "Running", "u-1")]
+    failed = _reconcile(body, RecordingKube(), jobs=[_failed_job(NOW)], pods=seen)
+    assert failed.status.phase == "Failed" and failed.status.restarts == 0
+    assert _conditions(failed)["Failed"][1] == "OutOfMemory"
+
+
+def test_a_failed_job_whose_pods_never_show_it_restarts_the_run_on_the_jobs_word() -> None:
+    body = _body()
+    body["status"] = {"attempt": 0, "restarts": 0, "phase": "Running"}
+    job = _failed_job(NOW - dt.timedelta(seconds=60))
+    decision = _reconcile(body, RecordingKube(), jobs=[job], pods=[])
+    assert decision.status.phase == "Restarting" and decision.status.restarts == 1
+    assert "BackoffLimitExceeded" in _conditions(decision)["Ready"][2]
