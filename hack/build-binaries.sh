@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # build_<component>/cleanup are called indirectly
 # Build the third-party binaries Tradewind's tests need (etcd, Kubernetes
-# control plane + kubectl, kwok/kwokctl, helm, minio, kueue) from Go modules, and cache
-# them outside the repo:
+# control plane + kubectl, kwok/kwokctl, helm, minio, kueue, registry, and the real node's
+# kubelet, kube-proxy, pause and CoreDNS) from Go modules, and cache them outside the repo:
 #
 #   ${TRADEWIND_CACHE:-$HOME/.cache/tradewind}/bin/<component>-<version>/   binaries
 #   ${TRADEWIND_CACHE:-$HOME/.cache/tradewind}/bin/current/                 symlinks to all of them
@@ -14,7 +14,9 @@
 # when complete, so an interrupted build never leaves a half-filled cache.
 #
 # Usage: hack/build-binaries.sh [--list] [COMPONENT|BINARY ...]
-#   components: etcd kubernetes kwok helm minio kueue (default: all)
+#   components: etcd kubernetes kwok helm minio kueue registry kubernetes-node coredns
+#   (default: all); built only when named: buildx (docker's BuildKit client, a CLI plugin
+#   for hack/build-images.sh)
 #   binary names (kubectl, kube-apiserver, kwokctl, ...) select their component.
 #
 # Environment:
@@ -33,7 +35,8 @@ BIN_ROOT="$CACHE_ROOT/bin"
 LOG_DIR="$CACHE_ROOT/logs"
 CURRENT_DIR="$BIN_ROOT/current"
 
-ALL_COMPONENTS=(etcd kubernetes kwok helm minio kueue)
+ALL_COMPONENTS=(etcd kubernetes kwok helm minio kueue registry kubernetes-node coredns)
+ON_REQUEST_COMPONENTS=(buildx)
 
 component_version() {
   case "$1" in
@@ -43,6 +46,10 @@ component_version() {
     helm) echo "$HELM_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;;
     kueue) echo "$KUEUE_VERSION" ;;
+    registry) echo "$REGISTRY_VERSION" ;;
+    buildx) echo "$BUILDX_VERSION" ;;
+    kubernetes-node) echo "$KUBERNETES_VERSION" ;;
+    coredns) echo "$COREDNS_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -55,6 +62,10 @@ component_binaries() {
     helm) echo "helm" ;;
     minio) echo "minio" ;;
     kueue) echo "kueue" ;;
+    registry) echo "registry" ;;
+    buildx) echo "buildx" ;;
+    kubernetes-node) echo "kubelet kube-proxy pause" ;;
+    coredns) echo "coredns" ;;
     *) return 1 ;;
   esac
 }
@@ -62,7 +73,7 @@ component_binaries() {
 # Map a command-line name (component or binary) to its component.
 resolve_component() {
   local name="$1" c b
-  for c in "${ALL_COMPONENTS[@]}"; do
+  for c in "${ALL_COMPONENTS[@]}" "${ON_REQUEST_COMPONENTS[@]}"; do
     [[ "$name" == "$c" ]] && { echo "$c"; return 0; }
     for b in $(component_binaries "$c"); do
       [[ "$name" == "$b" ]] && { echo "$c"; return 0; }
@@ -128,8 +139,11 @@ build_etcd() {
   "$GO" build -mod=mod -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
 }
 
-build_kubernetes() {
-  local out="$1" ver="$KUBERNETES_VERSION" work gomod major minor patch staging_ver build_date mods m pkgs
+# go build PKG... of k8s.io/kubernetes@$KUBERNETES_VERSION into OUT, version-stamped.
+build_kubernetes_packages() {
+  local out="$1" ver="$KUBERNETES_VERSION" work gomod major minor patch staging_ver build_date mods m
+  shift
+  local pkgs=("$@")
   [[ "$ver" =~ ^v([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] || die "KUBERNETES_VERSION must be vX.Y.Z, got $ver"
   major="${BASH_REMATCH[1]}"; minor="${BASH_REMATCH[2]}"; patch="${BASH_REMATCH[3]}"
   staging_ver="v0.$minor.$patch"
@@ -150,8 +164,6 @@ build_kubernetes() {
   } >> go.mod
   echo "--- wrapper go.mod"; cat go.mod
 
-  pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
   "$GO" get "${pkgs[@]/%/@$ver}"
 
   # Reproducible build date: the release's commit time from the module proxy.
@@ -162,8 +174,30 @@ build_kubernetes() {
     ld+=" -X $p.gitVersion=$ver -X $p.gitMajor=$major -X $p.gitMinor=$minor"
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$build_date"
   done
-  # One invocation: the four commands share most packages.
+  # One invocation: the commands share most packages.
   "$GO" build -mod=mod -trimpath -ldflags "$ld" -o "$out/" "${pkgs[@]}"
+}
+
+build_kubernetes() {
+  build_kubernetes_packages "$1" k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl
+}
+
+# The real node's Kubernetes parts (tradewind/devstack/real_node.py), a component of their
+# own so that a cached control plane stays valid: kubelet, kube-proxy, and the pod sandbox's
+# `pause`, compiled from the same release's build/pause/linux/pause.c with its Makefile's
+# flags (needs a C compiler and a static libc: Debian's gcc + libc6-dev).
+build_kubernetes-node() {
+  local out="$1" src tag cc="${CC:-cc}"
+  build_kubernetes_packages "$out" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+  src="$(go_mod_field "k8s.io/kubernetes@$KUBERNETES_VERSION" Dir)/build/pause"
+  [[ -f "$src/linux/pause.c" ]] || die "no build/pause/linux/pause.c in k8s.io/kubernetes@$KUBERNETES_VERSION"
+  tag="$(sed -n 's/^TAG ?= //p' "$src/Makefile")"
+  [[ -n "$tag" ]] || die "no TAG in $src/Makefile"
+  command -v "$cc" >/dev/null || die "no C compiler ($cc) for pause.c: apt-get install gcc libc6-dev"
+  "$cc" -Os -Wall -Werror -static -DVERSION="v$tag-tradewind" -o "$out/pause" "$src/linux/pause.c"
+  echo "$tag" > "$out/pause.version"
 }
 
 build_kwok() {
@@ -249,6 +283,41 @@ build_kueue() {
   echo "--- crds"; ls "$out/crds"
 }
 
+build_registry() {
+  local out="$1" pkg=github.com/distribution/distribution/v3 commit
+  cd "$(new_wrapper_module registry)"
+  # Same version stamps as distribution's Makefile; the revision is the release's commit
+  # as the module proxy reports it ("unknown" when it does not).
+  commit="$(go_mod_field "$pkg@$REGISTRY_VERSION" Hash)"
+  GOBIN="$out" "$GO" install -trimpath -ldflags "-s -w \
+    -X $pkg/version.version=$REGISTRY_VERSION \
+    -X $pkg/version.revision=${commit:-unknown} \
+    -X $pkg/version.mainpkg=$pkg" \
+    "$pkg/cmd/registry@$REGISTRY_VERSION"
+}
+
+build_coredns() {
+  local out="$1" pkg=github.com/coredns/coredns commit
+  cd "$(new_wrapper_module coredns)"
+  # The stamp of CoreDNS's Makefile (coremain.GitCommit); the release's commit as the module
+  # proxy reports it. All of its default plugins: the set is fixed in its source (plugin.cfg).
+  commit="$(go_mod_field "$pkg@$COREDNS_VERSION" Hash)"
+  GOBIN="$out" "$GO" install -trimpath -ldflags "-s -w \
+    -X $pkg/coremain.GitCommit=${commit:-unknown}" \
+    "$pkg@$COREDNS_VERSION"
+}
+
+build_buildx() {
+  local out="$1" pkg=github.com/docker/buildx commit
+  cd "$(new_wrapper_module buildx)"
+  commit="$(go_mod_field "$pkg@$BUILDX_VERSION" Hash)"
+  GOBIN="$out" "$GO" install -trimpath -ldflags "-s -w \
+    -X $pkg/version.Version=$BUILDX_VERSION \
+    -X $pkg/version.Revision=${commit:-unknown} \
+    -X $pkg/version.Package=$pkg" \
+    "$pkg/cmd/buildx@$BUILDX_VERSION"
+}
+
 # Quick "does it run" check after a build, output goes to the log.
 smoke_test() {
   local comp="$1" dir="$2"
@@ -263,6 +332,13 @@ smoke_test() {
     helm) "$dir/helm" version ;;
     minio) "$dir/minio" --version ;;
     kueue) "$dir/kueue" --help 2>&1 | grep -- -config ;;
+    registry) "$dir/registry" --version ;;
+    buildx) "$dir/buildx" version ;;
+    kubernetes-node)
+      "$dir/kubelet" --version
+      "$dir/kube-proxy" --version
+      "$dir/pause" -v ;;
+    coredns) "$dir/coredns" -version ;;
   esac
 }
 
@@ -328,7 +404,7 @@ build_component() {
   logf="$LOG_DIR/$comp-$ver.log"
   if entry_complete "$comp" "$dest"; then
     secs="$(sed -n 's/^build_seconds=//p' "$dest/.build-info" 2>/dev/null || true)"
-    RESULTS+=("$(printf '%-11s %-36s cached  (cold build took %ss)' "$comp" "$ver" "${secs:-?}")")
+    RESULTS+=("$(printf '%-15s %-36s cached  (cold build took %ss)' "$comp" "$ver" "${secs:-?}")")
     return 0
   fi
 
@@ -363,14 +439,14 @@ build_component() {
       entry_complete "$comp" "$dest" || die "could not move $tmp to $dest"
       rm -rf "$tmp"
     fi
-    RESULTS+=("$(printf '%-11s %-36s built   in %ss' "$comp" "$ver" "$secs")")
+    RESULTS+=("$(printf '%-15s %-36s built   in %ss' "$comp" "$ver" "$secs")")
   else
     secs=$((SECONDS - start))
     rm -rf "$tmp"
     log "FAILED: $comp $ver after ${secs}s; last lines of $logf:"
     tail -n 40 "$logf" | sed 's/^/    /' >&2
     log "full log: $logf"
-    RESULTS+=("$(printf '%-11s %-36s FAILED  after %ss (log: %s)' "$comp" "$ver" "$secs" "$logf")")
+    RESULTS+=("$(printf '%-15s %-36s FAILED  after %ss (log: %s)' "$comp" "$ver" "$secs" "$logf")")
     FAILED+=("$comp")
   fi
 }
@@ -379,7 +455,7 @@ build_component() {
 refresh_current() {
   local comp ver dest b l missing=()
   mkdir -p "$CURRENT_DIR"
-  for comp in "${ALL_COMPONENTS[@]}"; do
+  for comp in "${ALL_COMPONENTS[@]}" "${ON_REQUEST_COMPONENTS[@]}"; do
     ver="$(component_version "$comp")"
     dest="$BIN_ROOT/$comp-$ver"
     if entry_complete "$comp" "$dest"; then
@@ -392,7 +468,7 @@ refresh_current() {
       if [[ "$comp" == kueue && -d "$dest/crds" ]]; then
         ln -sfn "../$comp-$ver/crds" "$CURRENT_DIR/kueue-crds"
       fi
-    else
+    elif [[ " ${ON_REQUEST_COMPONENTS[*]} " != *" $comp "* ]]; then
       missing+=("$comp")
     fi
   done
@@ -411,8 +487,8 @@ main() {
     case "$arg" in
       -h|--help) sed -n '3,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       --list)
-        for comp in "${ALL_COMPONENTS[@]}"; do
-          printf '%-11s %-36s %s\n' "$comp" "$(component_version "$comp")" "$(component_binaries "$comp")"
+        for comp in "${ALL_COMPONENTS[@]}" "${ON_REQUEST_COMPONENTS[@]}"; do
+          printf '%-15s %-36s %s\n' "$comp" "$(component_version "$comp")" "$(component_binaries "$comp")"
         done
         exit 0 ;;
       *)

@@ -375,6 +375,27 @@ def dev_up(
             "CRDs; see docs/kueue.md."
         ),
     ] = False,
+    real_node: Annotated[
+        bool,
+        typer.Option(
+            help="Also run a real node (as root): kubelet, containerd, runc, CNI, CoreDNS, "
+            "kube-proxy; see docs/real-node.md."
+        ),
+    ] = False,
+    node_registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="HOST:PORT of a local registry the real node pulls from over plain http "
+            "(repeatable)."
+        ),
+    ] = None,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            help="Also run an image registry with a login on 127.0.0.1 (the real node pulls "
+            "from it with pull secrets); see docs/images.md."
+        ),
+    ] = False,
 ) -> None:
     """Start the stack (idempotent: healthy parts are kept). Prints how to point kubectl at it."""
     from tradewind.devstack import StackError
@@ -388,6 +409,9 @@ def dev_up(
         executor=executor,
         profiling=profiling,
         kueue=kueue,
+        real_node=real_node,
+        node_registries=tuple(node_registry or ()),
+        registry=registry,
     )
     try:
         stack.up(log=lambda line: out.print(line, markup=False, highlight=False))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tradewind.devstack import kueue, kwok
+from tradewind.devstack import kueue, kwok, real_node, registry
 from tradewind.devstack.certs import write_certificates
 from tradewind.devstack.processes import (
     ManagedProcess,
@@ -68,6 +68,13 @@ class StackConfig:
     """Serve Go's /debug/pprof on the apiserver, controller-manager and scheduler."""
     kueue: bool = False
     """Also run the Kueue controller (tradewind.devstack.kueue)."""
+    real_node: bool = False
+    """Also run a real node: kubelet, containerd, CNI, CoreDNS, kube-proxy (real_node.py)."""
+    node_registries: tuple[str, ...] = ()
+    """host:port of local registries the real node pulls from over plain http."""
+    registry: bool = False
+    """Also run an image registry with a login on 127.0.0.1 (registry.py); the real node
+    pulls from it with the pods' pull secrets."""
 
 
 class DevStack:
@@ -83,6 +90,8 @@ class DevStack:
         )
         self.with_executor = config.executor or "executor" in self.state
         self.with_kueue = config.kueue or kueue.NAME in self.state
+        self.with_real_node = config.real_node or real_node.NAME in self.state
+        self.with_registry = config.registry or registry.NAME in self.state
 
     # --- public ------------------------------------------------------------------------
 
@@ -119,6 +128,8 @@ class DevStack:
         write_certificates(self.dir / "pki")
         self._assign_ports()
         self._write_kubeconfig()
+        if self.with_real_node:
+            real_node.prepare(self)
         pids = self.state.setdefault("pids", {})
         for proc in self._processes():
             if pid_alive(pids.get(proc.name)) and proc.ready():
@@ -134,9 +145,24 @@ class DevStack:
                 self._create_nodes()
             if proc.name == "minio":
                 self._create_buckets()
+            if proc.name in real_node.PROCESSES:
+                real_node.after_start(self, proc.name, log)
+        if self.with_registry:
+            reg = registry.start(self.image_registry())
+            state = reg.dir / registry.STATE_FILE
+            log(f"registry: {reg.prefix} (login {reg.user}, its password in {state})")
         log(f"ready: export KUBECONFIG={self.kubeconfig}")
 
+    def image_registry(self) -> registry.Registry:
+        """The stack's image registry (`--registry`): address, login, folder."""
+        return registry.load_or_create(self.dir / registry.NAME, self.bin)
+
     def down(self, log: Callable[[str], None] = print) -> None:
+        if self.with_real_node:
+            real_node.down(self, log)
+        if self.with_registry and (self.dir / registry.NAME / registry.STATE_FILE).is_file():
+            registry.stop(self.image_registry())
+            log("registry: stopped")
         pids = self.state.get("pids", {})
         for name in ("executor", kueue.NAME, *reversed(COMPONENTS)):
             if pid_alive(pids.get(name)):
@@ -150,6 +176,8 @@ class DevStack:
         """Component -> 'running', 'unhealthy' or 'stopped'."""
         names = (*COMPONENTS, "executor") if self.with_executor else COMPONENTS
         names = (*names, kueue.NAME) if self.with_kueue else names
+        names = (*names, *real_node.PROCESSES) if self.with_real_node else names
+        names = (*names, registry.NAME) if self.with_registry else names
         if not self.state.get("ports"):
             return dict.fromkeys(names, "stopped")
         pids = self.state.get("pids", {})
@@ -157,6 +185,12 @@ class DevStack:
         for proc in self._processes():
             alive = pid_alive(pids.get(proc.name))
             out[proc.name] = "stopped" if not alive else "running" if proc.ready() else "unhealthy"
+        if self.with_registry:
+            reg = self.image_registry()
+            alive = pid_alive(reg.pid)
+            out[registry.NAME] = (
+                "stopped" if not alive else "running" if registry.answers(reg) else "unhealthy"
+            )
         return out
 
     def destroy(self) -> None:
@@ -177,9 +211,12 @@ class DevStack:
             "kwok",
             "minio",
         ]
+        needed += [registry.NAME] if self.with_registry else []
         missing = [b for b in needed if not (self.bin / b).is_file()]
         if self.with_kueue:
             missing += kueue.missing_binaries(self)
+        if self.with_real_node:
+            real_node.check_host(self)
         if missing:
             raise StackError(
                 f"missing binaries in {self.bin}: {', '.join(missing)}; "
@@ -210,6 +247,11 @@ class DevStack:
             for name in kueue.PORTS:
                 ports.setdefault(name, free_port())
             self.state.setdefault(kueue.NAME, {"webhook": ports["kueue-webhook"]})
+        if self.with_registry:  # before the real node's plan, which trusts it
+            address = registry.load_or_create(self.dir / registry.NAME, self.bin).address
+            self.state.setdefault(registry.NAME, {"address": address})
+        if self.with_real_node:
+            real_node.plan(self, list(self.config.node_registries))
         self._save()
 
     def _save(self) -> None:
@@ -307,6 +349,8 @@ class DevStack:
             procs.append(executor_process(self))
         if self.with_kueue:
             procs.append(kueue.process(self))
+        if self.with_real_node:
+            procs += real_node.processes(self)
         return [p for p in procs if p.name != "mlflow" or self.config.with_mlflow]
 
     def python_bin(self, name: str) -> str:

@@ -1,0 +1,164 @@
+"""Images for the real node that need no registry: tiny single-layer images made from static
+binaries of this machine (the pod sandbox's `pause`, Debian's static busybox for tests),
+written as `docker save` archives and imported into the node's containerd
+(`ctr -n k8s.io images import`). Other images reach the node from a local registry, or from
+docker with `import_from_docker`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from tradewind.devstack.processes import StackError
+
+CRI_NAMESPACE = "k8s.io"
+BUSYBOX = Path("/bin/busybox")
+"""Debian's busybox-static: one static binary with sh, nslookup, wget, httpd, sleep."""
+
+
+class TinyImage(BaseModel):
+    """A one-layer image: host files copied to paths in the image, links, a command."""
+
+    ref: str = Field(description="Image reference, e.g. tradewind.local/pause:3.10.1.")
+    files: dict[str, Path] = Field(description="Path in the image -> file on this machine.")
+    symlinks: dict[str, str] = Field(default_factory=dict, description="Link -> its target.")
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+    user: str = ""
+
+
+def pause_image(pause_binary: Path, tag: str) -> TinyImage:
+    """The pod sandbox image, as upstream's: the static `pause` alone, run as 65535."""
+    return TinyImage(
+        ref=f"tradewind.local/pause:{tag}",
+        files={"pause": pause_binary},
+        entrypoint=["/pause"],
+        user="65535:65535",
+    )
+
+
+def busybox_image() -> TinyImage:
+    """A small image with a shell and network tools (tests of pods, DNS and Services)."""
+    if not BUSYBOX.is_file():
+        raise StackError(f"{BUSYBOX} not found: apt-get install busybox-static")
+    version = _busybox_version()
+    return TinyImage(
+        ref=f"tradewind.local/busybox:{version}",
+        files={"bin/busybox": BUSYBOX},
+        symlinks={f"bin/{applet}": "busybox" for applet in _busybox_applets()},
+        cmd=["sh"],
+    )
+
+
+def _busybox_applets() -> list[str]:
+    listed = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=False)
+    return [a for a in listed.stdout.split() if a != "busybox" and "/" not in a]
+
+
+def _busybox_version() -> str:
+    first = subprocess.run([str(BUSYBOX)], capture_output=True, text=True, check=False).stdout
+    words = first.split()  # "BusyBox v1.35.0 (Debian 1:1.35.0-4+b3) multi-call binary."
+    return words[1].lstrip("v") if len(words) > 1 and words[0] == "BusyBox" else "local"
+
+
+def _layer(image: TinyImage) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({str(Path(p).parent) for p in (*image.files, *image.symlinks)} - {"."})
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            tar.addfile(info)
+        for path, source in sorted(image.files.items()):
+            data = source.read_bytes()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o755, 0
+            tar.addfile(info, io.BytesIO(data))
+        for link, target in sorted(image.symlinks.items()):
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, 0
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def write_archive(image: TinyImage, path: Path) -> None:
+    """The image as a `docker save` archive (manifest.json, config, one layer)."""
+    layer = _layer(image)
+    layer_digest = hashlib.sha256(layer).hexdigest()
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {
+            "Entrypoint": image.entrypoint or None,
+            "Cmd": image.cmd or None,
+            "User": image.user,
+            "Env": ["PATH=/bin"],
+            "WorkingDir": "/",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "tradewind node_images"}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    manifest = [
+        {"Config": config_name, "RepoTags": [image.ref], "Layers": [f"{layer_digest}/layer.tar"]}
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in (
+            (config_name, config_bytes),
+            (f"{layer_digest}/layer.tar", layer),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def ctr(socket: Path, *args: str, stdin: bytes | None = None) -> str:
+    """Run Debian's `ctr` against the node's containerd, in the CRI namespace."""
+    result = subprocess.run(
+        ["ctr", "--address", str(socket), "--namespace", CRI_NAMESPACE, *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise StackError(f"ctr {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode(errors="replace")
+
+
+def image_refs(socket: Path) -> set[str]:
+    return set(ctr(socket, "images", "ls", "--quiet").split())
+
+
+def import_image(socket: Path, image: TinyImage, work_dir: Path) -> bool:
+    """Import `image` unless containerd has it; True if it was imported."""
+    if image.ref in image_refs(socket):
+        return False
+    archive = work_dir / (image.ref.replace("/", "_").replace(":", "_") + ".tar")
+    write_archive(image, archive)
+    import_archive(socket, archive)
+    archive.unlink()
+    return True
+
+
+def import_archive(socket: Path, archive: Path) -> None:
+    """Import a `docker save` or OCI archive (its image names come from the archive)."""
+    ctr(socket, "images", "import", str(archive))
+
+
+def import_from_docker(socket: Path, ref: str) -> None:
+    """Copy an image that local docker holds (e.g. a Debian base built here) into the node."""
+    saved = subprocess.run(["docker", "save", ref], capture_output=True, check=False)
+    if saved.returncode != 0:
+        raise StackError(f"docker save {ref}: {saved.stderr.decode(errors='replace').strip()}")
+    ctr(socket, "images", "import", "-", stdin=saved.stdout)
