@@ -15,12 +15,16 @@
 #   4. `docker import`s it as BASE_TAG unless that tag already holds the same tarball
 #      (label dev.tradewind.base.sha256).
 #   5. --build: `docker build --target operator|trainer -t tradewind-<t>:0.1.0 .` and sizes.
+#   6. --chart-images REGISTRY: builds the chart's bundled MinIO and MLflow on the same base
+#      (images/minio, images/mlflow), pushes them as REGISTRY/minio:<MINIO_VERSION> and
+#      REGISTRY/mlflow:<mlflow version of .venv>, and prints the chart's --set flags for
+#      them. Needs `docker login` to REGISTRY's host, as the README's push does.
 #
 # The base carries this machine's trust configuration, as a corporate base image does: the
 # CA bundle (/etc/ssl/certs/ca-certificates.crt) and /etc/pip.conf are copied in when the
 # host has them, so apt and pip inside builds trust an inspecting proxy the host trusts.
 #
-# Usage: hack/build-images.sh [--build]
+# Usage: hack/build-images.sh [--build] [--chart-images REGISTRY]
 #
 # Environment:
 #   TRADEWIND_CACHE            cache root (default $HOME/.cache/tradewind)
@@ -29,6 +33,7 @@
 #   BASE_TAG                   tag of the base (default: the Dockerfile's DEBIAN_BASE)
 #   BASE_MAX_AGE_DAYS          rebuild a cached base older than this (default 7)
 #   DOCKER                     docker client (default: one whose `docker build` does BuildKit)
+#   MLFLOW_VERSION             mlflow of the chart's MLflow image (default: the one in .venv)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -269,14 +274,47 @@ build_images() {
     grep -E 'REPOSITORY|tradewind|debian' >&2
 }
 
+# The chart's bundled MinIO and MLflow (values minio.image, mlflowServer.image), built on the
+# same base as the Tradewind images, tagged with the versions they hold, and pushed.
+build_chart_images() {
+  local registry="$1" minio_bin minio_version mlflow_version start
+  minio_bin="$(readlink -f "$CACHE_ROOT/bin/current/minio" || true)"
+  [[ -x "$minio_bin" ]] || die "no minio binary in $CACHE_ROOT/bin/current: hack/build-binaries.sh minio"
+  minio_version="$(sed -n 's/^version=//p' "$(dirname "$minio_bin")/.build-info" 2>/dev/null || true)"
+  [[ -n "$minio_version" ]] || die "no version in $(dirname "$minio_bin")/.build-info"
+  mlflow_version="${MLFLOW_VERSION:-$("$REPO_DIR/.venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mlflow"))' 2>/dev/null || true)}"
+  [[ -n "$mlflow_version" ]] || die "no mlflow in $REPO_DIR/.venv: set MLFLOW_VERSION"
+  start=$SECONDS
+  log "docker build images/minio -> $registry/minio:$minio_version"
+  # The context is the binary's own folder: nothing else is sent to the builder.
+  "$DOCKER_CLI" build -f "$REPO_DIR/images/minio/Dockerfile" --build-arg "MINIO_VERSION=$minio_version" \
+    -t "$registry/minio:$minio_version" "$(dirname "$minio_bin")"
+  log "docker build images/mlflow -> $registry/mlflow:$mlflow_version"
+  "$DOCKER_CLI" build --build-arg "MLFLOW_VERSION=$mlflow_version" \
+    -t "$registry/mlflow:$mlflow_version" "$REPO_DIR/images/mlflow"
+  log "chart images: built in $((SECONDS - start))s"
+  start=$SECONDS
+  "$DOCKER_CLI" push "$registry/minio:$minio_version"
+  "$DOCKER_CLI" push "$registry/mlflow:$mlflow_version"
+  log "chart images: pushed in $((SECONDS - start))s"
+  "$DOCKER_CLI" images --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' |
+    grep -E "REPOSITORY|$registry/(minio|mlflow):" >&2
+  log "helm flags: --set minio.image.repository=$registry/minio --set minio.image.tag=$minio_version" \
+    "--set mlflowServer.image.repository=$registry/mlflow --set mlflowServer.image.tag=$mlflow_version"
+}
+
 main() {
-  local build=0 arg tar tag
-  for arg in "$@"; do
-    case "$arg" in
+  local build=0 chart_registry="" tar tag
+  while (($#)); do
+    case "$1" in
       --build) build=1 ;;
+      --chart-images)
+        (($# >= 2)) || die "--chart-images needs a registry (e.g. 127.0.0.1:5000/ml)"
+        chart_registry="$2"; shift ;;
       -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-      *) die "unknown argument '$arg' (see --help)" ;;
+      *) die "unknown argument '$1' (see --help)" ;;
     esac
+    shift
   done
   ensure_packages
   ensure_buildx_plugin
@@ -288,6 +326,7 @@ main() {
   tar="$(ensure_base_tar)"
   import_base "$tar" "$tag"
   ((build)) && build_images
+  [[ -z "$chart_registry" ]] || build_chart_images "$chart_registry"
   log "ready: base $tag; docker client $DOCKER_CLI"
 }
 

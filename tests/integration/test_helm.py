@@ -292,6 +292,13 @@ def test_rendered_objects_follow_the_values(
         "rel-tradewind-minio",
         "rel-tradewind-mlflow",
     }
+    # One uvicorn worker and no job runner: MLflow's defaults outgrew the 2Gi limit (OOMKilled).
+    server = _of(aio, "Deployment", "rel-tradewind-mlflow")[0]["spec"]["template"]["spec"]
+    (mlflow_container,) = server["containers"]
+    assert "--workers=1" in mlflow_container["command"]
+    assert {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"} in mlflow_container[
+        "env"
+    ]
 
     external = rendered["external-services"]
     config = _one(external, "ConfigMap")["data"]

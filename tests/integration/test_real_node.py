@@ -209,3 +209,63 @@ def test_status_lists_the_node(node_stack: DevStack) -> None:
     )
     plan = real_node.load_plan(node_stack)
     assert plan is not None and Path(plan.containerd_socket).is_socket()
+
+
+def test_a_container_over_its_memory_limit_is_oomkilled_by_the_kubelet(kube: Kubectl) -> None:
+    """The kernel kills it in its memory cgroup and the kubelet says so: exit 137, OOMKilled
+    (what the operator reads to fail a run as OutOfMemory without a restart)."""
+    pod = restricted_pod("hungry", "x=$(head -c 128m /dev/zero | tr '\\0' x); echo survived")
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"memory": "32Mi", "cpu": "500m"}}
+    kube.apply(pod)
+    kube.run(
+        "wait", "-n", NAMESPACE, "pod/hungry", "--for=jsonpath={.status.phase}=Failed",
+        "--timeout=120s",
+    )  # fmt: skip
+    status = kube.get("-n", NAMESPACE, "pod/hungry")["status"]["containerStatuses"][0]
+    terminated = status["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled"), terminated
+
+
+IN_CLUSTER_CLIENT = """
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+config.load_incluster_config()
+api = client.CoreV1Api()
+print(api.api_client.configuration.host)
+print(" ".join(p.metadata.name for p in api.list_namespaced_pod("{namespace}").items))
+try:
+    api.list_namespaced_pod("kube-system")
+except ApiException as e:
+    print(e.status)
+"""
+
+
+def test_a_pod_reaches_the_apiserver_with_its_service_account_token(
+    kube: Kubectl, node_stack: DevStack
+) -> None:
+    """The operator image's Kubernetes client, configured in-cluster as the operator is:
+    10.96.0.1:443 (the `kubernetes` Service) -> kube-proxy -> the relay on the bridge -> the
+    apiserver on 127.0.0.1, whose certificate names the Service IP; the ServiceAccount's token
+    authenticates the pod and RBAC decides (`view` in its namespace, nothing elsewhere)."""
+    subprocess.run([str(ROOT / "hack" / "build-images.sh")], check=True, timeout=1800)
+    image = "tradewind-operator:0.1.0"
+    build = ["docker", "build", "--quiet", "--target", "operator", "-t", image, "."]
+    subprocess.run(build, cwd=ROOT, check=True, timeout=1800, capture_output=True)
+    plan = real_node.load_plan(node_stack)
+    assert plan is not None
+    node_images.import_from_docker(plan.containerd_socket, image)
+    kube.run("create", "serviceaccount", "lister", "-n", NAMESPACE)
+    kube.run(
+        "create", "rolebinding", "lister-view", "-n", NAMESPACE, "--clusterrole=view",
+        f"--serviceaccount={NAMESPACE}:lister",
+    )  # fmt: skip
+    pod = restricted_pod("in-cluster", "", serviceAccountName="lister")
+    container = pod["spec"]["containers"][0]
+    container["image"] = image
+    container["command"] = ["python", "-c", IN_CLUSTER_CLIENT.format(namespace=NAMESPACE)]
+    kube.apply(pod)
+    wait_succeeded(kube, "in-cluster", timeout=180)
+    logs = kube.run("logs", "-n", NAMESPACE, "in-cluster").stdout.splitlines()
+    assert logs[0] == "https://10.96.0.1:443", logs
+    assert "in-cluster" in logs[1].split(), logs
+    assert logs[2] == "403", logs

@@ -43,6 +43,7 @@ import yaml
 
 from tradewind.devstack import executor_net as net
 from tradewind.devstack import executor_pod as runtime
+from tradewind.devstack.tcp_relay import Forwarder
 
 if TYPE_CHECKING:
     from tradewind.devstack.processes import ManagedProcess
@@ -176,7 +177,7 @@ class Executor:
         self.args = args
         self.pods: dict[str, PodRuntime] = {}
         self.services: list[Manifest] = []
-        self.forwarders: list[net.Forwarder] = []
+        self.forwarders: list[Forwarder] = []
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.last_lease = self.last_node_status = 0.0
@@ -201,7 +202,7 @@ class Executor:
         _kill_cgroup(self.plan.prefix)
         net.create_bridge(self.plan)
         for port in self.args.forward:
-            self.forwarders.append(net.Forwarder(self.plan.bridge_ip, port))
+            self.forwarders.append(Forwarder(self.plan.bridge_ip, port))
         self._register_node()
         self.ready.set()
         log.info("node %s ready: pod network %s on %s", self.node, self.plan.cidr, self.plan.bridge)

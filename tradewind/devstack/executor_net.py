@@ -1,8 +1,8 @@
 """The executor's pod network: a Linux bridge with the host side's address, one network
 namespace per pod with a veth on the bridge and an address from the pod CIDR, and TCP
-forwarders that make the stack's MinIO and MLflow (which listen on 127.0.0.1) reachable from
-every pod at the bridge address. Everything is named after one prefix, so `cleanup` removes
-it all, also what an executor that was killed left behind.
+forwarders (tcp_relay.py) that make the stack's MinIO and MLflow (which listen on 127.0.0.1)
+reachable from every pod at the bridge address. Everything is named after one prefix, so
+`cleanup` removes it all, also what an executor that was killed left behind.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,55 +154,3 @@ def cleanup(prefix: str) -> None:
             ip("netns", "delete", name, check=False)
     for name in leftovers(prefix):
         ip("link", "delete", name, check=False)
-
-
-class Forwarder:
-    """Accepts on (listen_host, port) and relays each connection to (target_host, port)."""
-
-    def __init__(self, listen_host: str, port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, port)
-        self.server = socket.create_server((listen_host, port), reuse_port=False)
-        self.server.settimeout(0.5)
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True, name=f"fwd-{port}")
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
-            client.close()  # what a client of a stopped server sees: the connection drops
-            return
-        upstream.settimeout(None)
-        client.settimeout(None)
-
-        def pump(src: socket.socket, dst: socket.socket) -> None:
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
-
-        other = threading.Thread(target=pump, args=(upstream, client), daemon=True)
-        other.start()
-        pump(client, upstream)
-        other.join()
-        client.close()
-        upstream.close()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.server.close()

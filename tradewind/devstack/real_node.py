@@ -2,10 +2,12 @@
 version) on Debian's containerd 1.6 (its own instance: config, root, state and socket under
 <dev-dir>/node) and runc, Debian's CNI plugins (a bridge of its own, host-local addresses),
 CoreDNS as a host process on the bridge's address (the pods' cluster DNS: headless-Service pod
-names resolve, as the torchrun rendezvous needs), and kube-proxy in iptables mode (ClusterIP
-Services). Pods run from images that containerd holds: the sandbox image is made here from
-Kubernetes' own `pause` (hack/build-binaries.sh kubernetes-node), others come from a local
-registry (http, credentials from imagePullSecrets) or are imported (node_images.py).
+names resolve, as the torchrun rendezvous needs), kube-proxy in iptables mode (ClusterIP
+Services), and a relay that makes the `kubernetes` Service reach the apiserver (in-cluster
+clients work: apiserver_relay.py). Pods run from images that containerd holds: the sandbox
+image is made here from Kubernetes' own `pause` (hack/build-binaries.sh kubernetes-node),
+others come from a local registry (http, credentials from imagePullSecrets) or are imported
+(node_images.py).
 
 Needs root, and Debian's containerd, runc, containernetworking-plugins (and busybox-static
 for the test image). `down` stops it all and removes what it made on the machine: container
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tradewind.devstack import node_cleanup, node_config, node_images
+from tradewind.devstack import apiserver_relay, node_cleanup, node_config, node_images
 from tradewind.devstack.node_config import NodePlan
 from tradewind.devstack.processes import (
     ManagedProcess,
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 NAME = "real-node"
 """Its key in the stack's state (the NodePlan)."""
-PROCESSES = ("containerd", "coredns", "kubelet", "kube-proxy")
+PROCESSES = ("containerd", apiserver_relay.NAME, "coredns", "kubelet", "kube-proxy")
 BINARIES = ("kubelet", "kube-proxy", "pause", "coredns")
 HOST_TOOLS = {
     "containerd": "containerd",
@@ -229,7 +231,8 @@ def _ip(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
 
 
 def after_start(stack: DevStack, name: str, log: Callable[[str], None]) -> None:
-    """containerd up: import the sandbox (and test) images; kubelet up: wait for the Node."""
+    """containerd up: import the sandbox (and test) images; the relay up: point the
+    `kubernetes` Service at it; kubelet up: wait for the Node."""
     plan = load_plan(stack)
     assert plan is not None
     if name == "containerd":
@@ -239,6 +242,9 @@ def after_start(stack: DevStack, name: str, log: Callable[[str], None]) -> None:
         for image in images:
             if node_images.import_image(plan.containerd_socket, image, plan.dir):
                 log(f"containerd: imported {image.ref}")
+    if name == apiserver_relay.NAME:
+        apiserver_relay.publish(stack, plan)
+        log(f"kubernetes Service: endpoint {plan.gateway_ip} (relay to the apiserver)")
     if name == "kubelet":
         _wait_node_ready(stack, plan.node_name)
         log(f"node {plan.node_name}: Ready (pods on {plan.pod_cidr}, DNS {plan.gateway_ip})")
@@ -273,6 +279,7 @@ def processes(stack: DevStack) -> list[ManagedProcess]:
             logs / "containerd.log",
             lambda: _socket_answers(socket_path),
         ),
+        apiserver_relay.process(stack, plan),
         ManagedProcess(
             "coredns",
             [str(b / "coredns"), "-conf", str(d / "Corefile")],
@@ -324,7 +331,9 @@ def down(stack: DevStack, log: Callable[[str], None]) -> None:
     the plan (addresses, ports) and containerd's images stay for the next `up`."""
     pids = stack.state.get("pids", {})
     plan = load_plan(stack)
-    for name in ("kube-proxy", "kubelet", "coredns"):
+    if pid_alive(pids.get(apiserver_relay.NAME)):
+        apiserver_relay.withdraw(stack)
+    for name in ("kube-proxy", "kubelet", "coredns", apiserver_relay.NAME):
         if pid_alive(pids.get(name)):
             stop(pids[name])
             log(f"{name}: stopped")
