@@ -29,7 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tradewind.devstack import apiserver_relay, node_cleanup, node_config, node_images
+from tradewind.devstack import (
+    apiserver_relay,
+    node_cleanup,
+    node_config,
+    node_images,
+    node_storage,
+)
 from tradewind.devstack.node_config import NodePlan
 from tradewind.devstack.processes import (
     ManagedProcess,
@@ -248,6 +254,8 @@ def after_start(stack: DevStack, name: str, log: Callable[[str], None]) -> None:
     if name == "kubelet":
         _wait_node_ready(stack, plan.node_name)
         log(f"node {plan.node_name}: Ready (pods on {plan.pod_cidr}, DNS {plan.gateway_ip})")
+        stack._kubectl("apply", "-f", "-", stdin=node_storage.prepare(plan))
+        log(f"storage: default StorageClass {node_storage.CLASS}, {node_storage.VOLUMES} volumes")
 
 
 def _wait_node_ready(stack: DevStack, name: str, timeout: float = 120) -> None:
