@@ -73,8 +73,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 
 @pytest.fixture(scope="module")
-def registry(stack: DevStack) -> Registry:
-    return stack.image_registry()
+def registry(stack: DevStack) -> Iterator[Registry]:
+    registry = stack.image_registry()
+    yield registry
+    # The tags naming this registry (its port is gone with it); the layers stay cached.
+    tags = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{registry.address}/*/*"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    if tags:
+        subprocess.run(["docker", "rmi", *tags], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")
