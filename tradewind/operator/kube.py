@@ -31,6 +31,24 @@ class Gone(Exception):
     another uid (deleted and created again). Its worker stops."""
 
 
+class NamespaceTerminating(Gone):
+    """The run's namespace is being deleted: nothing can be created in it any more, and the
+    run goes with it. Its worker stops rather than retry (a run's later event starts one
+    that stops again at its first create)."""
+
+
+def namespace_terminating(exc: ApiException) -> bool:
+    """Whether the apiserver refused a create because the namespace is being deleted (403,
+    with the NamespaceTerminating cause of its namespace-lifecycle admission)."""
+    if exc.status != 403:
+        return False
+    try:
+        causes = json.loads(exc.body or "")["details"]["causes"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+
 class Refused(Exception):
     """The apiserver refused to create a child (`status`: its HTTP status), or an object of
     the child's name exists that this run does not control. `message` is the apiserver's
@@ -165,6 +183,8 @@ class Kube:
         try:
             self.request("POST", f"{path}?fieldManager={MANAGER}", manifest)
         except ApiException as exc:
+            if namespace_terminating(exc):
+                raise NamespaceTerminating(f"namespace {ns} is being deleted") from exc
             if exc.status != 409:
                 permanent = exc.status in PERMANENT_STATUSES
                 raise Refused(exc.status, api_message(exc), permanent, retry_after(exc)) from exc

@@ -17,7 +17,7 @@ from kubernetes import client, config
 
 from tradewind.api.resources import TrainingRun
 from tradewind.operator import builders, leader, metrics, observed
-from tradewind.operator.kube import Gone, Kube
+from tradewind.operator.kube import Gone, Kube, NamespaceTerminating
 from tradewind.operator.progress import ProgressReader, fold_progress
 from tradewind.operator.reconcile import SpecCache, reconcile
 from tradewind.operator.retry import Backoff, record_failure
@@ -168,8 +168,11 @@ class RunWorker(Worker):
                 status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=decision.written_version, status=status)
             await self._progress(snapshot, decision, now)
-        except Gone:  # deleted (the watch may never say so: a relist sends no DELETED)
-            log.info("%s %s/%s is gone: its worker stops", *self.ref)
+        except Gone as exc:  # deleted (the watch may never say so: a relist sends no DELETED)
+            if isinstance(exc, NamespaceTerminating):
+                log.info("%s %s/%s: its namespace is being deleted: its worker stops", *self.ref)
+            else:
+                log.info("%s %s/%s is gone: its worker stops", *self.ref)
             self.stop()
             self.memo.run_workers.discard(self)
             return None

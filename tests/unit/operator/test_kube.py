@@ -9,7 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tradewind.api.status import RunStatus
 from tradewind.operator import builders
-from tradewind.operator.kube import Gone, Kube, Refused
+from tradewind.operator.kube import Gone, Kube, NamespaceTerminating, Refused
 
 RUN = {
     "apiVersion": "tradewind.dev/v1alpha1",
@@ -69,6 +69,22 @@ def test_quota_and_overload_are_retried_and_retry_after_is_read() -> None:
     with pytest.raises(Refused) as busy:
         Answering(_error(429, "too many requests", {"Retry-After": "3"})).create(_manifest())
     assert not busy.value.permanent and busy.value.retry_after == 3.0
+
+
+def test_a_create_in_a_namespace_being_deleted_stops_the_run_not_retried() -> None:
+    """The namespace-lifecycle admission's refusal (403, cause NamespaceTerminating): the
+    run goes with its namespace; retrying it every few seconds only loads the operator."""
+    terminating = _error(
+        403, "unable to create new content in namespace ns because it is being terminated"
+    )
+    body = json.loads(terminating.body)
+    body["details"] = {
+        "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]
+    }
+    terminating.body = json.dumps(body)
+    with pytest.raises(NamespaceTerminating) as stopped:
+        Answering(terminating).create(_manifest())
+    assert isinstance(stopped.value, Gone)  # its worker stops as for a deleted run
 
 
 def test_a_409_is_success_only_for_our_own_child() -> None:
