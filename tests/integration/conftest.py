@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,25 @@ def _running_stack() -> DevStack | None:
     return stack if set(stack.status().values()) == {"running"} else None
 
 
+@contextmanager
+def stack_of_its_own(config: StackConfig) -> Iterator[DevStack]:
+    """A stack up for the block, then stopped and its folder removed."""
+    stack = DevStack(config)
+    try:
+        stack.up(log=lambda _: None)
+        yield stack
+    finally:
+        stack.destroy()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     existing = _running_stack()
     if existing is not None:
         yield existing
         return
-    own = DevStack(StackConfig(dev_dir=tmp_path_factory.mktemp("devstack"), nodes=3))
-    try:
-        own.up(log=lambda _: None)
+    with stack_of_its_own(StackConfig(dev_dir=tmp_path_factory.mktemp("devstack"), nodes=3)) as own:
         yield own
-    finally:
-        own.destroy()
 
 
 @pytest.fixture(scope="session")

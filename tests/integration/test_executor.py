@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import Kubectl
+from tests.integration.conftest import Kubectl, stack_of_its_own
 from tests.integration.operator_process import OperatorProcess
 from tests.tiny import tiny_spec
 from tradewind.devstack import DevStack, StackConfig
@@ -46,12 +46,9 @@ SECRET = "minio-credentials"
 
 @pytest.fixture(scope="module")
 def xstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    stack = DevStack(StackConfig(dev_dir=tmp_path_factory.mktemp("xstack"), nodes=0, executor=True))
-    try:
-        stack.up(log=lambda _: None)
+    config = StackConfig(dev_dir=tmp_path_factory.mktemp("xstack"), nodes=0, executor=True)
+    with stack_of_its_own(config) as stack:
         yield stack
-    finally:
-        stack.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kubectl
+from tests.integration.conftest import Kubectl, stack_of_its_own
 from tests.integration.test_real_node import UID, restricted_pod, wait_succeeded
 from tradewind.devstack import DevStack, StackConfig
 from tradewind.devstack.registry import Registry, docker_login
@@ -64,12 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         real_node=True,
         registry=True,
     )
-    stack = DevStack(config)
-    try:
-        stack.up(log=lambda _: None)
+    with stack_of_its_own(config) as stack:
         yield stack
-    finally:
-        stack.destroy()
 
 
 @pytest.fixture(scope="module")
