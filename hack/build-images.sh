@@ -34,6 +34,8 @@
 #   BASE_MAX_AGE_DAYS          rebuild a cached base older than this (default 7)
 #   DOCKER                     docker client (default: one whose `docker build` does BuildKit)
 #   MLFLOW_VERSION             mlflow of the chart's MLflow image (default: the one in .venv)
+#   BUILD_CACHE_KEEP           BuildKit cache kept, least recently used pruned first (default
+#                              16gb: the trainer's dependency layers and wheels stay cached)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -48,6 +50,7 @@ DOCKER_SUBNET=172.31.254.0/24
 NAT_TAG=tradewind-docker
 TRUST_FILES=(/etc/ssl/certs/ca-certificates.crt /etc/pip.conf)
 BASE_MAX_AGE_DAYS="${BASE_MAX_AGE_DAYS:-7}"
+BUILD_CACHE_KEEP="${BUILD_CACHE_KEEP:-16gb}"
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -138,6 +141,13 @@ ensure_build_nat() {
   command -v iptables >/dev/null 2>&1 || return 0
   local rule=(-s "$DOCKER_SUBNET" ! -o docker0 -m comment --comment "$NAT_TAG" -j MASQUERADE)
   iptables -t nat -C POSTROUTING "${rule[@]}" 2>/dev/null || iptables -t nat -A POSTROUTING "${rule[@]}"
+}
+
+# Every build adds to BuildKit's cache and every rebuild leaves an untagged image: without a
+# bound they filled this machine's disk (37 GB of cache after a day of builds).
+bound_build_storage() {
+  "$DOCKER_CLI" image prune --force >/dev/null
+  "$DOCKER_CLI" builder prune --force --keep-storage "$BUILD_CACHE_KEEP" >/dev/null
 }
 
 # ---------------------------------------------------------------- base image
@@ -321,6 +331,7 @@ main() {
   DOCKER_CLI="$(find_docker)"
   ensure_dockerd
   ensure_build_nat
+  bound_build_storage
   tag="${BASE_TAG:-$(dockerfile_base_tag)}"
   [[ -n "$tag" ]] || die "no ARG DEBIAN_BASE=... in Dockerfile and no BASE_TAG"
   tar="$(ensure_base_tar)"

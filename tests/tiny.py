@@ -2,7 +2,7 @@
 770 training windows of 10 bars) and a hybrid model of a few thousand parameters.
 
 Shared by the trainer's unit tests (tests/unit/trainer/conftest.py), the two-rank torchrun
-test, the executor's Sweep template and the local Sweep tests' template."""
+test, test_node_loop's Sweep template and the local Sweep tests' template."""
 
 from __future__ import annotations
 

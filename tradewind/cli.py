@@ -347,20 +347,13 @@ def dev_up(
     directory: DevDir = None,
     nodes: Annotated[
         int | None,
-        typer.Option(min=0, max=500, help="Fake GPU nodes.  [default: 4, 0 with --executor]"),
+        typer.Option(min=0, max=500, help="Fake GPU nodes.  [default: 4, 0 with --real-node]"),
     ] = None,
     gpus_per_node: Annotated[int, typer.Option(min=0, max=64, help="nvidia.com/gpu per node.")] = 8,
     gpu_pool: Annotated[
         str, typer.Option(help="Value of the tradewind.dev/gpu-pool node label.")
     ] = "a100",
     mlflow: Annotated[bool, typer.Option(help="Start the MLflow server too.")] = True,
-    executor: Annotated[
-        bool,
-        typer.Option(
-            help="Also run the executor node, whose pods really run (as root: network "
-            "namespaces); see tradewind/devstack/executor.py."
-        ),
-    ] = False,
     profiling: Annotated[
         bool,
         typer.Option(
@@ -402,11 +395,10 @@ def dev_up(
 
     stack = _stack(
         directory,
-        nodes=nodes if nodes is not None else 0 if executor else 4,
+        nodes=nodes if nodes is not None else 0 if real_node else 4,
         gpus_per_node=gpus_per_node,
         gpu_pool=gpu_pool,
         with_mlflow=mlflow,
-        executor=executor,
         profiling=profiling,
         kueue=kueue,
         real_node=real_node,
@@ -579,33 +571,34 @@ def logs(
     directory: DevDir = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
 ) -> None:
-    """Print the log of a pod that ran on the executor node of a dev stack (`tradewind dev
-    up --executor` or `tradewind demo`; DIR defaults to the dev stack, else the demo's)."""
-    import time
+    """Print the log of a pod on the real node of a dev stack (`tradewind dev up
+    --real-node`, or `tradewind demo`; DIR defaults to the dev stack, else the demo's):
+    `kubectl logs` with that stack's kubeconfig."""
+    import subprocess
 
-    from tradewind.demo import DemoError, default_demo_dir, pod_logs
-    from tradewind.devstack import default_dev_dir
+    from tradewind.demo import default_demo_dir
+    from tradewind.devstack import DevStack, StackConfig, default_dev_dir
 
     dirs = [directory] if directory else [default_dev_dir(), default_demo_dir()]
-    errors: list[str] = []
     for d in dirs:
-        try:
-            path = pod_logs(d, pod, namespace, container)
-            break
-        except DemoError as exc:
-            errors.append(str(exc))
-    else:
-        _fail(errors[-1:])
-    with path.open("rb") as f:
-        while True:
-            chunk = f.read()
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            elif not follow:
-                return
-            else:
-                time.sleep(0.5)
+        stack = DevStack(StackConfig(dev_dir=d))
+        if stack.with_real_node and stack.kubeconfig.is_file():
+            kubectl = [str(stack.bin / "kubectl"), "--kubeconfig", str(stack.kubeconfig)]
+            listed = subprocess.run(
+                [*kubectl, "get", "pods", "-n", namespace, "-o", "name"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if listed.returncode != 0:
+                _fail([f"{d}: {listed.stderr.strip()}"])
+            names = [n.removeprefix("pod/") for n in listed.stdout.split()]
+            matches = [pod] if pod in names else [n for n in names if n.startswith(pod)]
+            if len(matches) != 1:
+                found = ", ".join(matches) if matches else "none"
+                _fail([f"{pod!r} must name one pod in {namespace} (matching: {found})"])
+            argv = [*kubectl, "logs", "-n", namespace, matches[0], "-c", container]
+            argv += ["-f"] if follow else []
+            raise typer.Exit(subprocess.run(argv, check=False).returncode)
+    _fail([f"no stack with a real node in {', '.join(map(str, dirs))}"])
 
 
 @app.command()

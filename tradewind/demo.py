@@ -1,11 +1,14 @@
 """`tradewind demo`: the whole loop on this machine, in one command.
 
-The dev stack with the executor node (pods really run: tradewind/devstack/executor.py), the
-CRDs, a Secret with MinIO's credentials, the operator, then the 2-node quickstart TrainingRun
-applied as `kubectl apply` would; a live view of its status until it succeeds; then where its
-checkpoint is in MinIO, its MLflow run and the final metrics. The stack has its own folder
-(~/.tradewind/demo), so it never mixes with a `tradewind dev up` stack; everything it builds
-(binaries, Python environment, feature cache, stack data) is reused by the next run.
+The dev stack with a real node (kubelet, containerd, runc, CNI, CoreDNS, kube-proxy:
+tradewind/devstack/real_node.py), the trainer image built from the Dockerfile
+(hack/build-images.sh makes its Debian base) and copied into the node's containerd, the CRDs,
+a Secret with MinIO's credentials, the operator, then the 2-node quickstart TrainingRun
+applied as `kubectl apply` would; its pods train in containers as on a cluster. A live view
+of its status until it succeeds; then where its checkpoint is in MinIO, its MLflow run and the
+final metrics. The stack has its own folder (~/.tradewind/demo), so it never mixes with a
+`tradewind dev up` stack; everything it builds (binaries, images, Python environment, stack
+data) is reused by the next run: the image is rebuilt and copied only when its inputs change.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tradewind.devstack import DevStack, StackConfig, StackError
+from tradewind.devstack import DevStack, StackConfig, StackError, images, real_node
+from tradewind.devstack.images import TRAINER_IMAGE
 from tradewind.devstack.stack import REPO_ROOT
 
 DEFAULT_MANIFEST = REPO_ROOT / "examples" / "trainingrun-quickstart-2node.yaml"
@@ -51,7 +55,7 @@ class DemoResult:
 
 class Demo:
     def __init__(self, directory: Path, manifest: Path, console: Console) -> None:
-        self.stack = DevStack(StackConfig(dev_dir=directory, nodes=0, executor=True))
+        self.stack = DevStack(StackConfig(dev_dir=directory, nodes=0, real_node=True))
         self.manifest = manifest
         self.console = console
         self.operator: subprocess.Popen[bytes] | None = None
@@ -69,12 +73,13 @@ class Demo:
     def up(self) -> None:
         if os.geteuid() != 0:
             raise DemoError(
-                "the demo's executor node needs root (network namespaces, mounts); run it as "
-                "root, or train on this machine with `tradewind run -f "
+                "the demo's real node (kubelet, containerd) and its image build need root; run "
+                "it as root, or train on this machine with `tradewind run -f "
                 "examples/trainingrun-quickstart.yaml`"
             )
         self.console.print(f"[bold]stack[/bold] in {self.stack.dir}")
         self.stack.up(log=lambda line: self.console.print(f"  {line}", style="dim", markup=False))
+        self.trainer_image()
         crds = REPO_ROOT / "crds"
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
         self.kubectl(
@@ -93,6 +98,25 @@ class Demo:
         self.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
         self.start_operator()
 
+    def trainer_image(self) -> None:
+        """Build the trainer image from the Dockerfile and copy it into the node's containerd
+        unless the node holds that build."""
+        log = self.stack.dir / "logs" / "images.log"
+        with (
+            _timed(self.console, f"{TRAINER_IMAGE} built (cold: ~6 min; log {log})"),
+            self.console.status("  building") as status,
+        ):
+            images.build("trainer", TRAINER_IMAGE, log, lambda what: status.update(f"  {what}"))
+        plan = real_node.load_plan(self.stack)
+        assert plan is not None
+        with (
+            _timed(self.console, f"{TRAINER_IMAGE} in the node's containerd"),
+            self.console.status(f"  docker save {TRAINER_IMAGE} | ctr images import"),
+        ):
+            copied = images.load_into_node(plan, TRAINER_IMAGE)
+        said = "copied into the node" if copied else "the node already holds this build"
+        self.console.print(f"  {TRAINER_IMAGE}: {said}", style="dim")
+
     def operator_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEWIND_")}
         return (
@@ -101,7 +125,7 @@ class Demo:
             | self.stack.pod_endpoints()
             | {
                 "TRADEWIND_S3_CREDENTIALS_SECRET": CREDENTIALS_SECRET,
-                "TRADEWIND_TRAINER_IMAGE": "tradewind-trainer:local",
+                "TRADEWIND_TRAINER_IMAGE": TRAINER_IMAGE,
                 "TRADEWIND_STATUS_POLL_SECONDS": "2",
             }
         )
@@ -305,24 +329,3 @@ def _stop(demo: Demo, keep: bool, console: Console) -> None:
     console.print("stopping the operator and the stack (data kept; `--keep` leaves them up)")
     demo.down()
     console.print(f"stopped; `tradewind dev down --purge --dir {d}` also deletes its data")
-
-
-def pod_logs(directory: Path, pod: str, namespace: str, container: str) -> Path:
-    """The log file of a pod that ran on the executor of the stack in `directory` (the
-    newest, if pods of that name ran more than once). `pod` may be a unique prefix."""
-    root = directory / "executor" / "pods" / namespace
-    folders = (
-        sorted(root.glob(f"{pod}-*"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    )
-    exact = [f for f in folders if f.name.rsplit("-", 1)[0] == pod]
-    names = {f.name.rsplit("-", 1)[0] for f in folders}
-    if not exact and len(names) > 1:
-        raise DemoError(f"{pod!r} matches several pods: {', '.join(sorted(names))}")
-    chosen = (exact or folders)[-1:] if (exact or folders) else []
-    if not chosen:
-        raise DemoError(f"no pod {namespace}/{pod} ran on the executor of the stack in {directory}")
-    log = chosen[0] / f"{container}.log"
-    if not log.is_file():
-        have = ", ".join(p.stem for p in chosen[0].glob("*.log")) or "none"
-        raise DemoError(f"pod {pod} has no container {container!r} (containers: {have})")
-    return log

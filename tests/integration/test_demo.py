@@ -1,7 +1,8 @@
 """`tradewind demo`, the README's first command after set-up, run twice in a folder of its own:
-the 2-node quickstart succeeds on executing pods, the checkpoint, MLflow run and final metrics
-are printed, and everything is stopped afterwards; the second run replaces the first run and
-reuses the stack's data."""
+the 2-node quickstart trains in containers of the trainer image on the real node and succeeds,
+the checkpoint, MLflow run and final metrics are printed, and everything is stopped afterwards
+(nothing of the node is left on the machine); the second run replaces the first run, reuses
+the stack's data and finds the image already in the node."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tradewind.devstack import DevStack, StackConfig
-from tradewind.devstack.executor_net import leftovers
+from tradewind.devstack import DevStack, StackConfig, node_cleanup, real_node
+from tradewind.devstack.stack import cache_dir
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the demo's executor needs root"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the demo's real node needs root"),
+    pytest.mark.skipif(
+        not (cache_dir() / "bin" / "current" / "kubelet").is_file(),
+        reason="no kubelet in the binary cache: hack/build-binaries.sh kubernetes-node coredns",
+    ),
 ]
 
 
@@ -48,12 +53,17 @@ def test_demo_runs_the_quickstart_end_to_end_twice(tmp_path: Path) -> None:
             "val_loss",
         ):
             assert text in first, first
+        assert "tradewind-trainer:0.1.0: copied into the node" in first, first
         stack = DevStack(StackConfig(dev_dir=directory))
         assert set(stack.status().values()) == {"stopped"}
-        assert leftovers(stack.state["executor"]["prefix"]) == []
+        plan = real_node.load_plan(stack)
+        assert plan is not None
+        assert node_cleanup.mounts_under(plan.dir) == []
+        assert node_cleanup.shims(plan) == [] and node_cleanup.kube_chains() == []
 
         second = _demo(directory)
         assert "replacing the previous run quickstart-2node" in second, second
+        assert "tradewind-trainer:0.1.0: the node already holds this build" in second, second
         assert "Succeeded in" in second and "step-0000000003" in second, second
         assert set(DevStack(StackConfig(dev_dir=directory)).status().values()) == {"stopped"}
     finally:

@@ -1,8 +1,9 @@
-"""Your own code on pods that really run: the plain DDP script of examples/ddp (written for
-PyTorchJob, reading only RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* and a checkpoint folder)
-as a 2-node TrainingRun on the executor node, under the operator's launcher (torchrun across
-two network namespaces), its checkpoint folder mirrored in MinIO and its metrics in the run's
-MLflow run; then a killed pod, and the next attempt resuming from the uploaded checkpoint.
+"""Your own code in containers: the plain DDP script of examples/ddp (written for PyTorchJob,
+reading only RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* and a checkpoint folder) in an image
+built FROM the trainer image as examples/trainingrun-own-code.yaml says, as a 2-node
+TrainingRun on the real node under the operator's launcher (torchrun across two pods), its
+checkpoint folder mirrored in MinIO and its metrics in the run's MLflow run; then a killed
+container, and the next attempt resuming from the uploaded checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ import yaml
 
 from tests.integration.conftest import Kubectl
 from tests.integration.operator_process import OperatorProcess
-from tests.integration.test_executor import (  # the executor stack, operator and helpers
+from tests.integration.test_node_loop import (  # the real node's stack, operator and helpers
     REPO,
     _enforce_restricted,
     _index,
@@ -36,24 +38,44 @@ from tests.integration.test_executor import (  # the executor stack, operator an
     xoperator,
     xstack,
 )
-from tradewind.devstack import DevStack
+from tradewind.devstack import DevStack, images, real_node
+from tradewind.devstack.images import TRAINER_IMAGE
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the executor needs root (netns, mounts)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the real node needs root"),
 ]
 __all__ = ["ns", "xkubectl", "xoperator", "xstack"]  # fixtures, used by name
 
 EXAMPLE = REPO / "examples" / "trainingrun-own-code.yaml"
-SCRIPT = REPO / "examples" / "ddp" / "train.py"
+IMAGE = "tradewind-own-code:test"
+OWN_DOCKERFILE = f"""FROM {TRAINER_IMAGE}
+COPY train.py /app/examples/ddp/train.py
+WORKDIR /app
+"""
+"""What the example's comment says to build (its context here is examples/ddp)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_image(xstack: DevStack) -> str:
+    """The script's image, FROM the trainer image (which the stack's node holds), in the node."""
+    built = subprocess.run(
+        ["docker", "build", "-f", "-", "-t", IMAGE, str(REPO / "examples" / "ddp")],
+        input=OWN_DOCKERFILE, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    plan = real_node.load_plan(xstack)
+    assert plan is not None
+    images.load_into_node(plan, IMAGE)
+    return IMAGE
 
 
 def _manifest(name: str, *args: str) -> dict[str, Any]:
-    """The example as is, but for its name, the script's arguments and the script's path:
-    on the executor "the image" is this checkout, and a pod starts in /."""
+    """The example as is, with its image built, but for its name and the script's arguments."""
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["metadata"]["name"] = name
-    doc["spec"]["entrypoint"] = {"command": ["python", str(SCRIPT)], "args": list(args)}
+    doc["spec"]["image"] = IMAGE
+    doc["spec"]["entrypoint"]["args"] = list(args)
     return dict(doc)
 
 
@@ -70,7 +92,7 @@ def _prefix(kubectl: Kubectl, ns: str, name: str) -> str:
     return f"s3://tradewind/{ns}/{name}/{uid}"
 
 
-def test_the_ddp_script_runs_unchanged_on_two_executing_pods(
+def test_the_ddp_script_runs_unchanged_in_two_containers(
     xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
 ) -> None:
     _enforce_restricted(xkubectl, ns)

@@ -14,6 +14,7 @@ busybox-static) fails with what to install.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +110,24 @@ def restricted_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
+
+
+def container_init_pid(pod: dict[str, Any]) -> int:
+    """The host PID of the pod's first container's init process (PID 1 in its namespace):
+    the process whose cgroup names the container's ID."""
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            in_container = container_id in (proc / "cgroup").read_text()
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        nspid = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
+        if in_container and nspid and nspid.group(1).split()[-1] == "1":
+            return int(proc.name)
+    raise AssertionError(f"no process of container {container_id} on this host")
 
 
 def wait_succeeded(kube: Kubectl, pod: str, timeout: int = 120, namespace: str = NAMESPACE) -> None:

@@ -156,9 +156,60 @@ def import_archive(socket: Path, archive: Path) -> None:
     ctr(socket, "images", "import", str(archive))
 
 
-def import_from_docker(socket: Path, ref: str) -> None:
-    """Copy an image that local docker holds (e.g. a Debian base built here) into the node."""
-    saved = subprocess.run(["docker", "save", ref], capture_output=True, check=False)
-    if saved.returncode != 0:
-        raise StackError(f"docker save {ref}: {saved.stderr.decode(errors='replace').strip()}")
-    ctr(socket, "images", "import", "-", stdin=saved.stdout)
+def import_from_docker(socket: Path, ref: str) -> bool:
+    """Copy an image that local docker holds (a Debian base, the trainer image built here)
+    into the node, streamed (`docker save | ctr images import -`), unless the node already
+    holds that image (the same config digest: docker's image ID). True if it was imported."""
+    image_id = _docker(["image", "inspect", "--format", "{{.Id}}", ref]).strip()
+    name = _normalized(ref)
+    if name in image_refs(socket) and _node_config_digest(socket, name) == image_id:
+        return False
+    saver = subprocess.Popen(
+        ["docker", "save", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert saver.stdout is not None
+    importer = subprocess.run(
+        ["ctr", "--address", str(socket), "--namespace", CRI_NAMESPACE, "images", "import", "-"],
+        stdin=saver.stdout, capture_output=True, check=False, timeout=1800,
+    )  # fmt: skip
+    saver.stdout.close()
+    saved_err = saver.stderr.read() if saver.stderr else b""
+    if saver.wait() != 0:
+        raise StackError(f"docker save {ref}: {saved_err.decode(errors='replace').strip()}")
+    if importer.returncode != 0:
+        raise StackError(f"ctr images import ({ref}): {importer.stderr.decode(errors='replace')}")
+    return True
+
+
+def _docker(args: list[str]) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _normalized(ref: str) -> str:
+    """The name containerd (and the kubelet) give a short docker reference."""
+    name = ref if "/" in ref else f"library/{ref}"
+    first = name.split("/", 1)[0]
+    if "." not in first and ":" not in first and first != "localhost":
+        name = f"docker.io/{name}"
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _node_config_digest(socket: Path, name: str) -> str:
+    """The config digest of the node's image `name` (docker's image ID for the same image)."""
+    manifest = ctr(socket, "content", "get", _target_digest(socket, name))
+    doc = json.loads(manifest)
+    if "manifests" in doc:  # an index: its one manifest
+        manifest = ctr(socket, "content", "get", doc["manifests"][0]["digest"])
+        doc = json.loads(manifest)
+    return str(doc["config"]["digest"])
+
+
+def _target_digest(socket: Path, name: str) -> str:
+    for line in ctr(socket, "images", "ls").splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == name:
+            return next(f for f in fields if f.startswith("sha256:"))
+    raise StackError(f"the node has no image {name}")

@@ -4,7 +4,7 @@ version) on Debian's containerd 1.6 (its own instance: config, root, state and s
 CoreDNS as a host process on the bridge's address (the pods' cluster DNS: headless-Service pod
 names resolve, as the torchrun rendezvous needs), kube-proxy in iptables mode (ClusterIP
 Services), and a relay that makes the `kubernetes` Service reach the apiserver (in-cluster
-clients work: apiserver_relay.py). Pods run from images that containerd holds: the sandbox
+clients work: node_relay.py). Pods run from images that containerd holds: the sandbox
 image is made here from Kubernetes' own `pause` (hack/build-binaries.sh kubernetes-node),
 others come from a local registry (http, credentials from imagePullSecrets) or are imported
 (node_images.py).
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tradewind.devstack import (
-    apiserver_relay,
     node_cleanup,
     node_config,
     node_images,
+    node_relay,
     node_storage,
 )
 from tradewind.devstack.node_config import NodePlan
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 NAME = "real-node"
 """Its key in the stack's state (the NodePlan)."""
-PROCESSES = ("containerd", apiserver_relay.NAME, "coredns", "kubelet", "kube-proxy")
+PROCESSES = ("containerd", node_relay.NAME, "coredns", "kubelet", "kube-proxy")
 BINARIES = ("kubelet", "kube-proxy", "pause", "coredns")
 HOST_TOOLS = {
     "containerd": "containerd",
@@ -65,7 +65,7 @@ HOST_TOOLS = {
 }
 """What the node needs from Debian: command or file -> the package that brings it."""
 POD_NETWORKS = ipaddress.IPv4Network("10.208.0.0/13")
-"""Where the pod /24 is taken from (the executor's are in 10.200.0.0/13)."""
+"""Where the pod /24 is taken from."""
 
 
 # --- plan --------------------------------------------------------------------------------
@@ -248,8 +248,8 @@ def after_start(stack: DevStack, name: str, log: Callable[[str], None]) -> None:
         for image in images:
             if node_images.import_image(plan.containerd_socket, image, plan.dir):
                 log(f"containerd: imported {image.ref}")
-    if name == apiserver_relay.NAME:
-        apiserver_relay.publish(stack, plan)
+    if name == node_relay.NAME:
+        node_relay.publish(stack, plan)
         log(f"kubernetes Service: endpoint {plan.gateway_ip} (relay to the apiserver)")
     if name == "kubelet":
         _wait_node_ready(stack, plan.node_name)
@@ -287,7 +287,7 @@ def processes(stack: DevStack) -> list[ManagedProcess]:
             logs / "containerd.log",
             lambda: _socket_answers(socket_path),
         ),
-        apiserver_relay.process(stack, plan),
+        node_relay.process(stack, plan),
         ManagedProcess(
             "coredns",
             [str(b / "coredns"), "-conf", str(d / "Corefile")],
@@ -339,9 +339,9 @@ def down(stack: DevStack, log: Callable[[str], None]) -> None:
     the plan (addresses, ports) and containerd's images stay for the next `up`."""
     pids = stack.state.get("pids", {})
     plan = load_plan(stack)
-    if pid_alive(pids.get(apiserver_relay.NAME)):
-        apiserver_relay.withdraw(stack)
-    for name in ("kube-proxy", "kubelet", "coredns", apiserver_relay.NAME):
+    if pid_alive(pids.get(node_relay.NAME)):
+        node_relay.withdraw(stack)
+    for name in ("kube-proxy", "kubelet", "coredns", node_relay.NAME):
         if pid_alive(pids.get(name)):
             stop(pids[name])
             log(f"{name}: stopped")

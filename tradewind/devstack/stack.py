@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tradewind.devstack import kueue, kwok, real_node, registry
+from tradewind.devstack import kueue, kwok, node_relay, real_node, registry
 from tradewind.devstack.certs import write_certificates
 from tradewind.devstack.processes import (
     ManagedProcess,
@@ -62,8 +62,6 @@ class StackConfig:
     gpus_per_node: int = 8
     gpu_pool: str = "a100"
     with_mlflow: bool = True
-    executor: bool = False
-    """Also run the executor node (tradewind.devstack.executor), whose pods really run."""
     profiling: bool = False
     """Serve Go's /debug/pprof on the apiserver, controller-manager and scheduler."""
     kueue: bool = False
@@ -88,7 +86,6 @@ class DevStack:
         self.state: dict[str, Any] = (
             json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
         )
-        self.with_executor = config.executor or "executor" in self.state
         self.with_kueue = config.kueue or kueue.NAME in self.state
         self.with_real_node = config.real_node or real_node.NAME in self.state
         self.with_registry = config.registry or registry.NAME in self.state
@@ -116,11 +113,12 @@ class DevStack:
         return out
 
     def pod_endpoints(self) -> dict[str, str]:
-        """With the executor: the operator's TRADEWIND_* settings that point pods at MinIO and
-        MLflow through the pod network's bridge (reachable from this machine too)."""
-        from tradewind.devstack.executor import pod_endpoints
-
-        return pod_endpoints(self) if self.with_executor and "ports" in self.state else {}
+        """With the real node: the operator's TRADEWIND_* settings that point pods at MinIO
+        and MLflow through the node's relay on its bridge (reachable from this machine too)."""
+        if "ports" not in self.state or not self.with_real_node:
+            return {}
+        plan = real_node.load_plan(self)
+        return node_relay.pod_endpoints(self, plan) if plan is not None else {}
 
     def up(self, log: Callable[[str], None] = print) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +162,7 @@ class DevStack:
             registry.stop(self.image_registry())
             log("registry: stopped")
         pids = self.state.get("pids", {})
-        for name in ("executor", kueue.NAME, *reversed(COMPONENTS)):
+        for name in (kueue.NAME, *reversed(COMPONENTS)):
             if pid_alive(pids.get(name)):
                 stop(pids[name])
                 log(f"{name}: stopped")
@@ -174,8 +172,7 @@ class DevStack:
 
     def status(self) -> dict[str, str]:
         """Component -> 'running', 'unhealthy' or 'stopped'."""
-        names = (*COMPONENTS, "executor") if self.with_executor else COMPONENTS
-        names = (*names, kueue.NAME) if self.with_kueue else names
+        names = (*COMPONENTS, kueue.NAME) if self.with_kueue else COMPONENTS
         names = (*names, *real_node.PROCESSES) if self.with_real_node else names
         names = (*names, registry.NAME) if self.with_registry else names
         if not self.state.get("ports"):
@@ -238,11 +235,6 @@ class DevStack:
         ):
             ports.setdefault(name, free_port())
         self.state.setdefault("minio", {"user": "tradewind", "password": secrets.token_urlsafe(18)})
-        if self.with_executor:
-            from tradewind.devstack.executor_net import plan_network
-
-            ports.setdefault("executor", free_port())
-            self.state.setdefault("executor", plan_network(str(self.dir.resolve())).to_json())
         if self.with_kueue:
             for name in kueue.PORTS:
                 ports.setdefault(name, free_port())
@@ -343,10 +335,6 @@ class DevStack:
         from tradewind.devstack.components import build_processes
 
         procs = build_processes(self)
-        if self.with_executor:
-            from tradewind.devstack.executor import executor_process
-
-            procs.append(executor_process(self))
         if self.with_kueue:
             procs.append(kueue.process(self))
         if self.with_real_node:

@@ -1,10 +1,10 @@
 """A TCP relay: accepts on one address and copies each connection's bytes to the same port on
 another (127.0.0.1 by default). The dev stack's servers listen on 127.0.0.1 only; a relay on a
-pod network's bridge address makes one of them reachable from the pods there (the executor's
-MinIO and MLflow, the real node's apiserver).
+pod network's bridge address makes them reachable from the pods there (the real node's
+apiserver, MinIO and MLflow: node_relay.py).
 
-As a process of its own: `python -m tradewind.devstack.tcp_relay --listen HOST --port PORT`
-relays until SIGTERM or SIGINT.
+As a process of its own: `python -m tradewind.devstack.tcp_relay --listen HOST --port PORT
+[--port PORT ...]` relays until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -71,16 +71,20 @@ class Forwarder:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tradewind.devstack.tcp_relay")
     parser.add_argument("--listen", required=True, help="address to accept on")
-    parser.add_argument("--port", type=int, required=True, help="port, on both sides")
+    parser.add_argument(
+        "--port", type=int, action="append", required=True, help="port, on both sides (repeat)"
+    )
     parser.add_argument("--target", default="127.0.0.1", help="address to relay to")
     args = parser.parse_args(argv)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
-    forwarder = Forwarder(args.listen, args.port, args.target)
-    print(f"relaying {args.listen}:{args.port} -> {args.target}:{args.port}", flush=True)
+    forwarders = [Forwarder(args.listen, port, args.target) for port in args.port]
+    for port in args.port:
+        print(f"relaying {args.listen}:{port} -> {args.target}:{port}", flush=True)
     stopped.wait()
-    forwarder.close()
+    for forwarder in forwarders:
+        forwarder.close()
 
 
 if __name__ == "__main__":

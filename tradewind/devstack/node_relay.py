@@ -1,13 +1,14 @@
-"""In-cluster clients on the real node: how its pods reach the apiserver, which listens on
-127.0.0.1 only.
+"""How the real node's pods reach the stack's servers, which listen on 127.0.0.1 only: the
+apiserver (in-cluster clients), MinIO and MLflow (the operator's runs).
 
-A relay (tcp_relay.py, a process of the stack) accepts on the node bridge's address at the
-apiserver's port and relays to 127.0.0.1, and the `default/kubernetes` Service gets an
-EndpointSlice naming that address. kube-proxy then sends `10.96.0.1:443` (the
-KUBERNETES_SERVICE_HOST/PORT the kubelet gives every pod) to the relay. The apiserver's
-certificate names the Service IP and `kubernetes.default.svc` (certs.py), and it validates the
-pods' ServiceAccount tokens (signed with the stack's admin key), so client libraries'
-in-cluster configuration works as on any cluster. The apiserver runs with
+A relay (tcp_relay.py, a process of the stack) accepts on the node bridge's address at each
+server's port and relays to 127.0.0.1. Pods reach MinIO and MLflow at
+http://<bridge address>:<port> (`pod_endpoints`, the operator's settings), and the
+`default/kubernetes` Service gets an EndpointSlice naming the apiserver's: kube-proxy sends
+`10.96.0.1:443` (the KUBERNETES_SERVICE_HOST/PORT the kubelet gives every pod) to the relay.
+The apiserver's certificate names the Service IP and `kubernetes.default.svc` (certs.py), and
+it validates the pods' ServiceAccount tokens (signed with the stack's admin key), so client
+libraries' in-cluster configuration works as on any cluster. The apiserver runs with
 `--endpoint-reconciler-type=none`: nothing else writes that EndpointSlice.
 """
 
@@ -25,16 +26,21 @@ from tradewind.devstack.processes import ManagedProcess, StackError
 if TYPE_CHECKING:
     from tradewind.devstack.stack import DevStack
 
-NAME = "apiserver-relay"
+NAME = "node-relay"
 SERVICE = "kubernetes"
 """The Service in `default` that in-cluster clients dial (its port is named `https`)."""
 MANAGED_BY = "tradewind.dev"
 """The EndpointSlice's `managed-by` label: not the EndpointSlice controller's."""
 
 
+RELAYED = ("kube-apiserver", "minio", "mlflow")
+"""The stack's servers the relay carries (those the stack runs)."""
+
+
 def process(stack: DevStack, plan: NodePlan) -> ManagedProcess:
-    """The relay on the bridge's address, at the apiserver's port."""
-    port = int(stack.state["ports"]["kube-apiserver"])
+    """The relay on the bridge's address, at each relayed server's port."""
+    relayed = [n for n in RELAYED if n != "mlflow" or stack.config.with_mlflow]
+    ports = [int(stack.state["ports"][name]) for name in relayed]
     address = plan.gateway_ip
     return ManagedProcess(
         NAME,
@@ -43,11 +49,20 @@ def process(stack: DevStack, plan: NodePlan) -> ManagedProcess:
             "-m",
             "tradewind.devstack.tcp_relay",
             f"--listen={address}",
-            f"--port={port}",
+            *(f"--port={port}" for port in ports),
         ],
         stack.dir / "logs" / f"{NAME}.log",
-        lambda: _accepts(address, port),
+        lambda: all(_accepts(address, port) for port in ports),
     )
+
+
+def pod_endpoints(stack: DevStack, plan: NodePlan) -> dict[str, str]:
+    """The operator's settings for pods on the real node: MinIO and MLflow at the bridge."""
+    ports = stack.state["ports"]
+    out = {"TRADEWIND_S3_ENDPOINT": f"http://{plan.gateway_ip}:{ports['minio']}"}
+    if stack.config.with_mlflow:
+        out["TRADEWIND_MLFLOW_TRACKING_URI"] = f"http://{plan.gateway_ip}:{ports['mlflow']}"
+    return out
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -1,19 +1,21 @@
-"""The whole loop with pods that really run: `kubectl apply` -> operator -> Indexed Job ->
-pods on the executor node (tradewind.devstack.executor: a network namespace and address per
-pod) running torchrun -> checkpoints in MinIO, metrics in MLflow -> status. Then the failure
-drills: a killed pod process, MinIO down for 20 s, the operator SIGKILLed.
+"""The whole loop with pods in containers: `kubectl apply` -> operator -> Indexed Job -> pods
+on the real node (kubelet, containerd, runc, CNI, CoreDNS) from the trainer image built from
+the Dockerfile -> torchrun across two pods -> checkpoints in MinIO, metrics in MLflow ->
+status; an RLRun ensemble's agents in parallel pods; a Sweep's trials two at a time.
 
-These tests start a stack of their own with the executor (it needs root) and no kwok nodes,
-beside any shared stack.
+The stack is this module's own (nodes=0, the real node; one real node per machine): the
+stack's MinIO and MLflow reach the pods through the node's relay, and the operator runs as a
+process here. The failure drills (a killed container, OOMKilled, MinIO down, the operator
+killed) run in tests/integration/test_images.py, with the chart's operator, MinIO and MLflow.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import signal
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -26,17 +28,16 @@ import yaml
 
 from tests.integration.conftest import Kubectl, stack_of_its_own
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.test_real_node import container_init_pid
 from tests.tiny import tiny_spec
-from tradewind.devstack import DevStack, StackConfig
-from tradewind.devstack.executor_net import leftovers
-from tradewind.devstack.executor_pod import CGROUP_ROOT
-from tradewind.devstack.processes import pid_alive, stop
+from tradewind.devstack import DevStack, StackConfig, images, real_node
+from tradewind.devstack.images import TRAINER_IMAGE
 from tradewind.trainer.checkpoint import Checkpointer
 from tradewind.trainer.storage import S3Store, s3_client_from_env
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the executor needs root (netns, mounts)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the real node needs root"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +47,12 @@ SECRET = "minio-credentials"
 
 @pytest.fixture(scope="module")
 def xstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    config = StackConfig(dev_dir=tmp_path_factory.mktemp("xstack"), nodes=0, executor=True)
+    config = StackConfig(dev_dir=tmp_path_factory.mktemp("xstack"), nodes=0, real_node=True)
     with stack_of_its_own(config) as stack:
+        images.build("trainer", TRAINER_IMAGE, stack.dir / "logs" / "images.log", lambda _: None)
+        plan = real_node.load_plan(stack)
+        assert plan is not None
+        images.load_into_node(plan, TRAINER_IMAGE)
         yield stack
 
 
@@ -65,7 +70,8 @@ def xoperator(
 ) -> Iterator[OperatorProcess]:
     folder = tmp_path_factory.mktemp("xoperator")
     op = OperatorProcess(xstack, folder)
-    op.env |= xstack.pod_endpoints()  # pods reach MinIO and MLflow through the bridge
+    op.env |= xstack.pod_endpoints()  # pods reach MinIO and MLflow through the node's relay
+    op.env["TRADEWIND_TRAINER_IMAGE"] = TRAINER_IMAGE
     op.start()
     yield op
     op.stop()
@@ -91,7 +97,7 @@ def ns(xstack: DevStack, xkubectl: Kubectl) -> Iterator[str]:
 
 def _enforce_restricted(kubectl: Kubectl, ns: str) -> None:
     """PodSecurity `restricted` in `ns`: the pods that really run must be admitted there and
-    train with its read-only root (the executor applies readOnlyRootFilesystem)."""
+    train with its read-only root."""
     mode = "pod-security.kubernetes.io/enforce"
     kubectl.run("label", "namespace", ns, f"{mode}=restricted", f"{mode}-version=latest")
 
@@ -161,26 +167,19 @@ def _index(pod: dict[str, Any]) -> int:
 
 
 def _pod_log(stack: DevStack, ns: str, pod: str) -> str:
-    (folder,) = (stack.dir / "executor" / "pods" / ns).glob(f"{pod}-*")
-    return (folder / "trainer.log").read_text(errors="replace")
+    return str(Kubectl(stack).run("logs", "-n", ns, pod).stdout)
 
 
 def _kill_container(stack: DevStack, pod: dict[str, Any]) -> None:
     """SIGKILL the container's first process (PID 1 of its PID namespace: torchrun), as the
     kernel's OOM killer or a crash would end it; everything in its namespace dies with it."""
-    prefix = stack.state["executor"]["prefix"]
-    host = int(pod["status"]["podIP"].rsplit(".", 1)[1])
-    assert Path(f"/run/netns/{prefix}-p{host}").exists(), pod["metadata"]["name"]
-    out = subprocess.run(
-        ["ip", "netns", "pids", f"{prefix}-p{host}"], capture_output=True, text=True, check=True
-    ).stdout
-    for pid in out.split():
-        status = Path(f"/proc/{pid}/status").read_text()
-        nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid"))
-        if nspid[-1] == "1":
-            os.kill(int(pid), signal.SIGKILL)
-            return
-    raise AssertionError(f"no PID 1 in the netns of {pod['metadata']['name']}: {out}")
+    os.kill(container_init_pid(pod), signal.SIGKILL)
+
+
+def _on_the_real_node(stack: DevStack, pods: list[dict[str, Any]]) -> bool:
+    plan = real_node.load_plan(stack)
+    assert plan is not None
+    return all(p["spec"].get("nodeName") in (None, plan.node_name) for p in pods)
 
 
 # --- tests ---------------------------------------------------------------------------
@@ -227,14 +226,16 @@ def test_two_node_training_run_end_to_end(
         r"sharpe=-?[\d.]+ \[-?[\d.]+, -?[\d.]+\] psr=[\d.]+", status["headlineMetric"]
     ), status["headlineMetric"]
 
-    # Two pods, each in its own network namespace with its own address in the pod CIDR.
+    # Two pods, each with its own address in the node's pod CIDR.
     pods = sorted(_pods(xkubectl, ns, name, 0), key=_index)
     assert [_index(p) for p in pods] == [0, 1]
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
-    assert all(p["spec"]["nodeName"] == "executor-0" for p in pods)
+    assert _on_the_real_node(xstack, pods)
     ips = [p["status"]["podIP"] for p in pods]
-    cidr = xstack.state["executor"]["cidr"]
-    assert len(set(ips)) == 2 and all(ip.startswith(cidr.rsplit(".", 1)[0] + ".") for ip in ips)
+    plan = real_node.load_plan(xstack)
+    assert plan is not None
+    network = ipaddress.ip_network(plan.pod_cidr)
+    assert len(set(ips)) == 2 and all(ipaddress.ip_address(ip) in network for ip in ips)
     terminated = [p["status"]["containerStatuses"][0]["state"]["terminated"] for p in pods]
     assert [t["exitCode"] for t in terminated] == [0, 0]
     # Both ranks trained (DDP all-reduces every step, so neither finishes alone).
@@ -257,138 +258,6 @@ def test_two_node_training_run_end_to_end(
     assert metrics["epoch"] == 3.0
     assert status["metrics"]["val_loss"] == pytest.approx(metrics["val_loss"])
     assert status["mlflow"]["url"].endswith(run_id)
-
-
-def test_a_killed_pod_process_restarts_the_gang_from_the_minio_checkpoint(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
-) -> None:
-    name = "drill-kill"
-    xkubectl.apply(_manifest(name, epochs=6), "-n", ns)
-    _until(
-        "a checkpoint in MinIO",
-        lambda: (_status(xkubectl, ns, name).get("checkpoint") or {}).get("latest"),
-    )
-    pods = sorted(_pods(xkubectl, ns, name, 0), key=_index)
-    _kill_container(xstack, pods[1])
-
-    def restarting() -> dict[str, Any] | None:
-        status = _status(xkubectl, ns, name)
-        conditions = {c["type"]: c for c in status.get("conditions") or []}
-        return conditions.get("Restarting") if status.get("restarts", 0) >= 1 else None
-
-    condition = _until("a restart", restarting, every=0.5)
-    # e.g. "pod drill-kill-0-1-x failed with exit code 137 (Error); starting attempt 1 from
-    # the latest checkpoint (restart 1 of 3)"
-    assert "failed with exit code" in condition["message"], condition
-    assert "starting attempt 1 from the latest checkpoint" in condition["message"], condition
-    _wait(xkubectl, "condition=Succeeded", ns, name)
-    status = _status(xkubectl, ns, name)
-    assert status["restarts"] == 1 and status["attempt"] == 1
-
-    # The new attempt's rank 0 resumed from the checkpoint attempt 0 left in MinIO.
-    (rank0,) = [p for p in _pods(xkubectl, ns, name, 1) if _index(p) == 0]
-    resumed = re.search(
-        r"resumed at epoch (\d+) \(step (\d+)\)", _pod_log(xstack, ns, rank0["metadata"]["name"])
-    )
-    assert resumed is not None
-    assert int(resumed.group(2)) > 0 and int(resumed.group(1)) >= 1
-    assert status["progress"]["epoch"] == 6
-
-
-def test_minio_down_for_20s_mid_training(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
-) -> None:
-    """Training goes on, the checkpoint is retried, latest.json only ever names complete
-    checkpoints, and no restart was needed."""
-    name = "drill-minio"
-    xkubectl.apply(_manifest(name, epochs=6), "-n", ns)
-    first = _until(
-        "a checkpoint in MinIO",
-        lambda: (_status(xkubectl, ns, name).get("checkpoint") or {}).get("latest"),
-    )
-    pid = xstack.state["pids"]["minio"]
-    stop(pid)
-    assert not pid_alive(pid)
-    epoch_at_stop = (_status(xkubectl, ns, name).get("progress") or {}).get("epoch", 0)
-    time.sleep(20)
-    xstack.up(log=lambda _: None)  # MinIO again, on its port, with its data
-    assert xstack.state["pids"]["minio"] != pid
-
-    checkpointer = Checkpointer(_store(xstack, first.rsplit("/", 1)[0]))
-    seen_steps = []
-    while _status(xkubectl, ns, name).get("phase") not in ("Succeeded", "Failed"):
-        step = checkpointer.latest_step
-        if step is not None:
-            seen_steps.append(step)
-            assert checkpointer.load_latest() is not None  # complete: the sha256 verifies
-        time.sleep(3)
-    _wait(xkubectl, "condition=Succeeded", ns, name, total=60)
-    status = _status(xkubectl, ns, name)
-    assert status.get("restarts", 0) == 0
-    assert status["progress"]["epoch"] == 6 and checkpointer.latest_step == 6
-    assert checkpointer.load_latest() is not None
-    assert seen_steps == sorted(seen_steps)
-    (rank0,) = [p for p in _pods(xkubectl, ns, name, 0) if _index(p) == 0]
-    text = _pod_log(xstack, ns, rank0["metadata"]["name"])
-    if epoch_at_stop < 6:
-        # An epoch ended while MinIO was down: its checkpoint failed and was retried.
-        assert "retrying" in text or "not saved" in text, text[-3000:]
-
-
-def test_the_operator_sigkilled_during_an_attempt_catches_up(
-    xstack: DevStack, xkubectl: Kubectl, xoperator: OperatorProcess, ns: str
-) -> None:
-    name = "drill-operator"
-    xkubectl.apply(_manifest(name, epochs=4), "-n", ns)
-    _until(
-        "both pods running",
-        lambda: _status(xkubectl, ns, name).get("nodesReady") == 2,
-    )
-    xoperator.kill()
-    epoch_at_kill = (_status(xkubectl, ns, name).get("metrics") or {}).get("epoch", 0)
-    run_id = (_status(xkubectl, ns, name).get("mlflow") or {}).get("runId")
-    time.sleep(20)  # the run goes on without the operator
-    pods = _pods(xkubectl, ns, name, 0)
-    assert len(pods) == 2
-    xoperator.start()
-    _wait(xkubectl, "condition=Succeeded", ns, name)
-    status = _status(xkubectl, ns, name)
-    assert status.get("restarts", 0) == 0 and status["attempt"] == 0
-    assert status["progress"]["epoch"] == 4 and status["metrics"]["epoch"] == 4
-    assert status["metrics"]["epoch"] > epoch_at_kill or epoch_at_kill == 4
-    jobs = xkubectl.get("jobs", "-n", ns, "-l", f"tradewind.dev/run={name}")["items"]
-    assert [j["metadata"]["name"] for j in jobs] == [f"{name}-0"]  # nothing created twice
-    if run_id:
-        assert _mlflow_latest(xstack, run_id)["epoch"] == 4.0
-
-
-def test_a_container_over_its_memory_limit_is_oomkilled(
-    xstack: DevStack, xkubectl: Kubectl, ns: str
-) -> None:
-    """The memory limit is a cgroup limit; the kernel's kill is reported as a kubelet would:
-    exit code 137, reason OOMKilled."""
-    hog = "x = bytearray(512 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096]); print('no')"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "hog"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "trainer",
-                    "image": "tradewind-trainer:test",
-                    "command": ["python", "-c", hog],
-                    "resources": {"limits": {"memory": "128Mi"}},
-                }
-            ],
-        },
-    }
-    xkubectl.apply(pod, "-n", ns)
-    xkubectl.wait("--for=jsonpath={.status.phase}=Failed", "pod/hog", "-n", ns, timeout=120)
-    state = xkubectl.get("pod/hog", "-n", ns)["status"]["containerStatuses"][0]["state"]
-    assert state["terminated"]["reason"] == "OOMKilled"
-    assert state["terminated"]["exitCode"] == 137
 
 
 def _interval(pod: dict[str, Any]) -> tuple[str, str]:
@@ -499,7 +368,7 @@ def test_a_sweep_of_four_trials_two_at_a_time_runs_on_executing_pods(
         ]  # fmt: skip
         most_active = max(most_active, len(active))
         pods = xkubectl.get("pods", "-n", ns)["items"]
-        assert all(p["spec"].get("nodeName") in (None, "executor-0") for p in pods)
+        assert _on_the_real_node(xstack, pods)
         time.sleep(2)
     assert status["phase"] == "Succeeded", status
     trials = status["trials"]
@@ -507,12 +376,3 @@ def test_a_sweep_of_four_trials_two_at_a_time_runs_on_executing_pods(
     assert trials["pruned"] >= 1, trials
     assert 1 <= most_active <= 2 and len(children_seen) == 4
     assert status["bestValue"] > 0 and status["bestTrial"]["name"].startswith(f"{name}-")
-
-
-def test_down_removes_the_pod_network(xstack: DevStack, xkubectl: Kubectl) -> None:
-    """Last: stopping the stack leaves no netns, veth, bridge or cgroup of the executor."""
-    prefix = xstack.state["executor"]["prefix"]
-    assert any(n.endswith("br") for n in leftovers(prefix))  # the bridge, while it runs
-    xstack.down(log=lambda _: None)
-    assert leftovers(prefix) == []
-    assert not (CGROUP_ROOT / f"tradewind-{prefix}").exists()
