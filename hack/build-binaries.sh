@@ -16,7 +16,8 @@
 # Usage: hack/build-binaries.sh [--list] [COMPONENT|BINARY ...]
 #   components: etcd kubernetes kwok helm minio kueue registry kubernetes-node coredns
 #   (default: all); built only when named: buildx (docker's BuildKit client, a CLI plugin
-#   for hack/build-images.sh)
+#   for hack/build-images.sh), training-operator (Kubeflow's, the peer of
+#   bench/operator_scale.py, with its PyTorchJob CRD)
 #   binary names (kubectl, kube-apiserver, kwokctl, ...) select their component.
 #
 # Environment:
@@ -36,7 +37,7 @@ LOG_DIR="$CACHE_ROOT/logs"
 CURRENT_DIR="$BIN_ROOT/current"
 
 ALL_COMPONENTS=(etcd kubernetes kwok helm minio kueue registry kubernetes-node coredns)
-ON_REQUEST_COMPONENTS=(buildx)
+ON_REQUEST_COMPONENTS=(buildx training-operator)
 
 component_version() {
   case "$1" in
@@ -48,6 +49,7 @@ component_version() {
     kueue) echo "$KUEUE_VERSION" ;;
     registry) echo "$REGISTRY_VERSION" ;;
     buildx) echo "$BUILDX_VERSION" ;;
+    training-operator) echo "$TRAINING_OPERATOR_VERSION" ;;
     kubernetes-node) echo "$KUBERNETES_VERSION" ;;
     coredns) echo "$COREDNS_VERSION" ;;
     *) return 1 ;;
@@ -64,6 +66,7 @@ component_binaries() {
     kueue) echo "kueue" ;;
     registry) echo "registry" ;;
     buildx) echo "buildx" ;;
+    training-operator) echo "training-operator" ;;
     kubernetes-node) echo "kubelet kube-proxy pause" ;;
     coredns) echo "coredns" ;;
     *) return 1 ;;
@@ -283,6 +286,21 @@ build_kueue() {
   echo "--- crds"; ls "$out/crds"
 }
 
+build_training-operator() {
+  local out="$1" pkg=github.com/kubeflow/training-operator dir
+  cd "$(new_wrapper_module training-operator)"
+  # The proxy's version list stops at v1.8.1; the exact version downloads. One binary,
+  # renamed from training-operator.v1; its PyTorchJob CRD (644 KB: apply server-side).
+  GOBIN="$out" "$GO" install -trimpath -ldflags "-s -w" "$pkg/cmd/training-operator.v1@$TRAINING_OPERATOR_VERSION"
+  mv "$out/training-operator.v1" "$out/training-operator"
+  "$GO" mod download "$pkg@$TRAINING_OPERATOR_VERSION"
+  dir="$(go_mod_field "$pkg@$TRAINING_OPERATOR_VERSION" Dir)/manifests/base/crds"
+  [[ -f "$dir/kubeflow.org_pytorchjobs.yaml" ]] || die "no PyTorchJob CRD in $pkg@$TRAINING_OPERATOR_VERSION ($dir)"
+  mkdir -p "$out/crds"
+  cp "$dir/kubeflow.org_pytorchjobs.yaml" "$out/crds/"
+  chmod u+w "$out"/crds/*.yaml
+}
+
 build_registry() {
   local out="$1" pkg=github.com/distribution/distribution/v3 commit
   cd "$(new_wrapper_module registry)"
@@ -339,6 +357,7 @@ smoke_test() {
       "$dir/kube-proxy" --version
       "$dir/pause" -v ;;
     coredns) "$dir/coredns" -version ;;
+    training-operator) "$dir/training-operator" --help 2>&1 | grep -- --enable-scheme ;;
   esac
 }
 
@@ -465,8 +484,8 @@ refresh_current() {
       if [[ "$comp" == kwok && -d "$dest/stages" ]]; then
         ln -sfn "../$comp-$ver/stages" "$CURRENT_DIR/kwok-stages"
       fi
-      if [[ "$comp" == kueue && -d "$dest/crds" ]]; then
-        ln -sfn "../$comp-$ver/crds" "$CURRENT_DIR/kueue-crds"
+      if [[ "$comp" == kueue || "$comp" == training-operator ]] && [[ -d "$dest/crds" ]]; then
+        ln -sfn "../$comp-$ver/crds" "$CURRENT_DIR/$comp-crds"
       fi
     elif [[ " ${ON_REQUEST_COMPONENTS[*]} " != *" $comp "* ]]; then
       missing+=("$comp")
