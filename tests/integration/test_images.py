@@ -318,7 +318,7 @@ def test_the_readme_quickstart_trains_in_containers_and_succeeds(
 
 
 # ---------------------------------------------------------------- failure drills, real node
-# The drills the executor ran, on the real node with the chart's operator, MinIO and MLflow:
+# The retired executor's drills, on the real node with the chart's operator, MinIO and MLflow:
 # the kubelet, containerd and runc decide what a killed or starved container reports.
 
 
@@ -360,6 +360,17 @@ def _finished(kube: Kubectl, release: str, name: str, total: float = 900) -> dic
     )
 
 
+def _until_checkpoint(kube: Kubectl, release: str, name: str) -> str:
+    """The run's first checkpoint URI in MinIO, once its status names one."""
+    return str(
+        _until(
+            "a checkpoint in MinIO",
+            lambda: (_run_status(kube, release, name).get("checkpoint") or {}).get("latest"),
+            kube,
+        )
+    )
+
+
 def _attempt_pods(kube: Kubectl, release: str, name: str, attempt: int) -> list[dict[str, Any]]:
     selector = f"tradewind.dev/run={name},tradewind.dev/attempt={attempt},tradewind.dev/role=train"
     pods = kube.get("pods", "-n", release, "-l", selector)["items"]
@@ -376,11 +387,7 @@ def test_drill_a_killed_container_restarts_the_gang_from_the_checkpoint(
     rank 0 resumes from the checkpoint the first left in MinIO."""
     name = "drill-kill"
     kube.apply(_drill_run(release, name, epochs=6))
-    _until(
-        "a checkpoint in MinIO",
-        lambda: (_run_status(kube, release, name).get("checkpoint") or {}).get("latest"),
-        kube,
-    )
+    _until_checkpoint(kube, release, name)
     pods = _attempt_pods(kube, release, name, 0)
     os.kill(container_init_pid(pods[1]), signal.SIGKILL)
 
@@ -427,11 +434,7 @@ def test_drill_minio_down_for_20s_mid_training(kube: Kubectl, release: str) -> N
     are retried, and the run Succeeds without a restart with its last epoch's checkpoint."""
     name = "drill-minio"
     kube.apply(_drill_run(release, name, epochs=6))
-    _until(
-        "a checkpoint in MinIO",
-        lambda: (_run_status(kube, release, name).get("checkpoint") or {}).get("latest"),
-        kube,
-    )
+    _until_checkpoint(kube, release, name)
     minio = "deployment/tradewind-minio"
     kube.run("scale", "-n", release, minio, "--replicas=0")
     kube.run("wait", "-n", release, "--for=delete", "pod", "-l", "app.kubernetes.io/name=minio",

@@ -125,7 +125,7 @@ def write_archive(image: TinyImage, path: Path) -> None:
 def ctr(socket: Path, *args: str, stdin: bytes | None = None) -> str:
     """Run Debian's `ctr` against the node's containerd, in the CRI namespace."""
     result = subprocess.run(
-        ["ctr", "--address", str(socket), "--namespace", CRI_NAMESPACE, *args],
+        _ctr_argv(socket, *args),
         input=stdin,
         capture_output=True,
         check=False,
@@ -134,6 +134,10 @@ def ctr(socket: Path, *args: str, stdin: bytes | None = None) -> str:
     if result.returncode != 0:
         raise StackError(f"ctr {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout.decode(errors="replace")
+
+
+def _ctr_argv(socket: Path, *args: str) -> list[str]:
+    return ["ctr", "--address", str(socket), "--namespace", CRI_NAMESPACE, *args]
 
 
 def image_refs(socket: Path) -> set[str]:
@@ -169,7 +173,7 @@ def import_from_docker(socket: Path, ref: str) -> bool:
     )
     assert saver.stdout is not None
     importer = subprocess.run(
-        ["ctr", "--address", str(socket), "--namespace", CRI_NAMESPACE, "images", "import", "-"],
+        _ctr_argv(socket, "images", "import", "-"),
         stdin=saver.stdout, capture_output=True, check=False, timeout=1800,
     )  # fmt: skip
     saver.stdout.close()
