@@ -68,7 +68,8 @@ RESYNC_SECONDS = 60.0
 class RunWorker(Worker):
     """One run's reconcile loop, an asyncio task: woken by the run's watch events and its
     children's; also at its deadline or TTL, and every status_poll_seconds while active when
-    MLflow progress is read. `body` is the run slimmed (`workers.slim_body`)."""
+    MLflow progress is read (and once after it ended, for its last metrics). `body` is the
+    run slimmed (`workers.slim_body`)."""
 
     def __init__(
         self,
@@ -84,6 +85,9 @@ class RunWorker(Worker):
         self.counted: str | None = None  # the phase this run is counted under in the gauge
         self.deferred_since: float | None = None  # a count-only status unwritten since then
         self.last_progress = -math.inf
+        # A run seen active gets one more MLflow read once it has ended: the polls stop at
+        # the phase change, before its last metrics. "due", then "read" once one started.
+        self.final_read: str | None = None
         self.created: tuple[int, float] | None = None  # (attempt, when) children were created
         self.backoff = Backoff()  # its cap: settings.retry_max_seconds, set where used
         self.retry_in = 0.0  # after a failed reconcile
@@ -195,11 +199,9 @@ class RunWorker(Worker):
         reader: ProgressReader = self.memo.progress
         run = self.spec.run
         found = reader.take(self.key, self.uid)
-        if reader.uri is None or run is None or decision.status.phase not in ACTIVE:
+        if reader.uri is None or run is None:
             return
-        if now - self.last_progress >= self.memo.settings.status_poll_seconds:
-            self.last_progress = now
-            reader.request(self.key, self.uid, run.spec.tracking.experiment, self.wakeup.set)
+        found = self._read_progress(found, decision.status.phase, now, run.spec.tracking.experiment)
         if found is None:
             return
         epochs = None  # own code (entrypoint) has no training.epochs: its `progress` metric
@@ -211,6 +213,26 @@ class RunWorker(Worker):
             if version is not None:  # our own write coming back through the watch is no news
                 status = new.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=version, status=status)
+
+    def _read_progress(
+        self, found: dict[str, Any] | None, phase: str, now: float, experiment: str
+    ) -> dict[str, Any] | None:
+        """Ask for a read when one is due; what was read, if it may go into the status."""
+        reader: ProgressReader = self.memo.progress
+        if phase in ACTIVE:
+            self.final_read = "due"
+            if now - self.last_progress >= self.memo.settings.status_poll_seconds:
+                self.last_progress = now
+                reader.request(self.key, self.uid, experiment, self.wakeup.set)
+            return found
+        if self.final_read == "due":  # what was read while it was active is dropped
+            if reader.request(self.key, self.uid, experiment, self.wakeup.set):
+                self.final_read = "read"
+            return None
+        if self.final_read == "read" and found is not None:
+            self.final_read = None
+            return found
+        return None
 
     def _next_wake(self, decision: Decision | None, settings: OperatorSettings) -> float:
         """Seconds until this run needs a reconcile that no event will bring: a retry (with
@@ -228,7 +250,9 @@ class RunWorker(Worker):
             self.backoff.reset()
         if decision.recheck_seconds is not None:
             wake = min(wake, decision.recheck_seconds)
-        if status.phase in ACTIVE and self.memo.progress.uri is not None:
+        if self.memo.progress.uri is not None and (
+            status.phase in ACTIVE or self.final_read == "due"
+        ):  # progress polls; the final read, once a read under way has made room for it
             wake = min(wake, settings.status_poll_seconds)
         if run is not None:
             deadline, ttl = run.spec.active_deadline_seconds, run.spec.ttl_seconds_after_finished

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import socket
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import kopf
 import pytest
 
-from tests.unit.operator.test_progress import _MLflow
+from tests.unit.operator.test_progress import _MLflow, _mlflow_run
 from tradewind.api.status import RunStatus
 from tradewind.operator import loop, progress
 from tradewind.operator.loop import RunWorker
@@ -99,3 +100,51 @@ def test_what_was_read_wakes_the_worker_and_goes_into_the_status(
     assert status.metrics["val_loss"] == 0.25
     assert worker.written["version"] == "101"  # its echo from the watch is not news
     assert "tradewind.uid\" = 'u-1'" in _MLflow.searches[-1]["filter"]
+
+
+class _Finishing(_MLflow):
+    """MLflow whose run logs its last epoch's metrics as the run ends."""
+
+    values: ClassVar[dict[str, float]] = {"val_loss": 0.5, "epoch": 9.0}
+
+    def do_POST(self) -> None:
+        self.searches.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._answer({"runs": [_mlflow_run(dict(self.values))]})
+
+
+def test_a_run_that_ended_gets_its_last_metrics_in_one_final_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Finishing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker, kube = _worker(f"http://127.0.0.1:{server.server_address[1]}", monkeypatch)
+    phase = {"now": "Running"}
+
+    def reconcile(snapshot: dict[str, Any], *args: Any, spec_cache: SpecCache, **_: Any) -> Any:
+        spec_cache.parse(snapshot)
+        return Decision(status=RunStatus(phase=phase["now"]))
+
+    monkeypatch.setattr(loop, "reconcile", reconcile)
+
+    async def through_the_end() -> int:
+        await worker._reconcile_once()  # running: a progress read
+        await asyncio.wait_for(worker.wakeup.wait(), 10)
+        worker.wakeup.clear()
+        await worker._reconcile_once()  # its result, written
+        _Finishing.values = {"val_loss": 0.25, "epoch": 10.0}  # the last epoch, then the end
+        phase["now"] = "Succeeded"
+        await worker._reconcile_once()  # ended: the final read
+        await asyncio.wait_for(worker.wakeup.wait(), 10)
+        await worker._reconcile_once()  # its result, written
+        reads = len(_Finishing.searches)
+        await worker._reconcile_once()  # and no more reads
+        return len(_Finishing.searches) - reads
+
+    try:
+        more = asyncio.run(through_the_end())
+    finally:
+        server.shutdown()
+    running, ended = kube.written
+    assert running.metrics["val_loss"] == 0.5 and running.progress.epoch == 9
+    assert ended.phase == "Succeeded" and ended.metrics["val_loss"] == 0.25
+    assert ended.progress.epoch == 10 and more == 0
