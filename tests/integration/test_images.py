@@ -314,7 +314,17 @@ def test_the_readme_quickstart_trains_in_containers_and_succeeds(
         mlflow_run = json.loads(response.read())["run"]
     assert mlflow_run["info"]["status"] == "FINISHED"
     metrics = {m["key"]: float(m["value"]) for m in mlflow_run["data"]["metrics"]}
-    assert status["metrics"]["val_loss"] == pytest.approx(metrics["val_loss"])
+
+    def final(metrics_now: dict[str, float]) -> bool:
+        return metrics_now.get("val_loss") == pytest.approx(metrics["val_loss"])
+
+    # The run's last metrics, read once more after it ended (the polls stop at Succeeded).
+    _until(
+        f"status.metrics.val_loss {metrics['val_loss']} (MLflow's last)",
+        lambda: final(_run_status(kube, release, name).get("metrics") or {}),
+        kube,
+        total=60,
+    )
 
 
 # ---------------------------------------------------------------- failure drills, real node
