@@ -67,6 +67,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -91,9 +92,13 @@ GPUS_PER_NODE = 64
 PODS_PER_NODE = 64
 """Pods of this shape one kwok node takes: 64 GPUs; 32 CPUs / 500m; 256Gi / 2Gi; 110 pods."""
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
-TARGET_RUNNING_S = 60.0
 TARGET_RUNS = 1000
+TARGET_BASELINE_RATIO = 1.25
+"""Tradewind's all-Running time at most this many times the control plane's alone."""
+TARGET_PEER_RATIO = 1.0
+"""Kubeflow's all-Running time over Tradewind's: at least this."""
 TARGET_RSS_MB = 250.0
+TARGET_10K_RSS_MB = 600.0
 STAGES = (
     ("operator: create -> Job", "created", "job"),
     ("job controller: Job -> pods", "job", "pods_created"),
@@ -108,6 +113,14 @@ OPERATOR_DETAIL = (
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BASELINE = "control plane only"
+TRADEWIND = "tradewind"
+KUBEFLOW = "kubeflow"
+MODES = (TRADEWIND, KUBEFLOW, BASELINE)
+KF_GROUP, KF_VERSION, KF_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+KF_NAMESPACE = "kubeflow"
+KF_CLIENT = {"kube-api-qps": 1000, "kube-api-burst": 2000, "controller-threads": 32}
+"""Kubeflow's client: its defaults (20 QPS, burst 30, one worker thread) would make it the
+limit; Tradewind's client has no rate limit and reconciles 32 runs at a time."""
 BENCH_IMAGE = "tradewind-trainer:bench"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -327,9 +340,12 @@ class Watch(threading.Thread):
 class Tracker:
     """Per run: when each stage was first seen, on the harness's monotonic clock."""
 
-    def __init__(self, expected: int, running_from_pods: bool = False) -> None:
+    def __init__(
+        self, expected: int, running_from_pods: bool = False, pods_are_children: bool = False
+    ) -> None:
         self.expected = expected
         self.running_from_pods = running_from_pods
+        self.pods_are_children = pods_are_children  # Kubeflow: no Job, its first pod instead
         self.lock = threading.Lock()
         self.t: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self.pods: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(dict)
@@ -338,6 +354,7 @@ class Tracker:
         self.all_jobs = threading.Event()
         self.running = 0
         self.jobs = 0
+        self.job_names: dict[str, set[str]] = collections.defaultdict(set)
 
     def created(self, name: str, t: float) -> None:
         with self.lock:
@@ -350,9 +367,9 @@ class Tracker:
         with self.lock:
             times = self.t[name]
             times.setdefault("seen", t)
-            if status.get("phase"):
+            if status.get("phase") or status.get("conditions"):
                 times.setdefault("first_status", t)
-            if status.get("phase") == "Running" and "running" not in times:
+            if _is_running(obj) and "running" not in times:
                 times["running"] = t
                 self.running += 1
                 self.server_latency[name] = _server_latency(obj)
@@ -364,6 +381,7 @@ class Tracker:
         if run is None or kind == "DELETED":
             return
         with self.lock:
+            self.job_names[run].add(obj["metadata"]["name"])
             if "job" not in self.t[run]:
                 self.t[run]["job"] = t
                 self.jobs += 1
@@ -377,6 +395,9 @@ class Tracker:
         with self.lock:
             pod = self.pods[run].setdefault(obj["metadata"]["name"], {})
             pod.setdefault("created", t)
+            if self.pods_are_children and "job" not in self.t[run]:
+                self.t[run]["job"] = t
+                self.jobs += 1
             if (obj.get("spec") or {}).get("nodeName"):
                 pod.setdefault("bound", t)
             if (obj.get("status") or {}).get("phase") == "Running":
@@ -395,6 +416,17 @@ class Tracker:
                     self.running += 1
                     if self.running >= self.expected:
                         self.all_running.set()
+
+
+def _is_running(obj: dict[str, Any]) -> bool:
+    """A TrainingRun's phase; a PyTorchJob's Running condition (it has no phase)."""
+    status = obj.get("status") or {}
+    if "phase" in status:
+        return bool(status["phase"] == "Running")
+    return any(
+        c.get("type") == "Running" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
 
 
 def _parse_time(text: str) -> float:
@@ -556,6 +588,75 @@ class Operator:
         }
 
 
+class KubeflowOperator(Operator):
+    """Kubeflow's training operator (`hack/build-binaries.sh training-operator`), out of
+    cluster: PyTorchJob only, webhooks unregistered (its cert rotator still wants its Secret
+    and serving certificates to start), its client limits raised (KF_CLIENT)."""
+
+    def __init__(self, stack: Stack, workdir: Path, log_path: Path) -> None:
+        super().__init__({}, log_path, None)
+        self.stack, self.workdir = stack, workdir
+        self.binary = _bin_dir() / "training-operator"
+        if not self.binary.is_file():
+            raise RuntimeError(
+                f"{self.binary} is missing: hack/build-binaries.sh training-operator builds it"
+            )
+
+    def prepare(self) -> None:
+        """Its CRD (server-side: 644 KB), namespace, Secret and serving certificates."""
+        crd = _bin_dir() / "training-operator-crds" / "kubeflow.org_pytorchjobs.yaml"
+        self.stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        for attempt in range(20):  # a CRD just created has no conditions to wait on yet
+            try:
+                self.stack.kubectl(
+                    "wait", "--for=condition=Established", f"crd/{KF_PLURAL}.{KF_GROUP}",
+                    "--timeout=60s",
+                )  # fmt: skip
+                break
+            except RuntimeError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
+        self.stack.kubectl("create", "namespace", KF_NAMESPACE)
+        self.stack.kubectl(
+            "create", "secret", "generic", "training-operator-webhook-cert", "-n", KF_NAMESPACE
+        )
+        # The webhook server reads them under os.TempDir(); its cert rotator waits for them
+        # at this fixed path (pkg/cert/cert.go): with TMPDIR unset, the same folder.
+        certs = Path("/tmp/k8s-webhook-server/serving-certs")
+        certs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=training-operator", "-keyout", str(certs / "tls.key"),
+             "-out", str(certs / "tls.crt")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        no_init = self.workdir / "init-containers.yaml"
+        no_init.write_text("[]\n")  # no alpine init container waiting for the master's DNS
+        self.env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+        self.env["MY_POD_NAMESPACE"] = KF_NAMESPACE
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        self.argv = [
+            str(self.binary),
+            f"--kubeconfig={self.stack.kubeconfig}",
+            "--enable-scheme=pytorchjob",
+            "--metrics-bind-address=0",
+            "--health-probe-bind-address=127.0.0.1:0",
+            f"--webhook-server-port={port}",
+            f"--pytorch-init-container-template-file={no_init}",
+            "--zap-devel=false",
+            *(f"--{flag}={value}" for flag, value in KF_CLIENT.items()),
+        ]
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+
 # --- one size -------------------------------------------------------------------------------
 
 
@@ -577,12 +678,50 @@ def training_run(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
+def pytorch_job(name: str, namespace: str) -> dict[str, Any]:
+    """The same two GPU pods as `training_run` as Kubeflow would run them: Master + Worker."""
+
+    def replica() -> dict[str, Any]:
+        container = {
+            "name": "pytorch",  # the name Kubeflow looks for
+            "image": BENCH_IMAGE,
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1"},
+                "limits": {"nvidia.com/gpu": "1"},
+            },
+        }
+        return {
+            "replicas": 1,
+            "restartPolicy": "OnFailure",
+            "template": {
+                "metadata": {"labels": {HOLD_LABEL: "true", RUN_LABEL: name}},
+                "spec": {
+                    "nodeSelector": {GPU_POOL_LABEL: "a100"},
+                    "containers": [container],
+                },
+            },
+        }
+
+    return {
+        "apiVersion": f"{KF_GROUP}/{KF_VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"pytorchReplicaSpecs": {"Master": replica(), "Worker": replica()}},
+    }
+
+
 def kwok_nodes(size: int) -> int:
     return max(2, math.ceil(size * NODES_PER_RUN * 1.25 / PODS_PER_NODE))
 
 
-def runs_path(namespace: str) -> str:
+def runs_path(namespace: str, mode: str = TRADEWIND) -> str:
+    if mode == KUBEFLOW:
+        return f"/apis/{KF_GROUP}/{KF_VERSION}/namespaces/{namespace}/{KF_PLURAL}"
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+
+
+def run_body(mode: str, name: str, namespace: str) -> dict[str, Any]:
+    return pytorch_job(name, namespace) if mode == KUBEFLOW else training_run(name, namespace)
 
 
 def operator_children(run_body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -618,7 +757,8 @@ CHILD_PATHS = {
 def create_run(api: Api, body: dict[str, Any], with_children: bool) -> str | None:
     """POST a run (and, for the baseline, its children); an error message or None."""
     ns = body["metadata"]["namespace"]
-    resp = api.request("POST", runs_path(ns), body, timeout=60)
+    mode = KUBEFLOW if body["kind"] == "PyTorchJob" else TRADEWIND
+    resp = api.request("POST", runs_path(ns, mode), body, timeout=60)
     if resp.status != 201:
         return f"{resp.status} {resp.data[:200]!r}"
     if with_children:
@@ -630,16 +770,14 @@ def create_run(api: Api, body: dict[str, Any], with_children: bool) -> str | Non
     return None
 
 
-def apply_runs(
-    api: Api, tracker: Tracker, size: int, workers: int, with_children: bool = False
-) -> dict[str, Any]:
-    """POST `size` TrainingRuns (with their children, for the baseline) from a thread pool;
-    each run's `created` is when its POSTs returned."""
+def apply_runs(api: Api, tracker: Tracker, size: int, workers: int, mode: str) -> dict[str, Any]:
+    """POST `size` runs of the mode (with their children, for the baseline) from a thread
+    pool; each run's `created` is when its POSTs returned."""
     failures = []
 
     def create(i: int) -> None:
         name = f"run-{i:05d}"
-        error = create_run(api, training_run(name, NAMESPACE), with_children)
+        error = create_run(api, run_body(mode, name, NAMESPACE), mode == BASELINE)
         if error is not None:
             failures.append(f"{name}: {error}")
             return
@@ -669,26 +807,27 @@ def wait_namespace(stack: Stack, namespace: str) -> None:
 class Bench:
     """One size on a fresh stack: set-up, the burst, the steady window, tear-down."""
 
-    def __init__(
-        self, size: int, args: argparse.Namespace, workdir: Path, baseline: bool = False
-    ) -> None:
-        self.size, self.args, self.workdir, self.baseline = size, args, workdir, baseline
+    def __init__(self, size: int, args: argparse.Namespace, workdir: Path, mode: str) -> None:
+        self.size, self.args, self.workdir, self.mode = size, args, workdir, mode
+        self.baseline = mode == BASELINE
         self.stack = Stack(workdir / "stack", kwok_nodes(size), bool(args.profile_apiserver))
-        profiled = args.profile_operator and not baseline
+        profiled = args.profile_operator and mode == TRADEWIND
         self.profile = workdir / "operator-profile.json" if profiled else None
         self.operator: Operator | None = None
         self.sampler: Sampler | None = None
         self.watches: list[Watch] = []
-        self.tracker = Tracker(size, running_from_pods=baseline)
+        self.tracker = Tracker(
+            size, running_from_pods=self.baseline, pods_are_children=mode == KUBEFLOW
+        )
         self.result: dict[str, Any] = {
-            "mode": BASELINE if baseline else "operator",
+            "mode": mode,
             "size": size,
             "kwok_nodes": self.stack.nodes,
             "gpus_per_node": GPUS_PER_NODE,
         }
 
     def log(self, message: str) -> None:
-        log(f"N={self.size}{' baseline' if self.baseline else ''}: {message}")
+        log(f"N={self.size} {self.mode}: {message}")
 
     def operator_alive(self) -> bool:
         return self.baseline or (self.operator is not None and self.operator.alive())
@@ -727,11 +866,18 @@ class Bench:
         t = time.monotonic()
         self.api = Api(stack.kubeconfig, pool_size=max(32, self.args.apply_workers + 8))
         pids = {**stack.pids, "harness": os.getpid()}
-        if not self.baseline:
+        if self.mode == TRADEWIND:
             self.operator = Operator(stack.env(), self.workdir / "operator.log", self.profile)
+        elif self.mode == KUBEFLOW:
+            self.operator = kubeflow = KubeflowOperator(
+                stack, self.workdir, self.workdir / "operator.log"
+            )
+            kubeflow.prepare()
+        if self.operator is not None:
             self.operator.start()
             pids["operator"] = self.operator.pid
-        error = create_run(self.api, training_run("warmup", WARMUP_NAMESPACE), self.baseline)
+        warmup = run_body(self.mode, "warmup", WARMUP_NAMESPACE)
+        error = create_run(self.api, warmup, self.baseline)
         if error is not None:
             raise RuntimeError(f"warm-up run not created: {error}")
         if self.baseline:
@@ -742,8 +888,9 @@ class Bench:
                     "--timeout=120s",
                 )  # fmt: skip
         else:
+            kind = "pytorchjob" if self.mode == KUBEFLOW else "trainingrun"
             stack.kubectl(
-                "wait", "--for=condition=Running", "trainingrun/warmup", "-n", WARMUP_NAMESPACE,
+                "wait", "--for=condition=Running", f"{kind}/warmup", "-n", WARMUP_NAMESPACE,
                 "--timeout=120s",
             )  # fmt: skip
         self.result["operator_ready_s"] = round(time.monotonic() - t, 1)
@@ -752,7 +899,7 @@ class Bench:
         self.sampler = Sampler(pids)
         self.sampler.start()
         self.watches = [
-            Watch(self.api, runs_path(NAMESPACE), self.tracker.on_run),
+            Watch(self.api, runs_path(NAMESPACE, self.mode), self.tracker.on_run),
             Watch(self.api, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", self.tracker.on_job),
             Watch(self.api, f"/api/v1/namespaces/{NAMESPACE}/pods", self.tracker.on_pod),
         ]
@@ -768,9 +915,9 @@ class Bench:
         metrics0, cpu0 = api.metrics(), self.sampler.snapshot()
         load0 = os.getloadavg()
         t0 = time.monotonic()
-        self.log(f"applying {size} TrainingRuns ({self.args.apply_workers} workers)")
+        self.log(f"applying {size} runs ({self.args.apply_workers} workers)")
         profiler = self.profile_apiserver(self.args.profile_apiserver)
-        result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers, self.baseline)
+        result["apply"] = apply_runs(api, tracker, size, self.args.apply_workers, self.mode)
         self.log(
             f"applied in {result['apply']['seconds']} s ({result['apply']['per_second']}/s); "
             "waiting for Running"
@@ -795,6 +942,10 @@ class Bench:
             "operator_alive": self.operator_alive(),
             "runs_running": tracker.running,
             "jobs_created": len(job_times),
+            "runs_lost": size - tracker.running,
+            "runs_with_duplicate_jobs": sum(
+                len(names) > 1 for run, names in tracker.job_names.items() if run != "warmup"
+            ),
             "all_jobs_s": round(max(job_times) - t0, 3) if len(job_times) >= size else None,
             "all_running_s": round(t_end - t0, 3) if tracker.running >= size else None,
         }
@@ -1297,6 +1448,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _short_mode(result: dict[str, Any]) -> str:
+    mode = str(result.get("mode"))
+    return "baseline" if mode == BASELINE else "tradewind" if mode == "operator" else mode
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     def f(value: Any, width: int, digits: int = 1) -> str:
         if value is None:
@@ -1306,27 +1462,29 @@ def print_table(results: list[dict[str, Any]]) -> None:
         return str(value).rjust(width)
 
     head = (
-        f"{'mode':>8} {'runs':>5} {'nodes':>5} {'apply s':>7} {'jobs s':>7} {'run s':>7} "
-        f"{'p50 s':>6} {'p99 s':>6} {'opRSS MB':>8} | CPU s: {'oper':>5} {'apisrv':>6} {'etcd':>5} "
-        f"{'kcm':>5} {'sched':>5} {'kwok':>5} {'harn':>5} {'other':>5}"
+        f"{'mode':>9} {'runs':>5} {'nodes':>5} {'apply s':>7} {'jobs s':>7} {'run s':>7} "
+        f"{'p50 s':>6} {'p99 s':>6} {'req/run':>7} {'opRSS MB':>8} | CPU s: {'oper':>5} "
+        f"{'apisrv':>6} {'etcd':>5} {'kcm':>5} {'sched':>5} {'kwok':>5} {'harn':>5} {'other':>5}"
     )
     print()
     print(head)
     print("-" * len(head))
     for r in results:
-        mode = "baseline" if r.get("mode") == BASELINE else "operator"
+        mode = _short_mode(r)
         if "apply" not in r:
-            print(f"{mode:>8} {r['size']:>5} failed: {r.get('error', '?')}")
+            print(f"{mode:>9} {r['size']:>5} failed: {r.get('error', '?')}")
             continue
         cpu, lat = r.get("cpu_s", {}), r.get("latency_s", {})
+        requests = round(sum((r.get("apiserver_requests") or {}).values()) / r["size"], 1)
         running = r.get("all_running_s")
         run_s = (
             f(running, 7) if running is not None else f"{r['runs_running']}/{r['size']}".rjust(7)
         )
         print(
-            f"{mode:>8} {r['size']:>5} {r['kwok_nodes']:>5} {f(r['apply']['seconds'], 7)} "
+            f"{mode:>9} {r['size']:>5} {r['kwok_nodes']:>5} {f(r['apply']['seconds'], 7)} "
             f"{f(r.get('all_jobs_s'), 7)} {run_s} {f(lat.get('p50'), 6, 2)} "
-            f"{f(lat.get('p99'), 6, 2)} {f(r.get('rss_mb', {}).get('operator_peak'), 8)} | "
+            f"{f(lat.get('p99'), 6, 2)} {f(requests, 7)} "
+            f"{f(r.get('rss_mb', {}).get('operator_peak'), 8)} | "
             f"       {f(cpu.get('operator'), 5)} {f(cpu.get('kube-apiserver'), 6)} "
             f"{f(cpu.get('etcd'), 5)} {f(cpu.get('kube-controller-manager'), 5)} "
             f"{f(cpu.get('kube-scheduler'), 5)} {f(cpu.get('kwok'), 5)} {f(cpu.get('harness'), 5)} "
@@ -1334,7 +1492,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         )
     print("\nper-run stage latency, p50 / p99 s:")
     labels = [label for label, _, _ in STAGES]
-    print(f"{'mode':>8} {'runs':>5}  " + "  ".join(f"{label:>34}" for label in labels))
+    print(f"{'mode':>9} {'runs':>5}  " + "  ".join(f"{label:>34}" for label in labels))
     for r in results:
         stages = r.get("stages_s")
         if not stages:
@@ -1343,8 +1501,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{f(stages[label]['p50'], 6, 2)} / {f(stages[label]['p99'], 6, 2)}".rjust(34)
             for label in labels
         ]
-        mode = "baseline" if r.get("mode") == BASELINE else "operator"
-        print(f"{mode:>8} {r['size']:>5}  " + "  ".join(cells))
+        mode = _short_mode(r)
+        print(f"{mode:>9} {r['size']:>5}  " + "  ".join(cells))
     print()
 
 
@@ -1366,10 +1524,22 @@ def main() -> None:
         help="After all are Running, measure CPU this long (the operator's status poll is 15 s).",
     )
     parser.add_argument(
-        "--no-baseline",
-        dest="baseline",
-        action="store_false",
-        help="Skip the control-plane-only run of each size (no operator; see the docstring).",
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="What runs each size on a fresh stack: Tradewind's operator, Kubeflow's training "
+        "operator (PyTorchJobs; hack/build-binaries.sh training-operator), the control plane "
+        "alone (see the docstring). The order rotates from one size (and round) to the next.",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Measure each size this many times per mode."
+    )
+    parser.add_argument(
+        "--at-10k",
+        action="store_true",
+        help="Then 10,000 TrainingRuns, Tradewind only (timeout 3600 s): all Running, none lost "
+        "or duplicated, operator RSS and CPU per run, apiserver and etcd memory.",
     )
     parser.add_argument("--profile-operator", action="store_true")
     parser.add_argument(
@@ -1398,6 +1568,10 @@ def main() -> None:
         "versions": versions(_bin_dir()),
         "config": {
             "run": training_run("run-NNNNN", NAMESPACE),
+            "kubeflow_job": pytorch_job("run-NNNNN", NAMESPACE),
+            "kubeflow_flags": KF_CLIENT,
+            "modes": args.modes,
+            "rounds": args.rounds,
             "nodes_per_run": NODES_PER_RUN,
             "pods_per_kwok_node_planned": PODS_PER_NODE,
             "apply": f"POST from a thread pool of {args.apply_workers}",
@@ -1409,8 +1583,10 @@ def main() -> None:
         },
         "targets": {
             "runs": TARGET_RUNS,
-            "all_running_within_s": TARGET_RUNNING_S,
+            "tradewind_over_baseline_at_most": TARGET_BASELINE_RATIO,
+            "kubeflow_over_tradewind_at_least": TARGET_PEER_RATIO,
             "operator_rss_mb_under": TARGET_RSS_MB,
+            "at_10k_operator_rss_mb_under": TARGET_10K_RSS_MB,
         },
         "results": [],
     }
@@ -1418,19 +1594,24 @@ def main() -> None:
         doc["profiled_runs"] = [
             _profiled_run(json.loads(p.read_text())) for p in args.attach_profile
         ]
+    plan = [
+        (size, mode)
+        for turn, size in enumerate(s for s in args.sizes for _ in range(args.rounds))
+        for mode in _rotated(args.modes, turn)
+    ]
+    if args.at_10k:
+        plan.append((10_000, TRADEWIND))
     try:
-        for size in args.sizes:
-            for baseline in (False, True) if args.baseline else (False,):
-                with tempfile.TemporaryDirectory(prefix=f"tw-opscale-{size}-") as tmp:
-                    bench = Bench(size, args, Path(tmp), baseline)
-                    try:
-                        doc["results"].append(bench.run())
-                    except Exception as exc:  # recorded with what was measured; stack is down
-                        log(f"N={size}: failed: {exc}")
-                        doc["results"].append({**bench.result, "error": str(exc)[:2000]})
-            if any(r.get("timed_out") or "error" in r for r in doc["results"][-2:]):
-                log("stopping: the last size did not finish")
-                break
+        for size, mode in plan:
+            if size == 10_000:
+                args.timeout = max(args.timeout, 3600.0)
+            with tempfile.TemporaryDirectory(prefix=f"tw-opscale-{size}-") as tmp:
+                bench = Bench(size, args, Path(tmp), mode)
+                try:
+                    doc["results"].append(bench.run())
+                except Exception as exc:  # recorded with what was measured; stack is down
+                    log(f"N={size} {mode}: failed: {exc}")
+                    doc["results"].append({**bench.result, "error": str(exc)[:2000]})
     finally:
         doc["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         doc["wall_s"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
@@ -1440,6 +1621,12 @@ def main() -> None:
         print_table(doc["results"])
         print(f"targets: {json.dumps(doc['targets']['met'])}")
         print(f"wrote {args.out}")
+
+
+def _rotated(modes: list[str], turn: int) -> list[str]:
+    """The modes, starting one further along each turn: none always goes first."""
+    k = turn % len(modes)
+    return modes[k:] + modes[:k]
 
 
 def _kwok_stages() -> dict[str, Any]:
@@ -1466,29 +1653,61 @@ def _profiled_run(profiled: dict[str, Any]) -> dict[str, Any]:
 
 
 def _targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
-    def at_target(mode: str) -> dict[str, Any] | None:
-        return next(
-            (
-                r
-                for r in results
-                if r.get("size") == TARGET_RUNS and "apply" in r and r.get("mode") == mode
-            ),
-            None,
-        )
+    """Each mode's median all-Running time at TARGET_RUNS (over rounds), the ratios, RSS;
+    the 10,000-run check."""
 
-    at, floor = at_target("operator"), at_target(BASELINE)
-    if at is None:
-        return {"measured_at_target_size": False}
-    running = at.get("all_running_s")
-    rss = at.get("rss_mb", {}).get("operator_peak")
-    return {
-        "measured_at_target_size": True,
-        "all_running_s": running,
-        "running_within_target": running is not None and running <= TARGET_RUNNING_S,
-        "operator_rss_peak_mb": rss,
-        "rss_within_target": rss is not None and rss < TARGET_RSS_MB,
-        "baseline_all_running_s": floor.get("all_running_s") if floor else None,
+    def median_running(mode: str, size: int) -> float | None:
+        times = [
+            r["all_running_s"]
+            for r in results
+            if r.get("size") == size and r.get("mode") == mode and r.get("all_running_s")
+        ]
+        return round(sorted(times)[len(times) // 2], 1) if times else None
+
+    def peak_rss(size: int) -> float | None:
+        peaks = [
+            r.get("rss_mb", {}).get("operator_peak")
+            for r in results
+            if r.get("size") == size and r.get("mode") == TRADEWIND
+        ]
+        return max((p for p in peaks if p), default=None)
+
+    tradewind, kubeflow = (
+        median_running(TRADEWIND, TARGET_RUNS),
+        median_running(KUBEFLOW, TARGET_RUNS),
+    )
+    floor = median_running(BASELINE, TARGET_RUNS)
+    out: dict[str, Any] = {
+        "all_running_s": {TRADEWIND: tradewind, KUBEFLOW: kubeflow, BASELINE: floor},
+        "tradewind_over_baseline": round(tradewind / floor, 2) if tradewind and floor else None,
+        "kubeflow_over_tradewind": round(kubeflow / tradewind, 2)
+        if tradewind and kubeflow
+        else None,
+        "operator_rss_peak_mb": peak_rss(TARGET_RUNS),
     }
+    out["met"] = {
+        "baseline_ratio": out["tradewind_over_baseline"] is not None
+        and out["tradewind_over_baseline"] <= TARGET_BASELINE_RATIO,
+        "peer_ratio": out["kubeflow_over_tradewind"] is not None
+        and out["kubeflow_over_tradewind"] >= TARGET_PEER_RATIO,
+        "rss": out["operator_rss_peak_mb"] is not None
+        and out["operator_rss_peak_mb"] < TARGET_RSS_MB,
+    }
+    at_10k = [r for r in results if r.get("size") == 10_000 and r.get("mode") == TRADEWIND]
+    if at_10k:
+        r = at_10k[-1]
+        out["at_10k"] = {
+            "all_running_s": r.get("all_running_s"),
+            "runs_lost": r.get("runs_lost"),
+            "runs_with_duplicate_jobs": r.get("runs_with_duplicate_jobs"),
+            "operator_rss_peak_mb": peak_rss(10_000),
+        }
+        out["met"]["at_10k"] = (
+            r.get("runs_lost") == 0
+            and r.get("runs_with_duplicate_jobs") == 0
+            and (peak_rss(10_000) or math.inf) < TARGET_10K_RSS_MB
+        )
+    return out
 
 
 if __name__ == "__main__":
