@@ -814,6 +814,7 @@ class Bench:
         profiled = args.profile_operator and mode == TRADEWIND
         self.profile = workdir / "operator-profile.json" if profiled else None
         self.operator: Operator | None = None
+        self.standby: Operator | None = None
         self.sampler: Sampler | None = None
         self.watches: list[Watch] = []
         self.tracker = Tracker(
@@ -840,6 +841,8 @@ class Bench:
             if self.args.steady_seconds > 0 and self.operator_alive():
                 self.steady()
             self.result["rss_mb"] = self.rss()
+            if self.standby is not None and self.tracker.running >= self.size:
+                self.takeover()
             try:  # after the measurement: an overloaded apiserver may not answer in time
                 self.result["events"] = self.events_by_source()
             except Exception as exc:
@@ -894,6 +897,9 @@ class Bench:
                 "--timeout=120s",
             )  # fmt: skip
         self.result["operator_ready_s"] = round(time.monotonic() - t, 1)
+        if self.mode == TRADEWIND and self.args.takeover:
+            self.standby = Operator(stack.env(), self.workdir / "standby.log", None)
+            self.standby.start()  # the first holds the Lease: the warm-up is Running
         self.log(f"ready after {self.result['operator_ready_s']} s (warm-up Running)")
 
         self.sampler = Sampler(pids)
@@ -1011,6 +1017,43 @@ class Bench:
             "apiserver_requests": _diff_requests(metrics0, metrics1),
         }
 
+    def takeover(self) -> None:
+        """The leader killed with every run Running and each status set back to Pending by
+        the harness meanwhile: how long until the standby has them all Running again."""
+        assert self.operator is not None and self.standby is not None
+        t0 = time.monotonic()
+        os.kill(self.operator.pid, signal.SIGKILL)
+        self.operator.proc.wait(timeout=30)  # type: ignore[union-attr]
+        names = sorted(n for n in self.tracker.t if n.startswith("run-"))
+        self.log(f"leader killed; {len(names)} statuses set to Pending; waiting for the standby")
+
+        def stale(name: str) -> None:
+            path = f"{runs_path(NAMESPACE)}/{name}/status"
+            body = json.dumps({"status": {"phase": "Pending"}}).encode()
+            headers = {"Content-Type": "application/merge-patch+json"}
+            self.api.pool.request("PATCH", self.api.host + path, body=body, headers=headers)
+
+        with concurrent.futures.ThreadPoolExecutor(self.args.apply_workers) as pool:
+            list(pool.map(stale, names))
+        staled = time.monotonic() - t0
+        running, deadline = 0, t0 + self.args.timeout
+        while time.monotonic() < deadline and self.standby.alive():
+            items = self.api.get_json(runs_path(NAMESPACE)).get("items", [])
+            running = sum(_is_running(r) for r in items if r["metadata"]["name"] in names)
+            if running >= len(names):
+                break
+            time.sleep(1.0)
+        self.result["takeover"] = {
+            "lease_duration_s": _bench_settings().lease_duration_seconds,
+            "statuses_staled_in_s": round(staled, 1),
+            "all_running_again_s": round(time.monotonic() - t0, 1)
+            if running >= len(names)
+            else None,
+            "running_again": running,
+            "standby_rss_peak_mb": round(proc_status_mb(self.standby.pid, "VmHWM") or 0.0, 1),
+        }
+        self.log(f"take-over: {self.result['takeover']}")
+
     def events_by_source(self) -> dict[str, int]:
         """Events in the bench namespace by who posted them, about what kind, and why (the
         core and events.k8s.io APIs are two views of the same objects: one is read)."""
@@ -1059,6 +1102,8 @@ class Bench:
                 self.final_profile()
             self.operator.stop()
             self.result["operator_log"] = self.operator.log_summary()
+            if self.standby is not None:
+                self.standby.stop()
             if self.args.keep_logs:
                 dest = Path(self.args.keep_logs) / f"operator-{self.size}.log"
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1534,6 +1579,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="Measure each size this many times per mode."
+    )
+    parser.add_argument(
+        "--takeover",
+        action="store_true",
+        help="Tradewind: run a standby replica; once all are Running, kill the leader, set "
+        "every status back to Pending and time the standby bringing them all to Running.",
     )
     parser.add_argument(
         "--at-10k",
