@@ -86,6 +86,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import statistics
 import sys
 import tempfile
 import threading
@@ -1126,7 +1127,8 @@ class Bench:
             if self.standby is not None:
                 self.standby.stop()
             if self.args.keep_logs:
-                dest = Path(self.args.keep_logs) / f"operator-{self.size}.log"
+                mode = self.mode.replace(" ", "-")
+                dest = Path(self.args.keep_logs) / f"operator-{self.size}-{mode}.log"
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(self.operator.log_path, dest)
         if self.profile is not None and self.profile.is_file():
@@ -1684,6 +1686,9 @@ def main() -> None:
                 except Exception as exc:  # recorded with what was measured; stack is down
                     log(f"N={size} {mode}: failed: {exc}")
                     doc["results"].append({**bench.result, "error": str(exc)[:2000]})
+                except KeyboardInterrupt:
+                    doc["results"].append({**bench.result, "error": "interrupted"})
+                    raise
     finally:
         doc["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         doc["wall_s"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
@@ -1734,7 +1739,7 @@ def _targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
             for r in results
             if r.get("size") == size and r.get("mode") == mode and r.get("all_running_s")
         ]
-        return round(sorted(times)[len(times) // 2], 1) if times else None
+        return round(statistics.median(times), 1) if times else None
 
     def peak_rss(size: int) -> float | None:
         peaks = [
