@@ -85,8 +85,8 @@ import platform
 import shutil
 import signal
 import socket
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
