@@ -11,6 +11,7 @@ import io
 import json
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -20,6 +21,8 @@ from tradewind.devstack.processes import StackError
 CRI_NAMESPACE = "k8s.io"
 BUSYBOX = Path("/bin/busybox")
 """Debian's busybox-static: one static binary with sh, nslookup, wget, httpd, sleep."""
+IMPORT_SECONDS = 1800
+"""A trainer image is gigabytes; a slow disk imports it in minutes."""
 
 
 class TinyImage(BaseModel):
@@ -122,14 +125,14 @@ def write_archive(image: TinyImage, path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def ctr(socket: Path, *args: str, stdin: bytes | None = None) -> str:
+def ctr(socket: Path, *args: str, stdin: bytes | None = None, timeout: float = 300) -> str:
     """Run Debian's `ctr` against the node's containerd, in the CRI namespace."""
     result = subprocess.run(
         _ctr_argv(socket, *args),
         input=stdin,
         capture_output=True,
         check=False,
-        timeout=300,
+        timeout=timeout,
     )
     if result.returncode != 0:
         raise StackError(f"ctr {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}")
@@ -157,32 +160,58 @@ def import_image(socket: Path, image: TinyImage, work_dir: Path) -> bool:
 
 def import_archive(socket: Path, archive: Path) -> None:
     """Import a `docker save` or OCI archive (its image names come from the archive)."""
-    ctr(socket, "images", "import", str(archive))
+    ctr(socket, "images", "import", str(archive), timeout=IMPORT_SECONDS)
 
 
 def import_from_docker(socket: Path, ref: str) -> bool:
     """Copy an image that local docker holds (a Debian base, the trainer image built here)
-    into the node, streamed (`docker save | ctr images import -`), unless the node already
-    holds that image (the same config digest: docker's image ID). True if it was imported."""
+    into the node, unless the node already holds that image (the same config digest: docker's
+    image ID). True if it was imported.
+
+    It is streamed (`docker save | ctr images import -`); if the stream fails, it is saved to
+    a file next to the node's containerd and imported from there, since a piped import can
+    fail where the same archive imports from a file. Either way the node must then list it."""
     image_id = _docker(["image", "inspect", "--format", "{{.Id}}", ref]).strip()
     name = _normalized(ref)
     if name in image_refs(socket) and _node_config_digest(socket, name) == image_id:
         return False
+    try:
+        _import_streamed(socket, ref)
+    except StackError as streamed:
+        try:
+            _import_through_file(socket, ref)
+        except StackError as from_file:
+            raise StackError(f"{from_file} (streamed before: {streamed})") from from_file
+    if name not in image_refs(socket):
+        raise StackError(f"ctr images import ({ref}) ended well, but the node lists no {name}")
+    return True
+
+
+def _import_through_file(socket: Path, ref: str) -> None:
+    with tempfile.TemporaryDirectory(dir=socket.parent, prefix="import-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        _docker(["save", "--output", str(archive), ref])
+        import_archive(socket, archive)
+
+
+def _import_streamed(socket: Path, ref: str) -> None:
     saver = subprocess.Popen(
         ["docker", "save", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert saver.stdout is not None
     importer = subprocess.run(
         _ctr_argv(socket, "images", "import", "-"),
-        stdin=saver.stdout, capture_output=True, check=False, timeout=1800,
+        stdin=saver.stdout, capture_output=True, check=False, timeout=IMPORT_SECONDS,
     )  # fmt: skip
-    saver.stdout.close()
+    saver.stdout.close()  # a failed import's saver then dies of the broken pipe, silently
     saved_err = saver.stderr.read() if saver.stderr else b""
-    if saver.wait() != 0:
-        raise StackError(f"docker save {ref}: {saved_err.decode(errors='replace').strip()}")
+    saved = saver.wait()
     if importer.returncode != 0:
-        raise StackError(f"ctr images import ({ref}): {importer.stderr.decode(errors='replace')}")
-    return True
+        error = importer.stderr.decode(errors="replace").strip()
+        raise StackError(f"ctr images import - ({ref}): {error or f'exit {importer.returncode}'}")
+    if saved != 0:
+        error = saved_err.decode(errors="replace").strip()
+        raise StackError(f"docker save {ref}: {error or f'exit {saved}'}")
 
 
 def _docker(args: list[str]) -> str:
