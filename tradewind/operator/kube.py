@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 import urllib.parse
 import uuid
@@ -135,6 +136,9 @@ def conflict(existing: dict[str, Any], manifest: dict[str, Any]) -> Refused | No
     return Refused(409, f"{what}, controlled by {owner}; not adopted", True)
 
 
+_FAILED_CREATE_LOCK = threading.Lock()
+
+
 class Kube:
     """Create-if-missing, delete-if-present, status and Event writes; 404/409 are success
     where they mean the cluster already converged (a 409 on create only when the object that
@@ -225,25 +229,46 @@ class Kube:
             return False
         return bool(found["metadata"].get("uid") == uid)
 
-    def failed_create(self, ns: str, uid: str) -> str | None:
+    _failed_creates: dict[str, tuple[float, dict[str, str]]] | None = None
+    _failed_create_locks: dict[str, threading.Lock] | None = None
+
+    def failed_create(self, ns: str, uid: str, max_age: float = 0.0) -> str | None:
         """The latest FailedCreate Event the Job controller posted on the Job `uid` (its pods
         were refused: PodSecurity, quota, an invalid pod), as "Error creating: <the
-        apiserver's message>"; None if there is none."""
-        selector = f"involvedObject.uid={uid},reason=FailedCreate"
-        path = f"{_collection('Event', ns)}?fieldSelector={urllib.parse.quote(selector)}"
-        events = json.loads(self.request("GET", path)).get("items") or []
-        if not events:
-            return None
+        apiserver's message>"; None if there is none.
 
-        def when(event: dict[str, Any]) -> str:
-            meta = event["metadata"]
-            return str(
+        One read of the namespace's FailedCreate Events answers for all its Jobs for
+        `max_age` seconds. The apiserver keeps no watch cache of Events: each read scans the
+        namespace's Events in etcd, and under load a thousand Jobs wait for their pods at
+        once, so a read per Job made that work grow with the square of the runs."""
+        with _FAILED_CREATE_LOCK:
+            if self._failed_creates is None or self._failed_create_locks is None:
+                self._failed_creates, self._failed_create_locks = {}, {}
+            lock = self._failed_create_locks.setdefault(ns, threading.Lock())
+        with lock:  # one read per namespace at a time; the others wait for its answer
+            now = time.monotonic()
+            read = self._failed_creates.get(ns)
+            if read is None or now - read[0] >= max_age:
+                read = (now, self._read_failed_creates(ns))
+                self._failed_creates[ns] = read
+        return read[1].get(uid)
+
+    def _read_failed_creates(self, ns: str) -> dict[str, str]:
+        """The latest FailedCreate message of each object in `ns`, by its uid."""
+        selector = urllib.parse.quote("reason=FailedCreate")
+        path = f"{_collection('Event', ns)}?fieldSelector={selector}"
+        latest: dict[str, tuple[str, str]] = {}
+        for event in json.loads(self.request("GET", path)).get("items") or []:
+            uid = (event.get("involvedObject") or {}).get("uid")
+            meta = event.get("metadata") or {}
+            when = str(
                 event.get("lastTimestamp")
                 or event.get("eventTime")
                 or meta.get("creationTimestamp")
             )
-
-        return str(max(events, key=when).get("message") or "")
+            if uid and (uid not in latest or when > latest[uid][0]):
+                latest[uid] = (when, str(event.get("message") or ""))
+        return {uid: message for uid, (_, message) in latest.items()}
 
     _workload_reads: dict[str, tuple[float, str | None]] | None = None
 

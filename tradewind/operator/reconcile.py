@@ -45,6 +45,8 @@ PODS_GRACE_SECONDS = 5.0
 FailedCreate Events)."""
 PODS_RECHECK_SECONDS = 15.0
 """How often it is asked again while its pods are missing and no Event says why."""
+FAILED_CREATE_READ_SECONDS = 5.0
+"""One read of a namespace's FailedCreate Events answers for all its Jobs this long."""
 POD_RECORD_WAIT_SECONDS = 10.0
 """How long a Job's failure waits for the failed pod's own record to reach the pods' index."""
 GENERATED_POD_NAME = re.compile(r'(pods? "[a-z0-9.-]+?)-[bcdfghjklmnpqrstvwxz2456789]{5}(?=")')
@@ -256,10 +258,13 @@ def _decide(
 
 def counts_only(old: RunStatus, new: RunStatus) -> bool:
     """Whether `new` only moves the pod counts of a Pending attempt on: same phase, attempt,
-    restarts and condition statuses; nodesReady and the messages may differ."""
+    restarts and condition statuses; nodesReady, the messages and startTime may differ.
+    startTime is the Job's (the Job controller sets it soon after the Job is created, on a busy
+    cluster long after the creating write): every reconcile reads it from the Job again, and
+    the next write carries it."""
     if old.phase != "Pending" or new.phase != "Pending":
         return False
-    volatile = {"nodes_ready", "conditions"}
+    volatile = {"nodes_ready", "conditions", "start_time"}
     if old.model_dump(exclude=volatile) != new.model_dump(exclude=volatile):
         return False
     return [(c.type, c.status) for c in old.conditions] == [
@@ -363,7 +368,7 @@ def _why_pods_missing(
         return state, wait
     uid, ns = job["metadata"].get("uid"), run.metadata.namespace or "default"
     try:
-        message = kube.failed_create(ns, uid) if uid else None
+        message = kube.failed_create(ns, uid, FAILED_CREATE_READ_SECONDS) if uid else None
     except ApiException as exc:  # a diagnosis, not the reconcile: it goes on without
         log.warning("Events of Job %s/%s not read: %s %s", ns, job["metadata"]["name"],
                     exc.status, exc.reason)  # fmt: skip

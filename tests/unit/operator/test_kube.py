@@ -141,17 +141,39 @@ def test_a_delete_with_a_uid_spares_a_successor_of_the_same_name() -> None:
     assert kube.sent[0][2]["preconditions"] == {"uid": "job-uid"}
 
 
-def test_the_latest_failed_create_event_is_read() -> None:
+def _failed_create(uid: str, when: str, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {},
+        "involvedObject": {"uid": uid},
+        "lastTimestamp": when,
+        "message": message,
+    }
+
+
+def test_the_latest_failed_create_event_of_each_job_is_read() -> None:
     events = {
         "items": [
-            {"metadata": {}, "lastTimestamp": "2026-01-01T00:00:01Z", "message": "old"},
-            {"metadata": {}, "lastTimestamp": "2026-01-01T00:00:09Z", "message": "new"},
+            _failed_create("job-uid", "2026-01-01T00:00:01Z", "old"),
+            _failed_create("job-uid", "2026-01-01T00:00:09Z", "new"),
+            _failed_create("other-uid", "2026-01-01T00:00:05Z", "other's"),
         ]
     }
     kube = Answering(events)
     assert kube.failed_create("ns", "job-uid") == "new"
-    assert "involvedObject.uid%3Djob-uid%2Creason%3DFailedCreate" in kube.sent[0][1]
+    assert kube.sent[0][1].endswith("/namespaces/ns/events?fieldSelector=reason%3DFailedCreate")
     assert Answering({"items": []}).failed_create("ns", "job-uid") is None
+
+
+def test_one_read_of_failed_creates_answers_for_every_job_of_the_namespace_a_while() -> None:
+    first = {"items": [_failed_create("a", "2026-01-01T00:00:01Z", "refused a")]}
+    later = {"items": [_failed_create("b", "2026-01-01T00:00:02Z", "refused b")]}
+    kube = Answering(first, {"items": []}, later)
+    assert kube.failed_create("ns", "a", max_age=60) == "refused a"
+    assert kube.failed_create("ns", "b", max_age=60) is None  # the same read answers
+    assert kube.failed_create("other", "c", max_age=60) is None  # its own namespace's read
+    assert [path for _, path, _ in kube.sent][1].startswith("/api/v1/namespaces/other/")
+    assert kube.failed_create("ns", "b", max_age=0) == "refused b"  # too old: read again
+    assert len(kube.sent) == 3
 
 
 def test_every_request_has_a_timeout() -> None:

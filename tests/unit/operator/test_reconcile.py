@@ -41,7 +41,7 @@ class RecordingKube:
     ) -> None:
         self.calls.append(("suspend", suspended))
 
-    def failed_create(self, ns: str, uid: str) -> str | None:
+    def failed_create(self, ns: str, uid: str, max_age: float = 0.0) -> str | None:
         self.calls.append(("events", uid))
         return self.pod_refusal
 
@@ -125,6 +125,30 @@ def test_pod_counts_of_a_pending_run_wait_when_asked_and_transitions_do_not() ->
     running = _reconcile(body, kube, defer_counts=True, jobs=[_job()], pods=both)
     assert not running.deferred and running.status.phase == "Running"
     assert kube.calls == [("status", "Running"), ("event", "AllNodesRunning")]
+
+
+def test_the_jobs_start_time_waits_with_the_pod_counts() -> None:
+    """The Job controller starting the Job of a Pending run is no write of its own (on a busy
+    cluster it was a third status write per run): it waits like the pod counts, and the
+    write that says Running carries it."""
+    body = _body()
+    body["status"] = _reconcile(body, RecordingKube()).status.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    job = _job() | {"status": {"startTime": "2026-01-01T00:00:00Z"}}
+    pending = {"jobs": [job], "pods": [_pod("r-0-0", "Pending"), _pod("r-0-1", "Pending")]}
+
+    kube = RecordingKube()
+    deferred = _reconcile(body, kube, defer_counts=True, **pending)
+    assert deferred.deferred and kube.calls == [] and deferred.status.start_time == NOW
+
+    kube = RecordingKube()
+    written = _reconcile(body, kube, defer_counts=False, **pending)
+    assert kube.calls == [("status", "Pending")] and written.status.start_time == NOW
+
+    both = [_pod("r-0-0", "Running"), _pod("r-0-1", "Running")]
+    running = _reconcile(body, RecordingKube(), defer_counts=True, jobs=[job], pods=both)
+    assert running.status.phase == "Running" and running.status.start_time == NOW
 
 
 def test_counts_only_is_about_pending_pod_counts() -> None:
