@@ -24,6 +24,7 @@
 #   TRADEWIND_CACHE   cache root (default $HOME/.cache/tradewind)
 #   GO                go binary (default: go on PATH, else /usr/local/go/bin/go)
 #   TRADEWIND_GO_JOBS parallel compile jobs, go build -p (default: nproc)
+#   TRADEWIND_BUILD_JOBS components built at the same time (default 2)
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -470,6 +471,48 @@ build_component() {
   fi
 }
 
+# Longest cold builds first. Two at a time by default (TRADEWIND_BUILD_JOBS): a cold build
+# spends much of its time fetching modules, which the other build's compiling overlaps.
+# kubernetes-node comes after kubernetes, whose compiled packages it reuses.
+BUILD_ORDER=(kueue kubernetes minio buildx coredns training-operator kwok registry helm etcd kubernetes-node)
+
+# build_all COMPONENT...: build_component for each, TRADEWIND_BUILD_JOBS at a time; results
+# in the order given.
+# shellcheck disable=SC2030,SC2031  # each subshell's arrays are meant to stay its own
+build_all() {
+  local jobs="${TRADEWIND_BUILD_JOBS:-2}" comp running=0 line
+  local -A wanted=()
+  for comp in "$@"; do wanted[$comp]=1; done
+  for comp in "${BUILD_ORDER[@]}"; do unset "wanted[$comp]"; done
+  ((${#wanted[@]} == 0)) || die "not in BUILD_ORDER: ${!wanted[*]}"
+  for comp in "$@"; do wanted[$comp]=1; done
+  for comp in "${BUILD_ORDER[@]}"; do
+    [[ -n "${wanted[$comp]:-}" ]] || continue
+    if ((running >= jobs)); then
+      wait -n || true
+      running=$((running - 1))
+    fi
+    # A subshell each: its RESULTS/FAILED reach this shell through a file.
+    (
+      RESULTS=(); FAILED=()
+      build_component "$comp"
+      printf '%s\n' "${RESULTS[@]}" > "$WORK_ROOT/result.$comp"
+      ((${#FAILED[@]} == 0)) || touch "$WORK_ROOT/failed.$comp"
+    ) &
+    running=$((running + 1))
+  done
+  wait
+  for comp in "$@"; do
+    if [[ -f "$WORK_ROOT/result.$comp" ]]; then
+      while IFS= read -r line; do RESULTS+=("$line"); done < "$WORK_ROOT/result.$comp"
+    else
+      RESULTS+=("$(printf '%-15s %-36s FAILED  (no result)' "$comp" "$(component_version "$comp")")")
+      FAILED+=("$comp")
+    fi
+    [[ ! -f "$WORK_ROOT/failed.$comp" ]] || FAILED+=("$comp")
+  done
+}
+
 # Point $CURRENT_DIR/<binary> at the cached entry of each pinned component.
 refresh_current() {
   local comp ver dest b l missing=()
@@ -525,9 +568,7 @@ main() {
   mkdir -m 700 "$WORK_ROOT"
   clean_stale_temp
 
-  for comp in "${selected[@]}"; do
-    build_component "$comp"
-  done
+  build_all "${selected[@]}"
   refresh_current
 
   printf '%s\n' "${RESULTS[@]}"
