@@ -25,6 +25,9 @@
 #   GO                go binary (default: go on PATH, else /usr/local/go/bin/go)
 #   TRADEWIND_GO_JOBS parallel compile jobs, go build -p (default: nproc)
 #   TRADEWIND_BUILD_JOBS components built at the same time (default 2)
+#   GOCACHE, GOMODCACHE Go's build and module caches. Unset, both live only as long as this
+#                     run (under its temp dir): a cold build of everything leaves ~15 GB
+#                     there, and what is cached, by version, is the binaries.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -567,6 +570,8 @@ main() {
   TEMP_DIRS+=("$WORK_ROOT")
   mkdir -m 700 "$WORK_ROOT"
   clean_stale_temp
+  [[ -n "${GOCACHE:-}" ]] || export GOCACHE="$WORK_ROOT/go-build"
+  [[ -n "${GOMODCACHE:-}" ]] || export GOMODCACHE="$WORK_ROOT/go-mod"
 
   build_all "${selected[@]}"
   refresh_current
