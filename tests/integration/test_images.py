@@ -461,7 +461,9 @@ def test_drill_minio_down_for_20s_mid_training(kube: Kubectl, release: str) -> N
     assert checkpointer.latest_step == 6 and checkpointer.load_latest() is not None
     if epoch_at_stop < 6:
         log = kube.run("logs", "-n", release, pods[0]["metadata"]["name"]).stdout
-        assert "retrying" in log or "not saved" in log, log[-3000:]
+        # A save met the outage: the trainer retried it, or MinIO's client did (urllib3's
+        # "Retrying ...": when the outage ends within its retries, the trainer sees none).
+        assert "retrying" in log.lower() or "not saved" in log, log[-3000:]
 
 
 def test_drill_the_operator_killed_mid_attempt_catches_up(kube: Kubectl, release: str) -> None:
