@@ -1302,11 +1302,11 @@ class Profiler:
 
 
 def _memory_breakdown() -> dict[str, Any]:
-    """Where the operator's memory is: deep size of each kopf index (dicts, lists and
+    """Where the operator's memory is: deep size of the children's indexes (dicts, lists and
     scalars only) and the most numerous object types."""
     import gc
 
-    from kopf._core.engines import indexing
+    from tradewind.operator.children import ChildIndex
 
     gc.collect()
     objects = gc.get_objects()
@@ -1325,18 +1325,14 @@ def _memory_breakdown() -> dict[str, Any]:
                 stack.extend(obj.values())
             elif isinstance(obj, list | tuple | set | frozenset):
                 stack.extend(obj)
-            elif isinstance(obj, indexing.Index | indexing.Store):
+            elif isinstance(obj, ChildIndex):
                 stack.append(vars(obj))
         return total
 
     out: dict[str, Any] = {}
     for obj in objects:
-        if isinstance(obj, indexing.OperatorIndexers):
-            for handler_id, indexer in obj.items():
-                out[f"kopf index {handler_id}"] = {
-                    "keys": len(indexer.index),
-                    "mb": round(deep(indexer.index) / 2**20, 1),
-                }
+        if isinstance(obj, ChildIndex):
+            out[f"{obj.plural} index"] = {"children": len(obj), "mb": round(deep(obj) / 2**20, 1)}
     counts = collections.Counter(type(o).__name__ for o in objects)
     out["gc_objects"] = len(objects)
     out["top_types"] = dict(counts.most_common(12))

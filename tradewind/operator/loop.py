@@ -16,7 +16,8 @@ import kopf
 from kubernetes import client, config
 
 from tradewind.api.resources import TrainingRun
-from tradewind.operator import builders, leader, metrics, observed
+from tradewind.operator import builders, leader, metrics
+from tradewind.operator.children import Children
 from tradewind.operator.kube import Gone, Kube, NamespaceTerminating
 from tradewind.operator.progress import ProgressReader, fold_progress
 from tradewind.operator.reconcile import SpecCache, reconcile
@@ -30,7 +31,8 @@ ACTIVE = ("Pending", "Running", "Restarting")
 
 
 def setup(memo: kopf.Memo) -> None:
-    """Clients, settings and the registries of workers, shared by every handler and worker."""
+    """Clients, settings and the registries of workers, shared by every handler and worker
+    (the children's watches start in `start_watches`)."""
     _load_kube_config()
     memo.settings = settings = OperatorSettings()
     configuration = client.Configuration.get_default_copy()
@@ -43,11 +45,19 @@ def setup(memo: kopf.Memo) -> None:
     )
     memo.progress = ProgressReader.from_settings(settings)
     memo.run_workers = Workers("reconcile")
-    memo.child_changes = observed.Changes()
+    memo.children = Children(wake=memo.run_workers.wake)
     memo.sweep_workers = Workers("sweep")
     # At most as many reconciles in flight as threads (others, e.g. Sweeps', share them):
     # each reads the run and its children when it gets its thread.
     memo.reconcile_slots = asyncio.Semaphore(max(1, settings.reconcile_workers - 4))
+
+
+def start_watches(memo: kopf.Memo) -> None:
+    """The watches of the runs' Jobs and pods, in the namespaces kopf watches (`memo.namespaces`,
+    from `run_operator`; none: all), on a client of their own: each stream holds its
+    connection for minutes."""
+    watch_client = client.ApiClient(client.Configuration.get_default_copy())
+    memo.children.start(watch_client, list(getattr(memo, "namespaces", None) or []))
 
 
 COALESCE_SECONDS = 0.5
@@ -75,15 +85,9 @@ class RunWorker(Worker):
     MLflow progress is read (and once after it ended, for its last metrics). `body` is the
     run slimmed (`workers.slim_body`)."""
 
-    def __init__(
-        self,
-        body: dict[str, Any],
-        memo: kopf.Memo,
-        jobs_index: kopf.Index[Any, Any],
-        pods_index: kopf.Index[Any, Any],
-    ) -> None:
+    def __init__(self, body: dict[str, Any], memo: kopf.Memo) -> None:
         super().__init__(body)
-        self.memo, self.jobs_index, self.pods_index = memo, jobs_index, pods_index
+        self.memo = memo
         self.spec = SpecCache()
         self.written: dict[str, Any] = {}  # our last status write and its resourceVersion
         self.counted: str | None = None  # the phase this run is counted under in the gauge
@@ -127,6 +131,7 @@ class RunWorker(Worker):
         progress. None if it failed (it is retried). The run and its children are read once a
         thread is free, not before queueing for one: under load that wait is seconds long,
         and a reconcile must not act on what the watches showed before it."""
+        await self.memo.children.listed.wait()  # until then, every Job would look missing
         async with self.memo.reconcile_slots:
             return await self._reconcile_now(asyncio.get_running_loop().time())
 
@@ -139,8 +144,8 @@ class RunWorker(Worker):
             # The watch has not delivered our own status write yet: decide from what we
             # wrote, not from the stale copy (no double restarts, no duplicate Events).
             snapshot["status"] = written["status"]
-        jobs = list(self.jobs_index.get(self.ref, []))
-        pods = list(self.pods_index.get(self.ref, []))
+        children: Children = self.memo.children
+        jobs, pods = children.jobs.get(self.ref), children.pods.get(self.ref)
         if self.created is not None and (
             now - self.created[1] > EXPECT_SECONDS
             or any(
@@ -335,6 +340,7 @@ def run_operator(
     kopf_settings.scanning.disabled = bool(namespaces)
     try:
         kopf.run(
+            memo=kopf.Memo(namespaces=namespaces),  # the children's watches' too
             clusterwide=not namespaces,
             namespaces=namespaces,
             settings=kopf_settings,

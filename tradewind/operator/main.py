@@ -1,7 +1,8 @@
 """Every kopf registration, and nothing else: each handler body is a line or two.
 
-Children are observed through indexes (owned Jobs and pods by run, slimmed to what the status
-logic reads). Each run has a worker (tradewind.operator.loop.RunWorker, an asyncio task, in
+Runs and Sweeps are watched through kopf; the runs' Jobs and pods through the operator's own
+watches (`tradewind.operator.children`: by run, slimmed to what the status logic reads). Each
+run has a worker (tradewind.operator.loop.RunWorker, an asyncio task, in
 the registry `memo.run_workers`) that reconciles whenever the run or a child changes; the
 handlers only hand it the run's body or wake it. Handlers are async: they run on the event
 loop, not in kopf's thread pool.
@@ -11,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 import tradewind.operator.sweeps  # noqa: F401  (registers the Sweep handlers)
 from tradewind.api import GROUP, VERSION
-from tradewind.operator import builders, observed
-from tradewind.operator.loop import RunWorker, setup
+from tradewind.operator.loop import RunWorker, setup, start_watches
 
 RUNS = ("trainingruns", "rlruns")
-CHILD_LABELS = {builders.RUN_LABEL: kopf.PRESENT}
 
 
 @kopf.on.startup()
@@ -46,10 +44,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # start again.
     settings.queueing.idle_timeout = 0.5
     setup(memo)
+    start_watches(memo)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.children.stop()
     await asyncio.gather(memo.run_workers.stop_all(), memo.sweep_workers.stop_all())
 
 
@@ -73,47 +73,10 @@ def _changing_handlers() -> bool:
     return changing is None or bool(getattr(changing, "_handlers", True))
 
 
-def _key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str | None, str]:
-    """A child's run as (kind, namespace, name), the key of its worker: a TrainingRun and an
-    RLRun may share a name. (A run created again under a name finds its predecessor's
-    children here too: the reconcile keeps only those of its own uid.)"""
-    return labels.get(builders.KIND_LABEL, ""), namespace, labels[builders.RUN_LABEL]
-
-
-@kopf.index("batch", "v1", "jobs", labels=CHILD_LABELS)
-async def run_jobs(
-    *, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> Any:
-    return {_key(namespace, labels): observed.job(body)}
-
-
-@kopf.index("", "v1", "pods", labels=CHILD_LABELS)
-async def run_pods(
-    *, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> Any:
-    return {_key(namespace, labels): observed.pod(body)}
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-async def child_changed(
-    *,
-    resource: kopf.Resource,
-    body: kopf.Body,
-    namespace: str | None,
-    labels: Mapping[str, str],
-    memo: Any,
-    **kwargs: Any,
-) -> None:
-    if memo.child_changes.changed(resource.plural, body, kwargs["type"]):
-        memo.run_workers.wake(_key(namespace, labels))
-
-
 @kopf.on.event(GROUP, VERSION, "trainingruns")
 @kopf.on.event(GROUP, VERSION, "rlruns")
 async def run_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    indexes = kwargs["run_jobs"], kwargs["run_pods"]
-    memo.run_workers.on_event(body, kwargs["type"], lambda run: RunWorker(run, memo, *indexes))
+    memo.run_workers.on_event(body, kwargs["type"], lambda run: RunWorker(run, memo))
 
 
 logging.getLogger("kubernetes").setLevel(logging.WARNING)

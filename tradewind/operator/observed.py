@@ -63,25 +63,3 @@ def pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 OBSERVE = {"jobs": job, "pods": pod}
 """What the indexes keep of a child, by the child's resource plural."""
-
-
-class Changes:
-    """Whether a child's watch event changed what a reconcile reads of it (`OBSERVE`). Most
-    don't: the Job controller rewrites a Job's status for each pod count (~5 times per run)
-    and the scheduler binds each pod, and waking the run's worker for those costs a reconcile
-    each. Keeps a fingerprint (a hash) per child, not the child."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[str, str | None, str], int] = {}
-
-    def changed(self, plural: str, body: Mapping[str, Any], event_type: str | None) -> bool:
-        meta = body["metadata"]
-        key = (plural, meta.get("namespace"), meta["name"])
-        if event_type == "DELETED":
-            self.seen.pop(key, None)
-            return True
-        fingerprint = hash(repr(OBSERVE[plural](body)))
-        if self.seen.get(key) == fingerprint:
-            return False
-        self.seen[key] = fingerprint
-        return True

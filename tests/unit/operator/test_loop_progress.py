@@ -16,6 +16,7 @@ import pytest
 from tests.unit.operator.test_progress import _MLflow, _mlflow_run
 from tradewind.api.status import RunStatus
 from tradewind.operator import loop, progress
+from tradewind.operator.children import Children
 from tradewind.operator.loop import RunWorker
 from tradewind.operator.progress import ProgressReader
 from tradewind.operator.reconcile import SpecCache
@@ -53,8 +54,10 @@ def _worker(uri: str, monkeypatch: pytest.MonkeyPatch) -> tuple[RunWorker, Statu
         kube=kube,
         progress=ProgressReader(uri),
         reconcile_slots=asyncio.Semaphore(1),
+        children=Children(),
     )
-    return RunWorker(dict(BODY), memo, {}, {}), kube  # type: ignore[arg-type]
+    memo.children.listed.set()
+    return RunWorker(dict(BODY), memo), kube
 
 
 def test_a_reconcile_returns_while_a_black_holed_mlflow_is_still_being_read(

@@ -9,8 +9,8 @@ import copy
 from typing import Any
 
 from tradewind.operator import builders, observed
+from tradewind.operator.children import ChildIndex, entry
 from tradewind.operator.loop import RunWorker
-from tradewind.operator.observed import Changes
 
 
 def _job(**status: Any) -> dict[str, Any]:
@@ -23,38 +23,43 @@ def _pod(**status: Any) -> dict[str, Any]:
     return {"metadata": meta, "spec": {}, "status": status}
 
 
+def _put(index: ChildIndex, body: dict[str, Any]) -> bool:
+    """Whether keeping `body` changed what its run's reconcile reads."""
+    child, run, slim = entry(index.plural, body)
+    return bool(index.put(child, run, slim))
+
+
 def test_job_count_updates_do_not_count_as_changes_and_conditions_do() -> None:
-    changes = Changes()
-    assert changes.changed("jobs", _job(), "ADDED")  # first sighting
-    assert not changes.changed("jobs", _job(active=2), "MODIFIED")
-    assert not changes.changed("jobs", _job(active=2, ready=2), "MODIFIED")
+    index = ChildIndex("jobs")
+    assert _put(index, _job())  # first sighting
+    assert not _put(index, _job(active=2))
+    assert not _put(index, _job(active=2, ready=2))
     failed = _job(
         conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
     )
-    assert changes.changed("jobs", failed, "MODIFIED")
-    assert not changes.changed("jobs", failed, "MODIFIED")
+    assert _put(index, failed)
+    assert not _put(index, failed)
     suspended = copy.deepcopy(failed)
     suspended["spec"]["suspend"] = True
-    assert changes.changed("jobs", suspended, "MODIFIED")
-    assert changes.changed("jobs", suspended, "DELETED")
-    assert changes.changed("jobs", suspended, None)  # seen again after its deletion
+    assert _put(index, suspended)
+    assert index.remove(("ns", "r-0")) == {("", "ns", "r")}
+    assert _put(index, suspended)  # seen again after its deletion
 
 
 def test_a_pods_binding_is_not_a_change_and_its_start_or_failure_is() -> None:
-    changes = Changes()
-    assert changes.changed("pods", _pod(phase="Pending"), "ADDED")
+    index = ChildIndex("pods")
+    assert _put(index, _pod(phase="Pending"))
     bound = _pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
     bound["spec"]["nodeName"] = "kwok-0"
-    assert not changes.changed("pods", bound, "MODIFIED")
+    assert not _put(index, bound)
     running = _pod(phase="Running", containerStatuses=[{"state": {"running": {}}}])
-    assert changes.changed("pods", running, "MODIFIED")
+    assert _put(index, running)
     oom = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
-    assert changes.changed(
-        "pods", _pod(phase="Failed", containerStatuses=[{"state": oom}]), "MODIFIED"
-    )
+    assert _put(index, _pod(phase="Failed", containerStatuses=[{"state": oom}]))
     other = _pod(phase="Running", containerStatuses=[{"state": {"running": {}}}])
-    other["metadata"]["namespace"] = "elsewhere"  # another child: its own fingerprint
-    assert changes.changed("pods", other, "ADDED")
+    other["metadata"]["namespace"] = "elsewhere"  # another child, of another run
+    assert _put(index, other)
+    assert len(index.get(("", "ns", "r"))) == 1 and len(index.get(("", "elsewhere", "r"))) == 1
 
 
 def test_a_runs_own_status_write_coming_back_does_not_wake_its_worker() -> None:
@@ -63,7 +68,7 @@ def test_a_runs_own_status_write_coming_back_does_not_wake_its_worker() -> None:
         return {"kind": "TrainingRun", "metadata": meta, "spec": {"nodes": 2}}
 
     async def scenario() -> None:
-        worker = RunWorker(run("5"), memo=None, jobs_index={}, pods_index={})  # type: ignore[arg-type]
+        worker = RunWorker(run("5"), memo=None)  # type: ignore[arg-type]
         worker.written.update(version="7", status={"phase": "Pending"})
         worker.update(run("7"))  # our write's echo: kept, no wake-up
         assert not worker.wakeup.is_set()

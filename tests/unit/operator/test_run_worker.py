@@ -9,6 +9,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from tradewind.api.status import RunStatus
+from tradewind.operator.children import Children
 from tradewind.operator.kube import Gone
 from tradewind.operator.loop import RunWorker
 from tradewind.operator.settings import OperatorSettings
@@ -54,7 +55,8 @@ def _worker(kube: Kube) -> tuple[RunWorker, Workers]:
         reconcile_slots=asyncio.Semaphore(1),
         run_workers=registry,
     )
-    worker = RunWorker(body, memo, jobs_index={}, pods_index={})  # type: ignore[arg-type]
+    memo.children = Children()
+    worker = RunWorker(body, memo)
     registry.by_key[worker.ref] = worker
     return worker, registry
 

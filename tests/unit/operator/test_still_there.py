@@ -32,7 +32,7 @@ def test_a_sweep_worker_and_a_run_worker_ask_by_kind_and_uid() -> None:
         SweepWorker(_body("Sweep", "u-1"), memo),
         SweepWorker(_body("Sweep", "u-0"), memo),
     )
-    run = RunWorker(_body("TrainingRun", "u-1"), memo, {}, {})  # type: ignore[arg-type]
+    run = RunWorker(_body("TrainingRun", "u-1"), memo)  # type: ignore[arg-type]
 
     async def ask() -> list[bool]:
         return [await w.exists() for w in (sweep, recreated, run)]
