@@ -171,10 +171,11 @@ class Children:
         child, its run and its slim copy). The runs whose reads changed."""
         index = self.jobs if plural == "jobs" else self.pods
         if isinstance(what, list):
+            changed = index.replace(namespace, what)
             self._unlisted.discard((plural, namespace))
             if not self._unlisted:
                 self.listed.set()
-            return index.replace(namespace, what)
+            return changed
         event_type, child, run, slim = what
         if event_type == "DELETED":
             return index.remove(child)
