@@ -32,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from tradewind.operator import builders, observed
+from tradewind.operator.kube import Kube
 from tradewind.operator.retry import Backoff, describe
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ class Children:
         the event loop, which then applies what the watches see."""
         self._loop = asyncio.get_running_loop()
         scopes: list[str | None] = list(namespaces) or [None]
+        kube = Kube(api_client)
         self.watches = [
-            ChildWatch(api_client, index.plural, ns, self._deliver)
+            ChildWatch(kube, index.plural, ns, self._deliver)
             for index in (self.jobs, self.pods)
             for ns in scopes
         ]
@@ -199,13 +201,13 @@ class ChildWatch(threading.Thread):
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        kube: Kube,
         plural: str,
         namespace: str | None,
         deliver: Callable[[str, str | None, Any], None],
     ) -> None:
         super().__init__(name=f"watch {plural} in {namespace or 'all namespaces'}", daemon=True)
-        self.api, self.plural, self.namespace, self.deliver = api_client, plural, namespace, deliver
+        self.kube, self.plural, self.namespace, self.deliver = kube, plural, namespace, deliver
         where = f"/namespaces/{namespace}" if namespace else ""
         self.path = f"{PATHS[plural]}{where}/{plural}"
         self.stopped = threading.Event()
@@ -285,18 +287,9 @@ class ChildWatch(threading.Thread):
     def _get(self, query: dict[str, str], read_seconds: float) -> Any:
         """A GET whose body is read by the caller (a page, or a watch's stream)."""
         path = f"{self.path}?{urllib.parse.urlencode(query)}"
-        serialized = self.api.param_serialize(
-            method="GET",
-            resource_path=path,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(
-            *serialized, _request_timeout=(CONNECT_SECONDS, read_seconds)
-        ).response
-        if not 200 <= response.status <= 299:
-            data = response.data.decode(errors="replace")
-            if response.status == 410:
-                raise Expired()
-            raise ApiException(status=response.status, reason=data[:300])
-        return response
+        try:
+            return self.kube.open("GET", path, timeout=(CONNECT_SECONDS, read_seconds))
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Expired() from exc
+            raise

@@ -160,6 +160,20 @@ class Kube:
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> bytes:
         """One request; the response body, or ApiException for a non-2xx status."""
+        # reading the body returns the connection to the pool
+        return bytes(self.open(method, path, body, content_type).data)
+
+    def open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: Any = None,
+    ) -> Any:
+        """One request whose body the caller reads: urllib3's response (`.data`, or
+        `.stream()` for a watch); ApiException for a non-2xx status. `timeout` is the
+        client's (seconds, or (connect, read)); this Kube's by default."""
         api = self.api_client
         serialized = api.param_serialize(
             method=method,
@@ -168,13 +182,15 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = api.call_api(*serialized, _request_timeout=self.timeout)
-        data = bytes(response.response.data)  # reading it returns the connection to the pool
+        response = api.call_api(
+            *serialized, _request_timeout=self.timeout if timeout is None else timeout
+        )
         if not 200 <= response.status <= 299:
+            data = bytes(response.response.data)
             raise ApiException.from_response(
                 http_resp=response, body=data.decode(errors="replace"), data=None
             )
-        return data
+        return response.response
 
     def create(self, manifest: dict[str, Any]) -> None:
         """Create the child unless it exists. Raises Refused when the apiserver refuses it,

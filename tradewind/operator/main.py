@@ -20,8 +20,6 @@ import tradewind.operator.sweeps  # noqa: F401  (registers the Sweep handlers)
 from tradewind.api import GROUP, VERSION
 from tradewind.operator.loop import RunWorker, setup, start_watches
 
-RUNS = ("trainingruns", "rlruns")
-
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from tradewind.operator import builders
 from tradewind.operator.children import SELECTOR, Children, ChildWatch, entry
+from tradewind.operator.kube import Kube
 
 RUN = ("TrainingRun", "ns", "r")
 
@@ -70,9 +71,9 @@ class FakeApiserver:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def client(self) -> client.ApiClient:
+    def kube(self) -> Kube:
         configuration = client.Configuration(host=f"http://127.0.0.1:{self.server.server_port}")
-        return client.ApiClient(configuration)
+        return Kube(client.ApiClient(configuration))
 
 
 def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -103,7 +104,7 @@ def test_a_watch_lists_in_pages_follows_bookmarks_and_lists_again_when_expired()
 
     server = FakeApiserver(script)
     seen: list[tuple[str, str | None, Any]] = []
-    watch = ChildWatch(server.client(), "pods", None, lambda *what: seen.append(what))
+    watch = ChildWatch(server.kube(), "pods", None, lambda *what: seen.append(what))
     watch.start()
     try:
         _until(lambda: sum(isinstance(w[2], list) for w in seen) == 2)
