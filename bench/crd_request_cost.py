@@ -6,10 +6,12 @@ On a fresh dev stack (`tradewind dev up --nodes 0 --no-mlflow`), for each CRD va
 threads, and the kube-apiserver's CPU seconds over them (utime+stime from /proc), so the
 figure is per request, server side. Variants:
 
-- `generated`: crds/trainingruns.tradewind.dev.yaml as is (schema defaults and CEL rules);
-- `no CEL`: the same without its x-kubernetes-validations;
-- `no defaults, no CEL`: also without schema defaults, so the stored run is what was sent
-  (the CEL rules go too: they are written for defaulted objects).
+- `schema defaults (before)`: the CRD as generated until 2026-12-04: every model default in
+  the schema (so stored in every run) and the rules as the models write them;
+- `generated`: crds/trainingruns.tradewind.dev.yaml as is: defaults only for the printer
+  columns, the rules with the defaults spelled in (`tradewind/api/cel_defaults.py`), so the
+  stored run is what was sent;
+- `no CEL`: the generated CRD without its x-kubernetes-validations.
 
 The run is bench/operator_scale.py's (2 nodes, a pod-template override); the status patch
 is a Running status with four conditions, the shape the operator writes.
@@ -80,16 +82,37 @@ def strip(node: Any, keys: set[str]) -> int:
     return removed
 
 
+def with_schema_defaults(generated: dict[str, Any]) -> dict[str, Any]:
+    """The CRD with every model default in its schema, as generated until 2026-12-04."""
+    from tradewind.api.crd import structural_schema
+    from tradewind.api.resources import TrainingRun
+    from tradewind.api.spec_paths import unwrap_optional
+
+    crd = copy.deepcopy(generated)
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for field in ("spec", "status"):
+        model = unwrap_optional(TrainingRun.model_fields[field].annotation)
+        schema = structural_schema(model, f"TrainingRun.{field}")
+        schema["description"] = root["properties"][field]["description"]
+        root["properties"][field] = schema
+    root["properties"]["spec"]["default"] = (
+        TrainingRun.model_fields["spec"]
+        .get_default(call_default_factory=True)
+        .model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
+    return crd
+
+
 def variants() -> dict[str, tuple[dict[str, Any], int]]:
     generated = yaml.safe_load(CRD.read_text())
     no_cel = copy.deepcopy(generated)
     n_cel = strip(no_cel, {"x-kubernetes-validations"})
-    bare = copy.deepcopy(no_cel)
-    n_defaults = strip(bare, {"default"})
+    before = with_schema_defaults(generated)
+    n_defaults = strip(copy.deepcopy(before), {"default"})
     return {
+        "schema defaults (before)": (before, -n_defaults),
         "generated": (generated, 0),
         "no CEL": (no_cel, n_cel),
-        "no defaults, no CEL": (bare, n_cel + n_defaults),
     }
 
 

@@ -2,8 +2,12 @@
 
 The pydantic JSON schema is rewritten into a Kubernetes structural schema: references
 inlined, Optional unwrapped, OpenAPI 3.0 exclusive bounds, int-or-string and
-preserve-unknown-fields markers, defaults (so CEL rules see what the models see), and the
-models' CEL rules as `x-kubernetes-validations`.
+preserve-unknown-fields markers, and the models' CEL rules as `x-kubernetes-validations`.
+
+The models' defaults are not schema defaults: a stored run holds what its author wrote, and
+the operator, `tradewind validate` and the trainer default it through the models. The CEL
+rules read the defaults spelled into them instead (`cel_defaults`). The one exception is a
+printer column's field, so `kubectl get` shows its default.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
 from tradewind.api.base import GROUP, VERSION
+from tradewind.api.cel_defaults import with_defaults
 from tradewind.api.resources import CATEGORY, KINDS, NAME_PATTERN, Resource
 from tradewind.api.spec_paths import unwrap_optional
 
@@ -26,8 +31,8 @@ class CRDSchemaError(ValueError):
 
 
 class _WithFactoryDefaults(GenerateJsonSchema):
-    """Emit defaults of default_factory fields, fully dumped: the apiserver checks each
-    default against the CEL rules without filling nested defaults first."""
+    """Emit defaults of default_factory fields, fully dumped: the CEL rules are rewritten
+    to read them (`cel_defaults`), and nested defaults must agree with them."""
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
@@ -186,6 +191,8 @@ def build_crd(resource: type[Resource]) -> dict[str, Any]:
     }
     if not root["required"]:
         del root["required"]
+    _spell_defaults_into_rules(root)
+    _drop_defaults(root, {c.json_path for c in resource.printer_columns}, "")
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -216,6 +223,30 @@ def build_crd(resource: type[Resource]) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _children(node: dict[str, Any], path: str) -> list[tuple[dict[str, Any], str]]:
+    out = [(child, f"{path}.{k}") for k, child in node.get("properties", {}).items()]
+    for key, mark in (("items", "[]"), ("additionalProperties", "{}")):
+        if isinstance(node.get(key), dict):
+            out.append((node[key], path + mark))
+    return out
+
+
+def _spell_defaults_into_rules(node: dict[str, Any]) -> None:
+    for rule in node.get("x-kubernetes-validations", ()):
+        if "oldSelf" not in rule["rule"]:  # transition rules compare what was written
+            rule["rule"] = with_defaults(rule["rule"], node)
+    for child, _ in _children(node, ""):
+        _spell_defaults_into_rules(child)
+
+
+def _drop_defaults(node: dict[str, Any], keep: set[str], path: str) -> None:
+    """Schema defaults would be stored in every object: keep only the printer columns'."""
+    if path not in keep:
+        node.pop("default", None)
+    for child, child_path in _children(node, path):
+        _drop_defaults(child, keep, child_path)
 
 
 def render_crds() -> dict[str, str]:

@@ -64,5 +64,5 @@ def test_the_crd_carries_the_rules() -> None:
     assert entrypoint["properties"]["launcher"]["enum"] == ["torchrun", "none"]
     assert any("has(self.module) != has(self.command)" in r["rule"]
                for r in entrypoint["x-kubernetes-validations"])  # fmt: skip
-    assert any("entrypoint.launcher != 'none'" in r["rule"]
+    assert any("self.entrypoint.launcher : 'torchrun') != 'none'" in r["rule"]
                for r in spec["x-kubernetes-validations"])  # fmt: skip
