@@ -12,6 +12,7 @@ printer column's field, so `kubectl get` shows its default.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -242,9 +243,12 @@ def _spell_defaults_into_rules(node: dict[str, Any]) -> None:
 
 
 def _drop_defaults(node: dict[str, Any], keep: set[str], path: str) -> None:
-    """Schema defaults would be stored in every object: keep only the printer columns'."""
-    if path not in keep:
-        node.pop("default", None)
+    """Schema defaults would be stored in every object: keep only the printer columns'. A
+    scalar's default goes into its description instead (`kubectl explain`)."""
+    if path not in keep and "default" in node:
+        default = node.pop("default")
+        if not isinstance(default, dict | list) and node.get("description"):
+            node["description"] += f" Default: {json.dumps(default)}."
     for child, child_path in _children(node, path):
         _drop_defaults(child, keep, child_path)
 

@@ -84,5 +84,6 @@ def test_only_printer_columns_have_schema_defaults() -> None:
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["nodes"]["default"] == 1
     assert "default" not in spec and "default" not in spec["properties"]["model"]
+    assert spec["properties"]["device"]["description"].endswith('Default: "cpu".')
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
     assert any("(has(self.device) ? self.device : 'cpu')" in r for r in rules)
