@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from tradewind.api import KINDS, RLRun, TrainingRun
 from tradewind.api.status import RunStatus
-from tradewind.operator import builders, failures, kueue, storage_scope
+from tradewind.operator import builders, failures, kueue, shared_models, storage_scope
 from tradewind.operator.kube import Kube, Refused
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import (
@@ -111,7 +111,7 @@ class SpecCache:
         key = self._key_of(body)
         if meta.get("generation") is None or key != self._key:
             try:
-                self._value = parse_run(body)
+                self._value = shared_models.shared(parse_run(body))
             except ValidationError as exc:
                 self._value = exc
             self._key = key

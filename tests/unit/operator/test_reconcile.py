@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from tradewind.api.status import RunStatus
 from tradewind.operator import builders
+from tradewind.operator import reconcile as reconcile_module
 from tradewind.operator.kube import Refused
 from tradewind.operator.reconcile import SpecCache, counts_only, parse_run, reconcile
 from tradewind.operator.settings import OperatorSettings
@@ -53,12 +54,14 @@ class RecordingKube:
         self.calls.append(("event", reason))
 
 
-def _body(generation: int = 1, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def _body(
+    generation: int = 1, labels: dict[str, str] | None = None, name: str = "r"
+) -> dict[str, Any]:
     return {
         "apiVersion": "tradewind.dev/v1alpha1",
         "kind": "TrainingRun",
         "metadata": {
-            "name": "r",
+            "name": name,
             "namespace": "ns",
             "uid": "u-1",
             "generation": generation,
@@ -164,16 +167,36 @@ def test_counts_only_is_about_pending_pod_counts() -> None:
     assert not counts_only(pending, restarted)
 
 
-def test_spec_cache_parses_again_only_when_what_it_reads_changes() -> None:
+def test_spec_cache_parses_again_only_when_what_it_reads_changes(monkeypatch) -> None:
+    parsed = []
+    monkeypatch.setattr(reconcile_module, "parse_run", lambda b: parsed.append(b) or parse_run(b))
     cache = SpecCache()
     first = cache.parse(_body())
     # managedFields and the like are not kept in the model; the uid is (children's labels)
     assert first.metadata.model_extra == {"uid": "u-1"}
-    assert cache.parse(_body()) is first
-    assert cache.parse(_body(generation=2)) is not first
-    second = cache.parse(_body(generation=2))
-    assert cache.parse(_body(generation=2, labels={"a": "b"})) is not second
+    assert cache.parse(_body()) is first and len(parsed) == 1
+    cache.parse(_body(generation=2))
+    assert len(parsed) == 2
+    cache.parse(_body(generation=2))
+    assert len(parsed) == 2
+    assert cache.parse(_body(generation=2, labels={"a": "b"})) is not first
     assert cache.run is not None and cache.run.metadata.labels == {"a": "b"}
+
+
+def test_equal_parts_of_parsed_runs_are_kept_once() -> None:
+    """Two runs of one spec share its parsed model; a section set differently does not, nor
+    one set explicitly to its default (the ConfigMap dumps what was set)."""
+    one, two = SpecCache().parse(_body()), SpecCache().parse(_body(name="other"))
+    assert one is not two and one.metadata.name != two.metadata.name
+    assert one.spec is two.spec
+    other = _body(name="third")
+    other["spec"]["training"] = {"epochs": 3}
+    three = SpecCache().parse(other)
+    assert three.spec is not one.spec and three.spec.model is one.spec.model
+    assert three.spec.training.epochs == 3 and one.spec.training.epochs != 3
+    explicit = _body(name="fourth")
+    explicit["spec"]["device"] = one.spec.device
+    assert SpecCache().parse(explicit).spec is not one.spec
 
 
 def test_a_worker_keeps_the_parsed_model_not_the_spec_it_came_from() -> None:
