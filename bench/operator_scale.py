@@ -269,8 +269,8 @@ class Api:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         return self.pool.request(method, self.host + path, body=data, headers=headers, **kw)
 
-    def get_json(self, path: str) -> Any:
-        resp = self.request("GET", path, timeout=30)
+    def get_json(self, path: str, timeout: float = 30) -> Any:
+        resp = self.request("GET", path, timeout=timeout)
         if resp.status != 200:
             raise RuntimeError(f"GET {path}: {resp.status} {resp.data[:300]!r}")
         return json.loads(resp.data)
@@ -308,9 +308,18 @@ class Watch(threading.Thread):
         self.connects = 0
 
     def _list(self) -> str:
-        doc = self.api.get_json(self.path)
+        """Every object, in pages: at 10,000 runs one LIST of all Jobs outlasted the request
+        timeout on the loaded apiserver, and the watch, relisting after each 410, froze."""
+        continue_token, items = "", []
+        while True:
+            query = "?limit=500" + (f"&continue={continue_token}" if continue_token else "")
+            doc = self.api.get_json(self.path + query, timeout=120)
+            items += doc.get("items", [])
+            continue_token = doc["metadata"].get("continue") or ""
+            if not continue_token:
+                break
         now = time.monotonic()
-        for item in doc.get("items", []):
+        for item in items:
             self.on_event("ADDED", item, now)
         return str(doc["metadata"]["resourceVersion"])
 
@@ -856,6 +865,9 @@ class Bench:
         try:
             self.setup()
             self.burst()
+            if self.result.get("interrupted"):
+                self.result["rss_mb"] = self.rss()
+                raise KeyboardInterrupt("interrupted during the burst")
             if self.args.steady_seconds > 0 and self.operator_alive():
                 self.steady()
             self.result["rss_mb"] = self.rss()
@@ -951,13 +963,16 @@ class Bench:
             "waiting for Running"
         )
         last_report = time.monotonic()
-        while not tracker.all_running.wait(1.0):
-            now = time.monotonic()
-            if now > t0 + self.args.timeout or not self.operator_alive():
-                break
-            if now - last_report >= 10:
-                last_report = now
-                self.log(f"{now - t0:5.1f} s: {tracker.jobs} Jobs, {tracker.running} Running")
+        try:
+            while not tracker.all_running.wait(1.0):
+                now = time.monotonic()
+                if now > t0 + self.args.timeout or not self.operator_alive():
+                    break
+                if now - last_report >= 10:
+                    last_report = now
+                    self.log(f"{now - t0:5.1f} s: {tracker.jobs} Jobs, {tracker.running} Running")
+        except KeyboardInterrupt:  # stopped by hand: what was measured so far is recorded
+            result["interrupted"] = True
         t_end = time.monotonic()
         if profiler is not None:
             profiler.join()
@@ -1542,7 +1557,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         requests = round(sum((r.get("apiserver_requests") or {}).values()) / r["size"], 1)
         running = r.get("all_running_s")
         run_s = (
-            f(running, 7) if running is not None else f"{r['runs_running']}/{r['size']}".rjust(7)
+            f(running, 7)
+            if running is not None
+            else f"{r.get('runs_running', '?')}/{r['size']}".rjust(7)
         )
         print(
             f"{mode:>9} {r['size']:>5} {r['kwok_nodes']:>5} {f(r['apply']['seconds'], 7)} "
