@@ -32,8 +32,15 @@ class DefaultsRewriteError(ValueError):
 class _Segment:
     text: str  # ".name" or "[k]"
     schema: dict[str, Any] | None  # the selected node's schema, None where unknown
-    default: Any = None
-    has_default: bool = False
+
+    @property
+    def has_default(self) -> bool:
+        """A field with a schema default (a map's key has none: it is always there)."""
+        return self.text.startswith(".") and "default" in (self.schema or {})
+
+    @property
+    def default(self) -> Any:
+        return (self.schema or {}).get("default") if self.has_default else None
 
 
 def _tokens(rule: str) -> list[str]:
@@ -116,14 +123,7 @@ class _Rewriter:
                 name = self._take()
                 props = (schema or {}).get("properties", {})
                 child = props.get(name)
-                segments.append(
-                    _Segment(
-                        f".{name}",
-                        child,
-                        (child or {}).get("default"),
-                        child is not None and "default" in child,
-                    )
-                )
+                segments.append(_Segment(f".{name}", child))
                 schema = child
             elif self._peek() == "[" and self._bracket_key() is not None:
                 key = self._bracket_key()
@@ -182,11 +182,19 @@ class _Rewriter:
         for parent, child in zip(segments[start:], segments[start + 1 :], strict=False):
             nested = parent.default if isinstance(parent.default, dict) else {}
             name = child.text[1:]
-            if nested.get(name, None) != (child.default if child.has_default else None):
+            if nested.get(name, None) != child.default:
                 raise DefaultsRewriteError(
                     f"{self.rule!r}: the default of {parent.text[1:]} has {name}="
                     f"{nested.get(name)!r}, not {name}'s own default {child.default!r}"
                 )
+
+    @staticmethod
+    def _guards(root: str, segments: list[_Segment], start: int, stop: int) -> list[str]:
+        """has() of each path from root through segments[start:stop], shortest first."""
+        return [
+            "has(" + root + "".join(s.text for s in segments[: i + 1]) + ")"
+            for i in range(start, stop)
+        ]
 
     def _chain_value(self) -> str:
         root, segments = self._chain()
@@ -196,10 +204,7 @@ class _Rewriter:
             return raw
         self._check_consistent(segments, start)
         leaf = segments[-1]
-        guard = " && ".join(
-            "has(" + root + "".join(s.text for s in segments[: i + 1]) + ")"
-            for i in range(start, len(segments))
-        )
+        guard = " && ".join(self._guards(root, segments, start, len(segments)))
         try:
             default = literal(leaf.default, leaf.schema)
         except DefaultsRewriteError as e:
@@ -246,10 +251,7 @@ class _Rewriter:
             return "true"  # the defaulted object always has it
         start = self._last_required(segments[:-1])
         self._check_consistent(segments, start)
-        guards = [
-            "has(" + root + "".join(s.text for s in segments[: i + 1]) + ")"
-            for i in range(start, len(segments) - 1)
-        ]
+        guards = self._guards(root, segments, start, len(segments) - 1)
         return "(" + " && ".join([*guards, f"has({raw})"]) + ")" if guards else f"has({raw})"
 
 
