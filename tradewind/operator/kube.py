@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from tradewind.api import GROUP, KINDS, VERSION
 from tradewind.api.status import RunStatus
 from tradewind.operator import kueue
+from tradewind.operator.event_budget import EventBudget
 from tradewind.operator.kueue import SUSPENDED_BY_RUN_LABEL
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,20 @@ class Kube:
     those validate a dict body into the client's pydantic models (~1 ms for a Job) only to
     serialise it again, and turn responses into models; only a status write's
     resourceVersion is read here. `custom` is the generated API, for the Sweep controller's
-    reads and child runs. Every request, `custom`'s too, gives up after `timeout` seconds."""
+    reads and child runs. Every request, `custom`'s too, gives up after `timeout` seconds.
+    Normal Events are posted within `event_budget` (none: all of them)."""
+
+    event_budget: EventBudget | None = None
 
     def __init__(
-        self, api_client: client.ApiClient, timeout: float = DEFAULT_TIMEOUT_SECONDS
+        self,
+        api_client: client.ApiClient,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        event_budget: EventBudget | None = None,
     ) -> None:
         self.api_client = api_client
         self.timeout = timeout
+        self.event_budget = event_budget
         self.custom = client.CustomObjectsApi(_DefaultTimeout(api_client, timeout))
 
     def request(
@@ -376,6 +384,9 @@ class Kube:
 
     def event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         meta = body["metadata"]
+        budget = self.event_budget
+        if kind == "Normal" and budget is not None and not budget.take(meta["namespace"]):
+            return
         now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
         event: Any = {  # a dict: the client's CoreV1Event costs a conversion each way

@@ -15,6 +15,10 @@ RUNS_BY_PHASE = Gauge(
     "tradewind_runs", "Runs by kind and phase, as last reconciled.", ["kind", "phase"]
 )
 RESTARTS = Counter("tradewind_restarts_total", "Attempts torn down and restarted.", ["kind"])
+NORMAL_EVENTS_SHED = Counter(
+    "tradewind_normal_events_shed_total",
+    "Normal Events not posted: over their namespace's budget (TRADEWIND_NORMAL_EVENTS_*).",
+)
 
 
 def serve(port: int) -> None:

@@ -52,6 +52,12 @@ class OperatorSettings(BaseSettings):
     api_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """How long one apiserver request may take before it fails (and the reconcile is retried
     with backoff) instead of holding a reconcile thread."""
+    normal_events_per_second: float = Field(default=5.0, ge=0)
+    """Normal Events (a run created, all its pods running, a trial done...) each namespace
+    gets per second once its burst is spent; the rest are not posted (the run's status
+    conditions say the same). Warning Events are always posted."""
+    normal_events_burst: int = Field(default=50, ge=0)
+    """Normal Events a namespace may get at once; 0 posts Warnings only."""
     retry_max_seconds: float = Field(default=300.0, gt=0)
     """The longest wait between retries of a run whose reconcile keeps failing (exponential
     backoff with jitter from 1 s; an apiserver's Retry-After is honoured)."""
