@@ -151,8 +151,6 @@ class Kube:
     reads and child runs. Every request, `custom`'s too, gives up after `timeout` seconds.
     Normal Events are posted within `event_budget` (none: all of them)."""
 
-    event_budget: EventBudget | None = None
-
     def __init__(
         self,
         api_client: client.ApiClient,

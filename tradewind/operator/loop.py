@@ -74,8 +74,7 @@ long: on a busy cluster a gang's pods start many seconds apart, and the write th
 Running carries both. Phase and condition changes (pods refused, held, failed) are written at
 once; a count is at most a resync period stale. A count write per run is the dearest request
 an operator makes (bench/README.md, issue 17): at 1000 runs, 15 s still let ~0.8 per run
-through.
-"""
+through."""
 EXPECT_SECONDS = 60.0
 """After creating an attempt's children, how long to wait for the watch to show its Job before
 creating them again (level-based: the Job may have been deleted meanwhile). A minute: with a
