@@ -37,6 +37,9 @@ Each size runs in each of --modes, each on a fresh stack, the order rotating fro
   tradewind.operator.builders, owned by the run), and a run counts as Running when both its
   pods are. The difference from `tradewind` is what the operator adds: its CPU, its requests
   (status writes, Events, reads) and its reaction time.
+- `control plane only, pods` (not in the default modes): as the baseline, but the harness
+  POSTs the Job's two pods itself, as the Job controller would render them (no Job): the
+  floor of an operator that made pods directly, as Kubeflow's does, with a free operator.
 
 --takeover (tradewind): a standby replica runs beside the leader; once all runs are Running,
 the leader is killed, every run's status set back to Pending, and the time until the standby
@@ -75,6 +78,7 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import datetime as dt
 import functools
 import itertools
@@ -133,7 +137,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BASELINE = "control plane only"
 TRADEWIND = "tradewind"
 KUBEFLOW = "kubeflow"
+POD_BASELINE = "control plane only, pods"
 MODES = (TRADEWIND, KUBEFLOW, BASELINE)
+"""The default modes: issue 17's table."""
+ALL_MODES = (*MODES, POD_BASELINE)
 KF_GROUP, KF_VERSION, KF_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 KF_NAMESPACE = "kubeflow"
 KF_CLIENT = {"kube-api-qps": 1000, "kube-api-burst": 2000, "controller-threads": 32}
@@ -751,19 +758,49 @@ def run_body(mode: str, name: str, namespace: str) -> dict[str, Any]:
     return pytorch_job(name, namespace) if mode == KUBEFLOW else training_run(name, namespace)
 
 
-def operator_children(run_body: dict[str, Any]) -> list[dict[str, Any]]:
+def operator_children(run_body: dict[str, Any], pods: bool = False) -> list[dict[str, Any]]:
     """What the operator creates for a new run (attempt 0): its ConfigMap, Service and Job,
-    from the operator's own builders and settings."""
+    from the operator's own builders and settings; with `pods`, the Job's pods instead of
+    the Job."""
     from tradewind.operator import builders
     from tradewind.operator.reconcile import parse_run
 
     run, owner = parse_run(run_body), builders.owner_reference(run_body)
     uid = run_body["metadata"]["uid"]
-    return [
-        builders.build_configmap(run, 0, owner),
-        builders.build_service(run, owner),
-        builders.build_job(run, 0, uid, owner, _bench_settings()),
-    ]
+    job = builders.build_job(run, 0, uid, owner, _bench_settings())
+    children = [builders.build_configmap(run, 0, owner), builders.build_service(run, owner)]
+    return children + (job_pods(job) if pods else [job])
+
+
+def job_pods(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods the Job controller makes of an Indexed Job: per completion index, the
+    template with the index in a label, an annotation and JOB_COMPLETION_INDEX, and the
+    hostname `<job>-<index>` (what the Service's DNS names), owned as the Job is."""
+    meta, spec = job["metadata"], job["spec"]
+    pods = []
+    for index in range(spec["completions"]):
+        template = copy.deepcopy(spec["template"])
+        name = f"{meta['name']}-{index}"
+        pod_meta = template["metadata"]
+        pod_meta["labels"][COMPLETION_INDEX] = str(index)
+        pod_meta["annotations"][COMPLETION_INDEX] = str(index)
+        pod_spec = template["spec"] | {"hostname": name}
+        for container in pod_spec["containers"]:
+            container["env"] = [
+                *container.get("env", []),
+                {"name": "JOB_COMPLETION_INDEX", "value": str(index)},
+            ]
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": pod_meta
+                | {"name": name, "namespace": meta["namespace"]}
+                | {"ownerReferences": meta["ownerReferences"]},
+                "spec": pod_spec,
+            }
+        )
+    return pods
 
 
 @functools.cache
@@ -778,18 +815,19 @@ CHILD_PATHS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "Pod": "/api/v1/namespaces/{ns}/pods",
 }
 
 
-def create_run(api: Api, body: dict[str, Any], with_children: bool) -> str | None:
-    """POST a run (and, for the baseline, its children); an error message or None."""
+def create_run(api: Api, body: dict[str, Any], mode: str) -> str | None:
+    """POST a run (and, for the baselines, its children); an error message or None."""
     ns = body["metadata"]["namespace"]
-    mode = KUBEFLOW if body["kind"] == "PyTorchJob" else TRADEWIND
-    resp = api.request("POST", runs_path(ns, mode), body, timeout=60)
+    kind = KUBEFLOW if body["kind"] == "PyTorchJob" else TRADEWIND
+    resp = api.request("POST", runs_path(ns, kind), body, timeout=60)
     if resp.status != 201:
         return f"{resp.status} {resp.data[:200]!r}"
-    if with_children:
-        for child in operator_children(json.loads(resp.data)):
+    if mode in (BASELINE, POD_BASELINE):
+        for child in operator_children(json.loads(resp.data), pods=mode == POD_BASELINE):
             path = CHILD_PATHS[child["kind"]].format(ns=ns)
             resp = api.request("POST", path, child, timeout=60)
             if resp.status != 201:
@@ -804,7 +842,7 @@ def apply_runs(api: Api, tracker: Tracker, size: int, workers: int, mode: str) -
 
     def create(i: int) -> None:
         name = f"run-{i:05d}"
-        error = create_run(api, run_body(mode, name, NAMESPACE), mode == BASELINE)
+        error = create_run(api, run_body(mode, name, NAMESPACE), mode)
         if error is not None:
             failures.append(f"{name}: {error}")
             return
@@ -836,7 +874,7 @@ class Bench:
 
     def __init__(self, size: int, args: argparse.Namespace, workdir: Path, mode: str) -> None:
         self.size, self.args, self.workdir, self.mode = size, args, workdir, mode
-        self.baseline = mode == BASELINE
+        self.baseline = mode in (BASELINE, POD_BASELINE)
         self.stack = Stack(workdir / "stack", kwok_nodes(size), bool(args.profile_apiserver))
         profiled = args.profile_operator and mode == TRADEWIND
         self.profile = workdir / "operator-profile.json" if profiled else None
@@ -845,7 +883,9 @@ class Bench:
         self.sampler: Sampler | None = None
         self.watches: list[Watch] = []
         self.tracker = Tracker(
-            size, running_from_pods=self.baseline, pods_are_children=mode == KUBEFLOW
+            size,
+            running_from_pods=self.baseline,
+            pods_are_children=mode in (KUBEFLOW, POD_BASELINE),
         )
         self.result: dict[str, Any] = {
             "mode": mode,
@@ -914,7 +954,7 @@ class Bench:
             self.operator.start()
             pids["operator"] = self.operator.pid
         warmup = run_body(self.mode, "warmup", WARMUP_NAMESPACE)
-        error = create_run(self.api, warmup, self.baseline)
+        error = create_run(self.api, warmup, self.mode)
         if error is not None:
             raise RuntimeError(f"warm-up run not created: {error}")
         if self.baseline:
@@ -1607,11 +1647,13 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=MODES,
+        choices=ALL_MODES,
         default=list(MODES),
         help="What runs each size on a fresh stack: Tradewind's operator, Kubeflow's training "
         "operator (PyTorchJobs; hack/build-binaries.sh training-operator), the control plane "
-        "alone (see the docstring). The order rotates from one size (and round) to the next.",
+        "alone (see the docstring; default: those three), or the control plane alone with "
+        "the pods POSTed instead of the Job. The order rotates from one size (and round) to "
+        "the next.",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="Measure each size this many times per mode."
