@@ -394,6 +394,7 @@ def test_the_bundled_minio_gives_each_namespace_its_own_user_and_keeps_root_home
         ({"minio": {"tenantNamespaces": ["Not_A_Namespace"]}}, "tenantNamespaces/0"),
         ({"objectStore": {"namespaceScope": "yes"}}, "namespaceScope"),
         ({"operator": {"reconcileWorkers": 0}}, "reconcileWorkers"),
+        ({"operator": {"concurrentStarts": 0}}, "concurrentStarts"),
         ({"operator": {"normalEvents": {"perSecond": 5, "burst": -1}}}, "normalEvents/burst"),
         ({"objectStore": {"endpoint": "minio:9000"}}, "endpoint"),
         ({"operatorr": {}}, "operatorr"),

@@ -54,6 +54,7 @@ def setup(memo: kopf.Memo) -> None:
     # At most as many reconciles in flight as threads (others, e.g. Sweeps', share them):
     # each reads the run and its children when it gets its thread.
     memo.reconcile_slots = asyncio.Semaphore(max(1, settings.reconcile_workers - 4))
+    memo.start_slots = asyncio.Semaphore(settings.concurrent_starts)
 
 
 def start_watches(memo: kopf.Memo) -> None:
@@ -137,8 +138,19 @@ class RunWorker(Worker):
         thread is free, not before queueing for one: under load that wait is seconds long,
         and a reconcile must not act on what the watches showed before it."""
         await self.memo.children.listed.wait()  # until then, every Job would look missing
-        async with self.memo.reconcile_slots:
+        starting = self.memo.start_slots if self._starting() else contextlib.nullcontext()
+        async with starting, self.memo.reconcile_slots:
             return await self._reconcile_now(asyncio.get_running_loop().time())
+
+    def _starting(self) -> bool:
+        """Whether this reconcile may create the run's first children: a run without a
+        status yet and without a Job. Such reconciles take a start slot too (their order
+        and pace only; the reconcile decides what to create)."""
+        return (
+            not (self.body.get("status") or {}).get("phase")
+            and self.created is None
+            and not self.memo.children.jobs.get(self.ref)
+        )
 
     def _inputs(self, now: float) -> tuple[dict[str, Any], list[Any], list[Any]]:
         """The run as last seen (or as we last wrote its status, if the watch lags behind our

@@ -49,6 +49,11 @@ class OperatorSettings(BaseSettings):
     """How often running runs' progress is read from MLflow."""
     reconcile_workers: int = Field(default=32, ge=1, le=512)
     """Threads that run reconciles (each does a few blocking API calls) concurrently."""
+    concurrent_starts: int = Field(default=4, ge=1, le=512)
+    """Runs that create their first attempt's children (ConfigMap, Service, Job) at once;
+    the others wait their turn. Starts then come as fast as the apiserver answers, not all
+    at once: the Job controller, scheduler and nodes take each Job's pods together, and a
+    thousand runs applied at once are all Running sooner (bench/README.md, issue 17)."""
     api_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """How long one apiserver request may take before it fails (and the reconcile is retried
     with backoff) instead of holding a reconcile thread."""

@@ -54,6 +54,7 @@ def _worker(uri: str, monkeypatch: pytest.MonkeyPatch) -> tuple[RunWorker, Statu
         kube=kube,
         progress=ProgressReader(uri),
         reconcile_slots=asyncio.Semaphore(1),
+        start_slots=asyncio.Semaphore(1),
         children=Children(),
     )
     memo.children.listed.set()

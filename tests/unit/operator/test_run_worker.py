@@ -1,8 +1,9 @@
 """A run's worker when its reconcile fails: backoff between tries (reset by a success), and
-a worker whose run is gone stops and leaves the registry."""
+a worker whose run is gone stops and leaves the registry; new runs start a few at a time."""
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import kopf
@@ -12,6 +13,7 @@ from tradewind.api.status import RunStatus
 from tradewind.operator.children import Children
 from tradewind.operator.kube import Gone
 from tradewind.operator.loop import RunWorker
+from tradewind.operator.progress import ProgressReader
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.workers import Workers
 
@@ -41,24 +43,35 @@ def _overloaded() -> ApiException:
     return exc
 
 
-def _worker(kube: Kube) -> tuple[RunWorker, Workers]:
+def _body(name: str = "r", status: dict[str, Any] | None = None) -> dict[str, Any]:
     body = {
         "apiVersion": "tradewind.dev/v1alpha1",
         "kind": "TrainingRun",
-        "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1},
+        "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}", "generation": 1},
         "spec": {},
     }
-    registry = Workers("reconcile")
+    return body | ({"status": status} if status else {})
+
+
+def _memo(kube: Any, reconcile_slots: int = 1, start_slots: int = 1) -> kopf.Memo:
     memo = kopf.Memo(
         settings=OperatorSettings(retry_max_seconds=4.0),
         kube=kube,
-        reconcile_slots=asyncio.Semaphore(1),
-        run_workers=registry,
+        progress=ProgressReader(None),
+        reconcile_slots=asyncio.Semaphore(reconcile_slots),
+        start_slots=asyncio.Semaphore(start_slots),
+        run_workers=Workers("reconcile"),
     )
     memo.children = Children()
-    worker = RunWorker(body, memo)
-    registry.by_key[worker.ref] = worker
-    return worker, registry
+    memo.children.listed.set()
+    return memo
+
+
+def _worker(kube: Kube) -> tuple[RunWorker, Workers]:
+    memo = _memo(kube)
+    worker = RunWorker(_body(), memo)
+    memo.run_workers.by_key[worker.ref] = worker
+    return worker, memo.run_workers
 
 
 def test_failures_back_off_up_to_the_cap() -> None:
@@ -83,3 +96,46 @@ def test_a_run_gone_under_its_worker_stops_it() -> None:
 
     worker, registry = asyncio.run(scenario())
     assert worker.stopped and registry.by_key == {}
+
+
+class HeldKube(Kube):
+    """Creates wait until `go` is set; `calls` names the run of each create, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.calls: list[str] = []
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        self.calls.append(manifest["metadata"]["labels"]["tradewind.dev/run"])
+        self.go.wait(10)
+
+
+def test_new_runs_create_their_children_a_start_slot_at_a_time() -> None:
+    async def scenario() -> list[str]:
+        kube = HeldKube()
+        memo = _memo(kube, reconcile_slots=4, start_slots=1)
+        tasks = [asyncio.create_task(RunWorker(_body(n), memo)._reconcile_once()) for n in "ab"]
+        while not kube.calls:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # room for the other run to start creating, were it let in
+        assert len(kube.calls) == 1
+        kube.go.set()
+        decisions = await asyncio.gather(*tasks)
+        assert all(d is not None and "create_attempt" in d.actions for d in decisions)
+        return kube.calls
+
+    calls = asyncio.run(scenario())
+    assert sorted(calls) == ["a"] * 3 + ["b"] * 3  # ConfigMap, Service, Job each
+    assert len(set(calls[:3])) == 1 and len(set(calls[3:])) == 1  # one run's, then the other's
+
+
+def test_a_run_with_a_status_does_not_wait_for_a_start_slot() -> None:
+    async def scenario() -> None:
+        memo = _memo(Kube(), reconcile_slots=4, start_slots=1)
+        await memo.start_slots.acquire()  # every start slot taken
+        pending = {"phase": "Pending", "attempt": 0}
+        worker = RunWorker(_body("c", pending), memo)
+        assert await asyncio.wait_for(worker._reconcile_once(), 5) is not None
+
+    asyncio.run(scenario())
