@@ -141,6 +141,8 @@ POD_BASELINE = "control plane only, pods"
 MODES = (TRADEWIND, KUBEFLOW, BASELINE)
 """The default modes: issue 17's table."""
 ALL_MODES = (*MODES, POD_BASELINE)
+BASELINES = (BASELINE, POD_BASELINE)
+"""The modes with no operator: the harness POSTs the run's children itself."""
 KF_GROUP, KF_VERSION, KF_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 KF_NAMESPACE = "kubeflow"
 KF_CLIENT = {"kube-api-qps": 1000, "kube-api-burst": 2000, "controller-threads": 32}
@@ -822,11 +824,10 @@ CHILD_PATHS = {
 def create_run(api: Api, body: dict[str, Any], mode: str) -> str | None:
     """POST a run (and, for the baselines, its children); an error message or None."""
     ns = body["metadata"]["namespace"]
-    kind = KUBEFLOW if body["kind"] == "PyTorchJob" else TRADEWIND
-    resp = api.request("POST", runs_path(ns, kind), body, timeout=60)
+    resp = api.request("POST", runs_path(ns, mode), body, timeout=60)
     if resp.status != 201:
         return f"{resp.status} {resp.data[:200]!r}"
-    if mode in (BASELINE, POD_BASELINE):
+    if mode in BASELINES:
         for child in operator_children(json.loads(resp.data), pods=mode == POD_BASELINE):
             path = CHILD_PATHS[child["kind"]].format(ns=ns)
             resp = api.request("POST", path, child, timeout=60)
@@ -874,7 +875,7 @@ class Bench:
 
     def __init__(self, size: int, args: argparse.Namespace, workdir: Path, mode: str) -> None:
         self.size, self.args, self.workdir, self.mode = size, args, workdir, mode
-        self.baseline = mode in (BASELINE, POD_BASELINE)
+        self.baseline = mode in BASELINES
         self.stack = Stack(workdir / "stack", kwok_nodes(size), bool(args.profile_apiserver))
         profiled = args.profile_operator and mode == TRADEWIND
         self.profile = workdir / "operator-profile.json" if profiled else None
