@@ -10,6 +10,7 @@ import ctypes
 import datetime as dt
 import logging
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -138,9 +139,24 @@ class RunWorker(Worker):
         thread is free, not before queueing for one: under load that wait is seconds long,
         and a reconcile must not act on what the watches showed before it."""
         await self.memo.children.listed.wait()  # until then, every Job would look missing
-        starting = self.memo.start_slots if self._starting() else contextlib.nullcontext()
+        starting = self._start_slot() if self._starting() else contextlib.nullcontext()
         async with starting, self.memo.reconcile_slots:
             return await self._reconcile_now(asyncio.get_running_loop().time())
+
+    @contextlib.asynccontextmanager
+    async def _start_slot(self) -> AsyncIterator[None]:
+        """One of the start slots, the wait for it counted in `tradewind_runs_waiting_to_start`
+        (a burst of runs is a queue here: their status stays empty until they start)."""
+        slots: asyncio.Semaphore = self.memo.start_slots
+        metrics.RUNS_WAITING_TO_START.inc()
+        try:
+            await slots.acquire()
+        finally:
+            metrics.RUNS_WAITING_TO_START.dec()
+        try:
+            yield
+        finally:
+            slots.release()
 
     def _starting(self) -> bool:
         """Whether this reconcile may create the run's first children: a run without a

@@ -15,6 +15,10 @@ RUNS_BY_PHASE = Gauge(
     "tradewind_runs", "Runs by kind and phase, as last reconciled.", ["kind", "phase"]
 )
 RESTARTS = Counter("tradewind_restarts_total", "Attempts torn down and restarted.", ["kind"])
+RUNS_WAITING_TO_START = Gauge(
+    "tradewind_runs_waiting_to_start",
+    "New runs waiting for a start slot (TRADEWIND_CONCURRENT_STARTS) to create their children.",
+)
 NORMAL_EVENTS_SHED = Counter(
     "tradewind_normal_events_shed_total",
     "Normal Events not posted: over their namespace's budget (TRADEWIND_NORMAL_EVENTS_*).",

@@ -10,6 +10,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from tradewind.api.status import RunStatus
+from tradewind.operator import metrics
 from tradewind.operator.children import Children
 from tradewind.operator.kube import Gone
 from tradewind.operator.loop import RunWorker
@@ -115,14 +116,17 @@ def test_new_runs_create_their_children_a_start_slot_at_a_time() -> None:
     async def scenario() -> list[str]:
         kube = HeldKube()
         memo = _memo(kube, reconcile_slots=4, start_slots=1)
+        waiting = metrics.RUNS_WAITING_TO_START._value.get()
         tasks = [asyncio.create_task(RunWorker(_body(n), memo)._reconcile_once()) for n in "ab"]
         while not kube.calls:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # room for the other run to start creating, were it let in
         assert len(kube.calls) == 1
+        assert metrics.RUNS_WAITING_TO_START._value.get() == waiting + 1
         kube.go.set()
         decisions = await asyncio.gather(*tasks)
         assert all(d is not None and "create_attempt" in d.actions for d in decisions)
+        assert metrics.RUNS_WAITING_TO_START._value.get() == waiting
         return kube.calls
 
     calls = asyncio.run(scenario())
