@@ -148,11 +148,8 @@ class RunWorker(Worker):
         """One of the start slots, the wait for it counted in `tradewind_runs_waiting_to_start`
         (a burst of runs is a queue here: their status stays empty until they start)."""
         slots: asyncio.Semaphore = self.memo.start_slots
-        metrics.RUNS_WAITING_TO_START.inc()
-        try:
+        with metrics.RUNS_WAITING_TO_START.track_inprogress():
             await slots.acquire()
-        finally:
-            metrics.RUNS_WAITING_TO_START.dec()
         try:
             yield
         finally:
