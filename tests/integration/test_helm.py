@@ -395,6 +395,7 @@ def test_the_bundled_minio_gives_each_namespace_its_own_user_and_keeps_root_home
         ({"objectStore": {"namespaceScope": "yes"}}, "namespaceScope"),
         ({"operator": {"reconcileWorkers": 0}}, "reconcileWorkers"),
         ({"operator": {"concurrentStarts": 0}}, "concurrentStarts"),
+        ({"operator": {"periodicReconcilesPerSecond": 0}}, "periodicReconcilesPerSecond"),
         ({"operator": {"normalEvents": {"perSecond": 5, "burst": -1}}}, "normalEvents/burst"),
         ({"objectStore": {"endpoint": "minio:9000"}}, "endpoint"),
         ({"operatorr": {}}, "operatorr"),

@@ -4,6 +4,7 @@ and the operator's start-up (`tradewind operator`)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -50,6 +51,7 @@ def setup(memo: kopf.Memo) -> None:
     )
     memo.progress = ProgressReader.from_settings(settings)
     memo.run_workers = Workers("reconcile")
+    memo.run_phases = collections.Counter()  # runs by the phase they are counted under
     memo.children = Children(wake=memo.run_workers.wake)
     memo.sweep_workers = Workers("sweep")
     # At most as many reconciles in flight as threads (others, e.g. Sweeps', share them):
@@ -83,7 +85,14 @@ creating them again (level-based: the Job may have been deleted meanwhile). A mi
 thousand runs starting on a saturated apiserver the watch lagged past 30 s for one run in
 five, and each of those created its three children again only to be told they exist."""
 RESYNC_SECONDS = 60.0
-"""Level-based safety net: every run reconciles at least this often, events or not."""
+"""Level-based safety net: every run reconciles at least this often, events or not (longer
+with many runs: `stretched`)."""
+
+
+def stretched(period: float, runs: int, per_second: float) -> float:
+    """`period`, or longer: long enough that `runs` runs, each waking once per period, wake
+    at most `per_second` times a second together (`periodic_reconciles_per_second`)."""
+    return max(period, runs / per_second)
 
 
 class RunWorker(Worker):
@@ -132,6 +141,7 @@ class RunWorker(Worker):
         finally:
             if self.counted:
                 metrics.RUNS_BY_PHASE.labels(self.body["kind"], self.counted).dec()
+                self.memo.run_phases[self.counted] -= 1
 
     async def _reconcile_once(self) -> Decision | None:
         """One reconcile in a worker thread, and what follows from it: the gauges, MLflow
@@ -204,7 +214,7 @@ class RunWorker(Worker):
                 self.deferred_since = None
             elif self.deferred_since is None:
                 self.deferred_since = now
-            self.counted = _count(kind, self.counted, decision.status.phase)
+            self.counted = _count(kind, self.counted, decision.status.phase, self.memo.run_phases)
             if decision.status.restarts > int((snapshot.get("status") or {}).get("restarts") or 0):
                 metrics.RESTARTS.labels(kind).inc()
             if decision.written_version is not None:
@@ -260,7 +270,7 @@ class RunWorker(Worker):
         reader: ProgressReader = self.memo.progress
         if phase in ACTIVE:
             self.final_read = "due"
-            if now - self.last_progress >= self.memo.settings.status_poll_seconds:
+            if now - self.last_progress >= self._poll_seconds():
                 self.last_progress = now
                 reader.request(self.key, self.uid, experiment, self.wakeup.set)
             return found
@@ -273,6 +283,15 @@ class RunWorker(Worker):
             return found
         return None
 
+    def _poll_seconds(self) -> float:
+        """How often an active run's progress is read from MLflow: status_poll_seconds, or
+        longer with many runs active."""
+        settings: OperatorSettings = self.memo.settings
+        active = sum(self.memo.run_phases[phase] for phase in ACTIVE)
+        return stretched(
+            settings.status_poll_seconds, active, settings.periodic_reconciles_per_second
+        )
+
     def _next_wake(self, decision: Decision | None, settings: OperatorSettings) -> float:
         """Seconds until this run needs a reconcile that no event will bring: a retry (with
         backoff) of a failed reconcile or of a refused child, a look at missing pods, its
@@ -281,7 +300,8 @@ class RunWorker(Worker):
             return self.retry_in
         status, now = decision.status, dt.datetime.now(dt.UTC)
         run = self.spec.run
-        wake = RESYNC_SECONDS
+        runs = len(self.memo.run_workers.by_key)
+        wake = stretched(RESYNC_SECONDS, runs, settings.periodic_reconciles_per_second)
         if decision.retry:
             self.backoff.cap = settings.retry_max_seconds
             wake = self.backoff.next(decision.retry_after)
@@ -292,7 +312,7 @@ class RunWorker(Worker):
         if self.memo.progress.uri is not None and (
             status.phase in ACTIVE or self.final_read == "due"
         ):  # progress polls; the final read, once a read under way has made room for it
-            wake = min(wake, settings.status_poll_seconds)
+            wake = min(wake, self._poll_seconds())
         if run is not None:
             deadline, ttl = run.spec.active_deadline_seconds, run.spec.ttl_seconds_after_finished
             if status.phase in ACTIVE and deadline and status.start_time:
@@ -304,12 +324,15 @@ class RunWorker(Worker):
         return max(wake, 0.0)
 
 
-def _count(kind: str, counted: str | None, phase: str) -> str:
-    """Move this run in the runs-by-phase gauge from where it was counted to `phase`."""
+def _count(kind: str, counted: str | None, phase: str, tally: collections.Counter[str]) -> str:
+    """Move this run in the runs-by-phase gauge and in `tally` from where it was counted to
+    `phase`."""
     if counted != phase:
         if counted:
             metrics.RUNS_BY_PHASE.labels(kind, counted).dec()
+            tally[counted] -= 1
         metrics.RUNS_BY_PHASE.labels(kind, phase).inc()
+        tally[phase] += 1
     return phase
 
 

@@ -46,7 +46,14 @@ class OperatorSettings(BaseSettings):
     optuna_storage: str = "sqlite:////var/lib/tradewind/optuna.db"
     """Optuna RDB storage URL for in-cluster sweeps."""
     status_poll_seconds: float = Field(default=15.0, gt=0)
-    """How often running runs' progress is read from MLflow."""
+    """How often running runs' progress is read from MLflow (stretched beyond this when
+    many runs are active: `periodic_reconciles_per_second`)."""
+    periodic_reconciles_per_second: float = Field(default=20.0, gt=0)
+    """Reconciles that no event asked for (each run's resync, every 60 s; its MLflow
+    progress read, every status_poll_seconds while active) stay under about this many a
+    second for all runs together: with more runs than the periods allow, each run's period
+    stretches to runs / this. At 10,000 runs a resync a minute was a third of a core for an
+    operator with nothing to do (bench/README.md). Events wake a run at once regardless."""
     reconcile_workers: int = Field(default=32, ge=1, le=512)
     """Threads that run reconciles (each does a few blocking API calls) concurrently."""
     concurrent_starts: int = Field(default=4, ge=1, le=512)

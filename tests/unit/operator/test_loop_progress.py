@@ -4,6 +4,7 @@ the read's result into the status on a later pass (woken by it)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import http.server
 import json
 import socket
@@ -22,6 +23,7 @@ from tradewind.operator.progress import ProgressReader
 from tradewind.operator.reconcile import SpecCache
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import Decision
+from tradewind.operator.workers import Workers
 
 BODY = {
     "apiVersion": "tradewind.dev/v1alpha1",
@@ -56,6 +58,8 @@ def _worker(uri: str, monkeypatch: pytest.MonkeyPatch) -> tuple[RunWorker, Statu
         reconcile_slots=asyncio.Semaphore(1),
         start_slots=asyncio.Semaphore(1),
         children=Children(),
+        run_workers=Workers("reconcile"),
+        run_phases=collections.Counter(),
     )
     memo.children.listed.set()
     return RunWorker(dict(BODY), memo), kube
@@ -152,3 +156,38 @@ def test_a_run_that_ended_gets_its_last_metrics_in_one_final_read(
     assert running.metrics["val_loss"] == 0.5 and running.progress.epoch == 9
     assert ended.phase == "Succeeded" and ended.metrics["val_loss"] == 0.25
     assert ended.progress.epoch == 10 and more == 0
+
+
+def test_with_many_runs_active_each_reads_its_progress_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # refused: nothing is read, only asked for
+    worker, _ = _worker(uri, monkeypatch)
+    worker.memo.settings = OperatorSettings(
+        mlflow_tracking_uri=uri, status_poll_seconds=15, periodic_reconciles_per_second=10
+    )
+    running = Decision(status=RunStatus(phase="Running"))
+    phases = worker.memo.run_phases
+
+    async def scenario() -> tuple[float, float, bool, bool]:
+        phases.update(Running=5, Succeeded=5000)  # ended runs read nothing
+        registry = worker.memo.run_workers.by_key
+        registry.update({("TrainingRun", "ns", f"r{n}"): worker for n in range(6000)})
+        few = worker._next_wake(running, worker.memo.settings)
+        phases.update(Pending=500, Running=495)
+        many = worker._next_wake(running, worker.memo.settings)
+        worker.last_progress = 1000.0
+        read_at_20s = worker._read_progress(None, "Running", 1020.0, "e") is None and bool(
+            worker.memo.progress._reading
+        )
+        worker._read_progress(None, "Running", 1100.0, "e")
+        read_at_100s = bool(worker.memo.progress._reading)
+        while worker.memo.progress._reading:
+            await asyncio.sleep(0.05)
+        return few, many, read_at_20s, read_at_100s
+
+    few, many, read_at_20s, read_at_100s = asyncio.run(scenario())
+    assert few == 15.0 and many == 100.0  # 1000 active runs: at most 10 reads a second
+    assert not read_at_20s and read_at_100s

@@ -2,6 +2,7 @@
 a worker whose run is gone stops and leaves the registry; new runs start a few at a time."""
 
 import asyncio
+import collections
 import json
 import threading
 from typing import Any
@@ -16,6 +17,7 @@ from tradewind.operator.kube import Gone
 from tradewind.operator.loop import RunWorker
 from tradewind.operator.progress import ProgressReader
 from tradewind.operator.settings import OperatorSettings
+from tradewind.operator.status import Decision
 from tradewind.operator.workers import Workers
 
 
@@ -62,6 +64,7 @@ def _memo(kube: Any, reconcile_slots: int = 1, start_slots: int = 1) -> kopf.Mem
         reconcile_slots=asyncio.Semaphore(reconcile_slots),
         start_slots=asyncio.Semaphore(start_slots),
         run_workers=Workers("reconcile"),
+        run_phases=collections.Counter(),
     )
     memo.children = Children()
     memo.children.listed.set()
@@ -143,3 +146,38 @@ def test_a_run_with_a_status_does_not_wait_for_a_start_slot() -> None:
         assert await asyncio.wait_for(worker._reconcile_once(), 5) is not None
 
     asyncio.run(scenario())
+
+
+def test_with_more_runs_than_a_minute_of_resyncs_allows_each_resyncs_less_often() -> None:
+    async def scenario() -> list[float]:
+        memo = _memo(Kube())
+        memo.settings = OperatorSettings(periodic_reconciles_per_second=10)
+        worker = RunWorker(_body(), memo)
+        running = Decision(status=RunStatus(phase="Running"))
+        waits = []
+        for runs in (1, 600, 3000):
+            memo.run_workers.by_key = {("TrainingRun", "ns", f"r{n}"): worker for n in range(runs)}
+            waits.append(worker._next_wake(running, memo.settings))
+        return waits
+
+    assert asyncio.run(scenario()) == [60.0, 60.0, 300.0]  # at most 10 resyncs a second
+
+
+def test_the_runs_in_each_phase_are_tallied_while_their_workers_run() -> None:
+    async def scenario() -> tuple[dict[str, int], dict[str, int]]:
+        memo = _memo(Kube(), reconcile_slots=4, start_slots=4)
+        workers = [RunWorker(_body(n), memo) for n in "abc"]
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        while memo.run_phases.total() < 3:
+            await asyncio.sleep(0.01)
+        during = dict(+memo.run_phases)
+        workers[0].stop()
+        await tasks[0]
+        after_one = dict(+memo.run_phases)
+        for worker in workers[1:]:
+            worker.stop()
+        await asyncio.gather(*tasks[1:])
+        return during, after_one
+
+    during, after_one = asyncio.run(scenario())
+    assert during == {"Pending": 3} and after_one == {"Pending": 2}
