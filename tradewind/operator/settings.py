@@ -49,11 +49,12 @@ class OperatorSettings(BaseSettings):
     """How often running runs' progress is read from MLflow (stretched beyond this when
     many runs are active: `periodic_reconciles_per_second`)."""
     periodic_reconciles_per_second: float = Field(default=20.0, gt=0)
-    """Reconciles that no event asked for (each run's resync, every 60 s; its MLflow
-    progress read, every status_poll_seconds while active) stay under about this many a
-    second for all runs together: with more runs than the periods allow, each run's period
-    stretches to runs / this. At 10,000 runs a resync a minute was a third of a core for an
-    operator with nothing to do (bench/README.md). Events wake a run at once regardless."""
+    """The reconciles no event asks for, the resyncs (each run's every 60 s) and the MLflow
+    progress reads (each active run's every status_poll_seconds), each stay under about this
+    many a second for all runs together. With more runs than that allows, the period stretches
+    to runs / this (all runs for the resync, the active ones for progress). At 10,000 runs a
+    resync a minute was a third of a core for an operator with nothing to do
+    (bench/README.md). Events wake a run at once regardless."""
     reconcile_workers: int = Field(default=32, ge=1, le=512)
     """Threads that run reconciles (each does a few blocking API calls) concurrently."""
     concurrent_starts: int = Field(default=4, ge=1, le=512)
