@@ -309,10 +309,11 @@ class RunWorker(Worker):
             self.backoff.reset()
         if decision.recheck_seconds is not None:
             wake = min(wake, decision.recheck_seconds)
-        if self.memo.progress.uri is not None and (
-            status.phase in ACTIVE or self.final_read == "due"
-        ):  # progress polls; the final read, once a read under way has made room for it
-            wake = min(wake, self._poll_seconds())
+        if self.memo.progress.uri is not None:
+            if status.phase in ACTIVE:  # progress polls
+                wake = min(wake, self._poll_seconds())
+            elif self.final_read == "due":  # once a read under way has made room for it
+                wake = min(wake, settings.status_poll_seconds)
         if run is not None:
             deadline, ttl = run.spec.active_deadline_seconds, run.spec.ttl_seconds_after_finished
             if status.phase in ACTIVE and deadline and status.start_time:

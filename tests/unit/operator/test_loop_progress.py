@@ -171,13 +171,17 @@ def test_with_many_runs_active_each_reads_its_progress_less_often(
     running = Decision(status=RunStatus(phase="Running"))
     phases = worker.memo.run_phases
 
-    async def scenario() -> tuple[float, float, bool, bool]:
+    async def scenario() -> tuple[float, float, float, bool, bool]:
         phases.update(Running=5, Succeeded=5000)  # ended runs read nothing
         registry = worker.memo.run_workers.by_key
         registry.update({("TrainingRun", "ns", f"r{n}"): worker for n in range(6000)})
         few = worker._next_wake(running, worker.memo.settings)
         phases.update(Pending=500, Running=495)
         many = worker._next_wake(running, worker.memo.settings)
+        worker.final_read = "due"  # an ended run's last read, if one under way held it back
+        ended = Decision(status=RunStatus(phase="Succeeded"))
+        final = worker._next_wake(ended, worker.memo.settings)
+        worker.final_read = None
         worker.last_progress = 1000.0
         read_at_20s = worker._read_progress(None, "Running", 1020.0, "e") is None and bool(
             worker.memo.progress._reading
@@ -186,8 +190,9 @@ def test_with_many_runs_active_each_reads_its_progress_less_often(
         read_at_100s = bool(worker.memo.progress._reading)
         while worker.memo.progress._reading:
             await asyncio.sleep(0.05)
-        return few, many, read_at_20s, read_at_100s
+        return few, many, final, read_at_20s, read_at_100s
 
-    few, many, read_at_20s, read_at_100s = asyncio.run(scenario())
+    few, many, final, read_at_20s, read_at_100s = asyncio.run(scenario())
     assert few == 15.0 and many == 100.0  # 1000 active runs: at most 10 reads a second
+    assert final == 15.0  # not stretched: few runs are ending at once
     assert not read_at_20s and read_at_100s
