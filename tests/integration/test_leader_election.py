@@ -6,7 +6,6 @@ printed (bench material, not asserted)."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import threading
 import time
@@ -110,7 +109,11 @@ def _time_takeover(kubectl: Kubectl, standby: OperatorProcess, killed: float, wh
 
 class JobWatch:
     """A watch of a namespace's Jobs from now on, in a thread: every Job created there, by
-    uid (a Job deleted and created again shows twice)."""
+    uid (a Job deleted and created again shows twice).
+
+    The apiserver may close a watch at any time (it drops a watcher that reads too slowly,
+    as a busy test machine's may during a burst); the watch then resumes from the last
+    resourceVersion it saw, so no event is lost."""
 
     def __init__(
         self, kubectl: Kubectl, namespace: str, on_job: Callable[[int], None] = lambda _: None
@@ -118,36 +121,63 @@ class JobWatch:
         """`on_job(count)` in the watch's thread after each Job created."""
         from kubernetes import client, config, watch
 
-        api = client.BatchV1Api(config.new_client_from_config(config_file=kubectl.kubeconfig))
+        self.api = client.BatchV1Api(config.new_client_from_config(config_file=kubectl.kubeconfig))
+        self.namespace = namespace
         self.watch = watch.Watch()
         self.seen: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
+        self.uids: set[str] = set()
         self.lock = threading.Lock()
-        stream = self.watch.stream(api.list_namespaced_job, namespace, timeout_seconds=900)
+        self.failed: list[Exception] = []
+        self.stopping = False
+        listed = self.api.list_namespaced_job(namespace)
+        for job in listed.items:
+            self._record(job.metadata)
+        # the watch starts where the list ended: nothing falls between them
+        stream = self.watch.stream(
+            self.api.list_namespaced_job, namespace,
+            resource_version=listed.metadata.resource_version,
+        )  # fmt: skip
 
         def follow() -> None:
-            with contextlib.suppress(Exception):  # the stream cut by stop()
+            try:
                 for event in stream:
-                    meta = event["object"].metadata
-                    labels = meta.labels or {}
-                    job = (meta.uid, labels.get(ATTEMPT_LABEL, ""))
-                    with self.lock:
-                        new = job not in self.seen[labels[RUN_LABEL]]
-                        self.seen[labels[RUN_LABEL]].add(job)
-                    if new:
+                    if self._record(event["object"].metadata):
                         on_job(self.added())
+            except Exception as e:  # reported by stop()
+                if not self.stopping:
+                    self.failed.append(e)
 
         self.thread = threading.Thread(target=follow, daemon=True)
         self.thread.start()
+
+    def _record(self, meta: Any) -> bool:
+        """Note a Job; whether it is new."""
+        labels = meta.labels or {}
+        job = (meta.uid, labels.get(ATTEMPT_LABEL, ""))
+        with self.lock:
+            new = job not in self.seen[labels.get(RUN_LABEL, "")]
+            self.seen[labels.get(RUN_LABEL, "")].add(job)
+            self.uids.add(meta.uid)
+        return new
 
     def added(self) -> int:
         """Jobs created so far."""
         with self.lock:
             return sum(len(jobs) for jobs in self.seen.values())
 
-    def stop(self) -> dict[str, list[tuple[str, str]]]:
-        """Per run: the (uid, attempt) of each Job seen."""
+    def stop(self, timeout: float = 60) -> dict[str, list[tuple[str, str]]]:
+        """Per run: the (uid, attempt) of each Job seen, once the watch has seen every Job
+        that exists now (its events may lag the apiserver)."""
+        listed = self.api.list_namespaced_job(self.namespace).items
+        present: set[str] = {job.metadata.uid for job in listed}
+        deadline = time.monotonic() + timeout
+        while not present <= self.uids and not self.failed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.stopping = True
         self.watch.stop()
+        assert not self.failed, f"the Job watch failed: {self.failed[0]!r}"
         with self.lock:
+            assert present <= self.uids, f"the Job watch never saw {sorted(present - self.uids)}"
             return {run: sorted(jobs) for run, jobs in self.seen.items()}
 
 
