@@ -18,6 +18,7 @@ import kopf
 from kubernetes import client, config
 
 from tradewind.api.resources import TrainingRun
+from tradewind.api.status import RunStatus
 from tradewind.operator import builders, leader, metrics
 from tradewind.operator.children import Children
 from tradewind.operator.event_budget import EventBudget
@@ -97,9 +98,10 @@ def stretched(period: float, runs: int, per_second: float) -> float:
 
 class RunWorker(Worker):
     """One run's reconcile loop, an asyncio task: woken by the run's watch events and its
-    children's; also at its deadline or TTL, and every status_poll_seconds while active when
-    MLflow progress is read (and once after it ended, for its last metrics). `body` is the
-    run slimmed (`workers.slim_body`)."""
+    children's; also at its deadline or TTL. With MLflow, an active run's progress is read
+    every status_poll_seconds between reconciles, and a read wakes the worker only when it
+    found what the status does not hold yet; one more read once the run has ended, for its
+    last metrics. `body` is the run slimmed (`workers.slim_body`)."""
 
     def __init__(self, body: dict[str, Any], memo: kopf.Memo) -> None:
         super().__init__(body)
@@ -108,7 +110,9 @@ class RunWorker(Worker):
         self.written: dict[str, Any] = {}  # our last status write and its resourceVersion
         self.counted: str | None = None  # the phase this run is counted under in the gauge
         self.deferred_since: float | None = None  # a count-only status unwritten since then
-        self.last_progress = -math.inf
+        self.last_progress = -math.inf  # when an active run's progress was last asked for
+        self.found: dict[str, Any] | None = None  # an MLflow read not yet in the status
+        self.status: RunStatus | None = None  # as the last reconcile left it, progress and all
         # A run seen active gets one more MLflow read once it has ended: the polls stop at
         # the phase change, before its last metrics. "due", then "read" once one started.
         self.final_read: str | None = None
@@ -134,7 +138,7 @@ class RunWorker(Worker):
                 timeout = self._next_wake(decision, self.memo.settings)
                 if self.deferred_since is not None:
                     timeout = min(timeout, self.deferred_since + COUNTS_SECONDS - loop.time())
-                await self.sleep(timeout)
+                await self._sleep_reading_progress(decision, timeout)
                 rest = started + COALESCE_SECONDS - loop.time()
                 if rest > 0 and not self.stopped:
                     await asyncio.sleep(rest)
@@ -220,7 +224,7 @@ class RunWorker(Worker):
             if decision.written_version is not None:
                 status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=decision.written_version, status=status)
-            await self._progress(snapshot, decision, now)
+            await self._progress(snapshot, decision)
         except Gone as exc:  # deleted (the watch may never say so: a relist sends no DELETED)
             if isinstance(exc, NamespaceTerminating):
                 log.info("%s %s/%s: its namespace is being deleted: its worker stops", *self.ref)
@@ -241,47 +245,87 @@ class RunWorker(Worker):
         """Whether the run is still there (asked after a relist of its kind left it out)."""
         return await still_there(self.memo.kube, self.ref, self.uid)
 
-    async def _progress(self, snapshot: dict[str, Any], decision: Decision, now: float) -> None:
+    async def _progress(self, snapshot: dict[str, Any], decision: Decision) -> None:
         """MLflow progress, read in the background (`ProgressReader.request`: threads of its
         own, one read per run at a time, a circuit breaker; MLflow never holds a reconcile
-        slot): ask for a read when one is due, and write the last one read into the status."""
+        slot): write the last read into the status; ask for an ended run's final read."""
         reader: ProgressReader = self.memo.progress
         run = self.spec.run
-        found = reader.take(self.key, self.uid)
+        self.status = decision.status
         if reader.uri is None or run is None:
             return
-        found = self._read_progress(found, decision.status.phase, now, run.spec.tracking.experiment)
+        found = self._due_read(decision.status.phase, run.spec.tracking.experiment)
         if found is None:
             return
-        epochs = None  # own code (entrypoint) has no training.epochs: its `progress` metric
-        if isinstance(run, TrainingRun) and run.spec.entrypoint is None:
-            epochs = run.spec.training.epochs
-        new = fold_progress(decision.status, found, reader.uri, epochs)
+        new = fold_progress(decision.status, found, reader.uri, _epochs(run))
         if new != decision.status:
             version = await asyncio.to_thread(self.memo.kube.patch_status, snapshot, new)
             if version is not None:  # our own write coming back through the watch is no news
                 status = new.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=version, status=status)
+                self.status = new
 
-    def _read_progress(
-        self, found: dict[str, Any] | None, phase: str, now: float, experiment: str
-    ) -> dict[str, Any] | None:
-        """Ask for a read when one is due; what was read, if it may go into the status."""
+    def _due_read(self, phase: str, experiment: str) -> dict[str, Any] | None:
+        """What was read, if it may go into the status now; an ended run's final read is asked
+        for here (an active run's reads, in `_sleep_reading_progress`)."""
         reader: ProgressReader = self.memo.progress
+        found, self.found = self.found, None
         if phase in ACTIVE:
             self.final_read = "due"
-            if now - self.last_progress >= self._poll_seconds():
-                self.last_progress = now
-                reader.request(self.key, self.uid, experiment, self.wakeup.set)
             return found
         if self.final_read == "due":  # what was read while it was active is dropped
-            if reader.request(self.key, self.uid, experiment, self.wakeup.set):
+            if reader.request(self.key, self.uid, experiment, self._read_finally):
                 self.final_read = "read"
             return None
         if self.final_read == "read" and found is not None:
             self.final_read = None
             return found
         return None
+
+    async def _sleep_reading_progress(self, decision: Decision | None, timeout: float) -> None:
+        """Until woken (or stopped), or for `timeout` seconds; meanwhile an active run's
+        progress is read every `_poll_seconds`, and a read wakes the worker only with news
+        (each wake is a reconcile, and most reads of a run find what it holds already)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while not self.wakeup.is_set():
+            read_at = self._next_read(decision)
+            if read_at >= until:
+                await self.sleep(until - loop.time())
+                return
+            await self.sleep(read_at - loop.time())
+            if self.wakeup.is_set():
+                return
+            self.last_progress = loop.time()
+            run = self.spec.run
+            assert run is not None  # _next_read reads only the runs parsed
+            self.memo.progress.request(
+                self.key, self.uid, run.spec.tracking.experiment, self._read_while_active
+            )
+
+    def _next_read(self, decision: Decision | None) -> float:
+        """When (the event loop's clock) an active run's progress is next read; inf if not."""
+        if (
+            self.memo.progress.uri is None
+            or decision is None
+            or self.spec.run is None
+            or decision.status.phase not in ACTIVE
+        ):
+            return math.inf
+        return self.last_progress + self._poll_seconds()
+
+    def _read_while_active(self, found: dict[str, Any]) -> None:
+        """A read's result: kept, and the worker woken, only if the status lacks some of it."""
+        run, status, uri = self.spec.run, self.status, self.memo.progress.uri
+        if run is None or status is None or uri is None:
+            return
+        if fold_progress(status, found, uri, _epochs(run)) != status:
+            self.found = found
+            self.wakeup.set()
+
+    def _read_finally(self, found: dict[str, Any]) -> None:
+        self.found = found
+        self.wakeup.set()
 
     def _poll_seconds(self) -> float:
         """How often an active run's progress is read from MLflow: status_poll_seconds, or
@@ -309,11 +353,8 @@ class RunWorker(Worker):
             self.backoff.reset()
         if decision.recheck_seconds is not None:
             wake = min(wake, decision.recheck_seconds)
-        if self.memo.progress.uri is not None:
-            if status.phase in ACTIVE:  # progress polls
-                wake = min(wake, self._poll_seconds())
-            elif self.final_read == "due":  # once a read under way has made room for it
-                wake = min(wake, settings.status_poll_seconds)
+        if status.phase not in ACTIVE and self.final_read == "due":
+            wake = min(wake, settings.status_poll_seconds)  # once a read under way made room
         if run is not None:
             deadline, ttl = run.spec.active_deadline_seconds, run.spec.ttl_seconds_after_finished
             if status.phase in ACTIVE and deadline and status.start_time:
@@ -323,6 +364,14 @@ class RunWorker(Worker):
                 due = status.completion_time + dt.timedelta(seconds=ttl)
                 wake = min(wake, (due - now).total_seconds() + 0.1)
         return max(wake, 0.0)
+
+
+def _epochs(run: Any) -> int | None:
+    """A run's epochs in all, for its progress; None where it does not count them (an RLRun,
+    or own code: an entrypoint reports a `progress` metric instead)."""
+    if isinstance(run, TrainingRun) and run.spec.entrypoint is None:
+        return run.spec.training.epochs
+    return None
 
 
 def _count(kind: str, counted: str | None, phase: str, tally: collections.Counter[str]) -> str:

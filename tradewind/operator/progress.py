@@ -42,7 +42,7 @@ class ProgressReader:
 
     Every request has a timeout and goes through `breaker`: while MLflow is down or black-holed
     the callers fail at once (and statuses keep what was last read). Runs' progress is read
-    in the background (`request`, `take`), never in a reconcile."""
+    in the background (`request`), never in a reconcile."""
 
     def __init__(
         self,
@@ -63,7 +63,6 @@ class ProgressReader:
         self.breaker = breaker or CircuitBreaker(f"MLflow at {self.uri}")
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._reading: set[Key] = set()
-        self._found: dict[Key, tuple[str | None, dict[str, Any]]] = {}
         self._experiments: dict[str, str] = {}  # name -> id
 
     @classmethod
@@ -179,11 +178,17 @@ class ProgressReader:
         runs = self.find_runs(experiment, name, namespace, uid)
         return runs[0] if runs else None
 
-    def request(self, key: Key, uid: str | None, experiment: str, done: Callable[[], None]) -> bool:
-        """Read the newest MLflow run of the run `key` (namespace, name) in the background, on
-        this reader's own threads (READERS at most): unless one read of it is under way
-        already, or the breaker is open. `done` is called on the event loop once a run was
-        found (`take` hands it over). Whether a read started."""
+    def request(
+        self,
+        key: Key,
+        uid: str | None,
+        experiment: str,
+        done: Callable[[dict[str, Any]], None],
+    ) -> bool:
+        """Read the newest MLflow run of the run `key` (namespace, name) and `uid` in the
+        background, on this reader's own threads (READERS at most): unless one read of it is
+        under way already, or the breaker is open. `done(found)` is called on the event loop
+        once a run was found (slimmed: what `fold_progress` reads). Whether a read started."""
         if self.uri is None or key in self._reading or self.breaker.is_open:
             return False
         if self._pool is None:
@@ -200,16 +205,10 @@ class ProgressReader:
                 return
             found = future.result()
             if found is not None and isinstance(found.get("info"), dict):
-                self._found[key] = (uid, _slim(found))
-                done()
+                done(_slim(found))
 
         future.add_done_callback(finished)
         return True
-
-    def take(self, key: Key, uid: str | None) -> dict[str, Any] | None:
-        """The MLflow run last read for `key` by `request` (once), if it was read for `uid`."""
-        found = self._found.pop(key, None)
-        return found[1] if found is not None and found[0] == uid else None
 
 
 def _slim(mlflow_run: dict[str, Any]) -> dict[str, Any]:

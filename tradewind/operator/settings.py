@@ -49,9 +49,10 @@ class OperatorSettings(BaseSettings):
     """How often running runs' progress is read from MLflow (stretched beyond this when
     many runs are active: `periodic_reconciles_per_second`)."""
     periodic_reconciles_per_second: float = Field(default=20.0, gt=0)
-    """The reconciles no event asks for, the resyncs (each run's every 60 s) and the MLflow
-    progress reads (each active run's every status_poll_seconds), each stay under about this
-    many a second for all runs together. With more runs than that allows, the period stretches
+    """The periodic work no event asks for, the resyncs (each run's every 60 s) and the
+    MLflow progress reads (each active run's every status_poll_seconds; a read costs a
+    reconcile only when it found what the status does not hold yet), each stay under about
+    this many a second for all runs together. With more runs than that allows, the period stretches
     to runs / this (all runs for the resync, the active ones for progress). At 10,000 runs a
     resync a minute was a third of a core for an operator with nothing to do
     (bench/README.md). Events wake a run at once regardless."""

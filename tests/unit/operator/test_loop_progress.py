@@ -1,5 +1,5 @@
-"""A run's reconcile never waits on MLflow: it asks for a read in the background and writes
-the read's result into the status on a later pass (woken by it)."""
+"""A run's reconcile never waits on MLflow: between reconciles the worker asks for a read in
+the background, and a read that found news wakes it to write that into the status."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import collections
 import http.server
 import json
+import math
 import socket
 import threading
 from typing import Any, ClassVar
@@ -73,6 +74,8 @@ def test_a_reconcile_returns_while_a_black_holed_mlflow_is_still_being_read(
     worker, kube = _worker(f"http://127.0.0.1:{hole.getsockname()[1]}", monkeypatch)
 
     async def once() -> tuple[Decision | None, bool]:
+        first = await worker._reconcile_once()
+        await worker._sleep_reading_progress(first, 0.2)  # the first read is due at once
         decision = await worker._reconcile_once()
         reading = ("ns", "r") in worker.memo.progress._reading
         while worker.memo.progress._reading:  # let the read time out before the loop closes
@@ -84,7 +87,7 @@ def test_a_reconcile_returns_while_a_black_holed_mlflow_is_still_being_read(
     finally:
         hole.close()
     assert decision is not None and decision.status.phase == "Running"
-    assert reading and kube.written == []
+    assert reading and kube.written == []  # the reconcile returned while MLflow was read
 
 
 def test_what_was_read_wakes_the_worker_and_goes_into_the_status(
@@ -95,8 +98,9 @@ def test_what_was_read_wakes_the_worker_and_goes_into_the_status(
     worker, kube = _worker(f"http://127.0.0.1:{server.server_address[1]}", monkeypatch)
 
     async def twice() -> None:
-        await worker._reconcile_once()
-        await asyncio.wait_for(worker.wakeup.wait(), 10)
+        decision = await worker._reconcile_once()
+        await worker._sleep_reading_progress(decision, 10)  # a read at once; its news wakes it
+        assert worker.wakeup.is_set()
         await worker._reconcile_once()
 
     try:
@@ -135,8 +139,9 @@ def test_a_run_that_ended_gets_its_last_metrics_in_one_final_read(
     monkeypatch.setattr(loop, "reconcile", reconcile)
 
     async def through_the_end() -> int:
-        await worker._reconcile_once()  # running: a progress read
-        await asyncio.wait_for(worker.wakeup.wait(), 10)
+        running = await worker._reconcile_once()
+        await worker._sleep_reading_progress(running, 10)  # running: a progress read
+        assert worker.wakeup.is_set()
         worker.wakeup.clear()
         await worker._reconcile_once()  # its result, written
         _Finishing.values = {"val_loss": 0.25, "epoch": 10.0}  # the last epoch, then the end
@@ -161,38 +166,72 @@ def test_a_run_that_ended_gets_its_last_metrics_in_one_final_read(
 def test_with_many_runs_active_each_reads_its_progress_less_often(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    closed = socket.create_server(("127.0.0.1", 0))
-    uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    closed.close()  # refused: nothing is read, only asked for
-    worker, _ = _worker(uri, monkeypatch)
+    worker, _ = _worker("http://127.0.0.1:9", monkeypatch)
     worker.memo.settings = OperatorSettings(
-        mlflow_tracking_uri=uri, status_poll_seconds=15, periodic_reconciles_per_second=10
-    )
+        mlflow_tracking_uri="http://127.0.0.1:9", status_poll_seconds=15,
+        periodic_reconciles_per_second=10,
+    )  # fmt: skip
+    worker.spec.parse(dict(BODY))
     running = Decision(status=RunStatus(phase="Running"))
     phases = worker.memo.run_phases
-
-    async def scenario() -> tuple[float, float, float, bool, bool]:
-        phases.update(Running=5, Succeeded=5000)  # ended runs read nothing
-        registry = worker.memo.run_workers.by_key
-        registry.update({("TrainingRun", "ns", f"r{n}"): worker for n in range(6000)})
-        few = worker._next_wake(running, worker.memo.settings)
-        phases.update(Pending=500, Running=495)
-        many = worker._next_wake(running, worker.memo.settings)
-        worker.final_read = "due"  # an ended run's last read, if one under way held it back
-        ended = Decision(status=RunStatus(phase="Succeeded"))
-        final = worker._next_wake(ended, worker.memo.settings)
-        worker.final_read = None
-        worker.last_progress = 1000.0
-        read_at_20s = worker._read_progress(None, "Running", 1020.0, "e") is None and bool(
-            worker.memo.progress._reading
-        )
-        worker._read_progress(None, "Running", 1100.0, "e")
-        read_at_100s = bool(worker.memo.progress._reading)
-        while worker.memo.progress._reading:
-            await asyncio.sleep(0.05)
-        return few, many, final, read_at_20s, read_at_100s
-
-    few, many, final, read_at_20s, read_at_100s = asyncio.run(scenario())
-    assert few == 15.0 and many == 100.0  # 1000 active runs: at most 10 reads a second
+    registry = worker.memo.run_workers.by_key
+    registry.update({("TrainingRun", "ns", f"r{n}"): worker for n in range(6000)})
+    worker.last_progress = 1000.0
+    phases.update(Running=5, Succeeded=5000)  # ended runs read nothing
+    few = worker._next_read(running)
+    phases.update(Pending=500, Running=495)
+    many = worker._next_read(running)
+    worker.final_read = "due"  # an ended run's last read, if one under way held it back
+    final = worker._next_wake(Decision(status=RunStatus(phase="Succeeded")), worker.memo.settings)
+    assert few == 1015.0 and many == 1100.0  # 1000 active runs: at most 10 reads a second
     assert final == 15.0  # not stretched: few runs are ending at once
-    assert not read_at_20s and read_at_100s
+    assert worker._next_read(Decision(status=RunStatus(phase="Succeeded"))) == math.inf
+
+
+class _Steady(_MLflow):
+    """MLflow whose run logs nothing new until told to."""
+
+    values: ClassVar[dict[str, float]] = {"val_loss": 0.5, "epoch": 3.0}
+
+    def do_POST(self) -> None:
+        self.searches.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._answer({"runs": [_mlflow_run(dict(self.values))]})
+
+
+def test_a_read_that_finds_nothing_new_costs_no_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Steady)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker, kube = _worker(f"http://127.0.0.1:{server.server_address[1]}", monkeypatch)
+    worker.memo.settings = OperatorSettings(
+        mlflow_tracking_uri=worker.memo.progress.uri, status_poll_seconds=0.1
+    )
+
+    def keeping(snapshot: dict[str, Any], *args: Any, spec_cache: SpecCache, **_: Any) -> Any:
+        spec_cache.parse(snapshot)  # the status as stored (or as last written), Running
+        status = RunStatus.model_validate(snapshot.get("status") or {})
+        return Decision(status=status.model_copy(update={"phase": "Running"}))
+
+    monkeypatch.setattr(loop, "reconcile", keeping)
+
+    async def scenario() -> tuple[bool, int, bool]:
+        decision = await worker._reconcile_once()
+        await worker._sleep_reading_progress(decision, 10)  # the first read: news
+        worker.wakeup.clear()
+        decision = await worker._reconcile_once()  # written
+        sleeping = asyncio.ensure_future(worker._sleep_reading_progress(decision, 30))
+        reads = len(_Steady.searches)
+        while len(_Steady.searches) < reads + 4 and not sleeping.done():  # the same metrics
+            await asyncio.sleep(0.02)
+        quiet = not worker.wakeup.is_set() and not sleeping.done()
+        _Steady.values = {"val_loss": 0.4, "epoch": 4.0}  # the next epoch
+        await asyncio.wait_for(sleeping, 10)
+        return quiet, len(_Steady.searches) - reads, worker.wakeup.is_set()
+
+    try:
+        quiet, reads, woken = asyncio.run(scenario())
+    finally:
+        server.shutdown()
+    assert quiet and reads >= 4  # four reads found what the status held: no wake, no reconcile
+    assert woken  # the next epoch's read wakes the worker
+    (first,) = kube.written
+    assert first.progress.epoch == 3

@@ -111,9 +111,9 @@ def test_a_black_holed_mlflow_opens_the_breaker_and_is_then_not_called(
     woken: list[str] = []
 
     async def poll() -> list[bool]:
-        started = [reader.request(("ns", f"r{i}"), None, "exp", lambda: woken.append("x"))
+        started = [reader.request(("ns", f"r{i}"), None, "exp", lambda _: woken.append("x"))
                    for i in range(20)]  # fmt: skip
-        again = reader.request(("ns", "r0"), None, "exp", lambda: None)
+        again = reader.request(("ns", "r0"), None, "exp", lambda _: None)
         while reader._reading:
             await asyncio.sleep(0.05)
         return [*started, again]
@@ -129,7 +129,7 @@ def test_a_black_holed_mlflow_opens_the_breaker_and_is_then_not_called(
 
 
 async def _request(reader: ProgressReader) -> bool:
-    return reader.request(("ns", "r0"), None, "exp", lambda: None)
+    return reader.request(("ns", "r0"), None, "exp", lambda _: None)
 
 
 class _MLflow(http.server.BaseHTTPRequestHandler):
@@ -153,27 +153,23 @@ class _MLflow(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_read_in_the_background_finds_the_run_by_its_uid_and_wakes_the_worker() -> None:
+def test_a_read_in_the_background_finds_the_run_by_its_uid_and_hands_it_over() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MLflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     reader = ProgressReader(f"http://127.0.0.1:{server.server_address[1]}")
 
-    async def read() -> dict[str, Any] | None:
-        woken = asyncio.Event()
-        assert reader.request(("ns", "r"), "uid-1", "exp", woken.set)
-        await asyncio.wait_for(woken.wait(), 10)
-        assert reader.take(("ns", "r"), "uid-2") is None  # read for another run of that name
-        assert reader.request(("ns", "r"), "uid-1", "exp", woken.set)
-        woken.clear()
-        await asyncio.wait_for(woken.wait(), 10)
-        return reader.take(("ns", "r"), "uid-1")
+    async def read() -> tuple[bool, dict[str, Any]]:
+        found: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        assert reader.request(("ns", "r"), "uid-1", "exp", found.set_result)
+        again = reader.request(("ns", "r"), "uid-1", "exp", found.set_result)
+        return again, await asyncio.wait_for(found, 10)
 
     try:
-        found = asyncio.run(read())
+        again, found = asyncio.run(read())
     finally:
         server.shutdown()
-    assert found is not None and found["info"]["run_id"] == "r1"
-    assert reader.take(("ns", "r"), "uid-1") is None  # handed over once
+    assert not again  # one read of a run at a time
+    assert found["info"]["run_id"] == "r1" and found["data"]["metrics"]
     search = _MLflow.searches[-1]["filter"]
     assert "tags.\"tradewind.uid\" = 'uid-1'" in search and "'ns'" in search
     status = fold_progress(RunStatus(), found, reader.uri or "", epochs=4)
