@@ -41,6 +41,13 @@ Each size runs in each of --modes, each on a fresh stack, the order rotating fro
   POSTs the Job's two pods itself, as the Job controller would render them (no Job): the
   floor of an operator that made pods directly, as Kubeflow's does, with a free operator.
 
+--mlflow (tradewind): the stack runs MLflow and the operator reads the runs' progress from it.
+Once all runs are Running, the harness logs to MLflow what each run's trainer would have (an
+MLflow run tagged with its name, namespace and uid; a few metrics) and waits until every
+run's status shows it; then nothing more is logged, so the steady window measures what the
+operator's progress reads cost (the operator, MLflow, and its reconciles from /metrics) when
+they find nothing new.
+
 --takeover (tradewind): a standby replica runs beside the leader; once all runs are Running,
 the leader is killed, every run's status set back to Pending, and the time until the standby
 has written them all Running again is recorded. --at-10k: then 10,000 TrainingRuns, Tradewind
@@ -95,6 +102,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,6 +187,23 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """cpu_seconds of a process and of its live descendants (`mlflow server` runs its server
+    in a child)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        children = []
+    return own + sum(tree_cpu_seconds(child) or 0.0 for child in children)
+
+
 def proc_status_mb(pid: int, key: str) -> float | None:
     """VmRSS / VmHWM of a process, in MB."""
     try:
@@ -219,7 +246,10 @@ class Sampler(threading.Thread):
         self._stop = threading.Event()
 
     def snapshot(self) -> dict[str, float]:
-        out = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
+        out = {
+            name: (tree_cpu_seconds if name == "mlflow" else cpu_seconds)(pid) or 0.0
+            for name, pid in self.pids.items()
+        }
         busy = machine_busy_seconds()
         out["other processes"] = busy - sum(out.values())
         return out
@@ -511,17 +541,20 @@ def tradewind(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
 
 
 class Stack:
-    """One `tradewind dev up --no-mlflow` stack in its own folder."""
+    """One `tradewind dev up` stack in its own folder (MLflow only if asked for)."""
 
-    def __init__(self, directory: Path, nodes: int, profiling: bool = False) -> None:
-        self.dir, self.nodes, self.profiling = directory, nodes, profiling
+    def __init__(
+        self, directory: Path, nodes: int, profiling: bool = False, mlflow: bool = False
+    ) -> None:
+        self.dir, self.nodes, self.profiling, self.mlflow = directory, nodes, profiling, mlflow
         self.kubeconfig = directory / "kubeconfig"
         self.kubectl_bin = str(_bin_dir() / "kubectl")
 
     def up(self) -> None:
         result = tradewind(
             "dev", "up", "--dir", str(self.dir), "--nodes", str(self.nodes),
-            "--gpus-per-node", str(GPUS_PER_NODE), "--no-mlflow",
+            "--gpus-per-node", str(GPUS_PER_NODE),
+            *([] if self.mlflow else ["--no-mlflow"]),
             *(["--profiling"] if self.profiling else []),
         )  # fmt: skip
         if result.returncode != 0:
@@ -535,7 +568,8 @@ class Stack:
     @property
     def pids(self) -> dict[str, int]:
         state = json.loads((self.dir / "state.json").read_text())
-        return {name: int(state["pids"][name]) for name in COMPONENTS}
+        names = (*COMPONENTS, "mlflow") if self.mlflow else COMPONENTS
+        return {name: int(state["pids"][name]) for name in names}
 
     def env(self) -> dict[str, str]:
         out = {}
@@ -568,7 +602,13 @@ def _bin_dir() -> Path:
 class Operator:
     """`tradewind operator` (clusterwide) as a subprocess, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, profile: Path | None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        profile: Path | None,
+        metrics_port: int | None = None,
+    ) -> None:
         self.env = {
             **os.environ,
             **env,
@@ -576,8 +616,10 @@ class Operator:
             "PYTHONUNBUFFERED": "1",
         }
         self.env.pop("TRADEWIND_MLFLOW_TRACKING_URI", None)
+        if "MLFLOW_TRACKING_URI" in env:  # the stack runs MLflow (--mlflow): progress is read
+            self.env["TRADEWIND_MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
         self.env.pop("TRADEWIND_NAMESPACES", None)
-        self.log_path, self.profile = log_path, profile
+        self.log_path, self.profile, self.metrics_port = log_path, profile, metrics_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -585,6 +627,8 @@ class Operator:
             argv = [sys.executable, str(Path(__file__).resolve()), "_operator", str(self.profile)]
         else:
             argv = [sys.executable, "-m", "tradewind.cli", "operator"]
+        if self.metrics_port is not None:
+            argv += ["--metrics-port", str(self.metrics_port)]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -597,6 +641,16 @@ class Operator:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def reconciles(self) -> float | None:
+        """Reconciles so far, from the operator's /metrics (with a metrics port)."""
+        if self.metrics_port is None:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        name = "tradewind_reconcile_duration_seconds_count"
+        return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(name))
 
     def stop(self) -> None:
         if not self.alive():
@@ -750,6 +804,57 @@ def kwok_nodes(size: int) -> int:
     return max(2, math.ceil(size * NODES_PER_RUN * 1.25 / PODS_PER_NODE))
 
 
+def list_all(api: Api, path: str) -> list[dict[str, Any]]:
+    """Every object at `path`, in pages of 500."""
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query = "?limit=500" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+        doc = api.get_json(path + query, timeout=120)
+        items += doc.get("items") or []
+        token = doc["metadata"].get("continue") or ""
+        if not token:
+            return items
+
+
+class MLflowSeed:
+    """What a run's trainer logs to MLflow, as far as the operator reads it: a run in the
+    run's experiment tagged with its name, namespace and uid, and its metrics."""
+
+    def __init__(self, uri: str, experiment: str = "tradewind") -> None:
+        self.uri = uri.rstrip("/")
+        query = urllib.parse.urlencode({"experiment_name": experiment})
+        try:
+            found = self._call(f"experiments/get-by-name?{query}")
+            self.experiment_id = str(found["experiment"]["experiment_id"])
+        except urllib.error.HTTPError:
+            made = self._call("experiments/create", {"name": experiment})
+            self.experiment_id = str(made["experiment_id"])
+
+    def _call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(
+            f"{self.uri}/api/2.0/mlflow/{path}", data=data,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return dict(json.loads(resp.read()))
+
+    def log(self, namespace: str, name: str, uid: str) -> None:
+        tags = {"tradewind.name": name, "tradewind.namespace": namespace, "tradewind.uid": uid}
+        now = int(time.time() * 1000)
+        run = self._call("runs/create", {
+            "experiment_id": self.experiment_id, "start_time": now, "run_name": name,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        })["run"]["info"]["run_id"]  # fmt: skip
+        metrics = {"epoch": 3.0, "train_loss": 0.61, "val_loss": 0.64}
+        self._call("runs/log-batch", {
+            "run_id": run,
+            "metrics": [{"key": k, "value": v, "timestamp": now, "step": 3}
+                        for k, v in metrics.items()],
+        })  # fmt: skip
+
+
 def runs_path(namespace: str, mode: str = TRADEWIND) -> str:
     if mode == KUBEFLOW:
         return f"/apis/{KF_GROUP}/{KF_VERSION}/namespaces/{namespace}/{KF_PLURAL}"
@@ -876,7 +981,10 @@ class Bench:
     def __init__(self, size: int, args: argparse.Namespace, workdir: Path, mode: str) -> None:
         self.size, self.args, self.workdir, self.mode = size, args, workdir, mode
         self.baseline = mode in BASELINES
-        self.stack = Stack(workdir / "stack", kwok_nodes(size), bool(args.profile_apiserver))
+        self.mlflow = bool(args.mlflow) and mode == TRADEWIND
+        self.stack = Stack(
+            workdir / "stack", kwok_nodes(size), bool(args.profile_apiserver), self.mlflow
+        )
         profiled = args.profile_operator and mode == TRADEWIND
         self.profile = workdir / "operator-profile.json" if profiled else None
         self.operator: Operator | None = None
@@ -893,6 +1001,7 @@ class Bench:
             "size": size,
             "kwok_nodes": self.stack.nodes,
             "gpus_per_node": GPUS_PER_NODE,
+            **({"mlflow": True} if self.mlflow else {}),
         }
 
     def log(self, message: str) -> None:
@@ -909,6 +1018,8 @@ class Bench:
             if self.result.get("interrupted"):
                 self.result["rss_mb"] = self.rss()
                 raise KeyboardInterrupt("interrupted during the burst")
+            if self.mlflow and self.tracker.running >= self.size and self.operator_alive():
+                self.seed_mlflow()
             if self.args.steady_seconds > 0 and self.operator_alive():
                 self.steady()
             self.result["rss_mb"] = self.rss()
@@ -929,6 +1040,8 @@ class Bench:
         return self.result
 
     def setup(self) -> None:
+        from tradewind.devstack.processes import free_port
+
         stack, t = self.stack, time.monotonic()
         self.log(f"dev up ({stack.nodes} kwok nodes x {GPUS_PER_NODE} GPUs) in {stack.dir}")
         stack.up()
@@ -945,7 +1058,10 @@ class Bench:
         self.api = Api(stack.kubeconfig, pool_size=max(32, self.args.apply_workers + 8))
         pids = {**stack.pids, "harness": os.getpid()}
         if self.mode == TRADEWIND:
-            self.operator = Operator(stack.env(), self.workdir / "operator.log", self.profile)
+            self.operator = Operator(
+                stack.env(), self.workdir / "operator.log", self.profile,
+                metrics_port=free_port() if self.mlflow else None,
+            )  # fmt: skip
         elif self.mode == KUBEFLOW:
             self.operator = kubeflow = KubeflowOperator(
                 stack, self.workdir, self.workdir / "operator.log"
@@ -1086,14 +1202,49 @@ class Bench:
         seconds = self.args.steady_seconds
         running = "every run" if self.tracker.running >= self.size else "the runs so far"
         self.log(f"steady state, {seconds:.0f} s with {running} Running")
+        reconciles = self.operator.reconciles if isinstance(self.operator, Operator) else None
         cpu0, metrics0 = self.sampler.snapshot(), self.api.metrics()
+        reconciles0 = reconciles() if reconciles else None
         time.sleep(seconds)
         cpu1, metrics1 = self.sampler.snapshot(), self.api.metrics()
+        reconciles1 = reconciles() if reconciles else None
         self.result["steady"] = {
             "seconds": seconds,
             "cpu_pct_of_core": {k: round(100 * (cpu1[k] - cpu0[k]) / seconds, 1) for k in cpu1},
             "apiserver_requests": _diff_requests(metrics0, metrics1),
         }
+        if reconciles0 is not None and reconciles1 is not None:
+            self.result["steady"]["reconciles_per_second"] = round(
+                (reconciles1 - reconciles0) / seconds, 2
+            )
+
+    def seed_mlflow(self) -> None:
+        """Log to MLflow what each run's trainer would have (`MLflowSeed`) and wait until
+        every run's status shows it: the operator's reads found it and wrote it."""
+        seed = MLflowSeed(self.stack.env()["MLFLOW_TRACKING_URI"])
+        runs = [
+            (item["metadata"]["name"], item["metadata"]["uid"])
+            for item in list_all(self.api, runs_path(NAMESPACE))
+        ]
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda run: seed.log(NAMESPACE, *run), runs))
+        logged = time.monotonic() - t0
+        self.log(f"MLflow: {len(runs)} runs logged in {logged:.1f} s; waiting for the statuses")
+        deadline, shown = time.monotonic() + self.args.timeout, 0
+        while time.monotonic() < deadline:
+            items = list_all(self.api, runs_path(NAMESPACE))
+            shown = sum(bool((i.get("status") or {}).get("mlflow", {}).get("runId")) for i in items)
+            if shown >= len(runs):
+                break
+            time.sleep(5)
+        self.result["mlflow_seed"] = {
+            "runs": len(runs),
+            "logged_s": round(logged, 1),
+            "all_statuses_show_it_s": round(time.monotonic() - t0, 1),
+            "statuses_showing_it": shown,
+        }
+        self.log(f"MLflow: {shown} statuses show their run after {time.monotonic() - t0:.1f} s")
 
     def takeover(self) -> None:
         """The leader killed with every run Running and each status set back to Pending by
@@ -1658,6 +1809,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="Measure each size this many times per mode."
+    )
+    parser.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="Tradewind: the stack runs MLflow and the operator reads the runs' progress; once "
+        "all are Running, each gets an MLflow run with metrics (nothing more is logged after), "
+        "so the steady window shows what progress reads cost when they find nothing new.",
     )
     parser.add_argument(
         "--takeover",
