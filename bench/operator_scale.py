@@ -102,7 +102,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -349,18 +348,11 @@ class Watch(threading.Thread):
     def _list(self) -> str:
         """Every object, in pages: at 10,000 runs one LIST of all Jobs outlasted the request
         timeout on the loaded apiserver, and the watch, relisting after each 410, froze."""
-        continue_token, items = "", []
-        while True:
-            query = "?limit=500" + (f"&continue={continue_token}" if continue_token else "")
-            doc = self.api.get_json(self.path + query, timeout=120)
-            items += doc.get("items", [])
-            continue_token = doc["metadata"].get("continue") or ""
-            if not continue_token:
-                break
+        items, version = list_all(self.api, self.path)
         now = time.monotonic()
         for item in items:
             self.on_event("ADDED", item, now)
-        return str(doc["metadata"]["resourceVersion"])
+        return version
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -804,8 +796,8 @@ def kwok_nodes(size: int) -> int:
     return max(2, math.ceil(size * NODES_PER_RUN * 1.25 / PODS_PER_NODE))
 
 
-def list_all(api: Api, path: str) -> list[dict[str, Any]]:
-    """Every object at `path`, in pages of 500."""
+def list_all(api: Api, path: str) -> tuple[list[dict[str, Any]], str]:
+    """Every object at `path`, in pages of 500, and the listing's resourceVersion."""
     items: list[dict[str, Any]] = []
     token = ""
     while True:
@@ -814,7 +806,7 @@ def list_all(api: Api, path: str) -> list[dict[str, Any]]:
         items += doc.get("items") or []
         token = doc["metadata"].get("continue") or ""
         if not token:
-            return items
+            return items, str(doc["metadata"]["resourceVersion"])
 
 
 class MLflowSeed:
@@ -822,37 +814,24 @@ class MLflowSeed:
     run's experiment tagged with its name, namespace and uid, and its metrics."""
 
     def __init__(self, uri: str, experiment: str = "tradewind") -> None:
-        self.uri = uri.rstrip("/")
-        query = urllib.parse.urlencode({"experiment_name": experiment})
-        try:
-            found = self._call(f"experiments/get-by-name?{query}")
-            self.experiment_id = str(found["experiment"]["experiment_id"])
-        except urllib.error.HTTPError:
-            made = self._call("experiments/create", {"name": experiment})
-            self.experiment_id = str(made["experiment_id"])
+        from mlflow.tracking import MlflowClient
 
-    def _call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(
-            f"{self.uri}/api/2.0/mlflow/{path}", data=data,
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return dict(json.loads(resp.read()))
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
 
     def log(self, namespace: str, name: str, uid: str) -> None:
+        from mlflow.entities import Metric
+
         tags = {"tradewind.name": name, "tradewind.namespace": namespace, "tradewind.uid": uid}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         now = int(time.time() * 1000)
-        run = self._call("runs/create", {
-            "experiment_id": self.experiment_id, "start_time": now, "run_name": name,
-            "tags": [{"key": k, "value": v} for k, v in tags.items()],
-        })["run"]["info"]["run_id"]  # fmt: skip
         metrics = {"epoch": 3.0, "train_loss": 0.61, "val_loss": 0.64}
-        self._call("runs/log-batch", {
-            "run_id": run,
-            "metrics": [{"key": k, "value": v, "timestamp": now, "step": 3}
-                        for k, v in metrics.items()],
-        })  # fmt: skip
+        self.client.log_batch(
+            run.info.run_id, metrics=[Metric(k, v, now, 3) for k, v in metrics.items()]
+        )
 
 
 def runs_path(namespace: str, mode: str = TRADEWIND) -> str:
@@ -1224,7 +1203,7 @@ class Bench:
         seed = MLflowSeed(self.stack.env()["MLFLOW_TRACKING_URI"])
         runs = [
             (item["metadata"]["name"], item["metadata"]["uid"])
-            for item in list_all(self.api, runs_path(NAMESPACE))
+            for item in list_all(self.api, runs_path(NAMESPACE))[0]
         ]
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -1233,7 +1212,7 @@ class Bench:
         self.log(f"MLflow: {len(runs)} runs logged in {logged:.1f} s; waiting for the statuses")
         deadline, shown = time.monotonic() + self.args.timeout, 0
         while time.monotonic() < deadline:
-            items = list_all(self.api, runs_path(NAMESPACE))
+            items, _ = list_all(self.api, runs_path(NAMESPACE))
             shown = sum(bool((i.get("status") or {}).get("mlflow", {}).get("runId")) for i in items)
             if shown >= len(runs):
                 break

@@ -125,7 +125,6 @@ class JobWatch:
         self.namespace = namespace
         self.watch = watch.Watch()
         self.seen: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
-        self.uids: set[str] = set()
         self.lock = threading.Lock()
         self.failed: list[Exception] = []
         self.stopping = False
@@ -155,10 +154,14 @@ class JobWatch:
         labels = meta.labels or {}
         job = (meta.uid, labels.get(ATTEMPT_LABEL, ""))
         with self.lock:
-            new = job not in self.seen[labels.get(RUN_LABEL, "")]
-            self.seen[labels.get(RUN_LABEL, "")].add(job)
-            self.uids.add(meta.uid)
+            jobs = self.seen[labels.get(RUN_LABEL, "")]
+            new = job not in jobs
+            jobs.add(job)
         return new
+
+    def _uids(self) -> set[str]:
+        with self.lock:
+            return {uid for jobs in self.seen.values() for uid, _ in jobs}
 
     def added(self) -> int:
         """Jobs created so far."""
@@ -171,13 +174,14 @@ class JobWatch:
         listed = self.api.list_namespaced_job(self.namespace).items
         present: set[str] = {job.metadata.uid for job in listed}
         deadline = time.monotonic() + timeout
-        while not present <= self.uids and not self.failed and time.monotonic() < deadline:
+        while not present <= self._uids() and not self.failed and time.monotonic() < deadline:
             time.sleep(0.1)
         self.stopping = True
         self.watch.stop()
         assert not self.failed, f"the Job watch failed: {self.failed[0]!r}"
+        missed = present - self._uids()
+        assert not missed, f"the Job watch never saw {sorted(missed)}"
         with self.lock:
-            assert present <= self.uids, f"the Job watch never saw {sorted(present - self.uids)}"
             return {run: sorted(jobs) for run, jobs in self.seen.items()}
 
 
