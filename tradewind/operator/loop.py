@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import datetime as dt
 import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +27,7 @@ from tradewind.operator.reconcile import SpecCache, reconcile
 from tradewind.operator.retry import Backoff, record_failure
 from tradewind.operator.settings import OperatorSettings
 from tradewind.operator.status import TERMINAL, Decision
-from tradewind.operator.workers import Worker, Workers, still_there
+from tradewind.operator.workers import Worker, Workers, still_there, stretched
 
 log = logging.getLogger(__name__)
 ACTIVE = ("Pending", "Running", "Restarting")
@@ -90,18 +89,13 @@ RESYNC_SECONDS = 60.0
 with many runs: `stretched`)."""
 
 
-def stretched(period: float, runs: int, per_second: float) -> float:
-    """`period`, or longer: long enough that `runs` runs, each waking once per period, wake
-    at most `per_second` times a second together (`periodic_reconciles_per_second`)."""
-    return max(period, runs / per_second)
-
-
 class RunWorker(Worker):
     """One run's reconcile loop, an asyncio task: woken by the run's watch events and its
-    children's; also at its deadline or TTL. With MLflow, an active run's progress is read
-    every status_poll_seconds between reconciles, and a read wakes the worker only when it
-    found what the status does not hold yet; one more read once the run has ended, for its
-    last metrics. `body` is the run slimmed (`workers.slim_body`)."""
+    children's; also at its deadline or TTL. With MLflow, an active run is followed
+    (`ProgressReader.follow`: its progress is read with its namespace's every poll period),
+    and a read wakes the worker only when it found what the status does not hold yet; one more
+    read once the run has ended, for its last metrics. `body` is the run slimmed
+    (`workers.slim_body`)."""
 
     def __init__(self, body: dict[str, Any], memo: kopf.Memo) -> None:
         super().__init__(body)
@@ -110,7 +104,6 @@ class RunWorker(Worker):
         self.written: dict[str, Any] = {}  # our last status write and its resourceVersion
         self.counted: str | None = None  # the phase this run is counted under in the gauge
         self.deferred_since: float | None = None  # a count-only status unwritten since then
-        self.last_progress = -math.inf  # when an active run's progress was last asked for
         self.found: dict[str, Any] | None = None  # an MLflow read not yet in the status
         self.status: RunStatus | None = None  # as the last reconcile left it, progress and all
         # A run seen active gets one more MLflow read once it has ended: the polls stop at
@@ -138,11 +131,12 @@ class RunWorker(Worker):
                 timeout = self._next_wake(decision, self.memo.settings)
                 if self.deferred_since is not None:
                     timeout = min(timeout, self.deferred_since + COUNTS_SECONDS - loop.time())
-                await self._sleep_reading_progress(decision, timeout)
+                await self.sleep(timeout)
                 rest = started + COALESCE_SECONDS - loop.time()
                 if rest > 0 and not self.stopped:
                     await asyncio.sleep(rest)
         finally:
+            self.memo.progress.unfollow(self.ref)
             if self.counted:
                 metrics.RUNS_BY_PHASE.labels(self.body["kind"], self.counted).dec()
                 self.memo.run_phases[self.counted] -= 1
@@ -246,14 +240,21 @@ class RunWorker(Worker):
         return await still_there(self.memo.kube, self.ref, self.uid)
 
     async def _progress(self, snapshot: dict[str, Any], decision: Decision) -> None:
-        """MLflow progress, read in the background (`ProgressReader.request`: threads of its
-        own, one read per run at a time, a circuit breaker; MLflow never holds a reconcile
-        slot): write the last read into the status; ask for an ended run's final read."""
+        """MLflow progress, read in the background (`ProgressReader`: threads of its own, a
+        circuit breaker; MLflow never holds a reconcile slot): an active run is followed, an
+        ended one no more; write the last read into the status; ask for an ended run's final
+        read."""
         reader: ProgressReader = self.memo.progress
         run = self.spec.run
         self.status = decision.status
         if reader.uri is None or run is None:
             return
+        if decision.status.phase in ACTIVE:
+            created = self.body["metadata"].get("creationTimestamp")
+            experiment = run.spec.tracking.experiment
+            reader.follow(self.ref, self.uid, experiment, created, self._read_while_active)
+        else:
+            reader.unfollow(self.ref)
         found = self._due_read(decision.status.phase, run.spec.tracking.experiment)
         if found is None:
             return
@@ -267,7 +268,7 @@ class RunWorker(Worker):
 
     def _due_read(self, phase: str, experiment: str) -> dict[str, Any] | None:
         """What was read, if it may go into the status now; an ended run's final read is asked
-        for here (an active run's reads, in `_sleep_reading_progress`)."""
+        for here (an active run's reads come from following it)."""
         reader: ProgressReader = self.memo.progress
         found, self.found = self.found, None
         if phase in ACTIVE:
@@ -282,38 +283,6 @@ class RunWorker(Worker):
             return found
         return None
 
-    async def _sleep_reading_progress(self, decision: Decision | None, timeout: float) -> None:
-        """Until woken (or stopped), or for `timeout` seconds; meanwhile an active run's
-        progress is read every `_poll_seconds`, and a read wakes the worker only with news
-        (each wake is a reconcile, and most reads of a run find what it holds already)."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + timeout
-        while not self.wakeup.is_set():
-            read_at = self._next_read(decision)
-            if read_at >= until:
-                await self.sleep(until - loop.time())
-                return
-            await self.sleep(read_at - loop.time())
-            if self.wakeup.is_set():
-                return
-            self.last_progress = loop.time()
-            run = self.spec.run
-            assert run is not None  # _next_read reads only the runs parsed
-            self.memo.progress.request(
-                self.key, self.uid, run.spec.tracking.experiment, self._read_while_active
-            )
-
-    def _next_read(self, decision: Decision | None) -> float:
-        """When (the event loop's clock) an active run's progress is next read; inf if not."""
-        if (
-            self.memo.progress.uri is None
-            or decision is None
-            or self.spec.run is None
-            or decision.status.phase not in ACTIVE
-        ):
-            return math.inf
-        return self.last_progress + self._poll_seconds()
-
     def _read_while_active(self, found: dict[str, Any]) -> None:
         """A read's result: kept, and the worker woken, only if the status lacks some of it."""
         run, status, uri = self.spec.run, self.status, self.memo.progress.uri
@@ -326,15 +295,6 @@ class RunWorker(Worker):
     def _read_finally(self, found: dict[str, Any]) -> None:
         self.found = found
         self.wakeup.set()
-
-    def _poll_seconds(self) -> float:
-        """How often an active run's progress is read from MLflow: status_poll_seconds, or
-        longer with many runs active."""
-        settings: OperatorSettings = self.memo.settings
-        active = sum(self.memo.run_phases[phase] for phase in ACTIVE)
-        return stretched(
-            settings.status_poll_seconds, active, settings.periodic_reconciles_per_second
-        )
 
     def _next_wake(self, decision: Decision | None, settings: OperatorSettings) -> float:
         """Seconds until this run needs a reconcile that no event will bring: a retry (with

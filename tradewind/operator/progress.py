@@ -1,24 +1,33 @@
 """Live progress of a running run, read from MLflow's REST API (no MLflow client in the
-operator image): latest metrics, progress, checkpoint URIs and the run's link."""
+operator image): latest metrics, progress, checkpoint URIs and the run's link.
+
+Active runs are followed (`ProgressReader.follow`): once a poll period, one `runs/search` per
+experiment and namespace reads every followed run there whose MLflow run is RUNNING (and one
+more the MLflow runs that ended lately), where a search per run cost MLflow ~3.5 times the
+CPU (bench/README.md). An ended run's last read (`request`) is a search of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import concurrent.futures
+import datetime as dt
 import http.client
 import json
 import logging
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Self
 
 from tradewind.api.status import RunStatus
 from tradewind.operator.breaker import CircuitBreaker
 from tradewind.operator.settings import OperatorSettings
+from tradewind.operator.workers import Ref, stretched
 
 log = logging.getLogger(__name__)
 HEADLINE = ("val_loss", "eval_mean_reward", "train_loss")
@@ -33,7 +42,26 @@ READERS = 4
 """Runs' progress reads in flight at once, on threads of their own (never the reconciles')."""
 METRIC_KEY_LENGTH = 250  # MLflow's own limit; status.metrics' keys allow no more
 URI_LENGTH = 4096  # status.checkpoint's URIs allow no more
+SCAN_PAGE = 500
+"""Runs per page of a scan (a page of 500 is ~2 s of the MLflow server's CPU)."""
+SINCE_SLACK_MS = 600_000
+"""A scan looks at RUNNING MLflow runs started since its oldest followed run was created, and
+at MLflow runs ended within the last two periods, each less this (the trainer's clock against
+the operator's): older RUNNING runs are ones whose trainer died without ending them."""
 Key = tuple[str | None, str]
+Found = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Follow:
+    """A followed run: whose MLflow run to find, and whom to hand it to."""
+
+    experiment: str
+    name: str
+    uid: str | None
+    since_ms: int
+    """When the run was created (ms since the epoch): its MLflow runs started after."""
+    done: Found
 
 
 class ProgressReader:
@@ -51,6 +79,8 @@ class ProgressReader:
         password: str | None = None,
         token: str | None = None,
         breaker: CircuitBreaker | None = None,
+        poll_seconds: float = 15.0,
+        reads_per_second: float = 20.0,
     ) -> None:
         self.uri = tracking_uri.rstrip("/") if tracking_uri else None
         self.headers = {"Content-Type": "application/json"}
@@ -64,6 +94,10 @@ class ProgressReader:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._reading: set[Key] = set()
         self._experiments: dict[str, str] = {}  # name -> id
+        self.poll_seconds, self.reads_per_second = poll_seconds, reads_per_second
+        self.following: dict[Ref, Follow] = {}
+        self._scanning: set[tuple[str, str]] = set()  # (experiment, namespace)
+        self._scanner: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -76,6 +110,8 @@ class ProgressReader:
             password.get_secret_value() if password else None,
             token.get_secret_value() if token else None,
             breaker,
+            settings.status_poll_seconds,
+            settings.periodic_reconciles_per_second,
         )
 
     def _call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -126,34 +162,74 @@ class ProgressReader:
         when the experiment does not exist. OSError when MLflow cannot be reached."""
         if self.uri is None:
             return []
+        experiment_id = self._experiment_id(experiment)
+        if experiment_id is None:
+            return []
+        tags = {"tradewind.name": name, "tradewind.namespace": namespace}
+        if uid:
+            tags[TAG_UID] = uid
+        found = self._search(
+            experiment,
+            {
+                "experiment_ids": [experiment_id],
+                "filter": " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items()),
+                "order_by": [f"attributes.start_time {'DESC' if newest_first else 'ASC'}"],
+                "max_results": most,
+            },
+        )
+        return [dict(run) for run in found.get("runs") or []]
+
+    def _experiment_id(self, experiment: str) -> str | None:
+        """The experiment's id, looked up once (one request per read, not two); None if
+        MLflow has no such experiment."""
         experiment_id = self._experiments.get(experiment)
-        if experiment_id is None:  # looked up once: one request per read, not two
+        if experiment_id is None:
             query = urllib.parse.urlencode({"experiment_name": experiment})
             try:
                 exp = self._call(f"experiments/get-by-name?{query}")["experiment"]
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
-                    return []
+                    return None
                 raise
             experiment_id = self._experiments[experiment] = str(exp["experiment_id"])
-        tags = {"tradewind.name": name, "tradewind.namespace": namespace}
-        if uid:
-            tags[TAG_UID] = uid
+        return experiment_id
+
+    def _search(self, experiment: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            found = self._call(
-                "runs/search",
-                {
-                    "experiment_ids": [experiment_id],
-                    "filter": " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items()),
-                    "order_by": [f"attributes.start_time {'DESC' if newest_first else 'ASC'}"],
-                    "max_results": most,
-                },
-            )
+            return self._call("runs/search", payload)
         except urllib.error.HTTPError as exc:
             if exc.code < 500:  # e.g. the experiment was deleted: look it up again
                 self._experiments.pop(experiment, None)
             raise
-        return [dict(run) for run in found.get("runs") or []]
+
+    def scan(
+        self, experiment: str, namespace: str, since_ms: int, ended_since_ms: int
+    ) -> list[dict[str, Any]]:
+        """The MLflow runs of `namespace`'s runs in `experiment` that are RUNNING and started at
+        or after `since_ms`, or that ended at or after `ended_since_ms` (a run's last metrics
+        and checkpoint tags come as it ends, seconds before its pods do), newest first.
+        OSError when MLflow cannot be reached."""
+        if self.uri is None or (experiment_id := self._experiment_id(experiment)) is None:
+            return []
+        runs: list[dict[str, Any]] = []
+        tag = f"tags.\"tradewind.namespace\" = '{namespace}'"
+        for condition in (
+            f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}",
+            f"attributes.end_time >= {ended_since_ms}",
+        ):
+            payload: dict[str, Any] = {
+                "experiment_ids": [experiment_id],
+                "filter": f"{tag} and {condition}",
+                "order_by": ["attributes.start_time DESC"],
+                "max_results": SCAN_PAGE,
+            }
+            while True:
+                found = self._search(experiment, payload)
+                runs.extend(dict(run) for run in found.get("runs") or [])
+                if not (token := found.get("next_page_token")):
+                    break
+                payload["page_token"] = token
+        return sorted(runs, key=_start_time, reverse=True)
 
     def find_runs(
         self,
@@ -178,24 +254,84 @@ class ProgressReader:
         runs = self.find_runs(experiment, name, namespace, uid)
         return runs[0] if runs else None
 
-    def request(
-        self,
-        key: Key,
-        uid: str | None,
-        experiment: str,
-        done: Callable[[dict[str, Any]], None],
-    ) -> bool:
+    def period(self) -> float:
+        """How often the followed runs are read: poll_seconds, or longer with so many runs
+        followed that each read once a period would be more than reads_per_second."""
+        return stretched(self.poll_seconds, len(self.following), self.reads_per_second)
+
+    def follow(
+        self, ref: Ref, uid: str | None, experiment: str, created: str | None, done: Found
+    ) -> None:
+        """Read the run `ref` (kind, namespace, name) every `period()` until `unfollow`, with
+        the other followed runs of its namespace and experiment: `done(found)` on the event
+        loop with its newest RUNNING MLflow run (slimmed), after each scan that found one.
+        `created`: the run's creationTimestamp. The first scan starts at once."""
+        if self.uri is None:
+            return
+        since = 0
+        if created:
+            stamp = dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+            since = max(0, int(stamp * 1000) - SINCE_SLACK_MS)
+        follow = Follow(experiment, ref[2], uid, since, done)
+        if self.following.get(ref) != follow:
+            self.following[ref] = follow
+        if self._scanner is None:
+            self._scanner = asyncio.get_running_loop().create_task(self._scan_while_following())
+
+    def unfollow(self, ref: Ref) -> None:
+        self.following.pop(ref, None)
+
+    async def _scan_while_following(self) -> None:
+        try:
+            while self.following:
+                groups: dict[tuple[str, str], list[tuple[Ref, Follow]]] = {}
+                for ref, follow in self.following.items():
+                    groups.setdefault((follow.experiment, ref[1] or ""), []).append((ref, follow))
+                for group, follows in groups.items():
+                    if group not in self._scanning and not self.breaker.is_open:
+                        self._start_scan(group, follows)
+                await asyncio.sleep(self.period())
+        finally:
+            self._scanner = None
+
+    def _start_scan(self, group: tuple[str, str], follows: list[tuple[Ref, Follow]]) -> None:
+        since = min(follow.since_ms for _, follow in follows)
+        ended_since = int(time.time() * 1000 - 2000 * self.period()) - SINCE_SLACK_MS
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor(), self.scan, *group, since, ended_since
+        )
+        self._scanning.add(group)
+
+        def finished(future: asyncio.Future[list[dict[str, Any]]]) -> None:
+            self._scanning.discard(group)
+            if future.cancelled() or (exc := future.exception()) is not None:
+                if not future.cancelled():
+                    log.debug("no MLflow scan of %s in %s: %s", group[1], group[0], exc)
+                return
+            newest = _newest_by_run(future.result())
+            for ref, follow in follows:
+                run = newest.get((follow.name, follow.uid))
+                if run is not None and self.following.get(ref) == follow:  # still followed
+                    follow.done(_slim(run))
+
+        future.add_done_callback(finished)
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(READERS, "mlflow-progress")
+        return self._pool
+
+    def request(self, key: Key, uid: str | None, experiment: str, done: Found) -> bool:
         """Read the newest MLflow run of the run `key` (namespace, name) and `uid` in the
         background, on this reader's own threads (READERS at most): unless one read of it is
         under way already, or the breaker is open. `done(found)` is called on the event loop
-        once a run was found (slimmed: what `fold_progress` reads). Whether a read started."""
+        once a run was found (slimmed: what `fold_progress` reads). Whether a read started.
+        An ended run's last read (it is followed no more)."""
         if self.uri is None or key in self._reading or self.breaker.is_open:
             return False
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(READERS, "mlflow-progress")
         namespace, name = key
         future = asyncio.get_running_loop().run_in_executor(
-            self._pool, self.find_run, experiment, name, namespace or "", uid
+            self._executor(), self.find_run, experiment, name, namespace or "", uid
         )
         self._reading.add(key)
 
@@ -209,6 +345,26 @@ class ProgressReader:
 
         future.add_done_callback(finished)
         return True
+
+
+def _newest_by_run(runs: list[dict[str, Any]]) -> dict[tuple[str, str | None], dict[str, Any]]:
+    """A scan's runs (newest first) by (name, uid) of the run that logged them, and by (name,
+    None) for a follower that knows no uid."""
+    newest: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for run in runs:
+        tags = {t.get("key"): t.get("value") for t in (run.get("data") or {}).get("tags") or []}
+        name = tags.get("tradewind.name")
+        if isinstance(name, str) and isinstance(run.get("info"), dict):
+            newest.setdefault((name, tags.get(TAG_UID)), run)
+            newest.setdefault((name, None), run)
+    return newest
+
+
+def _start_time(mlflow_run: dict[str, Any]) -> int:
+    try:
+        return int((mlflow_run.get("info") or {}).get("start_time") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _slim(mlflow_run: dict[str, Any]) -> dict[str, Any]:

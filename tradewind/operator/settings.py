@@ -46,8 +46,9 @@ class OperatorSettings(BaseSettings):
     optuna_storage: str = "sqlite:////var/lib/tradewind/optuna.db"
     """Optuna RDB storage URL for in-cluster sweeps."""
     status_poll_seconds: float = Field(default=15.0, gt=0)
-    """How often running runs' progress is read from MLflow (stretched beyond this when
-    many runs are active: `periodic_reconciles_per_second`)."""
+    """How often running runs' progress is read from MLflow, by one search per namespace and
+    experiment (stretched beyond this when many runs are active:
+    `periodic_reconciles_per_second`)."""
     periodic_reconciles_per_second: float = Field(default=20.0, gt=0)
     """The periodic work no event asks for, the resyncs (each run's every 60 s) and the
     MLflow progress reads (each active run's every status_poll_seconds; a read costs a

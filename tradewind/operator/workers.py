@@ -34,6 +34,12 @@ LISTING_QUIET_SECONDS = 5.0
 """A listing of a kind is over once no listed object has come for this long."""
 
 
+def stretched(period: float, runs: int, per_second: float) -> float:
+    """`period`, or longer: long enough that `runs` runs, each waking once per period, wake
+    at most `per_second` times a second together (`periodic_reconciles_per_second`)."""
+    return max(period, runs / per_second)
+
+
 class Worker(abc.ABC):
     """One object's loop, as an asyncio task: the latest slimmed body its watch delivered, a
     wake-up event and a stop flag. `run` loops until `stopped`: it clears `wakeup` before each

@@ -1,5 +1,6 @@
-"""A run's reconcile never waits on MLflow: between reconciles the worker asks for a read in
-the background, and a read that found news wakes it to write that into the status."""
+"""A run's reconcile never waits on MLflow: an active run is followed (its namespace is read
+in the background every poll period), and a read that found news wakes its worker to write
+that into the status."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import collections
 import http.server
 import json
-import math
 import socket
 import threading
 from typing import Any, ClassVar
@@ -49,13 +49,16 @@ def _running(snapshot: dict[str, Any], *args: Any, spec_cache: SpecCache, **_: A
     return Decision(status=RunStatus(phase="Running"))
 
 
-def _worker(uri: str, monkeypatch: pytest.MonkeyPatch) -> tuple[RunWorker, StatusKube]:
+def _worker(
+    uri: str, monkeypatch: pytest.MonkeyPatch, poll_seconds: float = 1
+) -> tuple[RunWorker, StatusKube]:
     monkeypatch.setattr(loop, "reconcile", _running)
     kube = StatusKube()
+    settings = OperatorSettings(mlflow_tracking_uri=uri, status_poll_seconds=poll_seconds)
     memo = kopf.Memo(
-        settings=OperatorSettings(mlflow_tracking_uri=uri, status_poll_seconds=1),
+        settings=settings,
         kube=kube,
-        progress=ProgressReader(uri),
+        progress=ProgressReader.from_settings(settings),
         reconcile_slots=asyncio.Semaphore(1),
         start_slots=asyncio.Semaphore(1),
         children=Children(),
@@ -74,11 +77,11 @@ def test_a_reconcile_returns_while_a_black_holed_mlflow_is_still_being_read(
     worker, kube = _worker(f"http://127.0.0.1:{hole.getsockname()[1]}", monkeypatch)
 
     async def once() -> tuple[Decision | None, bool]:
-        first = await worker._reconcile_once()
-        await worker._sleep_reading_progress(first, 0.2)  # the first read is due at once
+        await worker._reconcile_once()  # Running: followed, its first read starts at once
+        await asyncio.sleep(0.2)
         decision = await worker._reconcile_once()
-        reading = ("ns", "r") in worker.memo.progress._reading
-        while worker.memo.progress._reading:  # let the read time out before the loop closes
+        reading = bool(worker.memo.progress._scanning)
+        while worker.memo.progress._scanning:  # let the read time out before the loop closes
             await asyncio.sleep(0.05)
         return decision, reading
 
@@ -98,9 +101,8 @@ def test_what_was_read_wakes_the_worker_and_goes_into_the_status(
     worker, kube = _worker(f"http://127.0.0.1:{server.server_address[1]}", monkeypatch)
 
     async def twice() -> None:
-        decision = await worker._reconcile_once()
-        await worker._sleep_reading_progress(decision, 10)  # a read at once; its news wakes it
-        assert worker.wakeup.is_set()
+        await worker._reconcile_once()  # followed: a read at once, whose news wakes it
+        await asyncio.wait_for(worker.wakeup.wait(), 10)
         await worker._reconcile_once()
 
     try:
@@ -111,7 +113,7 @@ def test_what_was_read_wakes_the_worker_and_goes_into_the_status(
     assert status.phase == "Running" and status.progress.percent == 20
     assert status.metrics["val_loss"] == 0.25
     assert worker.written["version"] == "101"  # its echo from the watch is not news
-    assert "tradewind.uid\" = 'u-1'" in _MLflow.searches[-1]["filter"]
+    assert "tradewind.namespace\" = 'ns'" in _MLflow.searches[-1]["filter"]
 
 
 class _Finishing(_MLflow):
@@ -139,14 +141,14 @@ def test_a_run_that_ended_gets_its_last_metrics_in_one_final_read(
     monkeypatch.setattr(loop, "reconcile", reconcile)
 
     async def through_the_end() -> int:
-        running = await worker._reconcile_once()
-        await worker._sleep_reading_progress(running, 10)  # running: a progress read
-        assert worker.wakeup.is_set()
+        await worker._reconcile_once()  # running: followed
+        await asyncio.wait_for(worker.wakeup.wait(), 10)
         worker.wakeup.clear()
         await worker._reconcile_once()  # its result, written
         _Finishing.values = {"val_loss": 0.25, "epoch": 10.0}  # the last epoch, then the end
         phase["now"] = "Succeeded"
-        await worker._reconcile_once()  # ended: the final read
+        await worker._reconcile_once()  # ended: no longer followed; the final read
+        assert worker.ref not in worker.memo.progress.following
         await asyncio.wait_for(worker.wakeup.wait(), 10)
         await worker._reconcile_once()  # its result, written
         reads = len(_Finishing.searches)
@@ -163,29 +165,20 @@ def test_a_run_that_ended_gets_its_last_metrics_in_one_final_read(
     assert ended.progress.epoch == 10 and more == 0
 
 
-def test_with_many_runs_active_each_reads_its_progress_less_often(
+def test_an_ended_runs_final_read_is_not_put_off_by_many_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    worker, _ = _worker("http://127.0.0.1:9", monkeypatch)
+    worker, _ = _worker("http://127.0.0.1:9", monkeypatch, poll_seconds=15)
     worker.memo.settings = OperatorSettings(
         mlflow_tracking_uri="http://127.0.0.1:9", status_poll_seconds=15,
         periodic_reconciles_per_second=10,
     )  # fmt: skip
     worker.spec.parse(dict(BODY))
-    running = Decision(status=RunStatus(phase="Running"))
-    phases = worker.memo.run_phases
     registry = worker.memo.run_workers.by_key
     registry.update({("TrainingRun", "ns", f"r{n}"): worker for n in range(6000)})
-    worker.last_progress = 1000.0
-    phases.update(Running=5, Succeeded=5000)  # ended runs read nothing
-    few = worker._next_read(running)
-    phases.update(Pending=500, Running=495)
-    many = worker._next_read(running)
     worker.final_read = "due"  # an ended run's last read, if one under way held it back
     final = worker._next_wake(Decision(status=RunStatus(phase="Succeeded")), worker.memo.settings)
-    assert few == 1015.0 and many == 1100.0  # 1000 active runs: at most 10 reads a second
     assert final == 15.0  # not stretched: few runs are ending at once
-    assert worker._next_read(Decision(status=RunStatus(phase="Succeeded"))) == math.inf
 
 
 class _Steady(_MLflow):
@@ -201,10 +194,8 @@ class _Steady(_MLflow):
 def test_a_read_that_finds_nothing_new_costs_no_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Steady)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    worker, kube = _worker(f"http://127.0.0.1:{server.server_address[1]}", monkeypatch)
-    worker.memo.settings = OperatorSettings(
-        mlflow_tracking_uri=worker.memo.progress.uri, status_poll_seconds=0.1
-    )
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    worker, kube = _worker(uri, monkeypatch, poll_seconds=0.1)
 
     def keeping(snapshot: dict[str, Any], *args: Any, spec_cache: SpecCache, **_: Any) -> Any:
         spec_cache.parse(snapshot)  # the status as stored (or as last written), Running
@@ -214,17 +205,16 @@ def test_a_read_that_finds_nothing_new_costs_no_reconcile(monkeypatch: pytest.Mo
     monkeypatch.setattr(loop, "reconcile", keeping)
 
     async def scenario() -> tuple[bool, int, bool]:
-        decision = await worker._reconcile_once()
-        await worker._sleep_reading_progress(decision, 10)  # the first read: news
+        await worker._reconcile_once()  # followed: the first read is news
+        await asyncio.wait_for(worker.wakeup.wait(), 10)
         worker.wakeup.clear()
-        decision = await worker._reconcile_once()  # written
-        sleeping = asyncio.ensure_future(worker._sleep_reading_progress(decision, 30))
+        await worker._reconcile_once()  # written
         reads = len(_Steady.searches)
-        while len(_Steady.searches) < reads + 4 and not sleeping.done():  # the same metrics
+        while len(_Steady.searches) < reads + 4:  # the same metrics, four times
             await asyncio.sleep(0.02)
-        quiet = not worker.wakeup.is_set() and not sleeping.done()
+        quiet = not worker.wakeup.is_set()
         _Steady.values = {"val_loss": 0.4, "epoch": 4.0}  # the next epoch
-        await asyncio.wait_for(sleeping, 10)
+        await asyncio.wait_for(worker.wakeup.wait(), 10)
         return quiet, len(_Steady.searches) - reads, worker.wakeup.is_set()
 
     try:

@@ -4,6 +4,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -15,10 +16,14 @@ from tradewind.operator.breaker import CircuitBreaker
 from tradewind.operator.progress import ProgressReader, fold_progress, headline
 
 
-def _mlflow_run(metrics: dict[str, float]) -> dict[str, object]:
+def _mlflow_run(
+    metrics: dict[str, float], name: str = "r", uid: str = "u-1", run_id: str = "r1", start: int = 0
+) -> dict[str, object]:
+    """An MLflow run as runs/search answers it, logged by the run `name` of uid `uid`."""
+    tags = [{"key": "tradewind.name", "value": name}, {"key": "tradewind.uid", "value": uid}]
     return {
-        "info": {"run_id": "r1", "experiment_id": "1"},
-        "data": {"metrics": [{"key": k, "value": v} for k, v in metrics.items()], "tags": []},
+        "info": {"run_id": run_id, "experiment_id": "1", "start_time": str(start)},
+        "data": {"metrics": [{"key": k, "value": v} for k, v in metrics.items()], "tags": tags},
     }
 
 
@@ -174,3 +179,87 @@ def test_a_read_in_the_background_finds_the_run_by_its_uid_and_hands_it_over() -
     assert "tags.\"tradewind.uid\" = 'uid-1'" in search and "'ns'" in search
     status = fold_progress(RunStatus(), found, reader.uri or "", epochs=4)
     assert status.progress.percent == 50 and status.metrics["val_loss"] == 0.25
+
+
+class _Namespaces(_MLflow):
+    """MLflow holding runs of two namespaces; namespace a's RUNNING runs come in two pages, and
+    two of its runs ended lately: r3's only one, and r2's second (its first attempt's trainer
+    died without ending its own, which stays RUNNING)."""
+
+    def do_POST(self) -> None:
+        search = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.searches.append(search)
+        running, ns = "RUNNING" in search["filter"], search["filter"].split("'")[1]
+        if ns == "a" and running and "page_token" not in search:
+            runs = [
+                _mlflow_run({"epoch": 9.0}, "r1", "uid-new", "a-r1-new", 40),  # r1 re-created
+                _mlflow_run({"epoch": 1.0}, "r1", "uid-1", "a-r1", 30),
+            ]
+            self._answer({"runs": runs, "next_page_token": "page-2"})
+        elif ns == "a" and running:
+            self._answer({"runs": [_mlflow_run({"epoch": 2.0}, "r2", "uid-2", "a-r2", 20)]})
+        elif ns == "a":
+            ended = [
+                _mlflow_run({"epoch": 10.0}, "r3", "uid-3", "a-r3", 15),
+                _mlflow_run({"epoch": 4.0}, "r2", "uid-2", "a-r2-second", 25),
+            ]
+            self._answer({"runs": ended})
+        elif running:
+            self._answer({"runs": [_mlflow_run({"epoch": 3.0}, "r1", "uid-9", "b-r1", 10)]})
+        else:
+            self._answer({"runs": []})
+
+
+def test_the_runs_followed_in_a_namespace_are_read_by_searches_of_the_namespace() -> None:
+    _Namespaces.searches = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Namespaces)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reader = ProgressReader(f"http://127.0.0.1:{server.server_address[1]}", poll_seconds=600)
+    found: dict[str, str] = {}
+    followed = {
+        ("a", "r1"): ("uid-1", "2026-12-05T10:00:00Z"),
+        ("a", "r2"): ("uid-2", "2026-12-05T11:00:00Z"),
+        ("a", "r3"): ("uid-3", "2026-12-05T11:00:00Z"),  # its MLflow run has just ended
+        ("a", "r4"): ("uid-4", "2026-12-05T11:00:00Z"),  # no MLflow run yet
+        ("b", "r1"): ("uid-9", "2026-12-05T12:00:00Z"),
+    }
+
+    async def one_scan() -> None:
+        for (ns, name), (uid, created) in followed.items():
+
+            def done(run: dict[str, Any], key: str = f"{ns}/{name}") -> None:
+                found[key] = run["info"]["run_id"]
+
+            reader.follow(("TrainingRun", ns, name), uid, "exp", created, done)
+        while len(found) < 4 or reader._scanning:
+            await asyncio.sleep(0.02)
+
+    try:
+        asyncio.run(asyncio.wait_for(one_scan(), 10))
+    finally:
+        server.shutdown()
+    # each run gets its own uid's newest MLflow run, RUNNING or not (not the newer one of a
+    # run re-created under its name); one without an MLflow run gets nothing
+    assert found == {"a/r1": "a-r1", "a/r2": "a-r2-second", "a/r3": "a-r3", "b/r1": "b-r1"}
+    searches = [s["filter"] for s in _Namespaces.searches if "page_token" not in s]
+    assert len(_Namespaces.searches) == len(searches) + 1  # a's RUNNING runs in two pages
+    since_a = 1_796_464_800_000 - progress.SINCE_SLACK_MS  # r1's creation, less the slack
+    running = [f for f in searches if "RUNNING" in f]
+    assert sorted(running) == [
+        "tags.\"tradewind.namespace\" = 'a' and attributes.status = 'RUNNING' and "
+        f"attributes.start_time >= {since_a}",
+        "tags.\"tradewind.namespace\" = 'b' and attributes.status = 'RUNNING' and "
+        f"attributes.start_time >= {since_a + 2 * 3_600_000}",
+    ]
+    ended = [int(f.rsplit(">= ", 1)[1]) for f in searches if "end_time" in f]
+    lately = time.time() * 1000 - 1_200_000 - progress.SINCE_SLACK_MS  # two periods of 600 s
+    assert len(ended) == 2 and all(abs(since - lately) < 60_000 for since in ended)
+
+
+def test_followed_runs_are_read_less_often_when_there_are_many() -> None:
+    reader = ProgressReader("http://127.0.0.1:9", poll_seconds=15, reads_per_second=10)
+    follow = progress.Follow("exp", "r", None, 0, lambda _: None)
+    reader.following = {("TrainingRun", "ns", f"r{n}"): follow for n in range(5)}
+    few = reader.period()
+    reader.following = {("TrainingRun", "ns", f"r{n}"): follow for n in range(1000)}
+    assert few == 15 and reader.period() == 100  # 1000 runs: at most 10 runs read a second
