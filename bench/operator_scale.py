@@ -810,23 +810,32 @@ def list_all(api: Api, path: str) -> tuple[list[dict[str, Any]], str]:
 
 
 class MLflowSeed:
-    """What a run's trainer logs to MLflow, as far as the operator reads it: a run in the
-    run's experiment tagged with its name, namespace and uid, and its metrics."""
+    """What a run's trainer logs to MLflow (`tradewind.trainer.entrypoint`): a run in the
+    run's experiment tagged with its name, namespace and uid, its spec as params (~90: every
+    search that returns the run returns them too) and its metrics."""
 
     def __init__(self, uri: str, experiment: str = "tradewind") -> None:
         from mlflow.tracking import MlflowClient
+
+        from tradewind.operator.reconcile import parse_run
+        from tradewind.trainer.tracking import flatten
 
         self.client = MlflowClient(uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             found.experiment_id if found else self.client.create_experiment(experiment)
         )
+        spec = parse_run(training_run("seed", NAMESPACE)).spec
+        self.params = flatten(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
 
     def log(self, namespace: str, name: str, uid: str) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
 
         tags = {"tradewind.name": name, "tradewind.namespace": namespace, "tradewind.uid": uid}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        params = [Param(k, str(v)) for k, v in self.params.items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
+            self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         now = int(time.time() * 1000)
         metrics = {"epoch": 3.0, "train_loss": 0.61, "val_loss": 0.64}
         self.client.log_batch(
