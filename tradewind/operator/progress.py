@@ -50,6 +50,8 @@ SINCE_SLACK_MS = 600_000
 at MLflow runs ended within the last two periods, each less this (the trainer's clock against
 the operator's): older RUNNING runs are ones whose trainer died without ending them."""
 Key = tuple[str | None, str]
+RunId = tuple[str, str | None]
+"""A run as its MLflow runs' tags name it: (name, uid)."""
 Found = Callable[[dict[str, Any]], None]
 
 
@@ -204,15 +206,22 @@ class ProgressReader:
             raise
 
     def scan(
-        self, experiment: str, namespace: str, since_ms: int, ended_since_ms: int
-    ) -> list[dict[str, Any]]:
-        """The MLflow runs of `namespace`'s runs in `experiment` that are RUNNING and started at
-        or after `since_ms`, or that ended at or after `ended_since_ms` (a run's last metrics
-        and checkpoint tags come as it ends, seconds before its pods do), newest first.
-        OSError when MLflow cannot be reached."""
+        self,
+        experiment: str,
+        namespace: str,
+        since_ms: int,
+        ended_since_ms: int,
+        wanted: set[RunId],
+    ) -> dict[RunId, dict[str, Any]]:
+        """The newest MLflow run (slimmed) of each run in `wanted` among the MLflow runs of
+        `namespace` in `experiment` that are RUNNING and started at or after `since_ms`, or
+        that ended at or after `ended_since_ms` (a run's last metrics and checkpoint tags come
+        as it ends, seconds before its pods do). Page by page: a page's params (the whole
+        spec, ~90 of each run) are dropped before the next is read. OSError when MLflow
+        cannot be reached."""
         if self.uri is None or (experiment_id := self._experiment_id(experiment)) is None:
-            return []
-        runs: list[dict[str, Any]] = []
+            return {}
+        newest: dict[RunId, tuple[int, dict[str, Any]]] = {}
         tag = f"tags.\"tradewind.namespace\" = '{namespace}'"
         for condition in (
             f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}",
@@ -221,16 +230,16 @@ class ProgressReader:
             payload: dict[str, Any] = {
                 "experiment_ids": [experiment_id],
                 "filter": f"{tag} and {condition}",
-                "order_by": ["attributes.start_time DESC"],
                 "max_results": SCAN_PAGE,
             }
             while True:
                 found = self._search(experiment, payload)
-                runs.extend(dict(run) for run in found.get("runs") or [])
+                for run in found.get("runs") or []:
+                    _keep_if_newer(newest, run, wanted)
                 if not (token := found.get("next_page_token")):
                     break
                 payload["page_token"] = token
-        return sorted(runs, key=_start_time, reverse=True)
+        return {run: slim for run, (_, slim) in newest.items()}
 
     def find_runs(
         self,
@@ -298,22 +307,23 @@ class ProgressReader:
     def _start_scan(self, group: tuple[str, str], follows: list[tuple[Ref, Follow]]) -> None:
         since = min(follow.since_ms for _, follow in follows)
         ended_since = int(time.time() * 1000 - 2000 * self.period()) - SINCE_SLACK_MS
+        wanted = {(follow.name, follow.uid) for _, follow in follows}
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor(), self.scan, *group, since, ended_since
+            self._executor(), self.scan, *group, since, ended_since, wanted
         )
         self._scanning.add(group)
 
-        def finished(future: asyncio.Future[list[dict[str, Any]]]) -> None:
+        def finished(future: asyncio.Future[dict[RunId, dict[str, Any]]]) -> None:
             self._scanning.discard(group)
             if future.cancelled() or (exc := future.exception()) is not None:
                 if not future.cancelled():
                     log.debug("no MLflow scan of %s in %s: %s", group[1], group[0], exc)
                 return
-            newest = _newest_by_run(future.result())
+            newest = future.result()
             for ref, follow in follows:
                 run = newest.get((follow.name, follow.uid))
                 if run is not None and self.following.get(ref) == follow:  # still followed
-                    follow.done(_slim(run))
+                    follow.done(run)
 
         future.add_done_callback(finished)
 
@@ -348,24 +358,24 @@ class ProgressReader:
         return True
 
 
-def _newest_by_run(runs: list[dict[str, Any]]) -> dict[tuple[str, str | None], dict[str, Any]]:
-    """A scan's runs (newest first) by (name, uid) of the run that logged them, and by (name,
-    None) for a follower that knows no uid."""
-    newest: dict[tuple[str, str | None], dict[str, Any]] = {}
-    for run in runs:
-        tags = {t.get("key"): t.get("value") for t in (run.get("data") or {}).get("tags") or []}
-        name = tags.get("tradewind.name")
-        if isinstance(name, str) and isinstance(run.get("info"), dict):
-            newest.setdefault((name, tags.get(TAG_UID)), run)
-            newest.setdefault((name, None), run)
-    return newest
-
-
-def _start_time(mlflow_run: dict[str, Any]) -> int:
+def _keep_if_newer(
+    newest: dict[RunId, tuple[int, dict[str, Any]]], mlflow_run: dict[str, Any], wanted: set[RunId]
+) -> None:
+    """Keep `mlflow_run` (slimmed) under the run that logged it (its name and uid tags; and its
+    name alone, for a follower that knows no uid) if that run is `wanted` and it is the newest
+    of that run's MLflow runs seen so far."""
+    info, data = mlflow_run.get("info"), mlflow_run.get("data") or {}
+    tags = {t.get("key"): t.get("value") for t in data.get("tags") or []}
+    name = tags.get("tradewind.name")
+    if not isinstance(info, dict) or not isinstance(name, str):
+        return
     try:
-        return int((mlflow_run.get("info") or {}).get("start_time") or 0)
+        started = int(info.get("start_time") or 0)
     except (TypeError, ValueError):
-        return 0
+        started = 0
+    for run in ((name, tags.get(TAG_UID)), (name, None)):
+        if run in wanted and (run not in newest or newest[run][0] < started):
+            newest[run] = (started, _slim(mlflow_run))
 
 
 def _slim(mlflow_run: dict[str, Any]) -> dict[str, Any]:

@@ -183,8 +183,8 @@ def test_a_read_in_the_background_finds_the_run_by_its_uid_and_hands_it_over() -
 
 class _Namespaces(_MLflow):
     """MLflow holding runs of two namespaces; namespace a's RUNNING runs come in two pages, and
-    two of its runs ended lately: r3's only one, and r2's second (its first attempt's trainer
-    died without ending its own, which stays RUNNING)."""
+    three of its MLflow runs ended lately: r3's only one, r2's second (its first attempt's
+    trainer died without ending its own, which stays RUNNING), and r1's first."""
 
     def do_POST(self) -> None:
         search = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -202,6 +202,7 @@ class _Namespaces(_MLflow):
             ended = [
                 _mlflow_run({"epoch": 10.0}, "r3", "uid-3", "a-r3", 15),
                 _mlflow_run({"epoch": 4.0}, "r2", "uid-2", "a-r2-second", 25),
+                _mlflow_run({"epoch": 8.0}, "r1", "uid-1", "a-r1-first", 5),  # before a-r1
             ]
             self._answer({"runs": ended})
         elif running:
