@@ -43,10 +43,10 @@ Each size runs in each of --modes, each on a fresh stack, the order rotating fro
 
 --mlflow (tradewind): the stack runs MLflow and the operator reads the runs' progress from it.
 Once all runs are Running, the harness logs to MLflow what each run's trainer would have (an
-MLflow run tagged with its name, namespace and uid; a few metrics) and waits until every
-run's status shows it; then nothing more is logged, so the steady window measures what the
-operator's progress reads cost (the operator, MLflow, and its reconciles from /metrics) when
-they find nothing new.
+MLflow run tagged with its name, namespace and uid; its spec as ~90 params; a few metrics)
+and waits until every run's status shows it; then nothing more is logged, so the steady window
+measures what the operator's progress reads cost (the operator, MLflow, and its reconciles
+from /metrics) when they find nothing new.
 
 --takeover (tradewind): a standby replica runs beside the leader; once all runs are Running,
 the leader is killed, every run's status set back to Pending, and the time until the standby
