@@ -2,9 +2,9 @@
 operator image): latest metrics, progress, checkpoint URIs and the run's link.
 
 Active runs are followed (`ProgressReader.follow`): once a poll period, one `runs/search` per
-experiment and namespace reads every followed run there whose MLflow run is RUNNING (and one
-more the MLflow runs that ended lately), where a search per run cost MLflow ~3.5 times the
-CPU (bench/README.md). An ended run's last read (`request`) is a search of its own."""
+experiment and namespace reads every followed run there whose MLflow run is RUNNING, and a
+second one those whose MLflow run ended lately; a search per run cost MLflow ~4 times the CPU
+(bench/README.md). An ended run's last read (`request`) is a search of its own."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ class Follow:
     name: str
     uid: str | None
     since_ms: int
-    """When the run was created (ms since the epoch): its MLflow runs started after."""
+    """When the run was created (ms since the epoch), less SINCE_SLACK_MS: its MLflow runs
+    started after."""
     done: Found
 
 
