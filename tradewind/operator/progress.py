@@ -57,10 +57,10 @@ Found = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class Follow:
-    """A followed run: whose MLflow run to find, and whom to hand it to."""
+    """A followed run (its name is its Ref's): whose MLflow run to find, and whom to hand it
+    to."""
 
     experiment: str
-    name: str
     uid: str | None
     since_ms: int
     """When the run was created (ms since the epoch), less SINCE_SLACK_MS: its MLflow runs
@@ -275,7 +275,8 @@ class ProgressReader:
     ) -> None:
         """Read the run `ref` (kind, namespace, name) every `period()` until `unfollow`, with
         the other followed runs of its namespace and experiment: `done(found)` on the event
-        loop with its newest RUNNING MLflow run (slimmed), after each scan that found one.
+        loop with its newest MLflow run (slimmed) that is RUNNING or ended lately, after each
+        scan that found one.
         `created`: the run's creationTimestamp. The first scan starts at once."""
         if self.uri is None:
             return
@@ -283,7 +284,7 @@ class ProgressReader:
         if created:
             stamp = dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
             since = max(0, int(stamp * 1000) - SINCE_SLACK_MS)
-        follow = Follow(experiment, ref[2], uid, since, done)
+        follow = Follow(experiment, uid, since, done)
         if self.following.get(ref) != follow:
             self.following[ref] = follow
         if self._scanner is None:
@@ -308,7 +309,7 @@ class ProgressReader:
     def _start_scan(self, group: tuple[str, str], follows: list[tuple[Ref, Follow]]) -> None:
         since = min(follow.since_ms for _, follow in follows)
         ended_since = int(time.time() * 1000 - 2000 * self.period()) - SINCE_SLACK_MS
-        wanted = {(follow.name, follow.uid) for _, follow in follows}
+        wanted = {(ref[2], follow.uid) for ref, follow in follows}
         future = asyncio.get_running_loop().run_in_executor(
             self._executor(), self.scan, *group, since, ended_since, wanted
         )
@@ -316,13 +317,14 @@ class ProgressReader:
 
         def finished(future: asyncio.Future[dict[RunId, dict[str, Any]]]) -> None:
             self._scanning.discard(group)
-            if future.cancelled() or (exc := future.exception()) is not None:
-                if not future.cancelled():
-                    log.debug("no MLflow scan of %s in %s: %s", group[1], group[0], exc)
+            if future.cancelled():
+                return
+            if (exc := future.exception()) is not None:
+                log.debug("no MLflow scan of %s in %s: %s", group[1], group[0], exc)
                 return
             newest = future.result()
             for ref, follow in follows:
-                run = newest.get((follow.name, follow.uid))
+                run = newest.get((ref[2], follow.uid))
                 if run is not None and self.following.get(ref) == follow:  # still followed
                     follow.done(run)
 

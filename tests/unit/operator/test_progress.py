@@ -259,7 +259,7 @@ def test_the_runs_followed_in_a_namespace_are_read_by_searches_of_the_namespace(
 
 def test_followed_runs_are_read_less_often_when_there_are_many() -> None:
     reader = ProgressReader("http://127.0.0.1:9", poll_seconds=15, reads_per_second=10)
-    follow = progress.Follow("exp", "r", None, 0, lambda _: None)
+    follow = progress.Follow("exp", None, 0, lambda _: None)
     reader.following = {("TrainingRun", "ns", f"r{n}"): follow for n in range(5)}
     few = reader.period()
     reader.following = {("TrainingRun", "ns", f"r{n}"): follow for n in range(1000)}
