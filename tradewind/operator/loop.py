@@ -101,11 +101,11 @@ class RunWorker(Worker):
         super().__init__(body)
         self.memo = memo
         self.spec = SpecCache()
-        self.written: dict[str, Any] = {}  # our last status write and its resourceVersion
+        # Our last status write's resourceVersion, and the status until the watch delivers it.
+        self.written: dict[str, Any] = {}
         self.counted: str | None = None  # the phase this run is counted under in the gauge
         self.deferred_since: float | None = None  # a count-only status unwritten since then
         self.found: dict[str, Any] | None = None  # an MLflow read not yet in the status
-        self.status: RunStatus | None = None  # as the last reconcile left it, progress and all
         # A run seen active gets one more MLflow read once it has ended: the polls stop at
         # the phase change, before its last metrics. "due", then "read" once one started.
         self.final_read: str | None = None
@@ -115,7 +115,10 @@ class RunWorker(Worker):
 
     def update(self, body: dict[str, Any]) -> None:
         slim = self.spec.without_parsed_spec(body)
-        if self.written and slim["metadata"].get("resourceVersion") == self.written["version"]:
+        version = slim["metadata"].get("resourceVersion")
+        if self.written and not _older(version, self.written["version"]):
+            self.written.pop("status", None)  # the body holds it now (or newer)
+        if self.written and version == self.written["version"]:
             self.body = slim  # our own status write coming back: nothing new to act on
             return
         super().update(slim)
@@ -129,6 +132,7 @@ class RunWorker(Worker):
                 decision = await self._reconcile_once()
                 self.body = self.spec.without_parsed_spec(self.body)
                 timeout = self._next_wake(decision, self.memo.settings)
+                del decision  # a sleeping worker holds no status model (~7 KB a run)
                 if self.deferred_since is not None:
                     timeout = min(timeout, self.deferred_since + COUNTS_SECONDS - loop.time())
                 await self.sleep(timeout)
@@ -173,15 +177,23 @@ class RunWorker(Worker):
             and not self.memo.children.jobs.get(self.ref)
         )
 
+    def _status(self) -> dict[str, Any] | None:
+        """The run's status as last seen, or as we last wrote it if the watch has not
+        delivered our write yet: decide from what we wrote, not from the stale copy (no
+        double restarts, no duplicate Events)."""
+        written = self.written.get("status")
+        if written is not None and _older(
+            self.body["metadata"].get("resourceVersion"), self.written["version"]
+        ):
+            return written
+        return self.body.get("status")
+
     def _inputs(self, now: float) -> tuple[dict[str, Any], list[Any], list[Any]]:
-        """The run as last seen (or as we last wrote its status, if the watch lags behind our
-        write) and its children as the indexes show them."""
+        """The run (its status as `_status` says) and its children as the indexes show
+        them."""
         snapshot = dict(self.body)
-        written = self.written
-        if written and _older(snapshot["metadata"].get("resourceVersion"), written["version"]):
-            # The watch has not delivered our own status write yet: decide from what we
-            # wrote, not from the stale copy (no double restarts, no duplicate Events).
-            snapshot["status"] = written["status"]
+        if (status := self._status()) is not None:
+            snapshot["status"] = status
         children: Children = self.memo.children
         jobs, pods = children.jobs.get(self.ref), children.pods.get(self.ref)
         if self.created is not None and (
@@ -246,7 +258,6 @@ class RunWorker(Worker):
         read."""
         reader: ProgressReader = self.memo.progress
         run = self.spec.run
-        self.status = decision.status
         if reader.uri is None or run is None:
             return
         if decision.status.phase in ACTIVE:
@@ -264,7 +275,6 @@ class RunWorker(Worker):
             if version is not None:  # our own write coming back through the watch is no news
                 status = new.model_dump(mode="json", by_alias=True, exclude_none=True)
                 self.written.update(version=version, status=status)
-                self.status = new
 
     def _due_read(self, phase: str, experiment: str) -> dict[str, Any] | None:
         """What was read, if it may go into the status now; an ended run's final read is asked
@@ -284,10 +294,12 @@ class RunWorker(Worker):
         return None
 
     def _read_while_active(self, found: dict[str, Any]) -> None:
-        """A read's result: kept, and the worker woken, only if the status lacks some of it."""
-        run, status, uri = self.spec.run, self.status, self.memo.progress.uri
-        if run is None or status is None or uri is None:
+        """A read's result: kept, and the worker woken, only if the status lacks some of it
+        (the status is parsed here, not kept between reconciles: ~7 KB a run)."""
+        run, uri = self.spec.run, self.memo.progress.uri
+        if run is None or uri is None:  # not reconciled yet
             return
+        status = RunStatus.model_validate(self._status() or {})
         if fold_progress(status, found, uri, _epochs(run)) != status:
             self.found = found
             self.wakeup.set()

@@ -73,6 +73,7 @@ def test_a_runs_own_status_write_coming_back_does_not_wake_its_worker() -> None:
         worker.update(run("7"))  # our write's echo: kept, no wake-up
         assert not worker.wakeup.is_set()
         assert worker.body["metadata"]["resourceVersion"] == "7"
+        assert worker.written == {"version": "7"}  # the body holds the status now: one copy
         worker.update(run("8"))  # anyone else's change wakes it
         assert worker.wakeup.is_set()
 
