@@ -177,11 +177,19 @@ class RunWorker(Worker):
             and not self.memo.children.jobs.get(self.ref)
         )
 
+    def _wrote(self, version: str, status: RunStatus) -> None:
+        """Our status write, `version`: its echo from the watch is no news, and until the
+        watch delivers it the next reconcile decides from `status`."""
+        self.written = {"version": version}
+        if _older(self.body["metadata"].get("resourceVersion"), version):
+            dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            self.written["status"] = dumped
+
     def _status(self) -> dict[str, Any] | None:
         """The run's status as last seen, or as we last wrote it if the watch has not
         delivered our write yet: decide from what we wrote, not from the stale copy (no
         double restarts, no duplicate Events)."""
-        written = self.written.get("status")
+        written: dict[str, Any] | None = self.written.get("status")
         if written is not None and _older(
             self.body["metadata"].get("resourceVersion"), self.written["version"]
         ):
@@ -228,8 +236,7 @@ class RunWorker(Worker):
             if decision.status.restarts > int((snapshot.get("status") or {}).get("restarts") or 0):
                 metrics.RESTARTS.labels(kind).inc()
             if decision.written_version is not None:
-                status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-                self.written.update(version=decision.written_version, status=status)
+                self._wrote(decision.written_version, decision.status)
             await self._progress(snapshot, decision)
         except Gone as exc:  # deleted (the watch may never say so: a relist sends no DELETED)
             if isinstance(exc, NamespaceTerminating):
@@ -272,9 +279,8 @@ class RunWorker(Worker):
         new = fold_progress(decision.status, found, reader.uri, _epochs(run))
         if new != decision.status:
             version = await asyncio.to_thread(self.memo.kube.patch_status, snapshot, new)
-            if version is not None:  # our own write coming back through the watch is no news
-                status = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-                self.written.update(version=version, status=status)
+            if version is not None:
+                self._wrote(version, new)
 
     def _due_read(self, phase: str, experiment: str) -> dict[str, Any] | None:
         """What was read, if it may go into the status now; an ended run's final read is asked
