@@ -49,8 +49,10 @@ def validate(
         bool, typer.Option("--show", help="Print each resource with every default filled in.")
     ] = False,
 ) -> None:
-    """Check manifests against the Tradewind API, exactly as the cluster would, and the
-    extensions they name (`<package>.<name>`) against the packages installed here.
+    """Check manifests against the Tradewind API, exactly as the cluster would.
+
+    The extensions they name (`<package>.<name>`) are checked against the packages
+    installed here.
 
     Every problem is printed on one line naming the field path and what is allowed; the
     exit code is 1 if any manifest is invalid.
@@ -274,10 +276,11 @@ def rl_grid_search(
         Path | None, typer.Option("--output", "-o", help="Also write the results as JSON.")
     ] = None,
 ) -> None:
-    """Train every combination of a small hyperparameter grid here, briefly, and rank them
-    on the run's validation bars (eval.split) after costs; each row's figures on the test
-    bars (eval.test), never used to rank, are printed beside, and the best's after the table
-    (a Sweep does large searches in the cluster).
+    """Train a small hyperparameter grid here, briefly, and rank it on validation bars.
+
+    Every combination is ranked on the run's validation bars (eval.split) after costs; each
+    row's figures on the test bars (eval.test), never used to rank, are printed beside, and
+    the best's after the table (a Sweep does large searches in the cluster).
 
     Example: tradewind rl grid-search -f rlrun.yaml --agent ppo
     --param learning_rate=1e-4,3e-4 --param gamma=0.95,0.99 --timesteps 20000
@@ -489,8 +492,9 @@ def store_provision(
         ),
     ] = 0,
 ) -> None:
-    """Create (or update) a MinIO user per namespace whose policy allows only
-    s3://BUCKET/NAMESPACE/*. The admin is whoever AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and
+    """Create (or update) a MinIO user per namespace, limited to s3://BUCKET/NAMESPACE/*.
+
+    The admin is whoever AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and
     AWS_SECRET_ACCESS_KEY name (MinIO's root). With --namespace, prints each namespace's
     credentials Secret as YAML, for `kubectl apply -f -`.
     """
@@ -571,9 +575,11 @@ def logs(
     directory: DevDir = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
 ) -> None:
-    """Print the log of a pod on the real node of a dev stack (`tradewind dev up
-    --real-node`, or `tradewind demo`; DIR defaults to the dev stack, else the demo's):
-    `kubectl logs` with that stack's kubeconfig."""
+    """Print the log of a pod on the real node of a dev stack: `kubectl logs` for it.
+
+    The stack is one started by `tradewind dev up --real-node` or `tradewind demo`; DIR
+    defaults to the dev stack, else the demo's.
+    """
     import subprocess
 
     from tradewind.demo import default_demo_dir

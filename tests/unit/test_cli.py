@@ -87,3 +87,25 @@ def test_the_operator_watches_tradewind_namespaces_unless_told_on_the_command_li
     monkeypatch.delenv("TRADEWIND_NAMESPACES")
     assert runner.invoke(app, ["operator"]).exit_code == 0
     assert watched == [["team-a", "team-b"], ["team-c"], []]
+
+
+def test_every_command_summary_is_one_line() -> None:
+    # a command list shows the first paragraph of each command's help as it is written,
+    # line breaks included: a summary that wraps in the source breaks mid-sentence there
+    import click
+    import typer.main
+
+    def commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
+        found = []
+        for name, command in group.commands.items():
+            found.append((f"{prefix} {name}", command))
+            if isinstance(command, click.Group):
+                found += commands(command, f"{prefix} {name}")
+        return found
+
+    wrapped = [
+        name
+        for name, command in commands(typer.main.get_command(app), "tradewind")
+        if "\n" in (command.help or "").strip().split("\n\n")[0]
+    ]
+    assert wrapped == []
