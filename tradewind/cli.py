@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # paragraphs reflow to the terminal's width
 )
 out = Console()
 err = Console(stderr=True)
@@ -240,7 +241,11 @@ def placebo(
         raise typer.Exit(1)
 
 
-rl_app = typer.Typer(help="Reinforcement-learning tools for RLRuns.", no_args_is_help=True)
+rl_app = typer.Typer(
+    help="Reinforcement-learning tools for RLRuns.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(rl_app, name="rl")
 
 
@@ -326,6 +331,7 @@ dev_app = typer.Typer(
     help="A local Kubernetes control plane (fake GPU nodes), MinIO and MLflow on 127.0.0.1, "
     "built from package registries and cached by version.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 app.add_typer(dev_app, name="dev")
 
@@ -456,6 +462,7 @@ def dev_env(directory: DevDir = None) -> None:
 store_app = typer.Typer(
     help="The object store's tenants: one user per namespace, limited to its own prefix.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 app.add_typer(store_app, name="store")
 

@@ -84,10 +84,13 @@ def run_own_code(run: TrainingRun, state_dir: Path, console: Console) -> int:
 def print_summary(result: dict[str, Any], console: Console) -> None:
     """Final metrics, the backtest against baselines and the walk-forward table."""
     m = result["metrics"]
+    reported, last = m.get("reported_epoch"), m.get("epoch")
+    restored = None not in (reported, last) and reported != last
     console.print(
         f"\nvalidation accuracy {m.get('val_accuracy', float('nan')):.4f}   "
         f"test accuracy {m.get('test_accuracy', float('nan')):.4f}   "
         f"val_loss {m.get('val_loss', float('nan')):.4f}"
+        + (f"   (the best epoch's weights: {reported:.0f} of {last:.0f})" if restored else "")
         + ("   (stopped early)" if result.get("stopped_early") else ""),
         highlight=False,
     )

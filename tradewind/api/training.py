@@ -292,6 +292,10 @@ class EarlyStoppingSpec(ApiModel):
     """Metric to watch (any logged validation metric)."""
     mode: Literal["min", "max"] = "min"
     """Whether lower or higher is better."""
+    restore_best_weights: bool = True
+    """Report (test metrics, backtest, walk-forward tables, figures) and log to MLflow the
+    weights of the epoch with the best `monitor` value, as the best checkpoint is chosen: on
+    validation, never on test; with `enabled: false` too. False: the last epoch's weights."""
 
 
 class AugmentationSpec(ApiModel):

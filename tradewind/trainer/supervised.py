@@ -198,6 +198,8 @@ class SupervisedTrainer:
             env.device.type, enabled=self.spec.training.precision == "fp16"
         )
         self.state = TrainState()
+        self.best_weights: tuple[int, dict[str, torch.Tensor]] | None = None
+        """restoreBestWeights: (epoch, a CPU copy of its weights) of the best epoch so far."""
         self.ddp: nn.Module = self.model
         self.augment_rng = torch.Generator().manual_seed(self.spec.seed)
         returns = self.data.train.forward_returns
@@ -449,6 +451,7 @@ class SupervisedTrainer:
             self._advance_curriculum(metrics)
             self.state.epoch += 1
             self.state.history.append(metrics)
+            self._keep_if_best()
             self.tracker.metrics(metrics, step=self.state.epoch)
             es = spec.early_stopping
             stopped_early = dist_utils.any_rank(
@@ -532,12 +535,67 @@ class SupervisedTrainer:
         if epochs_in_stage >= cur.min_epochs_per_stage and threshold_met:
             self.state.curriculum_stage += 1
 
+    def best_epoch(self) -> int | None:
+        """The epoch (1-based) with the best monitored validation metric, as the checkpoints
+        rank them (no minDelta; a tie goes to the earlier epoch); None when none logged it."""
+        es = self.spec.training.early_stopping
+        scored = [
+            (h[es.monitor], epoch)
+            for epoch, h in enumerate(self.state.history, start=1)
+            if math.isfinite(h.get(es.monitor, math.nan))
+        ]
+        if not scored:
+            return None
+        pick = min if es.mode == "min" else max
+        return pick(scored, key=lambda pair: pair[0])[1]
+
+    def _keep_if_best(self) -> None:
+        if not self.spec.training.early_stopping.restore_best_weights:
+            return
+        if self.best_epoch() == self.state.epoch:
+            weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+            self.best_weights = (self.state.epoch, weights)
+
+    def _restore_best(self) -> int:
+        """With restoreBestWeights, load the best epoch's weights (kept in memory, or from its
+        checkpoint when the run resumed after it); the epoch whose weights are loaded."""
+        last, best = self.state.epoch, self.best_epoch()
+        if not self.spec.training.early_stopping.restore_best_weights or best in (None, last):
+            return last
+        if self.best_weights is not None and self.best_weights[0] == best:
+            weights = self.best_weights[1]
+        elif best in self.checkpointer.steps():
+            weights = self.checkpointer.load_step(best)["model"]
+        else:
+            log.warning(
+                "the weights of epoch %d (the best %s) are neither kept here nor in a "
+                "checkpoint; reporting epoch %d's",
+                best, self.spec.training.early_stopping.monitor, last,
+            )  # fmt: skip
+            return last
+        self.model.load_state_dict(weights)
+        log.info("reporting the weights of epoch %d, the best by validation", best)
+        return best
+
     def _finish(self, stopped_early: bool) -> Result:
+        reported = self._restore_best()
         test = self.validate(self.data.test, prefix="test") | self._adapted_test()
         backtest, walk_forward = self.backtest(self.data.test)
-        final = {**(self.state.history[-1] if self.state.history else {}), **test}
+        at_reported = self.state.history[reported - 1] if reported > 0 else {}
+        validation = {k: v for k, v in at_reported.items() if k.startswith("val_")}
+        final = {
+            **(self.state.history[-1] if self.state.history else {}),
+            **validation,
+            **test,
+            "reported_epoch": float(reported),
+        }
         self.tracker.metrics(
-            test | {f"backtest_{k}": v for k, v in backtest["model"].items()}, step=self.state.epoch
+            test
+            | {f"backtest_{k}": v for k, v in backtest["model"].items()}
+            | {"reported_epoch": float(reported)},
+            step=self.state.epoch,
         )
         self.tracker.table(walk_forward, "walk_forward.json")
         if self.env.is_main and self.tracker.enabled:

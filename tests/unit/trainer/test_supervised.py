@@ -180,6 +180,83 @@ def test_early_stopping_disabled_trains_every_epoch(make_trainer: Build) -> None
     assert trainer.state.epoch == 3
 
 
+# --- the best epoch's weights ------------------------------------------------------------------
+
+
+def _scripted_val_loss(trainer: SupervisedTrainer, losses: dict[int, float]) -> None:
+    """The trainer's validation reports `losses[epoch]` (0-based) as val_loss; the test
+    split is scored for real."""
+    real = trainer.validate
+
+    def validate(split: SupervisedSplit, prefix: str = "val") -> dict[str, float]:
+        metrics = real(split, prefix)
+        return metrics | {"val_loss": losses[trainer.state.epoch]} if prefix == "val" else metrics
+
+    trainer.validate = validate  # type: ignore[method-assign]
+
+
+def _weights_equal(trainer: SupervisedTrainer, step: int) -> bool:
+    saved = trainer.checkpointer.load_step(step)["model"]
+    return all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())
+
+
+LOSSES = {0: 1.0, 1: 0.5, 2: 0.9, 3: 0.95}
+"""Epoch 2 (1-based) is the best by val_loss."""
+NO_STOP = {"enabled": False}
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_the_report_reads_the_best_epochs_weights_unless_told_not_to(
+    make_trainer: Build, restore: bool
+) -> None:
+    stopping = NO_STOP | {"restoreBestWeights": restore}
+    trainer = make_trainer({"training": {"epochs": 4, "earlyStopping": stopping}})
+    _scripted_val_loss(trainer, LOSSES)
+    result = trainer.fit()
+    assert trainer.best_epoch() == 2 and trainer.checkpointer.best_step == 2
+    reported = 2 if restore else 4
+    assert _weights_equal(trainer, reported) and not _weights_equal(trainer, 6 - reported)
+    assert result.metrics["reported_epoch"] == reported
+    assert result.metrics["val_loss"] == LOSSES[reported - 1]
+    assert result.metrics["epoch"] == 4  # trained for all four
+    assert result.metrics["test_loss"] == trainer.validate(trainer.data.test, "test")["test_loss"]
+    assert trainer.checkpointer.latest_step == 4  # resuming continues from the last epoch
+
+
+def test_a_resumed_run_reads_the_best_epochs_weights_from_its_checkpoint(
+    make_trainer: Build, tmp_path: Path
+) -> None:
+    first = make_trainer(
+        {"training": {"epochs": 2, "earlyStopping": NO_STOP}}, checkpoints=tmp_path
+    )
+    _scripted_val_loss(first, LOSSES)
+    first.fit()
+    resumed = make_trainer(
+        {"training": {"epochs": 4, "earlyStopping": NO_STOP}}, checkpoints=tmp_path
+    )
+    resumed.resume()
+    _scripted_val_loss(resumed, LOSSES)
+    result = resumed.fit()
+    assert resumed.best_weights is None  # the best epoch came before the restart
+    assert result.metrics["reported_epoch"] == 2 and _weights_equal(resumed, 2)
+
+
+def test_without_the_best_epochs_weights_the_last_are_reported_with_a_warning(
+    make_trainer: Build, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = {"training": {"epochs": 3, "earlyStopping": NO_STOP}, "checkpoint": {"interval": 3}}
+    first = make_trainer(spec, checkpoints=tmp_path)  # saves epoch 3 only: not the best, 2
+    _scripted_val_loss(first, LOSSES)
+    first.fit()
+    resumed = make_trainer(spec | {"training": {"epochs": 4, "earlyStopping": NO_STOP}},
+                           checkpoints=tmp_path)  # fmt: skip
+    resumed.resume()
+    _scripted_val_loss(resumed, LOSSES)
+    result = resumed.fit()
+    assert result.metrics["reported_epoch"] == 4 and _weights_equal(resumed, 4)
+    assert "the weights of epoch 2 (the best val_loss) are neither kept here" in caplog.text
+
+
 # --- curriculum ------------------------------------------------------------------------------
 
 
