@@ -104,14 +104,16 @@ def print_summary(result: dict[str, Any], console: Console) -> None:
         table.add_row(name, *cells, f"{p['turnover']:.2f}")
     console.print(table)
     wf = Table(title="Test split by walkForwardStep bars (the trained model, out of sample)")
-    for col in ("period", "model", SHARPE_HEADER, "PSR", "buy & hold", "random"):
+    columns = ("period", "bars", "model", SHARPE_HEADER, "PSR", "max DD", "win", "buy & hold")
+    for col in (*columns, "random"):
         wf.add_column(col, justify="right")
     for row in result["walk_forward"]:
         returns = (row[k] for k in ("model_return", "buy_and_hold_return", "random_return"))
         model, hold, rand = (f"{r:+.2%}" for r in returns)
         wf.add_row(
-            str(row["period"]), model, sharpe_cell(row, "model_"), f"{row['model_psr']:.2f}",
-            hold, rand,
+            str(row["period"]), f"{row['test_from']}..{row['test_to']}", model,
+            sharpe_cell(row, "model_"), f"{row['model_psr']:.2f}",
+            f"{row['model_max_drawdown']:.2%}", f"{row['model_win_rate']:.2%}", hold, rand,
         )  # fmt: skip
     console.print(wf)
     for name, rows in (result.get("folds") or {}).items():

@@ -3,6 +3,8 @@ a seeded random signal, overall and per walk-forward step, after costs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -23,6 +25,9 @@ from tradewind.trainer.execution import cost_rate
 
 SHARPE_KEYS = ("sharpe", "sharpe_ci_low", "sharpe_ci_high", "psr")
 """What a table row shows of a Sharpe ratio: the ratio, its interval and its PSR."""
+RISK_KEYS = ("max_drawdown", "win_rate")
+"""What a walk-forward row shows besides: the model's worst drawdown and share of winning
+trades in the period."""
 
 
 def cost_of(evaluation: EvaluationSpec) -> float:
@@ -46,9 +51,10 @@ def backtest(
     cost: float,
     walk_forward_step: int,
     seed: int,
-) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
-    """Model vs buy-and-hold vs random on the split, overall and per walk-forward step;
-    `cost` per unit of turnover (`cost_of`)."""
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Model vs buy-and-hold vs random on the split, overall and per walk-forward step (its
+    first and last bar's dates, each strategy's return, the model's Sharpe ratio with its
+    interval and PSR, drawdown and win rate); `cost` per unit of turnover (`cost_of`)."""
     ppy = bars_per_year(split.timestamps) / horizon
     overall = compare_strategies(predicted, _trades(split, horizon), cost, ppy, seed)
     rows = []
@@ -56,10 +62,11 @@ def backtest(
         table = compare_strategies(
             predicted[group], _trades(split, horizon, group), cost, ppy, seed
         )
-        row = {f"{k}_return": table[k]["total_return"] for k in table}
-        model = table["model"]
-        significance = {f"model_{k}": model[k] for k in SHARPE_KEYS}
-        rows.append({"period": i, **row, **significance})
+        returns = {f"{k}_return": table[k]["total_return"] for k in table}
+        model = {f"model_{k}": table["model"][k] for k in (*SHARPE_KEYS, *RISK_KEYS)}
+        bars = split.timestamps[group]
+        dates = {"test_from": str(bars.min())[:10], "test_to": str(bars.max())[:10]}
+        rows.append({"period": i, **dates, **returns, **model})
     return overall, rows
 
 

@@ -73,7 +73,7 @@ class Result:
 
     metrics: dict[str, float]
     backtest: dict[str, dict[str, float]]
-    walk_forward: list[dict[str, float]]
+    walk_forward: list[dict[str, Any]]
     latest_checkpoint: str | None
     best_checkpoint: str | None
     mlflow_run_id: str | None
@@ -709,7 +709,7 @@ class SupervisedTrainer:
 
     def backtest(
         self, split: SupervisedSplit
-    ) -> tuple[dict[str, dict[str, float]], list[dict[str, float]]]:
+    ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
         """Model vs buy-and-hold vs random on the split, overall and per walk-forward step."""
         evaluation = self.spec.evaluation
         return bt.backtest(

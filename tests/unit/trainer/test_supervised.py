@@ -3,6 +3,7 @@ curriculum, every training technique, and the exit codes of the entry point."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -255,6 +256,19 @@ def test_without_the_best_epochs_weights_the_last_are_reported_with_a_warning(
     result = resumed.fit()
     assert result.metrics["reported_epoch"] == 4 and _weights_equal(resumed, 4)
     assert "the weights of epoch 2 (the best val_loss) are neither kept here" in caplog.text
+
+
+def test_walk_forward_rows_name_their_bars_and_the_models_risk(make_trainer: Build) -> None:
+    trainer = make_trainer({"training": {"epochs": 1}, "evaluation": {"walkForwardStep": 20}})
+    trainer.fit()
+    _, rows = trainer.backtest(trainer.data.test)
+    bars = np.unique(trainer.data.test.timestamps)
+    assert len(rows) == math.ceil(len(bars) / 20) > 1
+    assert rows[0]["test_from"] == str(bars[0])[:10] and rows[-1]["test_to"] == str(bars[-1])[:10]
+    for row, after in itertools.pairwise(rows):
+        assert row["test_from"] <= row["test_to"] < after["test_from"]
+    for row in rows:
+        assert 0.0 <= row["model_max_drawdown"] <= 1.0 and 0.0 <= row["model_win_rate"] <= 1.0
 
 
 # --- curriculum ------------------------------------------------------------------------------
