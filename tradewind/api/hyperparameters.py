@@ -110,12 +110,20 @@ def hyperparameter_errors(algorithm: str, given: dict[str, Any]) -> list[tuple[s
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 out.append((key, f"unknown {algorithm} hyperparameter; allowed: {allowed}"))
+            elif key == "ent_coef" and str(given.get(key)).startswith("auto"):
+                out.append((key, _ENT_COEF_AUTO[algorithm == "sac"]))
             else:
                 out.append((key, err["msg"]))
         return out
     return []
 
 
+_ENT_COEF_AUTO = (
+    "a number >= 0 (only sac learns its entropy coefficient)",
+    "a number > 0 for a fixed coefficient; leave ent_coef unset for SB3's 'auto' (learned, "
+    "from 1.0)",
+)
+"""What `ent_coef: auto...` gets told: (not sac, sac)."""
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 

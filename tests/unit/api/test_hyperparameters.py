@@ -23,6 +23,17 @@ def test_errors_name_the_key_and_the_allowed_names() -> None:
     assert key == "gamma" and "less than or equal to 1" in problem
 
 
+def test_ent_coef_auto_is_told_what_to_write_instead() -> None:
+    # SB3 spells a learned coefficient ent_coef="auto"; here that is SAC's default, unset
+    for given in ("auto", "auto_0.1"):
+        ((key, problem),) = hyperparameter_errors("sac", {"ent_coef": given})
+        assert key == "ent_coef" and "leave ent_coef unset for SB3's 'auto'" in problem
+    ((_, problem),) = hyperparameter_errors("ppo", {"ent_coef": "auto"})
+    assert "only sac learns" in problem
+    ((_, problem),) = hyperparameter_errors("sac", {"ent_coef": -1})
+    assert "greater than 0" in problem
+
+
 def test_cel_rules_refuse_names_of_other_algorithms() -> None:
     import cel
 
