@@ -102,6 +102,11 @@ class AgentSpec(ApiModel):
     defaults."""
     weight: float = Field(default=1.0, ge=0, le=1000)
     """Weight in a weighted_average ensemble."""
+    action_space: Literal["discrete", "continuous"] | None = None
+    """This agent's action space, where it differs from `environment.actionSpace` (unset:
+    the environment's): an ensemble may mix dqn with sac or td3. It trains and is reported
+    in that space; the ensemble combines every member's target weights and acts in the
+    members' common space, or continuous when they differ."""
 
     cel_rules = (
         CelRule(
@@ -224,6 +229,24 @@ class RLRunSpec(RunBase):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     """Evaluation."""
 
+    def for_agent(self, agent: AgentSpec) -> RLRunSpec:
+        """The spec as `agent` trains and is reported: its environment in the agent's action
+        space."""
+        return self._in_space(agent.action_space or self.environment.action_space)
+
+    def for_ensemble(self) -> RLRunSpec:
+        """The spec as the ensemble acts: the agents' common action space, or continuous
+        when they differ (a discrete member's short/flat/long is a target weight of -1, 0
+        or +1)."""
+        spaces = {a.action_space or self.environment.action_space for a in self.agents}
+        return self._in_space(spaces.pop() if len(spaces) == 1 else "continuous")
+
+    def _in_space(self, space: str) -> RLRunSpec:
+        if space == self.environment.action_space:
+            return self
+        environment = self.environment.model_copy(update={"action_space": space})
+        return self.model_copy(update={"environment": environment})
+
     cel_rules = (
         *immutable("environment", "agents", "device", "managedBy"),
         CelRule(
@@ -232,15 +255,19 @@ class RLRunSpec(RunBase):
             ".agents",
         ),
         CelRule(
-            "self.environment.actionSpace == 'continuous' || "
-            "self.agents.all(a, !(a.algorithm in ['sac', 'td3']))",
-            "sac and td3 need environment.actionSpace continuous",
+            "self.agents.all(a, !(a.algorithm in ['sac', 'td3']) || "
+            "(has(a.actionSpace) ? a.actionSpace == 'continuous' : "
+            "self.environment.actionSpace == 'continuous'))",
+            "sac and td3 need a continuous action space: environment.actionSpace continuous, "
+            "or the agent's actionSpace",
             ".agents",
         ),
         CelRule(
-            "self.environment.actionSpace == 'discrete' || "
-            "self.agents.all(a, a.algorithm != 'dqn')",
-            "dqn needs environment.actionSpace discrete",
+            "self.agents.all(a, a.algorithm != 'dqn' || "
+            "(has(a.actionSpace) ? a.actionSpace == 'discrete' : "
+            "self.environment.actionSpace == 'discrete'))",
+            "dqn needs a discrete action space: environment.actionSpace discrete, or the "
+            "agent's actionSpace",
             ".agents",
         ),
         CelRule(

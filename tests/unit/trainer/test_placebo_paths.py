@@ -109,7 +109,8 @@ def _rl_spec() -> dict[str, Any]:
         },
         "agents": [
             {"name": "ppo", "algorithm": "ppo", "hyperparameters": {"n_steps": 128}},
-            {"name": "a2c", "algorithm": "a2c"},
+            # members of both action spaces: the ensemble acts on their target weights
+            {"name": "a2c", "algorithm": "a2c", "actionSpace": "continuous"},
         ],
         "ensemble": {"method": "weighted_average"},
         "totalTimesteps": 8000,

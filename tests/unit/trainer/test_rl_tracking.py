@@ -149,6 +149,28 @@ def test_agents_and_the_combine_step_log_plots_and_uncertainty(local_only: Path)
     check_logged(MlflowClient(f"sqlite:///{local_only / 'mlflow.db'}"), run, rows)
 
 
+def test_an_ensemble_of_dqn_and_sac_trains_each_in_its_space_and_acts_continuous(
+    local_only: Path,
+) -> None:
+    # the guide's ensemble mixes dqn (discrete) with sac and td3 (continuous)
+    manifest = tiny_rlrun("mixed", "rl-mixed").model_dump(mode="json", by_alias=True)
+    manifest["spec"]["environment"]["actionSpace"] = "discrete"
+    manifest["spec"]["agents"] = [
+        {"name": "dqn", "algorithm": "dqn", "hyperparameters": {"net_arch": [8]}},
+        {
+            "name": "sac",
+            "algorithm": "sac",
+            "actionSpace": "continuous",
+            "hyperparameters": {"net_arch": [8], "learning_starts": 16, "batch_size": 16},
+        },
+    ]
+    run = RLRun.model_validate(manifest)
+    assert run.spec.for_ensemble().environment.action_space == "continuous"
+    rows = train_and_combine(run, local_only)
+    assert {r["strategy"] for r in rows} == {"dqn", "sac", "ensemble", "buy_and_hold"}
+    assert all(np.isfinite(r["total_return"]) for r in rows)
+
+
 class RecordingTracker(Tracker):
     """A tracker that keeps what it is given instead of sending it to MLflow."""
 

@@ -2,8 +2,9 @@
 Thompson sampling over their recent performance or both together (`combined`), with the
 members' disagreement as an uncertainty estimate that can scale the exposure down.
 
-Members act in the environment's action space; each is first mapped to target weights per
-symbol (discrete actions decode to -1/0/+1 per symbol), combined, then mapped back.
+Members act in their own action spaces (a run may mix dqn with sac or td3); each member's
+actions are first mapped to target weights per symbol (discrete actions decode to -1/0/+1
+per symbol), combined, then mapped to the ensemble's space (continuous when they differ).
 
 Learning while trading uses realised returns only. The episode loop tells the ensemble, after
 each step, the per-symbol returns of the bar that step moved to (`observe`): that bar has
@@ -68,6 +69,8 @@ class Member:
     wins: float = 1.0
     losses: float = 1.0
     recent: list[float] = field(default_factory=list)
+    discrete: bool | None = None
+    """Whether its actions are Discrete(3**S) codes; None: the ensemble's own space."""
 
 
 class RLEnsemble:
@@ -121,7 +124,7 @@ class RLEnsemble:
         out = []
         for m in self.members:
             action = np.asarray(m.policy(obs))
-            if self.discrete:
+            if self.discrete if m.discrete is None else m.discrete:
                 out.append(
                     decode_discrete(action, self.n_symbols).reshape(len(obs), self.n_symbols)
                 )

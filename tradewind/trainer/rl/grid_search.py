@@ -227,7 +227,8 @@ def evaluate_trial(
     device: str = "cpu",
 ) -> dict[str, float]:  # fmt: skip
     """Train `agent` for `timesteps` from scratch and score it on the validation market
-    (METRICS) and the test market (TEST_METRICS)."""
+    (METRICS) and the test market (TEST_METRICS), in its action space."""
+    spec = spec.for_agent(agent)
     envs = make_envs(spec, markets.train, markets.validation, seed=seed)
     model = build_agent(agent, envs.train, seed=seed, device=device)
     model.learn(timesteps)

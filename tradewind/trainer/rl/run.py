@@ -89,16 +89,17 @@ def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = Fals
     and `eval_buy_and_hold_*`) and on the test market (metrics `test_*` and
     `test_buy_and_hold_*`, figure `equity_curve.png`), both in table `evaluation.json`."""
     agent = run.spec.agents[index]
-    markets = run_markets(run.spec)
+    spec = run.spec.for_agent(agent)
+    markets = run_markets(spec)
     tracker = _tracker(run, state_dir, agent.name)
     try:
         checkpointer = agent_checkpointer(run, state_dir, agent.name)
-        seed = run.spec.seed + index
+        seed = spec.seed + index
         model, envs = train_agent(
-            run.spec, agent, markets, checkpointer, tracker, seed, progress_bar=progress_bar
+            spec, agent, markets, checkpointer, tracker, seed, progress_bar=progress_bar
         )
         policy = agent_policy(model, envs)
-        _report_agent(tracker, run.spec, agent.name, policy, markets, int(model.num_timesteps))
+        _report_agent(tracker, spec, agent.name, policy, markets, int(model.num_timesteps))
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -314,7 +315,9 @@ def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
     evaluation = markets.test
     spec = run.spec
     members: list[Member] = []
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for index, agent in enumerate(spec.agents):
+        agent_spec = spec.for_agent(agent)
         checkpointer = agent_checkpointer(run, state_dir, agent.name)
         state = (
             checkpointer.load(checkpointer.best_step)
@@ -325,23 +328,27 @@ def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
             raise FileNotFoundError(
                 f"agent {agent.name} has no checkpoint in {checkpoint_base(run, state_dir)}"
             )
-        envs: AgentEnvs = make_envs(spec, markets.train, markets.validation, seed=spec.seed)
+        envs: AgentEnvs = make_envs(agent_spec, markets.train, markets.validation, seed=spec.seed)
         try:
             model = restore_agent(agent, state, envs, "cpu", seed=spec.seed + index)
         except CheckpointError as err:
             where = checkpointer.loaded_uri or checkpointer.store.uri("")
             raise type(err)(f"agent {agent.name}: {where}: {err}") from err
-        members.append(Member(agent.name, agent_policy(model, envs), weight=agent.weight))
-    series = {m.name: play_episode(evaluation, spec, m.policy) for m in members}
+        discrete = agent_spec.environment.action_space == "discrete"
+        policy = agent_policy(model, envs)
+        members.append(Member(agent.name, policy, weight=agent.weight, discrete=discrete))
+        series[agent.name] = play_episode(evaluation, agent_spec, policy)
     trace: EnsembleTrace | None = None
+    together = spec.for_ensemble()
     if spec.ensemble is not None:
-        env = spec.environment
+        env = together.environment
         ens = RLEnsemble.from_spec(
             members, spec.ensemble, env.action_space == "discrete", evaluation.num_symbols,
             spec.seed, cost_rate=env.transaction_cost + env.slippage,
         )  # fmt: skip
-        series["ensemble"], trace = play_ensemble(evaluation, spec, ens)
-    series[BUY_AND_HOLD] = play_episode(evaluation, spec, buy_and_hold(spec, evaluation))
+        series["ensemble"], trace = play_ensemble(evaluation, together, ens)
+    hold = buy_and_hold(together, evaluation)
+    series[BUY_AND_HOLD] = play_episode(evaluation, together, hold)
     rows = strategy_rows(series, evaluation)
     tracker = _tracker(run, state_dir, "combine")
     try:

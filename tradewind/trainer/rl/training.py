@@ -182,7 +182,8 @@ def train_agent(
     tracker: Tracker, seed: int, device: str = "cpu", progress_bar: bool = False,
 ) -> tuple[BaseAlgorithm, AgentEnvs]:  # fmt: skip
     """Train (or resume) one agent to spec.totalTimesteps on the training market, evaluating
-    on the validation market; returns the final model."""
+    on the validation market, in its action space; returns the final model."""
+    spec = spec.for_agent(agent)
     envs = make_envs(spec, markets.train, markets.validation, seed=seed)
     state = checkpointer.resume(spec.checkpoint.resume_from)
     if state is not None:

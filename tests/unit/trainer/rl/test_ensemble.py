@@ -194,3 +194,34 @@ def test_from_spec_builds_what_the_spec_says() -> None:
         "combined", 7, 0.002, 2.0,
     )  # fmt: skip
     assert ens.reweighting == ReweightingSpec()
+
+
+def test_members_of_different_action_spaces_are_combined_as_target_weights() -> None:
+    # a dqn member's Discrete(3**2) code next to a continuous member, in a continuous ensemble
+    long_0_short_1 = 2 + 0 * 3  # base 3, symbol 0 first: long (2), short (0)
+    members = [
+        Member("dqn", lambda obs: np.full(len(obs), long_0_short_1), discrete=True),
+        Member("sac", _constant([0.5, 0.5])),
+    ]
+    ens = RLEnsemble(members, "weighted_average", discrete=False, n_symbols=2)
+    action = ens.act(np.zeros((1, 4), np.float32))
+    assert ens.last_weights[:, 0, :].tolist() == [[1.0, -1.0], [0.5, 0.5]]
+    assert np.allclose(action, [[0.75, -0.25]])
+
+
+def test_the_ensemble_acts_in_its_members_space_or_continuous_when_they_differ() -> None:
+    def spec(*spaces: str | None) -> RLRunSpec:
+        agents = [
+            {"name": f"a{i}", "algorithm": "ppo", **({"actionSpace": s} if s else {})}
+            for i, s in enumerate(spaces)
+        ]
+        return RLRunSpec.model_validate({"agents": agents})
+
+    assert spec(None, None).for_ensemble().environment.action_space == "discrete"
+    together = spec("continuous", "continuous").for_ensemble()
+    assert together.environment.action_space == "continuous"
+    mixed = spec(None, "continuous")
+    assert mixed.for_ensemble().environment.action_space == "continuous"
+    assert mixed.for_agent(mixed.agents[0]).environment.action_space == "discrete"
+    assert mixed.for_agent(mixed.agents[1]).environment.action_space == "continuous"
+    assert mixed.for_agent(mixed.agents[0]) is mixed  # nothing to change
