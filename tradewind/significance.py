@@ -12,10 +12,14 @@ Conventions, chosen once for every caller:
   It is 0.0 when the std is 0 or there are fewer than 2 returns.
 - Non-finite returns (NaN, inf) are dropped before anything is computed; `periods` counts the
   returns kept.
-- The interval is the percentile interval of the Sharpe ratios of stationary-bootstrap
-  resamples (Politis & Romano 1994), whose random block lengths keep the returns'
-  autocorrelation; the mean block length is n ** (1/3), the rate that minimises the
-  variance estimate's error for weakly dependent series.
+- The interval spans two: the percentile interval of the Sharpe ratios of
+  stationary-bootstrap resamples (Politis & Romano 1994), whose random block lengths keep
+  the returns' autocorrelation (mean block length n ** (1/3), the rate that minimises the
+  variance estimate's error for weakly dependent series), and the analytic interval of the
+  estimate's asymptotic variance under skew and kurtosis (Mertens 2002, the one PSR uses)
+  with Student-t quantiles. The bootstrap alone under-covers short samples: of 21 i.i.d.
+  returns (a walk-forward period) its 95% interval misses the true Sharpe ~15% of the time,
+  the analytic one ~5%; the analytic one alone ignores autocorrelation.
 - PSR is Bailey & López de Prado (2012): P(true Sharpe > benchmark) given the sample's
   length, skew and (non-excess) kurtosis, on per-period Sharpe ratios.
 - DSR is Bailey & López de Prado (2014): the PSR of the best trial against the Sharpe ratio
@@ -61,7 +65,7 @@ class SharpeStats:
     sharpe: float
     """mean / std (ddof=0) * sqrt(periods_per_year); 0.0 when std is 0 or periods < 2."""
     ci_low: float
-    """Lower bound of the confidence interval (stationary bootstrap, percentile)."""
+    """Lower bound of the confidence interval (stationary bootstrap and analytic, the wider)."""
     ci_high: float
     """Upper bound of the confidence interval."""
     psr: float
@@ -122,6 +126,8 @@ def sharpe_stats(
     boot = _bootstrap_sharpes(x, n ** (1 / 3), n_boot, rng)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(boot, [tail, 1.0 - tail])
+    half = _student_t_quantile(1.0 - tail, n - 1) * _sharpe_std_error(per_period, n, skew, kurtosis)
+    low, high = min(float(low), per_period - half), max(float(high), per_period + half)
     return SharpeStats(
         sharpe=per_period * scale,
         ci_low=float(low) * scale,
@@ -165,9 +171,30 @@ def probabilistic_sharpe_ratio(
     values = (sharpe, skew, kurtosis, benchmark)
     if periods < 2 or not all(math.isfinite(v) for v in values):
         return 0.5
+    return _NORMAL.cdf((sharpe - benchmark) / _sharpe_std_error(sharpe, periods, skew, kurtosis))
+
+
+def _sharpe_std_error(sharpe: float, periods: int, skew: float, kurtosis: float) -> float:
+    """Standard error of a per-period Sharpe estimate of `periods` returns (Mertens 2002):
+    √((1 - skew·SR + (kurtosis-1)/4 · SR²) / (T-1))."""
     variance = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
-    z = (sharpe - benchmark) * math.sqrt(periods - 1) / math.sqrt(max(variance, 1e-12))
-    return _NORMAL.cdf(z)
+    return math.sqrt(max(variance, 1e-12) / (periods - 1))
+
+
+def _student_t_quantile(p: float, df: int) -> float:
+    """Student's t quantile by the Cornish-Fisher expansion in 1/df (Abramowitz & Stegun
+    26.7.5; no scipy here): at p = 0.975 within 0.1% of the exact value for df >= 3 (11.3
+    instead of 12.7 at df 1); the normal's for df < 1."""
+    z = _NORMAL.inv_cdf(p)
+    if df < 1:
+        return z
+    g = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + float(sum(term / df ** (k + 1) for k, term in enumerate(g)))
 
 
 def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
