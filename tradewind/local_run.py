@@ -151,22 +151,36 @@ def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
         "walk_forward_retrained": "Walk-forward analysis (retrained per window)",
     }
     title = titles.get(name, name)
-    table = Table(title=title, caption="pooled: every fold's test block as one record")
+    table = Table(
+        title=title,
+        caption="pooled: every fold's test block as one record; ± the spread (std) over folds",
+    )
     columns = ("fold", "test period", "accuracy", "model", SHARPE_HEADER, "PSR", "buy & hold")
     for col in (*columns, "random"):
         table.add_column(col, justify="right")
     for r in rows:
+        spread = "test_accuracy_std" in r
         table.add_row(
             str(r["fold"]),
             f"{r['test_from']}..{r['test_to']}",
-            f"{r['test_accuracy']:.3f}",
+            f"{r['test_accuracy']:.3f}" + (f" ± {r['test_accuracy_std']:.3f}" if spread else ""),
             f"{r['model_return']:+.2%}",
-            sharpe_cell(r, "model_"),
+            sharpe_cell(r, "model_") + (f" ± {r['model_sharpe_std']:.2f}" if spread else ""),
             f"{r['model_psr']:.2f}",
             f"{r['buy_and_hold_return']:+.2%}",
             f"{r['random_return']:+.2%}",
         )
     return table
+
+
+def print_tensorboard(run: TrainingRun | RLRun, state_dir: Path, console: Console) -> None:
+    """Where `tracking.tensorboard`'s event files are, as the command that shows them."""
+    folder = state_dir / "tensorboard"
+    if run.spec.tracking.tensorboard and folder.is_dir():
+        console.print(
+            f"TensorBoard: tensorboard --logdir {folder}  (also in the MLflow run, tensorboard/)",
+            highlight=False,
+        )
 
 
 def run_rl(run: RLRun, state_dir: Path, console: Console) -> list[dict[str, Any]]:

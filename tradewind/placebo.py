@@ -121,14 +121,14 @@ def _training_paths(run: TrainingRun, state_dir: Path) -> Figures:
 def training_figures(
     backtest: dict[str, dict[str, float]], folds: dict[str, list[dict[str, Any]]]
 ) -> Figures:
-    """A TrainingRun's paths: the model's test backtest, and each folds table's pooled row."""
-    from tradewind.trainer.folds import POOLED
+    """A TrainingRun's paths: the model's test backtest, and each folds table's pooled
+    figures as the run logs them (`cv_*`, `walk_forward_*`: what a Sweep may select on)."""
+    from tradewind.trainer.folds import METRIC_PREFIXES, pooled_metrics
 
     paths = {"backtest": SharpeStats.from_metrics(backtest["model"])}
-    for name, rows in folds.items():
-        pooled = [r for r in rows if r.get("fold") == POOLED]
-        if pooled:
-            paths[name] = SharpeStats.from_metrics(pooled[0], "model")
+    metrics = pooled_metrics(folds)
+    for name in folds:
+        paths[name] = SharpeStats.from_metrics(metrics, METRIC_PREFIXES[name])
     return {k: (v, v.psr) for k, v in paths.items() if v is not None}
 
 

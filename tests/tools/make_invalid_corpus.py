@@ -383,6 +383,92 @@ cases = [
         "enum",
     ),
     (
+        "tr-monitor-unknown",
+        TR,
+        {"spec": {"training": {"earlyStopping": {"monitor": "val_los"}}}},
+        "spec.training.earlyStopping.monitor",
+        "'val_loss', 'val_accuracy'",
+        "enum",
+    ),
+    (
+        "tr-monitor-term-off",
+        TR,
+        {
+            "spec": {
+                "model": {"heads": {"regression": False, "uncertainty": False}},
+                "training": {"earlyStopping": {"monitor": "val_regression"}},
+            }
+        },
+        "spec.training.earlyStopping.monitor",
+        "names a loss term the run does not compute",
+        "combination",
+    ),
+    (
+        "tr-curriculum-metric-term-off",
+        TR,
+        {"spec": {"training": {"curriculum": {"progressMetric": "val_sequence"}}}},
+        "spec.training.curriculum.progressMetric",
+        "names a loss term the run does not compute",
+        "combination",
+    ),
+    (
+        "tr-curriculum-stage-thresholds",
+        TR,
+        {"spec": {"training": {"curriculum": {"stages": 3, "stageThresholds": [0.5]}}}},
+        "spec.training.curriculum.stageThresholds",
+        "stages - 1 of them",
+        "combination",
+    ),
+    (
+        "tr-curriculum-two-bars",
+        TR,
+        {
+            "spec": {
+                "training": {
+                    "curriculum": {"progressThreshold": 0.6, "stageThresholds": [0.5, 0.6]}
+                }
+            }
+        },
+        "spec.training.curriculum.stageThresholds",
+        "not both",
+        "combination",
+    ),
+    (
+        "rl-dqn-agent-continuous",
+        RL,
+        {"spec": {"agents": [{"name": "d", "algorithm": "dqn", "actionSpace": "continuous"}]}},
+        "spec.agents",
+        "dqn needs a discrete action space",
+        "combination",
+    ),
+    (
+        "rl-sac-agent-discrete",
+        RL,
+        {
+            "spec": {
+                "agents": [{"name": "s", "algorithm": "sac", "actionSpace": "discrete"}],
+                "environment": {"actionSpace": "continuous"},
+            }
+        },
+        "spec.agents",
+        "sac and td3 need a continuous action space",
+        "combination",
+    ),
+    (
+        "rl-sac-ent-coef-auto",
+        RL,
+        {
+            "spec": {
+                "agents": [
+                    {"name": "a", "algorithm": "sac", "hyperparameters": {"ent_coef": "auto"}}
+                ]
+            }
+        },
+        "spec.agents[0].hyperparameters.ent_coef",
+        "leave ent_coef unset for SB3's 'auto'",
+        "type",
+    ),
+    (
         "tr-adversarial-alpha",
         TR,
         {"spec": {"training": {"adversarial": {"epsilon": 0.01, "alpha": 0.05}}}},

@@ -248,6 +248,11 @@ class TrackingSpec(ApiModel):
     """If set, register the final model in the MLflow model registry under this name."""
     system_metrics: bool = True
     """Log CPU/GPU/memory utilisation per node."""
+    tensorboard: bool = False
+    """Also write the metrics and figures as TensorBoard event files (own code: write yours
+    to $TRADEWIND_TENSORBOARD_DIR), logged to the MLflow run under `tensorboard/` when it
+    ends: `mlflow artifacts download --run-id ID --artifact-path tensorboard --dst-path tb`,
+    then `tensorboard --logdir tb`. A local run's stay in `.tradewind/tensorboard/<run>/`."""
 
     cel_rules = (
         CelRule(

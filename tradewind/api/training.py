@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
-from tradewind.api.base import ApiModel, CelRule, ShortStr, immutable
+from tradewind.api.base import ApiModel, CelRule, immutable
 from tradewind.api.common import DataSource, RunBase, builtin_or_extension, check_extension
 
 BUILTIN_MODELS = ("cnn", "lstm", "attention_lstm", "hybrid")
@@ -279,6 +279,27 @@ class LossWeights(ApiModel):
     )
 
 
+ValidationMetric = Literal[
+    "val_loss",
+    "val_accuracy",
+    "val_classification",
+    "val_regression",
+    "val_uncertainty",
+    "val_sequence",
+]
+"""A metric every epoch logs on the validation split: the loss, the accuracy, or one term of
+the multi-task loss (which needs that term: its head on and its `lossWeights` weight above 0;
+`val_sequence` also needs `training.seq2seq`)."""
+
+HIGHER_IS_BETTER = frozenset({"val_accuracy"})
+"""The validation metrics where higher is better (mode `auto` maximises them)."""
+
+
+def maximizes(metric: str, mode: Literal["auto", "min", "max"]) -> bool:
+    """Whether `mode` (auto: from the metric's name) wants `metric` higher."""
+    return mode == "max" or (mode == "auto" and metric in HIGHER_IS_BETTER)
+
+
 class EarlyStoppingSpec(ApiModel):
     """Stop when the monitored validation metric stops improving."""
 
@@ -288,14 +309,18 @@ class EarlyStoppingSpec(ApiModel):
     """Epochs without improvement before stopping."""
     min_delta: float = Field(default=1e-3, ge=0)
     """Smallest change that counts as an improvement."""
-    monitor: ShortStr = "val_loss"
-    """Metric to watch (any logged validation metric)."""
-    mode: Literal["min", "max"] = "min"
-    """Whether lower or higher is better."""
+    monitor: ValidationMetric = "val_loss"
+    """Validation metric to watch (it also ranks the best checkpoint and the reported epoch)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether lower or higher is better; auto: higher for val_accuracy, lower for the rest."""
     restore_best_weights: bool = True
     """Report (test metrics, backtest, walk-forward tables, figures) and log to MLflow the
     weights of the epoch with the best `monitor` value, as the best checkpoint is chosen: on
     validation, never on test; with `enabled: false` too. False: the last epoch's weights."""
+
+    @property
+    def maximize(self) -> bool:
+        return maximizes(self.monitor, self.mode)
 
 
 class AugmentationSpec(ApiModel):
@@ -317,7 +342,8 @@ class DropoutScheduleSpec(ApiModel):
 
 
 class CurriculumSpec(ApiModel):
-    """Curriculum learning: start on easy (calm) data and widen to all of it."""
+    """Curriculum learning: start on easy (calm) data and widen to all of it, a stage at a
+    time, when the validation metric reaches the stage's bar."""
 
     strategy: Literal["volatility", "regime"] = "volatility"
     """Order windows by realised volatility, or by market regime (calm, trending, volatile;
@@ -326,8 +352,44 @@ class CurriculumSpec(ApiModel):
     """Difficulty stages; the last stage uses all data."""
     min_epochs_per_stage: int = Field(default=2, ge=1, le=10_000)
     """Epochs spent in a stage before it may progress."""
+    progress_metric: ValidationMetric = "val_loss"
+    """Validation metric a stage's bar is read on (never a test metric)."""
     progress_threshold: float | None = Field(default=None, gt=0)
-    """Progress when val_loss falls below this; unset progresses after minEpochsPerStage."""
+    """One bar for every stage: progress when progressMetric reaches it (at or below it; at
+    or above it for val_accuracy). Unset (and no stageThresholds): progress after
+    minEpochsPerStage."""
+    stage_thresholds: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, min_length=1, max_length=9
+    )
+    """A bar per stage, to leave stage 1, 2, ... (stages - 1 of them), e.g. a rising
+    val_accuracy [0.55, 0.6]; instead of progressThreshold."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.stageThresholds) || !has(self.progressThreshold)",
+            "set progressThreshold (one bar for every stage) or stageThresholds (one per "
+            "stage), not both",
+            ".stageThresholds",
+        ),
+        CelRule(
+            "!has(self.stageThresholds) || size(self.stageThresholds) == self.stages - 1",
+            "stageThresholds needs one bar per stage but the last: stages - 1 of them",
+            ".stageThresholds",
+        ),
+    )
+
+    def threshold(self, stage: int) -> float | None:
+        """The bar to leave `stage` (0-based); None: no bar."""
+        if self.stage_thresholds is not None:
+            return self.stage_thresholds[stage]
+        return self.progress_threshold
+
+    def reached(self, stage: int, value: float) -> bool:
+        """Whether `value` of progressMetric clears `stage`'s bar (always, without one)."""
+        bar = self.threshold(stage)
+        if bar is None:
+            return True
+        return value >= bar if maximizes(self.progress_metric, "auto") else value <= bar
 
 
 class AdversarialSpec(ApiModel):
@@ -482,6 +544,22 @@ class Entrypoint(ApiModel):
     )
 
 
+_TERM_METRIC_ON = (
+    "(({metric} != 'val_classification' || self.training.lossWeights.classification > 0.0) && "
+    "({metric} != 'val_regression' || "
+    "(self.model.heads.regression && self.training.lossWeights.regression > 0.0)) && "
+    "({metric} != 'val_uncertainty' || "
+    "(self.model.heads.uncertainty && self.training.lossWeights.uncertainty > 0.0)) && "
+    "({metric} != 'val_sequence' || "
+    "(has(self.training.seq2seq) && self.training.lossWeights.sequence > 0.0)))"
+)
+_TERM_METRIC_MESSAGE = (
+    "names a loss term the run does not compute: val_classification needs "
+    "lossWeights.classification > 0, val_regression and val_uncertainty their head "
+    "(model.heads) and weight > 0, val_sequence training.seq2seq and lossWeights.sequence > 0"
+)
+
+
 class TrainingRunSpec(RunBase):
     """A supervised training run: data, model, training loop, evaluation, and where it runs;
     or your own code (`entrypoint`) with the same launcher, checkpoints and tracking."""
@@ -522,6 +600,17 @@ class TrainingRunSpec(RunBase):
             "training.seq2seq forecasts the next bars' returns: data.features must include "
             "returns and outputLength must not exceed data.predictionHorizon",
             ".training.seq2seq",
+        ),
+        CelRule(
+            _TERM_METRIC_ON.format(metric="self.training.earlyStopping.monitor"),
+            f"training.earlyStopping.monitor {_TERM_METRIC_MESSAGE}",
+            ".training.earlyStopping.monitor",
+        ),
+        CelRule(
+            "!has(self.training.curriculum) || "
+            + _TERM_METRIC_ON.format(metric="self.training.curriculum.progressMetric"),
+            f"training.curriculum.progressMetric {_TERM_METRIC_MESSAGE}",
+            ".training.curriculum.progressMetric",
         ),
         CelRule(
             "self.training.precision != 'fp16' || self.device == 'cuda'",

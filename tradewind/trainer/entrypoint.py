@@ -78,7 +78,7 @@ def train(
     from tradewind.trainer.distributed import init_distributed, teardown
     from tradewind.trainer.storage import open_store
     from tradewind.trainer.supervised import SupervisedTrainer, check_precision
-    from tradewind.trainer.tracking import Tracker, default_tracking_uri
+    from tradewind.trainer.tracking import Tracker, default_tracking_uri, tensorboard_dir
 
     check_precision(run.spec.training, cuda=torch.cuda.is_available())
     env = init_distributed(run.spec.device)
@@ -87,10 +87,15 @@ def train(
             open_store(checkpoint_uri(run, state_dir)), run.spec.checkpoint.keep_last
         )
         mlflow.set_tracking_uri(default_tracking_uri(state_dir))
-        tracker = Tracker(enabled=env.is_main)
+        tracking = run.spec.tracking
+        tracker = Tracker(
+            enabled=env.is_main,
+            tensorboard_dir=tensorboard_dir(
+                state_dir, tracking.run_name or run.metadata.name, tracking.tensorboard
+            ),
+        )
         trainer = SupervisedTrainer(run, env, checkpointer, tracker)
         trainer.resume()
-        tracking = run.spec.tracking
         tracker.start(
             experiment=tracking.experiment,
             run_name=tracking.run_name or run.metadata.name,
@@ -106,7 +111,10 @@ def train(
             tracker.end("FAILED")
             raise
         if env.is_main:
-            result.folds = _retraining_evaluations(run, trainer, tracker)
+            result.folds, pooled = _retraining_evaluations(run, trainer, tracker)
+            if pooled:
+                tracker.metrics(pooled, step=trainer.state.epoch)
+                result.metrics |= pooled
             example = trainer.example_input()
             logits = trainer.predict_logits(example)
             tracker.model(trainer.model, tracking.register_model, example, logits)
@@ -116,17 +124,20 @@ def train(
         teardown()
 
 
-def _retraining_evaluations(run: TrainingRun, trainer: Any, tracker: Any) -> dict[str, Any]:
-    """Cross-validation and walk-forward retraining (rank 0, one process), logged as tables."""
+def _retraining_evaluations(
+    run: TrainingRun, trainer: Any, tracker: Any
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Cross-validation and walk-forward retraining (rank 0, one process), logged as tables;
+    and their pooled rows as metrics."""
     import dataclasses
 
-    from tradewind.trainer.folds import evaluate_folds
+    from tradewind.trainer.folds import evaluate_folds, pooled_metrics
 
     local = dataclasses.replace(trainer.env, rank=0, world_size=1)
     tables = evaluate_folds(run, trainer.data, local)
     for name, rows in tables.items():
         tracker.table(rows, f"{name}.json")
-    return tables
+    return tables, pooled_metrics(tables)
 
 
 def fail_permanently(code: int, message: str) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from tradewind.api.resources import TrainingRun
 from tradewind.api.training import TrainingData
-from tradewind.significance import sharpe_stats
+from tradewind.significance import METRIC_KEYS, sharpe_stats
 from tradewind.trainer import backtest as bt
 from tradewind.trainer.checkpoint import Checkpointer
 from tradewind.trainer.data.dataset import (
@@ -129,6 +129,33 @@ def evaluate_folds(
     return tables
 
 
+METRIC_PREFIXES = {"cross_validation": "cv", "walk_forward_retrained": "walk_forward"}
+"""The prefix of a folds table's pooled figures among the run's metrics."""
+
+
+def pooled_metrics(tables: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Each table's pooled row as run metrics (`cv_accuracy`, `cv_accuracy_std`, `cv_return`,
+    `cv_sharpe` with its interval, PSR and the rest of its statistics, `cv_sharpe_std`;
+    `walk_forward_*` alike): figures on
+    the training and validation bars only, so a Sweep may select on them and still report the
+    test split untouched."""
+    metrics: dict[str, float] = {}
+    for name, rows in tables.items():
+        pooled = next((r for r in rows if r["fold"] == POOLED), None)
+        if pooled is None:
+            continue
+        head = METRIC_PREFIXES[name]
+        metrics |= {
+            f"{head}_accuracy": pooled["test_accuracy"],
+            f"{head}_accuracy_std": pooled["test_accuracy_std"],
+            f"{head}_return": pooled["model_return"],
+            f"{head}_sharpe_std": pooled["model_sharpe_std"],
+            f"{head}_buy_and_hold_return": pooled["buy_and_hold_return"],
+            **{f"{head}_{k}": pooled[f"model_{k}"] for k in METRIC_KEYS},
+        }
+    return metrics
+
+
 def _run_folds(
     run: TrainingRun, data: SupervisedDataset, env: DistEnv, folds: Iterator[Fold]
 ) -> list[dict[str, Any]]:
@@ -172,7 +199,8 @@ def _pooled_row(
 ) -> dict[str, Any]:
     """The folds' test blocks as one out-of-sample record: compounded return and the Sharpe
     ratio of all their periods, with its interval and PSR (the figure to judge the folds by;
-    one fold's Sharpe on a short block says little)."""
+    one fold's Sharpe on a short block says little); the folds' mean accuracy, and the spread
+    (std) of accuracy and Sharpe ratio from fold to fold."""
     periods = np.concatenate(returns)
     stats = sharpe_stats(periods, bars_per_year(pool_bars(data)) / horizon)
     return {
@@ -181,6 +209,8 @@ def _pooled_row(
         "test_from": rows[0]["test_from"],
         "test_to": rows[-1]["test_to"],
         "test_accuracy": float(np.mean([r["test_accuracy"] for r in rows])),
+        "test_accuracy_std": float(np.std([r["test_accuracy"] for r in rows])),
+        "model_sharpe_std": float(np.std([r["model_sharpe"] for r in rows])),
         "model_return": float(np.prod(1.0 + periods) - 1.0),
         **stats.as_metrics("model"),
         "buy_and_hold_return": float(np.prod([1 + r["buy_and_hold_return"] for r in rows]) - 1),

@@ -115,7 +115,7 @@ def start_tracking(run: TrainingRun, state_dir: Path) -> Tracker:
     """The run's MLflow run, created or (found by its identity tags) resumed."""
     import mlflow
 
-    from tradewind.trainer.tracking import TAG_UID, Tracker, default_tracking_uri
+    from tradewind.trainer.tracking import TAG_UID, Tracker, default_tracking_uri, tensorboard_dir
 
     uri = default_tracking_uri(state_dir)
     mlflow.set_tracking_uri(uri)
@@ -128,7 +128,10 @@ def start_tracking(run: TrainingRun, state_dir: Path) -> Tracker:
         mode="json", by_alias=True, exclude_none=True,
         exclude={"data", "model", "training", "evaluation", "pod_template"},
     )  # fmt: skip
-    tracker = Tracker(enabled=True)
+    events = tensorboard_dir(
+        state_dir, tracking.run_name or run.metadata.name, tracking.tensorboard
+    )
+    tracker = Tracker(enabled=True, tensorboard_dir=events)
     tracker.start(
         experiment=tracking.experiment,
         run_name=tracking.run_name or run.metadata.name,
@@ -198,6 +201,9 @@ def child_env(
     }
     if tracker is not None and tracker.run_id:
         env["MLFLOW_RUN_ID"] = tracker.run_id
+    if tracker is not None and tracker.tensorboard_dir is not None:
+        tracker.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        env["TRADEWIND_TENSORBOARD_DIR"] = str(tracker.tensorboard_dir.resolve())
     return env
 
 

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -472,7 +472,7 @@ class SupervisedTrainer:
         is given up after a few tries (training goes on; the next one retries), the final
         one is retried for up to SAVE_RETRY_SECONDS. `latest.json` moves only after a
         complete save, so a failed try never leaves it pointing at a partial checkpoint."""
-        mode = self.spec.training.early_stopping.mode
+        mode: Literal["min", "max"] = "max" if self.spec.training.early_stopping.maximize else "min"
         deadline = time.monotonic() + (SAVE_RETRY_SECONDS if final else SAVE_RETRY_SECONDS / 20)
         for attempt in itertools.count(1):
             try:
@@ -507,7 +507,7 @@ class SupervisedTrainer:
             return True
         best = self.state.best_metric
         better = best is None or (
-            value < best - es.min_delta if es.mode == "min" else value > best + es.min_delta
+            value > best + es.min_delta if es.maximize else value < best - es.min_delta
         )
         if better:
             self.state.best_metric = value
@@ -517,23 +517,24 @@ class SupervisedTrainer:
         return better
 
     def _advance_curriculum(self, metrics: dict[str, float]) -> None:
+        """Log the epoch's stage; move to the next when the stage has had its epochs and
+        its validation metric reached the stage's bar."""
         cur = self.spec.training.curriculum
-        if cur is None or self.state.curriculum_stage >= cur.stages - 1:
+        if cur is None:
             return
-        epochs_in_stage = (
-            sum(
-                1
-                for h in self.state.history
-                if h.get("curriculum_stage", 0) == self.state.curriculum_stage
-            )
-            + 1
-        )
-        metrics["curriculum_stage"] = self.state.curriculum_stage
-        threshold_met = (
-            cur.progress_threshold is None or metrics["val_loss"] < cur.progress_threshold
-        )
-        if epochs_in_stage >= cur.min_epochs_per_stage and threshold_met:
+        stage = self.state.curriculum_stage
+        metrics["curriculum_stage"] = stage
+        if stage >= cur.stages - 1:
+            return
+        epochs_in_stage = sum(1 for h in self.state.history if h.get("curriculum_stage") == stage)
+        if epochs_in_stage + 1 >= cur.min_epochs_per_stage and cur.reached(
+            stage, metrics[cur.progress_metric]
+        ):
             self.state.curriculum_stage += 1
+            log.info(
+                "curriculum: stage %d of %d from the next epoch (%s %.4g)",
+                stage + 2, cur.stages, cur.progress_metric, metrics[cur.progress_metric],
+            )  # fmt: skip
 
     def best_epoch(self) -> int | None:
         """The epoch (1-based) with the best monitored validation metric, as the checkpoints
@@ -546,7 +547,7 @@ class SupervisedTrainer:
         ]
         if not scored:
             return None
-        pick = min if es.mode == "min" else max
+        pick = max if es.maximize else min
         return pick(scored, key=lambda pair: pair[0])[1]
 
     def _keep_if_best(self) -> None:

@@ -3,6 +3,10 @@
 The tracking server comes from MLFLOW_TRACKING_URI (set by the operator in a cluster);
 `tradewind run` defaults to a SQLite store under .tradewind/. Credentials stay in the
 environment and are never logged.
+
+With `tracking.tensorboard`, the same metrics and figures are also TensorBoard event files
+(tensorboardX's writer) in a folder of the state dir, logged to the MLflow run under
+`tensorboard/` when it ends.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 TAG_LATEST = "tradewind.checkpoint.latest"
 TAG_BEST = "tradewind.checkpoint.best"
+TENSORBOARD_ARTIFACTS = "tensorboard"
+"""The MLflow run's artifact folder of its TensorBoard event files."""
 TAG_UID = "tradewind.uid"
 """The uid of the run's Kubernetes object (TRADEWIND_RUN_UID in its pods): a run re-created
 under the same name is another MLflow run, and the operator reads progress by it."""
@@ -36,11 +42,21 @@ def flatten(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """One MLflow run per resource; a restarted attempt continues the same run."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, tensorboard_dir: Path | None = None) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
         self.url: str | None = None
         self.tracking_uri: str | None = None
+        self.tensorboard_dir = tensorboard_dir if enabled else None
+        """Where TensorBoard event files are written (None: none are)."""
+        self._writer: Any = None
+
+    def _tensorboard(self) -> Any:
+        if self._writer is None and self.tensorboard_dir is not None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.tensorboard_dir))
+        return self._writer
 
     def start(
         self,
@@ -89,6 +105,9 @@ class Tracker:
             import mlflow
 
             mlflow.log_metrics(dict(values), step=step)
+            if writer := self._tensorboard():
+                for name, value in values.items():
+                    writer.add_scalar(name, value, step)
 
     def tags(self, values: Mapping[str, str | None]) -> None:
         """Set run tags (the operator reads the checkpoint URIs from them)."""
@@ -102,6 +121,8 @@ class Tracker:
             import mlflow
 
             mlflow.log_figure(figure, name)
+            if writer := self._tensorboard():
+                writer.add_figure(Path(name).stem, figure, close=False)
 
     def artifact(self, path: Path, directory: str | None = None) -> None:
         if self.enabled:
@@ -136,7 +157,32 @@ class Tracker:
         if self.enabled and self.run_id:
             import mlflow
 
+            self._log_tensorboard()
             mlflow.end_run(status=status)
+
+    def _log_tensorboard(self) -> None:
+        """The event files (ours, or own code's) to the MLflow run; a failure to upload them
+        is logged, not raised: the run's outcome does not depend on them."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        folder = self.tensorboard_dir
+        if folder is None or not folder.is_dir() or not any(folder.rglob("*")):
+            return
+        import mlflow
+
+        try:
+            mlflow.log_artifacts(str(folder), TENSORBOARD_ARTIFACTS)
+        except Exception as exc:  # any store error: the run goes on without them
+            log.warning("could not log the TensorBoard event files in %s: %s", folder, exc)
+        else:
+            log.info("TensorBoard event files logged to the MLflow run, %s/", TENSORBOARD_ARTIFACTS)
+
+
+def tensorboard_dir(state_dir: Path, run_name: str, wanted: bool) -> Path | None:
+    """The folder of a run's TensorBoard event files in its state dir (one per MLflow run:
+    an RLRun's agents and ensemble each have theirs); None unless `tracking.tensorboard`."""
+    return state_dir / "tensorboard" / run_name if wanted else None
 
 
 def _same_uid(run_id: str, uid: str | None) -> bool:

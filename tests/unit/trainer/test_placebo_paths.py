@@ -131,15 +131,27 @@ def test_rl_agents_and_ensemble_show_an_edge_only_where_one_is_planted(
     _assert_judged(results, {"rl ppo", "rl a2c", "rl ensemble"})
 
 
+@pytest.mark.parametrize(
+    ("objective", "evaluation"),
+    [
+        ({"metric": "val_loss", "direction": "minimize"}, {}),
+        # the cross-validation's pooled Sharpe ratio: chosen on the folds, reported on test
+        ({"metric": "cv_sharpe", "direction": "maximize"}, {"cvSplits": 2}),
+    ],
+)
 def test_a_sweeps_best_trial_shows_an_edge_only_where_one_is_planted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    objective: dict[str, str],
+    evaluation: dict[str, int],
 ) -> None:
-    """Judged by the Deflated Sharpe Ratio of the best trial (by val_loss) over the trials."""
+    """Judged by the Deflated Sharpe Ratio of the best trial (by the objective) over the
+    trials."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    template = copy.deepcopy(_training_spec())
+    template = copy.deepcopy(_training_spec(**evaluation))
     sweep_spec = {
         "template": {"kind": "TrainingRun", "spec": template},
-        "objective": {"metric": "val_loss", "direction": "minimize"},
+        "objective": objective,
         "searchSpace": {"model.dropout": {"type": "grid", "values": [0.0, 0.2]}},
         "sampler": "grid",
         "maxTrials": 2,

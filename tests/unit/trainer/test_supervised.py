@@ -184,14 +184,16 @@ def test_early_stopping_disabled_trains_every_epoch(make_trainer: Build) -> None
 # --- the best epoch's weights ------------------------------------------------------------------
 
 
-def _scripted_val_loss(trainer: SupervisedTrainer, losses: dict[int, float]) -> None:
-    """The trainer's validation reports `losses[epoch]` (0-based) as val_loss; the test
+def _scripted_val_loss(
+    trainer: SupervisedTrainer, losses: dict[int, float], metric: str = "val_loss"
+) -> None:
+    """The trainer's validation reports `losses[epoch]` (0-based) as `metric`; the test
     split is scored for real."""
     real = trainer.validate
 
     def validate(split: SupervisedSplit, prefix: str = "val") -> dict[str, float]:
         metrics = real(split, prefix)
-        return metrics | {"val_loss": losses[trainer.state.epoch]} if prefix == "val" else metrics
+        return metrics | {metric: losses[trainer.state.epoch]} if prefix == "val" else metrics
 
     trainer.validate = validate  # type: ignore[method-assign]
 
@@ -222,6 +224,16 @@ def test_the_report_reads_the_best_epochs_weights_unless_told_not_to(
     assert result.metrics["epoch"] == 4  # trained for all four
     assert result.metrics["test_loss"] == trainer.validate(trainer.data.test, "test")["test_loss"]
     assert trainer.checkpointer.latest_step == 4  # resuming continues from the last epoch
+
+
+@pytest.mark.parametrize(("mode", "best"), [("auto", 2), ("max", 2), ("min", 1)])
+def test_mode_auto_maximises_accuracy(make_trainer: Build, mode: str, best: int) -> None:
+    stopping = NO_STOP | {"monitor": "val_accuracy", "mode": mode}
+    trainer = make_trainer({"training": {"epochs": 4, "earlyStopping": stopping}})
+    _scripted_val_loss(trainer, {0: 0.40, 1: 0.60, 2: 0.50, 3: 0.45}, "val_accuracy")
+    result = trainer.fit()
+    assert trainer.best_epoch() == best and trainer.checkpointer.best_step == best
+    assert result.metrics["reported_epoch"] == best
 
 
 def test_a_resumed_run_reads_the_best_epochs_weights_from_its_checkpoint(
@@ -303,6 +315,29 @@ def test_curriculum_trains_each_stage_on_its_calmest_share_and_advances_per_epoc
         calmest = np.flatnonzero(volatility <= np.quantile(volatility, (epoch + 1) / 3))
         assert sorted(recorder.indices_of_epoch(epoch)) == calmest.tolist(), epoch
     assert len(recorder.indices_of_epoch(2)) == len(volatility)
+
+
+@pytest.mark.parametrize(
+    ("bars", "metric", "values"),
+    [
+        # the guide's progression criteria: a rising accuracy bar per stage
+        (
+            {"progressMetric": "val_accuracy", "stageThresholds": [0.55, 0.6]},
+            "val_accuracy",
+            [0.50, 0.56, 0.58, 0.62, 0.70],
+        ),
+        ({"progressThreshold": 0.7}, "val_loss", [0.9, 0.65, 0.8, 0.6, 0.5]),
+    ],
+)
+def test_curriculum_progresses_when_the_validation_metric_reaches_the_stages_bar(
+    make_trainer: Build, bars: dict[str, object], metric: str, values: list[float]
+) -> None:
+    curriculum = {"stages": 3, "minEpochsPerStage": 1, **bars}
+    training = {"epochs": 5, "curriculum": curriculum, "earlyStopping": NO_STOP}
+    trainer = make_trainer({"training": training})
+    _scripted_val_loss(trainer, dict(enumerate(values)), metric)
+    trainer.fit()
+    assert [h["curriculum_stage"] for h in trainer.state.history] == [0, 0, 1, 1, 2]
 
 
 def test_regime_curriculum_stages_are_distinct_and_take_the_calmer_regimes_first(
@@ -839,3 +874,32 @@ def test_maml_adapts_per_symbol_at_evaluation_and_scores_only_the_later_test_bar
         times = np.sort(test.timestamps[test.symbol_ids == symbol])
         scored = adapted.timestamps[adapted.symbol_ids == symbol]
         np.testing.assert_array_equal(np.sort(scored), times[bars + gap :])
+
+
+# --- retraining evaluations ------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("isolated_tracking")
+def test_cross_validation_logs_its_pooled_figures_and_fold_spread_as_run_metrics(
+    tmp_path: Path, tiny_manifest: Callable[..., dict[str, Any]]
+) -> None:
+    """The guide's CV score (mean and std over folds) and the pooled Sharpe ratio are run
+    metrics, so a Sweep can select on them without reading the test split."""
+    import mlflow
+
+    from tradewind.api import parse_resource
+
+    manifest = tiny_manifest({"training": {"epochs": 1}, "evaluation": {"cvSplits": 3}})
+    run = parse_resource(manifest)
+    result = entrypoint.train(run, tmp_path)
+    folds = [r for r in result.folds["cross_validation"] if r["fold"] != "pooled"]
+    assert len(folds) == 3
+    accuracy = [r["test_accuracy"] for r in folds]
+    logged = mlflow.get_run(result.mlflow_run_id).data.metrics
+    for metrics in (result.metrics, logged):
+        assert metrics["cv_accuracy"] == pytest.approx(np.mean(accuracy))
+        assert metrics["cv_accuracy_std"] == pytest.approx(np.std(accuracy))
+        assert metrics["cv_sharpe_std"] == pytest.approx(np.std([r["model_sharpe"] for r in folds]))
+        assert metrics["cv_sharpe_ci_low"] <= metrics["cv_sharpe"] <= metrics["cv_sharpe_ci_high"]
+        assert 0.0 <= metrics["cv_psr"] <= 1.0
+    assert not any(k.startswith("walk_forward_") for k in logged)

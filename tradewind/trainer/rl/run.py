@@ -44,7 +44,7 @@ from tradewind.trainer.rl.extension import build_environment
 from tradewind.trainer.rl.market import Market, Markets, load_market
 from tradewind.trainer.rl.training import AgentEnvs, make_envs, restore_agent, train_agent
 from tradewind.trainer.storage import open_store
-from tradewind.trainer.tracking import Tracker, default_tracking_uri
+from tradewind.trainer.tracking import Tracker, default_tracking_uri, tensorboard_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,14 @@ def _tracker(run: RLRun, state_dir: Path, role: str) -> Tracker:
     import mlflow
 
     mlflow.set_tracking_uri(default_tracking_uri(state_dir))
-    tracker = Tracker(enabled=True)
+    name = f"{run.metadata.name}-{role}"
+    tracker = Tracker(
+        enabled=True,
+        tensorboard_dir=tensorboard_dir(state_dir, name, run.spec.tracking.tensorboard),
+    )
     tags = mlflow_tags(run, **{"tradewind.role": role})
     params = run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    tracker.start(run.spec.tracking.experiment, f"{run.metadata.name}-{role}", tags, params)
+    tracker.start(run.spec.tracking.experiment, name, tags, params)
     return tracker
 
 

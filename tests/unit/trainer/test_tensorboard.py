@@ -1,0 +1,130 @@
+"""`tracking.tensorboard`: the metrics and figures a run logs to MLflow are TensorBoard event
+files too (the built-in trainers; own code writes its own to $TRADEWIND_TENSORBOARD_DIR), in
+the state dir and in the MLflow run under `tensorboard/`."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from tensorboardX.proto.event_pb2 import Event
+
+from tests.unit.trainer.test_rl_tracking import tiny_rlrun, train_and_combine
+from tradewind.api import TrainingRun, dump_resource, parse_resource
+from tradewind.trainer import entrypoint, own_code
+
+
+def read_events(folder: Path) -> Iterator[Event]:
+    """The events of every event file under `folder` (TFRecord: length, its CRC, the
+    record, its CRC)."""
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            yield Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+
+
+def scalars(folder: Path) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for event in read_events(folder):
+        for value in event.summary.value:
+            if value.HasField("simple_value"):
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
+
+
+def images(folder: Path) -> set[str]:
+    return {
+        value.tag
+        for event in read_events(folder)
+        for value in event.summary.value
+        if value.HasField("image")
+    }
+
+
+def logged_files(run_id: str) -> list[str]:
+    client = MlflowClient()
+    return [f.path for f in client.list_artifacts(run_id, "tensorboard")]
+
+
+@pytest.fixture
+def local_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "RANK", "WORLD_SIZE",
+                 "TRADEWIND_CHECKPOINT_URI", "TRADEWIND_RUN_UID", "PET_NODE_RANK"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRADEWIND_CACHE", str(tmp_path / "cache"))
+    yield tmp_path / "state"
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_a_training_run_writes_its_metrics_and_figures_as_event_files(
+    local_tracking: Path, tiny_manifest: Callable[..., dict[str, Any]], wanted: bool
+) -> None:
+    manifest = tiny_manifest({"training": {"epochs": 2}, "tracking": {"tensorboard": wanted}})
+    run = parse_resource(manifest)
+    assert isinstance(run, TrainingRun)
+    result = entrypoint.train(run, local_tracking)
+    folder = local_tracking / "tensorboard" / run.metadata.name
+    assert result.mlflow_run_id is not None
+    if not wanted:
+        assert not folder.exists() and logged_files(result.mlflow_run_id) == []
+        return
+    logged = scalars(folder)
+    history = MlflowClient().get_metric_history(result.mlflow_run_id, "val_loss")
+    assert logged["val_loss"] == pytest.approx({m.step: m.value for m in history})
+    assert sorted(logged["val_loss"]) == [1, 2]
+    assert "backtest_sharpe" in logged
+    assert images(folder)  # the figures MLflow got
+    files = logged_files(result.mlflow_run_id)
+    assert files and all(f.startswith("tensorboard/events.out.tfevents.") for f in files)
+
+
+def test_each_rl_agent_and_the_ensemble_get_their_own_event_files(local_tracking: Path) -> None:
+    manifest = tiny_rlrun("boarded", "rl-tensorboard").model_dump(mode="json", by_alias=True)
+    manifest["spec"]["tracking"]["tensorboard"] = True
+    run = parse_resource(manifest)
+    train_and_combine(run, local_tracking)
+    folders = sorted(p.name for p in (local_tracking / "tensorboard").iterdir())
+    agents = [f"boarded-{a.name}" for a in run.spec.agents]
+    assert folders == sorted([*agents, "boarded-combine"])
+    assert "eval_mean_reward" in scalars(local_tracking / "tensorboard" / agents[0])
+    combined = scalars(local_tracking / "tensorboard" / "boarded-combine")
+    assert any(k.startswith("ensemble_") for k in combined)
+
+
+WRITE_EVENTS = (
+    "import os, sys; from tensorboardX import SummaryWriter; "
+    "w = SummaryWriter(os.environ['TRADEWIND_TENSORBOARD_DIR']); "
+    "w.add_scalar('my_loss', 0.25, 7); w.close()"
+)
+
+
+def test_own_code_writes_to_its_folder_and_the_files_reach_the_mlflow_run(
+    local_tracking: Path, tmp_path: Path
+) -> None:
+    doc = {"apiVersion": "tradewind.dev/v1alpha1", "kind": "TrainingRun",
+           "metadata": {"name": "own-tb"},
+           "spec": {"entrypoint": {"module": "x"},
+                    "tracking": {"tensorboard": True, "systemMetrics": False}}}  # fmt: skip
+    config = tmp_path / "run.yaml"
+    config.write_text(dump_resource(parse_resource(doc)))
+    seen = tmp_path / "env.json"
+    code = f"{WRITE_EVENTS}; import json; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    argv = ["--config", str(config), "--state-dir", str(local_tracking), "--",
+            sys.executable, "-c", code, str(seen)]  # fmt: skip
+    assert own_code.main(argv) == 0
+    env = json.loads(seen.read_text())
+    folder = Path(env["TRADEWIND_TENSORBOARD_DIR"])
+    assert folder == (local_tracking / "tensorboard" / "own-tb").resolve()
+    assert scalars(folder) == {"my_loss": {7: 0.25}}
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert logged_files(env["MLFLOW_RUN_ID"])
