@@ -400,7 +400,7 @@ cases = [
             }
         },
         "spec.training.earlyStopping.monitor",
-        "names a loss term the run does not compute",
+        "a loss term the run does not compute",
         "combination",
     ),
     (
@@ -408,7 +408,7 @@ cases = [
         TR,
         {"spec": {"training": {"curriculum": {"progressMetric": "val_sequence"}}}},
         "spec.training.curriculum.progressMetric",
-        "names a loss term the run does not compute",
+        "a loss term the run does not compute",
         "combination",
     ),
     (

@@ -554,7 +554,7 @@ _TERM_METRIC_ON = (
     "(has(self.training.seq2seq) && self.training.lossWeights.sequence > 0.0)))"
 )
 _TERM_METRIC_MESSAGE = (
-    "names a loss term the run does not compute: val_classification needs "
+    "a loss term the run does not compute: val_classification needs "
     "lossWeights.classification > 0, val_regression and val_uncertainty their head "
     "(model.heads) and weight > 0, val_sequence training.seq2seq and lossWeights.sequence > 0"
 )
@@ -603,13 +603,13 @@ class TrainingRunSpec(RunBase):
         ),
         CelRule(
             _TERM_METRIC_ON.format(metric="self.training.earlyStopping.monitor"),
-            f"training.earlyStopping.monitor {_TERM_METRIC_MESSAGE}",
+            _TERM_METRIC_MESSAGE,
             ".training.earlyStopping.monitor",
         ),
         CelRule(
             "!has(self.training.curriculum) || "
             + _TERM_METRIC_ON.format(metric="self.training.curriculum.progressMetric"),
-            f"training.curriculum.progressMetric {_TERM_METRIC_MESSAGE}",
+            _TERM_METRIC_MESSAGE,
             ".training.curriculum.progressMetric",
         ),
         CelRule(

@@ -287,3 +287,24 @@ def test_the_best_is_deflated_for_the_combinations_tried(monkeypatch: pytest.Mon
     assert many.deflated_sharpe is not None and many.deflated_sharpe < plain - 0.05
     assert "deflated Sharpe" in gs.best_summary(many)
     assert many.to_json()["best_deflated_sharpe"] == many.deflated_sharpe
+
+
+def test_sacs_auto_entropy_coefficient_is_a_grid_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's grid: ent_coef over 0.01, 0.1 and 'auto' (SAC learns it)."""
+    learned: list[bool] = []
+    build = build_agent
+
+    def spy(agent, env, seed, device="auto"):  # type: ignore[no-untyped-def]
+        model: Any = build(agent, env, seed=seed, device=device)
+        learned.append(model.ent_coef_optimizer is not None)
+        return model
+
+    monkeypatch.setattr(gs, "build_agent", spy)
+    sac = {"net_arch": [8], "learning_starts": 8, "batch_size": 8}
+    spec = _spec([{"name": "sac", "algorithm": "sac", "hyperparameters": sac}])
+    grid = gs.parse_grid(["ent_coef=0.1,auto"])
+    result = gs.grid_search(spec, grid, timesteps=32, markets=_markets(spec))
+    assert learned == [False, True]
+    assert sorted(gs.format_value(r["params"]["ent_coef"]) for r in result.rows) == ["0.1", "null"]
+    with pytest.raises(gs.GridError, match="only sac learns"):
+        gs.grid_search(_spec(), gs.parse_grid(["ent_coef=auto"]), markets=_markets(spec))

@@ -139,6 +139,17 @@ def pick_agent(spec: RLRunSpec, name: str | None) -> AgentSpec:
     raise GridError(f"no agent {name!r} in the run ({', '.join(a.name for a in spec.agents)})")
 
 
+def learned_ent_coef(
+    agent: AgentSpec, grid: Mapping[str, Sequence[Any]]
+) -> dict[str, Sequence[Any]]:
+    """SAC's `ent_coef=...,auto` (the guide's grid: 0.01, 0.1, auto): `auto` is ent_coef
+    unset (null), which SAC learns, as SB3's 'auto' does."""
+    values = grid.get("ent_coef")
+    if agent.algorithm != "sac" or values is None:
+        return dict(grid)
+    return {**grid, "ent_coef": [None if v == "auto" else v for v in values]}
+
+
 def check_grid(agent: AgentSpec, grid: Mapping[str, Sequence[Any]]) -> None:
     """Refuse, before any training, a grid with an unknown name or a value the agent's
     algorithm does not take (each combination is validated as the RLRun would be)."""
@@ -261,6 +272,7 @@ def grid_search(
     if seeds < 1:
         raise GridError("seeds must be at least 1")
     chosen = pick_agent(spec, agent)
+    grid = learned_ent_coef(chosen, grid)
     check_grid(chosen, grid)
     budget = spec.total_timesteps if timesteps is None else timesteps
     if budget < 1:
@@ -310,8 +322,8 @@ def trial_line(i: int, n: int, row: dict[str, Any], score: str) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A grid value as given on the command line (lists as JSON)."""
-    return json.dumps(value) if isinstance(value, list) else str(value)
+    """A grid value as given on the command line (lists as JSON; unset as null)."""
+    return json.dumps(value) if isinstance(value, list | type(None)) else str(value)
 
 
 TABLE_COLUMNS = (
