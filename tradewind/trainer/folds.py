@@ -136,9 +136,8 @@ METRIC_PREFIXES = {"cross_validation": "cv", "walk_forward_retrained": "walk_for
 def pooled_metrics(tables: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     """Each table's pooled row as run metrics (`cv_accuracy`, `cv_accuracy_std`, `cv_return`,
     `cv_sharpe` with its interval, PSR and the rest of its statistics, `cv_sharpe_std`;
-    `walk_forward_*` alike): figures on
-    the training and validation bars only, so a Sweep may select on them and still report the
-    test split untouched."""
+    `walk_forward_*` alike): figures on the training and validation bars only, so a Sweep
+    may select on them and still report the test split untouched."""
     metrics: dict[str, float] = {}
     for name, rows in tables.items():
         pooled = next((r for r in rows if r["fold"] == POOLED), None)

@@ -50,6 +50,8 @@ class Tracker:
         self.tensorboard_dir = tensorboard_dir if enabled else None
         """Where TensorBoard event files are written (None: none are)."""
         self._writer: Any = None
+        self._files_before = _files(self.tensorboard_dir)
+        """The folder's files before this run wrote any (an earlier run's: not logged)."""
 
     def _tensorboard(self) -> Any:
         if self._writer is None and self.tensorboard_dir is not None:
@@ -161,22 +163,38 @@ class Tracker:
             mlflow.end_run(status=status)
 
     def _log_tensorboard(self) -> None:
-        """The event files (ours, or own code's) to the MLflow run; a failure to upload them
-        is logged, not raised: the run's outcome does not depend on them."""
+        """The event files this run wrote (or own code's, new or changed since the tracker
+        was made) to the MLflow run; a failure to upload them is logged, not raised: the
+        run's outcome does not depend on them."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         folder = self.tensorboard_dir
-        if folder is None or not folder.is_dir() or not any(folder.rglob("*")):
+        written = [
+            path for path, stamp in _files(folder).items() if self._files_before.get(path) != stamp
+        ]
+        if folder is None or not written:
             return
         import mlflow
 
         try:
-            mlflow.log_artifacts(str(folder), TENSORBOARD_ARTIFACTS)
+            for path in written:
+                parent = path.relative_to(folder).parent.as_posix()
+                where = (
+                    TENSORBOARD_ARTIFACTS if parent == "." else f"{TENSORBOARD_ARTIFACTS}/{parent}"
+                )
+                mlflow.log_artifact(str(path), where)
         except Exception as exc:  # any store error: the run goes on without them
             log.warning("could not log the TensorBoard event files in %s: %s", folder, exc)
         else:
             log.info("TensorBoard event files logged to the MLflow run, %s/", TENSORBOARD_ARTIFACTS)
+
+
+def _files(folder: Path | None) -> dict[Path, int]:
+    """The files under `folder` and their modification times (ns)."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
 
 
 def tensorboard_dir(state_dir: Path, run_name: str, wanted: bool) -> Path | None:

@@ -72,8 +72,11 @@ def test_a_training_run_writes_its_metrics_and_figures_as_event_files(
     manifest = tiny_manifest({"training": {"epochs": 2}, "tracking": {"tensorboard": wanted}})
     run = parse_resource(manifest)
     assert isinstance(run, TrainingRun)
-    result = entrypoint.train(run, local_tracking)
     folder = local_tracking / "tensorboard" / run.metadata.name
+    if wanted:  # an earlier run's file in the folder is not this run's to log
+        folder.mkdir(parents=True)
+        (folder / "earlier-run.txt").write_text("not this run's")
+    result = entrypoint.train(run, local_tracking)
     assert result.mlflow_run_id is not None
     if not wanted:
         assert not folder.exists() and logged_files(result.mlflow_run_id) == []
@@ -85,7 +88,7 @@ def test_a_training_run_writes_its_metrics_and_figures_as_event_files(
     assert "backtest_sharpe" in logged
     assert images(folder)  # the figures MLflow got
     files = logged_files(result.mlflow_run_id)
-    assert files and all(f.startswith("tensorboard/events.out.tfevents.") for f in files)
+    assert files and all(f.startswith("tensorboard/events.out.tfevents.") for f in files), files
 
 
 def test_each_rl_agent_and_the_ensemble_get_their_own_event_files(local_tracking: Path) -> None:
