@@ -536,6 +536,19 @@ class SupervisedTrainer:
                 stage + 2, cur.stages, cur.progress_metric, metrics[cur.progress_metric],
             )  # fmt: skip
 
+    def _warn_if_curriculum_unfinished(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Say when the reported weights never trained on all the training samples."""
+        cur = self.spec.training.curriculum
+        stage = metrics.get("curriculum_stage")
+        if cur is None or stage is None or stage >= cur.stages - 1:
+            return
+        log.warning(
+            "the reported weights (epoch %d) come from curriculum stage %d of %d: they trained "
+            "on the easiest %.0f%% of the training samples only (the stage's bar on %s was "
+            "not reached sooner; lower it or train longer)",
+            epoch, stage + 1, cur.stages, 100.0 * (stage + 1) / cur.stages, cur.progress_metric,
+        )  # fmt: skip
+
     def best_epoch(self) -> int | None:
         """The epoch (1-based) with the best monitored validation metric, as the checkpoints
         rank them (no minDelta; a tie goes to the earlier epoch); None when none logged it."""
@@ -585,6 +598,7 @@ class SupervisedTrainer:
         test = self.validate(self.data.test, prefix="test") | self._adapted_test()
         backtest, walk_forward = self.backtest(self.data.test)
         at_reported = self.state.history[reported - 1] if reported > 0 else {}
+        self._warn_if_curriculum_unfinished(reported, at_reported)
         validation = {k: v for k, v in at_reported.items() if k.startswith("val_")}
         final = {
             **(self.state.history[-1] if self.state.history else {}),

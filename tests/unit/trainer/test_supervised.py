@@ -340,6 +340,21 @@ def test_curriculum_progresses_when_the_validation_metric_reaches_the_stages_bar
     assert [h["curriculum_stage"] for h in trainer.state.history] == [0, 0, 1, 1, 2]
 
 
+def test_a_curriculum_that_never_reached_all_the_data_says_so(
+    make_trainer: Build, caplog: pytest.LogCaptureFixture
+) -> None:
+    unreachable = {"stages": 3, "minEpochsPerStage": 1, "progressMetric": "val_accuracy",
+                   "stageThresholds": [0.5, 1.0]}  # fmt: skip
+    stopping = NO_STOP | {"monitor": "val_accuracy"}  # the best is the last epoch, stage 2
+    training = {"epochs": 3, "curriculum": unreachable, "earlyStopping": stopping}
+    trainer = make_trainer({"training": training})
+    _scripted_val_loss(trainer, {0: 0.6, 1: 0.7, 2: 0.8}, "val_accuracy")
+    with caplog.at_level("WARNING", logger=supervised.log.name):
+        trainer.fit()
+    assert [h["curriculum_stage"] for h in trainer.state.history] == [0, 1, 1]
+    assert "curriculum stage 2 of 3" in caplog.text and "easiest 67%" in caplog.text
+
+
 def test_regime_curriculum_stages_are_distinct_and_take_the_calmer_regimes_first(
     make_trainer: Build,
 ) -> None:
