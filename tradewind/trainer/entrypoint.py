@@ -88,17 +88,16 @@ def train(
         )
         mlflow.set_tracking_uri(default_tracking_uri(state_dir))
         tracking = run.spec.tracking
+        run_name = tracking.run_name or run.metadata.name
         tracker = Tracker(
             enabled=env.is_main,
-            tensorboard_dir=tensorboard_dir(
-                state_dir, tracking.run_name or run.metadata.name, tracking.tensorboard
-            ),
+            tensorboard_dir=tensorboard_dir(state_dir, run_name, tracking.tensorboard),
         )
         trainer = SupervisedTrainer(run, env, checkpointer, tracker)
         trainer.resume()
         tracker.start(
             experiment=tracking.experiment,
-            run_name=tracking.run_name or run.metadata.name,
+            run_name=run_name,
             tags=mlflow_tags(run),
             params=run.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
             resume_run_id=trainer.state.mlflow_run_id,

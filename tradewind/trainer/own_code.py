@@ -128,13 +128,12 @@ def start_tracking(run: TrainingRun, state_dir: Path) -> Tracker:
         mode="json", by_alias=True, exclude_none=True,
         exclude={"data", "model", "training", "evaluation", "pod_template"},
     )  # fmt: skip
-    events = tensorboard_dir(
-        state_dir, tracking.run_name or run.metadata.name, tracking.tensorboard
-    )
+    run_name = tracking.run_name or run.metadata.name
+    events = tensorboard_dir(state_dir, run_name, tracking.tensorboard)
     tracker = Tracker(enabled=True, tensorboard_dir=events)
     tracker.start(
         experiment=tracking.experiment,
-        run_name=tracking.run_name or run.metadata.name,
+        run_name=run_name,
         tags=tags,
         params=params,
         resume_run_id=_existing_run(tracking.experiment, identity),
