@@ -21,7 +21,18 @@ Conventions, chosen once for every caller:
   returns (a walk-forward period) its 95% interval misses the true Sharpe ~15% of the time,
   the analytic one ~5%; the analytic one alone ignores autocorrelation.
 - PSR is Bailey & López de Prado (2012): P(true Sharpe > benchmark) given the sample's
-  length, skew and (non-excess) kurtosis, on per-period Sharpe ratios.
+  length, skew and (non-excess) kurtosis, on per-period Sharpe ratios, with the estimate's
+  variance scaled by the returns' autocorrelation (`variance_inflation`, below).
+- Autocorrelated returns carry less information than as many independent ones: the Sharpe
+  estimate's variance grows by the ratio of the long-run variance to the variance (Lo 2002).
+  `variance_inflation` is the larger of two estimates of that ratio, and at least 1: the
+  Newey-West (Bartlett) one with n ** (1/3) lags, and the AR(1) one (1 + r1) / (1 - r1)
+  (r1 the lag-1 autocorrelation, capped at 0.9), because Newey-West with few lags misses
+  most of a persistent series'.
+  Measured on zero-mean AR(1) returns with φ 0.5 (252 returns, 4000 seeds), PSR >= 0.95
+  came out 17% of the time with the i.i.d. variance, 7% with Newey-West alone and 5% with
+  the larger of the two; on i.i.d. returns 5% either way. Negative autocorrelation is not
+  credited (the floor of 1).
 - DSR is Bailey & López de Prado (2014): the PSR of the best trial against the Sharpe ratio
   the best of `n_trials` skill-less trials would show by luck.
 - A flat strategy (constant returns, e.g. a model that never trades) gets sharpe 0,
@@ -54,8 +65,11 @@ METRIC_KEYS = (
     "periods_per_year",
     "skew",
     "kurtosis",
+    "sharpe_variance_inflation",
 )
 """The metrics of a SharpeStats (`as_metrics`), in its fields' order."""
+_AR1_CAP = 0.9
+"""Largest lag-1 autocorrelation the AR(1) variance inflation uses (19x at 0.9)."""
 
 
 @dataclass(frozen=True)
@@ -78,28 +92,36 @@ class SharpeStats:
     """Skewness of the returns (0 when undefined)."""
     kurtosis: float
     """Kurtosis of the returns, not excess: a normal's is 3 (3 when undefined)."""
+    variance_inflation: float = 1.0
+    """How many times the Sharpe estimate's variance exceeds that of as many independent
+    returns, from their autocorrelation (>= 1; the module says how it is estimated)."""
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """The fields as flat metrics (`sharpe`, `sharpe_ci_low`, `sharpe_ci_high`, `psr`,
-        `periods`, `periods_per_year`, `skew`, `kurtosis`), named `<prefix>_<key>` with a
-        prefix: what the trainers log to MLflow."""
+        `periods`, `periods_per_year`, `skew`, `kurtosis`, `sharpe_variance_inflation`), named
+        `<prefix>_<key>` with a prefix: what the trainers log to MLflow."""
         values = (self.sharpe, self.ci_low, self.ci_high, self.psr, self.periods,
-                  self.periods_per_year, self.skew, self.kurtosis)  # fmt: skip
+                  self.periods_per_year, self.skew, self.kurtosis,
+                  self.variance_inflation)  # fmt: skip
         head = f"{prefix}_" if prefix else ""
         return {f"{head}{key}": float(v) for key, v in zip(METRIC_KEYS, values, strict=True)}
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, float], prefix: str = "") -> SharpeStats | None:
         """The inverse of `as_metrics`; None unless every key is there and finite (a run that
-        did not log them, or an older trainer)."""
+        did not log them, or an older trainer). A run logged before `variance_inflation` was
+        gets 1.0 (its PSR was computed without it)."""
         head = f"{prefix}_" if prefix else ""
-        values = [metrics.get(f"{head}{key}") for key in METRIC_KEYS]
+        optional = {f"{head}sharpe_variance_inflation": 1.0}
+        values = [metrics.get(f"{head}{key}", optional.get(f"{head}{key}")) for key in METRIC_KEYS]
         if any(v is None or not math.isfinite(float(v)) for v in values):
             return None
-        sharpe, low, high, psr, periods, per_year, skew, kurtosis = (float(v or 0) for v in values)
-        if periods < 0 or per_year <= 0:
+        sharpe, low, high, psr, periods, per_year, skew, kurtosis, inflation = (
+            float(v or 0) for v in values
+        )
+        if periods < 0 or per_year <= 0 or inflation < 1:
             return None
-        return cls(sharpe, low, high, psr, int(periods), per_year, skew, kurtosis)
+        return cls(sharpe, low, high, psr, int(periods), per_year, skew, kurtosis, inflation)
 
 
 def sharpe_stats(
@@ -120,24 +142,47 @@ def sharpe_stats(
     if not _has_spread(x):
         return SharpeStats(0.0, 0.0, 0.0, 0.5, n, float(periods_per_year), 0.0, 3.0)
     skew, kurtosis = _moments(x)
+    inflation = variance_inflation(x)
     per_period = float(x.mean() / x.std())
     scale = math.sqrt(periods_per_year)
     rng = np.random.default_rng(seed)
     boot = _bootstrap_sharpes(x, n ** (1 / 3), n_boot, rng)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(boot, [tail, 1.0 - tail])
-    half = _student_t_quantile(1.0 - tail, n - 1) * _sharpe_std_error(per_period, n, skew, kurtosis)
+    error = _sharpe_std_error(per_period, n, skew, kurtosis, inflation)
+    half = _student_t_quantile(1.0 - tail, n - 1) * error
     low, high = min(float(low), per_period - half), max(float(high), per_period + half)
     return SharpeStats(
         sharpe=per_period * scale,
         ci_low=float(low) * scale,
         ci_high=float(high) * scale,
-        psr=probabilistic_sharpe_ratio(per_period, n, skew, kurtosis),
+        psr=probabilistic_sharpe_ratio(per_period, n, skew, kurtosis, inflation=inflation),
         periods=n,
         periods_per_year=float(periods_per_year),
         skew=skew,
         kurtosis=kurtosis,
+        variance_inflation=inflation,
     )
+
+
+def variance_inflation(returns: npt.ArrayLike) -> float:
+    """How many times the variance of a Sharpe (or mean) estimate of these returns exceeds
+    that of as many independent ones: max(1, Newey-West, AR(1)) estimates of the long-run
+    variance over the variance (the module says why both). 1.0 for fewer than 3 finite
+    returns or no spread."""
+    x = np.asarray(returns, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 3 or not _has_spread(x):
+        return 1.0
+    d = x - x.mean()
+    variance = float(np.dot(d, d))
+    lags = min(math.ceil(n ** (1 / 3)), n - 1)
+    rho = np.array([float(np.dot(d[k:], d[:-k])) / variance for k in range(1, lags + 1)])
+    weights = 1.0 - np.arange(1, lags + 1) / (lags + 1)
+    newey_west = 1.0 + 2.0 * float(np.dot(weights, rho))
+    rho1 = min(float(rho[0]), _AR1_CAP)
+    return max(1.0, newey_west, (1.0 + rho1) / (1.0 - rho1))
 
 
 def stationary_bootstrap_indices(
@@ -162,23 +207,33 @@ def stationary_bootstrap_indices(
 
 
 def probabilistic_sharpe_ratio(
-    sharpe: float, periods: int, skew: float, kurtosis: float, benchmark: float = 0.0
+    sharpe: float,
+    periods: int,
+    skew: float,
+    kurtosis: float,
+    benchmark: float = 0.0,
+    *,
+    inflation: float = 1.0,
 ) -> float:
     """P(true Sharpe > `benchmark`) for a per-period (not annualised) Sharpe estimated on
     `periods` returns with this skew and (non-excess) kurtosis (Bailey & López de Prado
-    2012): Φ((SR - SR*) √(T-1) / √(1 - skew·SR + (kurtosis-1)/4 · SR²)). 0.5 with fewer
+    2012): Φ((SR - SR*) √(T-1) / √(inflation · (1 - skew·SR + (kurtosis-1)/4 · SR²))), with
+    `inflation` the returns' `variance_inflation` (1 for independent returns). 0.5 with fewer
     than 2 periods or non-finite inputs."""
-    values = (sharpe, skew, kurtosis, benchmark)
+    values = (sharpe, skew, kurtosis, benchmark, inflation)
     if periods < 2 or not all(math.isfinite(v) for v in values):
         return 0.5
-    return _NORMAL.cdf((sharpe - benchmark) / _sharpe_std_error(sharpe, periods, skew, kurtosis))
+    error = _sharpe_std_error(sharpe, periods, skew, kurtosis, inflation)
+    return _NORMAL.cdf((sharpe - benchmark) / error)
 
 
-def _sharpe_std_error(sharpe: float, periods: int, skew: float, kurtosis: float) -> float:
-    """Standard error of a per-period Sharpe estimate of `periods` returns (Mertens 2002):
-    √((1 - skew·SR + (kurtosis-1)/4 · SR²) / (T-1))."""
+def _sharpe_std_error(
+    sharpe: float, periods: int, skew: float, kurtosis: float, inflation: float = 1.0
+) -> float:
+    """Standard error of a per-period Sharpe estimate of `periods` returns (Mertens 2002),
+    scaled for autocorrelation: √(inflation · (1 - skew·SR + (kurtosis-1)/4 · SR²) / (T-1))."""
     variance = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
-    return math.sqrt(max(variance, 1e-12) / (periods - 1))
+    return math.sqrt(max(inflation, 1.0) * max(variance, 1e-12) / (periods - 1))
 
 
 def _student_t_quantile(p: float, df: int) -> float:
@@ -230,7 +285,12 @@ def deflated_sharpe_ratio(
         variance = 1.0 / max(best.periods - 1, 1)
     threshold = expected_max_sharpe(trials, variance)
     return probabilistic_sharpe_ratio(
-        best.sharpe / scale, best.periods, best.skew, best.kurtosis, benchmark=threshold
+        best.sharpe / scale,
+        best.periods,
+        best.skew,
+        best.kurtosis,
+        benchmark=threshold,
+        inflation=best.variance_inflation,
     )
 
 

@@ -17,6 +17,7 @@ from tradewind.significance import (
     probabilistic_sharpe_ratio,
     sharpe_stats,
     stationary_bootstrap_indices,
+    variance_inflation,
 )
 
 PER_YEAR = 252.0
@@ -98,6 +99,35 @@ def test_psr_of_zero_mean_noise_is_spread_like_a_uniform() -> None:
     assert 0.4 < psr.mean() < 0.6
     assert 0.35 < np.mean(psr < 0.5) < 0.65
     assert np.mean(psr > 0.95) < 0.12
+
+
+def test_psr_of_autocorrelated_zero_mean_returns_is_calibrated_too() -> None:
+    # A year of AR(1) returns with no edge: with the i.i.d. variance PSR >= 0.95 comes out
+    # ~17% of the time, not 5%.
+    psr = np.array([sharpe_stats(_ar1(s, 252, 0.5), PER_YEAR, n_boot=10).psr for s in range(600)])
+    assert np.mean(psr >= 0.95) < 0.09
+    assert 0.4 < psr.mean() < 0.6
+
+
+def test_variance_inflation_follows_the_autocorrelation() -> None:
+    iid = [variance_inflation(_normal(s, 1000, 0.0)) for s in range(20)]
+    assert min(iid) >= 1.0 and np.mean(iid) < 1.2
+    persistent = [variance_inflation(_ar1(s, 1000, 0.6)) for s in range(20)]
+    assert np.mean(persistent) == pytest.approx((1 + 0.6) / (1 - 0.6), rel=0.2)
+    assert variance_inflation(_ar1(0, 1000, -0.5)) == 1.0  # no credit for mean reversion
+    assert variance_inflation([0.01, 0.02]) == 1.0
+    assert sharpe_stats(_ar1(0, 1000, 0.6), PER_YEAR).variance_inflation == pytest.approx(
+        variance_inflation(_ar1(0, 1000, 0.6))
+    )
+
+
+def test_psr_and_dsr_fall_with_the_variance_inflation() -> None:
+    plain = probabilistic_sharpe_ratio(0.1, 250, 0.0, 3.0)
+    assert probabilistic_sharpe_ratio(0.1, 250, 0.0, 3.0, inflation=3.0) < plain
+    best = sharpe_stats(_normal(2, 250, 0.15), PER_YEAR)
+    trials = [best.sharpe, 0.5, -0.3, 0.1]
+    inflated = SharpeStats(**{**best.__dict__, "variance_inflation": 3.0})
+    assert deflated_sharpe_ratio(inflated, trials) < deflated_sharpe_ratio(best, trials)
 
 
 def test_psr_of_a_strong_strategy_is_near_one() -> None:
@@ -191,9 +221,13 @@ def test_metrics_round_trip_with_a_prefix() -> None:
     assert set(metrics) == {
         "backtest_sharpe", "backtest_sharpe_ci_low", "backtest_sharpe_ci_high", "backtest_psr",
         "backtest_periods", "backtest_periods_per_year", "backtest_skew", "backtest_kurtosis",
+        "backtest_sharpe_variance_inflation",
     }  # fmt: skip
     assert set(stats.as_metrics()) == {k.removeprefix("backtest_") for k in metrics}
     assert SharpeStats.from_metrics(metrics, "backtest") == stats
+    # a run logged before the inflation was: read as independent returns
+    older = {k: v for k, v in metrics.items() if not k.endswith("variance_inflation")}
+    assert SharpeStats.from_metrics(older, "backtest").variance_inflation == 1.0  # type: ignore[union-attr]
     del metrics["backtest_skew"]
     assert SharpeStats.from_metrics(metrics, "backtest") is None
 

@@ -63,7 +63,9 @@ def _assert_judged(results: list[PathResult], paths: set[str]) -> None:
 
 
 def test_supervised_paths_show_an_edge_only_where_one_is_planted(tmp_path: Path) -> None:
-    spec = _training_spec(cvSplits=2, walkForwardWindow=400, walkForwardStep=300)
+    # 3 retrainings on 300 bars each, tested on the next 300: 120 five-bar periods in all.
+    # PSR accounts for autocorrelated returns (the planted regimes' are), so 60 are too few.
+    spec = _training_spec(cvSplits=2, walkForwardWindow=300, walkForwardStep=300)
     run = parse_resource(_manifest("TrainingRun", spec))
     results = check(run, KINDS, tmp_path, Console(quiet=True), runner=_train_here)
     _assert_judged(results, {"backtest", "cross_validation", "walk_forward_retrained"})
