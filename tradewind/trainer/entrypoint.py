@@ -116,6 +116,7 @@ def train(
                 result.metrics |= pooled
             example = trainer.example_input()
             logits = trainer.predict_logits(example)
+            tracker.graph(trainer.model, example)
             tracker.model(trainer.model, tracking.register_model, example, logits)
         tracker.end()
         return result

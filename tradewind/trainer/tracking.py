@@ -4,15 +4,16 @@ The tracking server comes from MLFLOW_TRACKING_URI (set by the operator in a clu
 `tradewind run` defaults to a SQLite store under .tradewind/. Credentials stay in the
 environment and are never logged.
 
-With `tracking.tensorboard`, the same metrics and figures are also TensorBoard event files
-(tensorboardX's writer) in a folder of the state dir, logged to the MLflow run under
-`tensorboard/` when it ends.
+With `tracking.tensorboard`, the same metrics and figures, and the model's graph, are also
+TensorBoard event files (torch.utils.tensorboard's writer) in a folder of the state dir,
+logged to the MLflow run under `tensorboard/` when it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class Tracker:
 
     def _tensorboard(self) -> Any:
         if self._writer is None and self.tensorboard_dir is not None:
-            from tensorboardX import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.tensorboard_dir))
         return self._writer
@@ -125,6 +126,41 @@ class Tracker:
             mlflow.log_figure(figure, name)
             if writer := self._tensorboard():
                 writer.add_figure(Path(name).stem, figure, close=False)
+
+    def graph(self, model: Any, example: Any) -> None:
+        """The model's graph, traced on `example` windows (an array or tensor), in the
+        TensorBoard files (the guide's `log_model_graph`); a model the tracer cannot follow
+        is logged, not raised."""
+        writer = self._tensorboard() if self.enabled else None
+        if writer is None:
+            return
+        import torch
+
+        class Traced(torch.nn.Module):
+            """The model with its ModelOutput as a tuple of tensors (what the tracer takes)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                out = self.model(x)
+                return tuple(v for v in vars(out).values() if isinstance(v, torch.Tensor))
+
+        training = model.training
+        model.eval()
+        try:
+            with warnings.catch_warnings():  # torch.jit.trace's deprecation notices
+                warnings.simplefilter("ignore")
+                x = torch.as_tensor(example).to(next(model.parameters()).device)
+                # traced here without the re-trace check: the models' graphs are the same
+                # each time but for the order of their constants, which the check flags
+                traced = torch.jit.trace(Traced(), x, check_trace=False)  # type: ignore[no-untyped-call]
+                writer.add_graph(traced, x)
+        except Exception as exc:  # the graph is an extra: the run goes on without it
+            log.warning("could not trace the model's graph for TensorBoard: %s", exc)
+        finally:
+            model.train(training)
 
     def artifact(self, path: Path, directory: str | None = None) -> None:
         if self.enabled:

@@ -5,7 +5,6 @@ the state dir and in the MLflow run under `tensorboard/`."""
 from __future__ import annotations
 
 import json
-import struct
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,40 +13,29 @@ from typing import Any
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from tensorboardX.proto.event_pb2 import Event
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.unit.trainer.test_rl_tracking import tiny_rlrun, train_and_combine
 from tradewind.api import TrainingRun, dump_resource, parse_resource
 from tradewind.trainer import entrypoint, own_code
 
 
-def read_events(folder: Path) -> Iterator[Event]:
-    """The events of every event file under `folder` (TFRecord: length, its CRC, the
-    record, its CRC)."""
-    for path in sorted(folder.rglob("events.out.tfevents.*")):
-        data, at = path.read_bytes(), 0
-        while at < len(data):
-            (length,) = struct.unpack("<Q", data[at : at + 8])
-            yield Event.FromString(data[at + 12 : at + 12 + length])
-            at += 12 + length + 4
+def events(folder: Path) -> EventAccumulator:
+    """What TensorBoard reads from the event files in `folder`."""
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return accumulator
 
 
 def scalars(folder: Path) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for event in read_events(folder):
-        for value in event.summary.value:
-            if value.HasField("simple_value"):
-                out.setdefault(value.tag, {})[event.step] = value.simple_value
-    return out
+    read = events(folder)
+    return {tag: {e.step: e.value for e in read.Scalars(tag)} for tag in read.Tags()["scalars"]}
 
 
-def images(folder: Path) -> set[str]:
-    return {
-        value.tag
-        for event in read_events(folder)
-        for value in event.summary.value
-        if value.HasField("image")
-    }
+def graph_ops(folder: Path) -> set[str]:
+    """The op types of the model graph in the event files (empty without one)."""
+    read = events(folder)
+    return {node.op for node in read.Graph().node} if read.Tags()["graph"] else set()
 
 
 def logged_files(run_id: str) -> list[str]:
@@ -86,7 +74,8 @@ def test_a_training_run_writes_its_metrics_and_figures_as_event_files(
     assert logged["val_loss"] == pytest.approx({m.step: m.value for m in history})
     assert sorted(logged["val_loss"]) == [1, 2]
     assert "backtest_sharpe" in logged
-    assert images(folder)  # the figures MLflow got
+    assert events(folder).Tags()["images"]  # the figures MLflow got
+    assert "aten::linear" in graph_ops(folder)  # the model's graph, traced
     files = logged_files(result.mlflow_run_id)
     assert files and all(f.startswith("tensorboard/events.out.tfevents.") for f in files), files
 
@@ -105,7 +94,7 @@ def test_each_rl_agent_and_the_ensemble_get_their_own_event_files(local_tracking
 
 
 WRITE_EVENTS = (
-    "import os, sys; from tensorboardX import SummaryWriter; "
+    "import os, sys; from torch.utils.tensorboard import SummaryWriter; "
     "w = SummaryWriter(os.environ['TRADEWIND_TENSORBOARD_DIR']); "
     "w.add_scalar('my_loss', 0.25, 7); w.close()"
 )
@@ -131,3 +120,25 @@ def test_own_code_writes_to_its_folder_and_the_files_reach_the_mlflow_run(
     assert scalars(folder) == {"my_loss": {7: 0.25}}
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     assert logged_files(env["MLFLOW_RUN_ID"])
+
+
+def test_a_model_the_tracer_cannot_follow_costs_the_graph_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from tradewind.trainer.tracking import Tracker
+
+    class DictOutput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> Any:
+            return {"logits": self.linear(x)}  # no ModelOutput: nothing to trace
+
+    tracker = Tracker(enabled=True, tensorboard_dir=tmp_path)
+    model = DictOutput().train()
+    tracker.graph(model, torch.zeros(2, 3))
+    assert "could not trace the model's graph" in caplog.text
+    assert model.training  # left as it was
