@@ -172,7 +172,7 @@ def _run_here(
 
     if isinstance(resource, RLRun):
         local_run.run_rl(resource, state_dir, out)
-        local_run.print_tensorboard(resource, state_dir, out)
+        local_run.print_tracking_folders(resource, state_dir, out)
         return
     if isinstance(resource, Sweep):
         from tradewind.sweeps.local import run_sweep
@@ -187,7 +187,7 @@ def _run_here(
     run = local_run.with_overrides(resource, nodes, procs_per_node)
     if run.spec.entrypoint is not None:  # your own code
         code = local_run.run_own_code(run, state_dir, out)
-        local_run.print_tensorboard(run, state_dir, out)
+        local_run.print_tracking_folders(run, state_dir, out)
         if code:
             raise typer.Exit(code)
         return
@@ -197,7 +197,7 @@ def _run_here(
     else:
         result = local_run.run_training(run, state_dir, out)
     local_run.print_summary(result, out)
-    local_run.print_tensorboard(run, state_dir, out)
+    local_run.print_tracking_folders(run, state_dir, out)
 
 
 @app.command("placebo")

@@ -173,12 +173,21 @@ def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def print_tensorboard(run: TrainingRun | RLRun, state_dir: Path, console: Console) -> None:
-    """Where `tracking.tensorboard`'s event files are, as the command that shows them."""
+def print_tracking_folders(run: TrainingRun | RLRun, state_dir: Path, console: Console) -> None:
+    """Where `tracking.tensorboard`'s event files and an offline `tracking.wandb` run's files
+    are, as the commands that show or upload them."""
+    tracking = run.spec.tracking
     folder = state_dir / "tensorboard"
-    if run.spec.tracking.tensorboard and folder.is_dir():
+    if tracking.tensorboard and folder.is_dir():
         console.print(
             f"TensorBoard: tensorboard --logdir {folder}  (also in the MLflow run, tensorboard/)",
+            highlight=False,
+        )
+    folder = state_dir / "wandb"
+    if tracking.wandb is not None and tracking.wandb.mode == "offline" and folder.is_dir():
+        console.print(
+            f"W&B (offline): wandb sync {folder}/*/wandb/offline-run-*  (also in the MLflow run,"
+            " wandb/)",
             highlight=False,
         )
 

@@ -565,6 +565,22 @@ cases = [
         "unknown",
     ),
     (
+        "tr-wandb-project-slash",
+        TR,
+        {"spec": {"tracking": {"wandb": {"project": "desk/alpha"}}}},
+        "spec.tracking.wandb.project",
+        "a W&B project name has none of",
+        "combination",
+    ),
+    (
+        "rl-wandb-mode-unknown",
+        RL,
+        {"spec": {"tracking": {"wandb": {"project": "alpha", "mode": "disabled"}}}},
+        "spec.tracking.wandb.mode",
+        "'offline'",
+        "enum",
+    ),
+    (
         "tr-max-restarts-negative",
         TR,
         {"spec": {"maxRestarts": -1}},

@@ -231,8 +231,48 @@ class CheckpointSpec(ApiModel):
     the URI of a checkpoint to start from (e.g. to fine-tune)."""
 
 
+WandbName = Annotated[str, Field(min_length=1, max_length=128)]
+"""A W&B project, entity or group name: at most 128 characters, none of `_WANDB_FORBIDDEN`."""
+_WANDB_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")
+
+
+def _wandb_name_rule(field: str) -> CelRule:
+    cel_chars = ", ".join("'" + c.replace("\\", "\\\\") + "'" for c in _WANDB_FORBIDDEN)
+    return CelRule(
+        f"!has(self.{field}) || ![{cel_chars}].exists(c, self.{field}.contains(c))",
+        f"a W&B {field} name has none of {' '.join(_WANDB_FORBIDDEN)}",
+        f".{field}",
+    )
+
+
+class WandbSpec(ApiModel):
+    """Weights & Biases beside MLflow: node 0 logs the same parameters, metrics, figures and
+    tables to a W&B run whose id is the MLflow run's (a restarted attempt resumes it).
+
+    Online, the pods need the API key as `WANDB_API_KEY` (`podTemplate.env` with a
+    `valueFrom.secretKeyRef`) and a route to W&B (`WANDB_BASE_URL` for a server of your
+    own). If W&B cannot be reached or no key is set, the run warns and goes on with MLflow
+    only. Offline, the W&B run's files are logged to the MLflow run under `wandb/` when it
+    ends (`mlflow artifacts download ... --artifact-path wandb`, then `wandb sync`); a local
+    run's stay in `.tradewind/wandb/<run>/`. Own code gets the settings as WANDB_PROJECT,
+    WANDB_ENTITY, WANDB_MODE, WANDB_RUN_GROUP, WANDB_NAME, WANDB_RUN_ID and WANDB_DIR, which
+    a bare `wandb.init()` reads."""
+
+    project: WandbName
+    """W&B project."""
+    entity: WandbName | None = None
+    """W&B team or user; defaults to the API key's default entity."""
+    mode: Literal["online", "offline"] = "online"
+    """`online` streams to W&B; `offline` writes the run's files for `wandb sync`."""
+    group: WandbName | None = None
+    """W&B run group; defaults to the Sweep of a trial, else the resource name (an RLRun's
+    agents and combine step, one W&B run each, share it)."""
+
+    cel_rules = tuple(_wandb_name_rule(f) for f in ("project", "entity", "group"))
+
+
 class TrackingSpec(ApiModel):
-    """Where metrics, parameters, plots and the model go in MLflow."""
+    """Where metrics, parameters, plots and the model go in MLflow (and W&B, TensorBoard)."""
 
     experiment: ShortStr = "tradewind"
     """MLflow experiment name."""
@@ -253,6 +293,8 @@ class TrackingSpec(ApiModel):
     to $TRADEWIND_TENSORBOARD_DIR), logged to the MLflow run under `tensorboard/` when it
     ends: `mlflow artifacts download --run-id ID --artifact-path tensorboard --dst-path tb`,
     then `tensorboard --logdir tb`. A local run's stay in `.tradewind/tensorboard/<run>/`."""
+    wandb: WandbSpec | None = None
+    """Also log to Weights & Biases (the guide's TrainingMonitor logs to both)."""
 
     cel_rules = (
         CelRule(

@@ -79,6 +79,7 @@ def train(
     from tradewind.trainer.storage import open_store
     from tradewind.trainer.supervised import SupervisedTrainer, check_precision
     from tradewind.trainer.tracking import Tracker, default_tracking_uri, tensorboard_dir
+    from tradewind.trainer.wandb_run import wandb_run
 
     check_precision(run.spec.training, cuda=torch.cuda.is_available())
     env = init_distributed(run.spec.device)
@@ -92,6 +93,7 @@ def train(
         tracker = Tracker(
             enabled=env.is_main,
             tensorboard_dir=tensorboard_dir(state_dir, run_name, tracking.tensorboard),
+            wandb=wandb_run(tracking.wandb, state_dir, run_name, run.metadata),
         )
         trainer = SupervisedTrainer(run, env, checkpointer, tracker)
         trainer.resume()

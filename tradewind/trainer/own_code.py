@@ -116,6 +116,7 @@ def start_tracking(run: TrainingRun, state_dir: Path) -> Tracker:
     import mlflow
 
     from tradewind.trainer.tracking import TAG_UID, Tracker, default_tracking_uri, tensorboard_dir
+    from tradewind.trainer.wandb_run import wandb_run
 
     uri = default_tracking_uri(state_dir)
     mlflow.set_tracking_uri(uri)
@@ -130,7 +131,8 @@ def start_tracking(run: TrainingRun, state_dir: Path) -> Tracker:
     )  # fmt: skip
     run_name = tracking.run_name or run.metadata.name
     events = tensorboard_dir(state_dir, run_name, tracking.tensorboard)
-    tracker = Tracker(enabled=True, tensorboard_dir=events)
+    wandb = wandb_run(tracking.wandb, state_dir, run_name, run.metadata, by_own_code=True)
+    tracker = Tracker(enabled=True, tensorboard_dir=events, wandb=wandb)
     tracker.start(
         experiment=tracking.experiment,
         run_name=run_name,
@@ -203,6 +205,8 @@ def child_env(
     if tracker is not None and tracker.tensorboard_dir is not None:
         tracker.tensorboard_dir.mkdir(parents=True, exist_ok=True)
         env["TRADEWIND_TENSORBOARD_DIR"] = str(tracker.tensorboard_dir.resolve())
+    if tracker is not None and tracker.wandb is not None and tracker.run_id:
+        env |= tracker.wandb.env(tracker.run_id)
     return env
 
 

@@ -6,7 +6,9 @@ environment and are never logged.
 
 With `tracking.tensorboard`, the same metrics and figures, and the model's graph, are also
 TensorBoard event files (torch.utils.tensorboard's writer) in a folder of the state dir,
-logged to the MLflow run under `tensorboard/` when it ends.
+logged to the MLflow run under `tensorboard/` when it ends. With `tracking.wandb`, the
+parameters, metrics, figures and tables go to a W&B run too (`wandb_run`); an offline W&B
+run's files are logged to the MLflow run under `wandb/` when it ends.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tradewind.trainer.wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
 TAG_LATEST = "tradewind.checkpoint.latest"
@@ -43,16 +48,26 @@ def flatten(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """One MLflow run per resource; a restarted attempt continues the same run."""
 
-    def __init__(self, enabled: bool, tensorboard_dir: Path | None = None) -> None:
+    def __init__(
+        self, enabled: bool, tensorboard_dir: Path | None = None, wandb: WandbRun | None = None
+    ) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
         self.url: str | None = None
         self.tracking_uri: str | None = None
         self.tensorboard_dir = tensorboard_dir if enabled else None
         """Where TensorBoard event files are written (None: none are)."""
+        self.wandb = wandb if enabled else None
+        """The W&B run beside the MLflow run (None: none)."""
         self._writer: Any = None
-        self._files_before = _files(self.tensorboard_dir)
-        """The folder's files before this run wrote any (an earlier run's: not logged)."""
+        uploads = {TENSORBOARD_ARTIFACTS: self.tensorboard_dir}
+        if self.wandb is not None and self.wandb.offline:
+            from tradewind.trainer.wandb_run import ARTIFACTS
+
+            uploads[ARTIFACTS] = self.wandb.folder
+        self._uploads = {name: (folder, _files(folder)) for name, folder in uploads.items()}
+        """Folders whose files go to the MLflow run when it ends, by artifact folder, with
+        their files before this run wrote any (an earlier run's: not logged)."""
 
     def _tensorboard(self) -> Any:
         if self._writer is None and self.tensorboard_dir is not None:
@@ -102,6 +117,8 @@ class Tracker:
                 f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
             )
         log.info("MLflow run %s (%s)", self.run_id, self.url or uri)
+        if self.wandb is not None:
+            self.wandb.start(self.run_id, params)
 
     def metrics(self, values: Mapping[str, float], step: int) -> None:
         if self.enabled and values:
@@ -111,6 +128,8 @@ class Tracker:
             if writer := self._tensorboard():
                 for name, value in values.items():
                     writer.add_scalar(name, value, step)
+            if self.wandb is not None:
+                self.wandb.log(values, step)
 
     def tags(self, values: Mapping[str, str | None]) -> None:
         """Set run tags (the operator reads the checkpoint URIs from them)."""
@@ -126,6 +145,8 @@ class Tracker:
             mlflow.log_figure(figure, name)
             if writer := self._tensorboard():
                 writer.add_figure(Path(name).stem, figure, close=False)
+            if self.wandb is not None:
+                self.wandb.figure(figure, name)
 
     def graph(self, model: Any, example: Any) -> None:
         """The model's graph, traced on `example` windows (an array or tensor), in the
@@ -174,6 +195,8 @@ class Tracker:
 
             columns = {k: [r.get(k) for r in rows] for k in rows[0]}
             mlflow.log_table(columns, name)
+            if self.wandb is not None:
+                self.wandb.table(rows, name)
 
     def model(self, model: Any, register_as: str | None, example: Any, logits: Any) -> None:
         """Log the model (and register it under `register_as`) with its signature: windows
@@ -195,20 +218,20 @@ class Tracker:
         if self.enabled and self.run_id:
             import mlflow
 
-            self._log_tensorboard()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            if self.wandb is not None:
+                self.wandb.finish(failed=status != "FINISHED")
+            for name, (folder, before) in self._uploads.items():
+                self._log_files(name, folder, before)
             mlflow.end_run(status=status)
 
-    def _log_tensorboard(self) -> None:
-        """The event files this run wrote (or own code's, new or changed since the tracker
-        was made) to the MLflow run; a failure to upload them is logged, not raised: the
-        run's outcome does not depend on them."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        folder = self.tensorboard_dir
-        written = [
-            path for path, stamp in _files(folder).items() if self._files_before.get(path) != stamp
-        ]
+    def _log_files(self, artifacts: str, folder: Path | None, before: dict[Path, int]) -> None:
+        """The files under `folder` this run wrote (or own code's, new or changed since the
+        tracker was made) to the MLflow run under `artifacts`; a failure to upload them is
+        logged, not raised: the run's outcome does not depend on them."""
+        written = [path for path, stamp in _files(folder).items() if before.get(path) != stamp]
         if folder is None or not written:
             return
         import mlflow
@@ -216,14 +239,12 @@ class Tracker:
         try:
             for path in written:
                 parent = path.relative_to(folder).parent.as_posix()
-                where = (
-                    TENSORBOARD_ARTIFACTS if parent == "." else f"{TENSORBOARD_ARTIFACTS}/{parent}"
-                )
+                where = artifacts if parent == "." else f"{artifacts}/{parent}"
                 mlflow.log_artifact(str(path), where)
         except Exception as exc:  # any store error: the run goes on without them
-            log.warning("could not log the TensorBoard event files in %s: %s", folder, exc)
+            log.warning("could not log the files in %s to the MLflow run: %s", folder, exc)
         else:
-            log.info("TensorBoard event files logged to the MLflow run, %s/", TENSORBOARD_ARTIFACTS)
+            log.info("%s files logged to the MLflow run, %s/", folder, artifacts)
 
 
 def _files(folder: Path | None) -> dict[Path, int]:

@@ -45,6 +45,7 @@ from tradewind.trainer.rl.market import Market, Markets, load_market
 from tradewind.trainer.rl.training import AgentEnvs, make_envs, restore_agent, train_agent
 from tradewind.trainer.storage import open_store
 from tradewind.trainer.tracking import Tracker, default_tracking_uri, tensorboard_dir
+from tradewind.trainer.wandb_run import wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def _tracker(run: RLRun, state_dir: Path, role: str) -> Tracker:
     tracker = Tracker(
         enabled=True,
         tensorboard_dir=tensorboard_dir(state_dir, name, run.spec.tracking.tensorboard),
+        wandb=wandb_run(run.spec.tracking.wandb, state_dir, name, run.metadata),
     )
     tags = mlflow_tags(run, **{"tradewind.role": role})
     params = run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
