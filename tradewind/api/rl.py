@@ -107,6 +107,11 @@ class AgentSpec(ApiModel):
     the environment's): an ensemble may mix dqn with sac or td3. It trains and is reported
     in that space; the ensemble combines every member's target weights and acts in the
     members' common space, or continuous when they differ."""
+    log_interval: int | None = Field(default=None, ge=1, le=1_000_000)
+    """SB3's `learn(log_interval)`: its metrics (`train_*`, `rollout_*`, `time_*`) and
+    `progress` go to MLflow every this many episodes (sac, td3, dqn) or iterations (ppo,
+    a2c); unset: SB3's default for the algorithm (4 episodes; 1 iteration for ppo, 100 for
+    a2c). Evaluations (`eval.freq`) are logged when they happen."""
 
     cel_rules = (
         CelRule(

@@ -1,7 +1,8 @@
 """Training one agent of an RLRun: batched env (+ VecNormalize), the SB3 algorithm,
 periodic evaluation on the validation market keeping the best model, resumable checkpoints
 (model, replay buffer, normalisation statistics) every `checkpoint.interval` thousand
-timesteps, SB3's metrics and evaluation returns to MLflow. The test market is not read here.
+timesteps, SB3's metrics (as its logger dumps them, every `logInterval`) and evaluation
+returns to MLflow. The test market is not read here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from tradewind.api.rl import AgentSpec, RLRunSpec
@@ -75,13 +77,39 @@ def next_multiple(timesteps: int, every: int) -> int:
     return (timesteps // every + 1) * every
 
 
+class TrackerOutput(KVWriter):
+    """SB3's logger writing to the Tracker (MLflow, and TensorBoard and W&B where asked):
+    the numbers SB3 dumps every `log_interval`, named with `_` for `/` (`train_actor_loss`)
+    at the timestep count."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def write(
+        self,
+        key_values: dict[str, Any],
+        key_excluded: dict[str, tuple[str, ...]],
+        step: int = 0,
+    ) -> None:
+        numbers = (int, float, np.integer, np.floating)
+        values = {
+            key.replace("/", "_"): float(value)
+            for key, value in key_values.items()
+            if isinstance(value, numbers) and not isinstance(value, bool)
+        }
+        self.tracker.metrics(values, step=step)
+
+    def close(self) -> None:
+        pass
+
+
 class EvalCheckpointCallback(BaseCallback):
     """At the first rollout end after every `eval.freq` timesteps: evaluate on the validation
     market, log `eval_mean_reward`, checkpoint with it (the best evaluation is the best
     checkpoint). At the first rollout end after every `checkpoint.interval` thousand
-    timesteps without an evaluation: checkpoint, unranked (for resuming). SB3's own metrics
-    go to MLflow at each rollout's end. The rollout that reaches totalTimesteps is left to
-    the final `evaluate_and_save`."""
+    timesteps without an evaluation: checkpoint, unranked (for resuming). `progress` joins
+    SB3's metrics, dumped every `log_interval` (`TrackerOutput`). The rollout that reaches
+    totalTimesteps is left to the final `evaluate_and_save`."""
 
     def __init__(
         self, spec: RLRunSpec, envs: AgentEnvs, checkpointer: Checkpointer, tracker: Tracker
@@ -104,9 +132,7 @@ class EvalCheckpointCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         # At a rollout's end every transition of it is stored (on_step runs before SB3 adds
         # the step to the replay buffer), so a checkpoint here loses none.
-        values = {k.replace("/", "_"): float(v) for k, v in self.model.logger.name_to_value.items()}
-        values["progress"] = 100.0 * self.num_timesteps / self.spec.total_timesteps
-        self.tracker.metrics(values, step=self.num_timesteps)
+        self.logger.record("progress", self.progress)
         now = self.num_timesteps
         evaluate, checkpoint = now >= self.next_eval, now >= self.next_checkpoint
         if evaluate:
@@ -120,12 +146,16 @@ class EvalCheckpointCallback(BaseCallback):
         elif checkpoint:
             self.checkpointer.save(now, agent_state(self.model, self.envs))
 
+    @property
+    def progress(self) -> float:
+        """Percent of totalTimesteps done."""
+        return 100.0 * self.num_timesteps / self.spec.total_timesteps
+
     def evaluate_and_save(self) -> float:
         """Evaluate on the validation market, log and checkpoint ranked by the result."""
         mean = evaluation_reward(self.model, self.envs, self.spec)
-        self.tracker.metrics(
-            {"eval_mean_reward": mean, "timesteps": self.num_timesteps}, step=self.num_timesteps
-        )
+        values = {"eval_mean_reward": mean, "timesteps": self.num_timesteps}
+        self.tracker.metrics(values | {"progress": self.progress}, step=self.num_timesteps)
         self.checkpointer.save(self.num_timesteps, agent_state(self.model, self.envs), mean, "max")
         return mean
 
@@ -195,9 +225,12 @@ def train_agent(
         log.info("agent %s resumed at %d timesteps", agent.name, model.num_timesteps)
     else:
         model = build_agent(agent, envs.train, seed=seed, device=device)
+    model.set_logger(Logger(folder=None, output_formats=[TrackerOutput(tracker)]))
     callback = EvalCheckpointCallback(spec, envs, checkpointer, tracker)
     callback.start_at(model.num_timesteps)
     remaining = spec.total_timesteps - model.num_timesteps
+    # unset: each algorithm's learn() default
+    interval: dict[str, Any] = {"log_interval": agent.log_interval} if agent.log_interval else {}
     if remaining > 0:
         # the finiteness check first: it stops a diverged agent before anything checkpoints it
         model.learn(
@@ -205,6 +238,7 @@ def train_agent(
             callback=[FiniteTrainingCheck(), callback],
             reset_num_timesteps=False,
             progress_bar=progress_bar,
+            **interval,
         )
         callback.evaluate_and_save()
     return model, envs

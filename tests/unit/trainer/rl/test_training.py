@@ -3,11 +3,14 @@ for resuming) besides the ranked ones at each evaluation on the validation marke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.unit.trainer.rl.markets import random_market
-from tradewind.api.rl import RLRunSpec
+from tradewind.api.rl import AgentSpec, RLRunSpec
 from tradewind.trainer.checkpoint import Checkpointer, Mode
 from tradewind.trainer.rl.market import split_market
 from tradewind.trainer.rl.training import next_multiple, train_agent
@@ -93,3 +96,47 @@ def test_a_resumed_run_schedules_from_where_it_stopped() -> None:
     assert next_multiple(0, 1000) == 1000
     assert next_multiple(1999, 1000) == 2000
     assert next_multiple(2000, 1000) == 3000
+
+
+class RecordingTracker(Tracker):
+    """Keeps what would go to MLflow: (step, metrics) per call."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        self.logged.append((step, dict(values)))
+
+
+def _logged_steps(spec: RLRunSpec, root: Path, key: str) -> list[int]:
+    markets = split_market(random_market(n_bars=120, seed=3), spec.environment, 0.2, 0.2)
+    tracker = RecordingTracker()
+    train_agent(spec, spec.agents[0], markets, Checkpointer(LocalStore(root)), tracker, seed=0)
+    return [step for step, values in tracker.logged if key in values]
+
+
+@pytest.mark.parametrize("interval", [None, 4])
+def test_sb3s_metrics_reach_the_tracker_every_log_interval(
+    tmp_path: Path, interval: int | None
+) -> None:
+    spec = _spec(100, eval_freq=10 * TOTAL)
+    if interval:
+        spec.agents[0].log_interval = interval
+    every = (interval or 1) * ROLLOUT  # PPO's default: every iteration
+    steps = _logged_steps(spec, tmp_path, "train_value_loss")
+    # a dump holds the update before it: none is logged before the second iteration
+    assert steps == list(range(2 * ROLLOUT if every == ROLLOUT else every, TOTAL + 1, every))
+    progress = _logged_steps(spec, tmp_path / "again", "progress")
+    assert progress[-1] == TOTAL and len(progress) == TOTAL // every + 1  # and the final eval
+
+
+def test_an_off_policy_agent_logs_every_few_episodes_not_every_step(tmp_path: Path) -> None:
+    spec = _spec(100, eval_freq=10 * TOTAL)
+    sac = {"name": "sac", "algorithm": "sac", "hyperparameters": {"net_arch": [4]}}
+    spec = spec.model_copy(update={"agents": [AgentSpec.model_validate(sac)],
+                                   "total_timesteps": 640})  # fmt: skip
+    steps = _logged_steps(spec, tmp_path, "progress")
+    # 80 steps of 8 environments, episodes of 20 bars: a dump every 4 episodes (SB3's
+    # default), not one per step as a rollout of SAC is
+    assert 2 <= len(steps) <= 640 // (4 * 20 // 8) + 1, steps
