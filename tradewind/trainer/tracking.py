@@ -18,10 +18,10 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tradewind.trainer.wandb_run import WandbRun
+from tradewind.trainer.wandb_run import ARTIFACTS as WANDB_ARTIFACTS
+from tradewind.trainer.wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
 TAG_LATEST = "tradewind.checkpoint.latest"
@@ -62,9 +62,7 @@ class Tracker:
         self._writer: Any = None
         uploads = {TENSORBOARD_ARTIFACTS: self.tensorboard_dir}
         if self.wandb is not None and self.wandb.offline:
-            from tradewind.trainer.wandb_run import ARTIFACTS
-
-            uploads[ARTIFACTS] = self.wandb.folder
+            uploads[WANDB_ARTIFACTS] = self.wandb.folder
         self._uploads = {name: (folder, _files(folder)) for name, folder in uploads.items()}
         """Folders whose files go to the MLflow run when it ends, by artifact folder, with
         their files before this run wrote any (an earlier run's: not logged)."""

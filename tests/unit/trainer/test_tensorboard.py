@@ -4,9 +4,7 @@ the state dir and in the MLflow run under `tensorboard/`."""
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.unit.trainer.test_rl_tracking import tiny_rlrun, train_and_combine
-from tradewind.api import TrainingRun, dump_resource, parse_resource
-from tradewind.trainer import entrypoint, own_code
+from tradewind.api import TrainingRun, parse_resource
+from tradewind.trainer import entrypoint
 
 
 def events(folder: Path) -> EventAccumulator:
@@ -41,16 +39,6 @@ def graph_ops(folder: Path) -> set[str]:
 def logged_files(run_id: str) -> list[str]:
     client = MlflowClient()
     return [f.path for f in client.list_artifacts(run_id, "tensorboard")]
-
-
-@pytest.fixture
-def local_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "RANK", "WORLD_SIZE",
-                 "TRADEWIND_CHECKPOINT_URI", "TRADEWIND_RUN_UID", "PET_NODE_RANK"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TRADEWIND_CACHE", str(tmp_path / "cache"))
-    yield tmp_path / "state"
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("wanted", [True, False])
@@ -94,27 +82,16 @@ def test_each_rl_agent_and_the_ensemble_get_their_own_event_files(local_tracking
 
 
 WRITE_EVENTS = (
-    "import os, sys; from torch.utils.tensorboard import SummaryWriter; "
+    "import os; from torch.utils.tensorboard import SummaryWriter; "
     "w = SummaryWriter(os.environ['TRADEWIND_TENSORBOARD_DIR']); "
     "w.add_scalar('my_loss', 0.25, 7); w.close()"
 )
 
 
 def test_own_code_writes_to_its_folder_and_the_files_reach_the_mlflow_run(
-    local_tracking: Path, tmp_path: Path
+    local_tracking: Path, own_code_run: Callable[..., dict[str, str]]
 ) -> None:
-    doc = {"apiVersion": "tradewind.dev/v1alpha1", "kind": "TrainingRun",
-           "metadata": {"name": "own-tb"},
-           "spec": {"entrypoint": {"module": "x"},
-                    "tracking": {"tensorboard": True, "systemMetrics": False}}}  # fmt: skip
-    config = tmp_path / "run.yaml"
-    config.write_text(dump_resource(parse_resource(doc)))
-    seen = tmp_path / "env.json"
-    code = f"{WRITE_EVENTS}; import json; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
-    argv = ["--config", str(config), "--state-dir", str(local_tracking), "--",
-            sys.executable, "-c", code, str(seen)]  # fmt: skip
-    assert own_code.main(argv) == 0
-    env = json.loads(seen.read_text())
+    env = own_code_run("own-tb", {"tensorboard": True}, WRITE_EVENTS)
     folder = Path(env["TRADEWIND_TENSORBOARD_DIR"])
     assert folder == (local_tracking / "tensorboard" / "own-tb").resolve()
     assert scalars(folder) == {"my_loss": {7: 0.25}}

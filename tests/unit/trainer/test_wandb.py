@@ -5,9 +5,7 @@ reachable here); the tests read the run file it writes, as `wandb sync` would up
 from __future__ import annotations
 
 import json
-import os
 import struct
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from wandb.proto import wandb_internal_pb2 as pb
 
 from tests.unit.trainer.test_rl_tracking import tiny_rlrun, train_and_combine
-from tradewind.api import TrainingRun, dump_resource, parse_resource
-from tradewind.trainer import entrypoint, own_code
+from tradewind.api import TrainingRun, parse_resource
+from tradewind.trainer import entrypoint
 
 OFFLINE = {"project": "alpha", "mode": "offline"}
 
@@ -76,20 +74,6 @@ class WandbFile:
 
 def wandb_files(folder: Path) -> list[WandbFile]:
     return [WandbFile(p) for p in sorted(folder.rglob("offline-run-*/run-*.wandb"))]
-
-
-@pytest.fixture
-def local_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "RANK", "WORLD_SIZE",
-                 "TRADEWIND_CHECKPOINT_URI", "TRADEWIND_RUN_UID", "PET_NODE_RANK"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    for name in [n for n in os.environ if n.startswith("WANDB_")]:
-        monkeypatch.delenv(name)
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    monkeypatch.setenv("TRADEWIND_CACHE", str(tmp_path / "cache"))
-    yield tmp_path / "state"
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 def logged_files(run_id: str, folder: str = "wandb") -> list[str]:
@@ -151,27 +135,13 @@ def test_each_rl_agent_and_the_ensemble_are_wandb_runs_of_one_group(local_tracki
     assert any(k.startswith("ensemble_") for k in recorded["boarded-combine"].history)
 
 
-WANDB_INIT = (
-    "import wandb; run = wandb.init(); run.log({'my_loss': 0.25}, step=7); run.finish(); "
-    "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
-)
+WANDB_INIT = "import wandb; run = wandb.init(); run.log({'my_loss': 0.25}, step=7); run.finish()"
 
 
 def test_own_codes_bare_wandb_init_joins_the_runs_wandb_run(
-    local_tracking: Path, tmp_path: Path
+    own_code_run: Callable[..., dict[str, str]],
 ) -> None:
-    doc = {"apiVersion": "tradewind.dev/v1alpha1", "kind": "TrainingRun",
-           "metadata": {"name": "own-wb"},
-           "spec": {"entrypoint": {"module": "x"},
-                    "tracking": {"wandb": OFFLINE | {"entity": "quants"},
-                                 "systemMetrics": False}}}  # fmt: skip
-    config = tmp_path / "run.yaml"
-    config.write_text(dump_resource(parse_resource(doc)))
-    seen = tmp_path / "env.json"
-    argv = ["--config", str(config), "--state-dir", str(local_tracking), "--",
-            sys.executable, "-c", WANDB_INIT, str(seen)]  # fmt: skip
-    assert own_code.main(argv) == 0
-    env = json.loads(seen.read_text())
+    env = own_code_run("own-wb", {"wandb": OFFLINE | {"entity": "quants"}}, WANDB_INIT)
     assert env["WANDB_RUN_ID"] == env["MLFLOW_RUN_ID"]
     assert (env["WANDB_PROJECT"], env["WANDB_ENTITY"], env["WANDB_RUN_GROUP"]) == (
         "alpha", "quants", "own-wb",
