@@ -7,6 +7,12 @@ prices and volatility), and the manifest runs as `tradewind run -f` would run it
 evaluation path it has is then judged: does it show an edge (PSR >= EDGE_PSR; for a Sweep's
 best trial, its Deflated Sharpe Ratio)? A trustworthy pipeline shows one on the planted edge
 and on no other market.
+
+One short run has little power: a small model on a few years of bars can miss the planted
+edge under one seed and find it under the next. With `seeds` > 1 each market is generated
+and the manifest trained under that many seeds, and each path is judged once, on its
+probabilities combined (Stouffer: `significance.combined_probability`), which is calibrated
+as one run's is and gathers the evidence of all.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from rich.table import Table
 from tradewind.api import RLRun, Sweep, TrainingRun, dump_resource, parse_resource
 from tradewind.api.common import DataSource
 from tradewind.api.training import TrainingRunSpec
-from tradewind.significance import SharpeStats
+from tradewind.significance import SharpeStats, combined_probability
 
 Resource = TrainingRun | RLRun | Sweep
 Figures = dict[str, tuple[SharpeStats, float]]
@@ -42,7 +48,7 @@ SKIPPED = "buy_and_hold"
 
 @dataclasses.dataclass(frozen=True)
 class PathResult:
-    """One evaluation path's figure on one market."""
+    """One evaluation path's figure on one market under one seed."""
 
     market: str
     path: str
@@ -51,6 +57,26 @@ class PathResult:
     probability: float
     """PSR, or the Deflated Sharpe Ratio for a search's best trial."""
     expected_edge: bool
+    seed: int = 0
+    """The market's seed (the run trained with its own seed plus the same offset)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One evaluation path on one market, judged on every seed's figure together."""
+
+    market: str
+    path: str
+    runs: tuple[PathResult, ...]
+    """The path's figure under each seed."""
+    expected_edge: bool
+
+    @property
+    def probability(self) -> float:
+        """The seeds' probabilities combined (one seed's as it is); NaN if a seed had none."""
+        if any(r.stats is None for r in self.runs):
+            return math.nan
+        return combined_probability([r.probability for r in self.runs])
 
     @property
     def shows_edge(self) -> bool:
@@ -58,7 +84,7 @@ class PathResult:
 
     @property
     def ok(self) -> bool:
-        return self.stats is not None and self.shows_edge == self.expected_edge
+        return math.isfinite(self.probability) and self.shows_edge == self.expected_edge
 
 
 def data_of(resource: Resource) -> DataSource:
@@ -73,12 +99,16 @@ def data_of(resource: Resource) -> DataSource:
     return template.spec.environment.data
 
 
-def with_source(resource: Resource, source: str, market: str = "placebo") -> Resource:
+def with_source(
+    resource: Resource, source: str, market: str = "placebo", offset: int = 0
+) -> Resource:
     """The resource with its data read from `source` (a `file://` URI) and no `symbols`,
-    dates or synthetic settings left to filter it; it starts afresh (resumeFrom none) and
-    tracks to the experiment `<experiment>-placebo`, run `<name>-<market>`."""
+    dates or synthetic settings left to filter it; it starts afresh (resumeFrom none), trains
+    with its seed plus `offset`, and tracks to the experiment `<experiment>-placebo`, run
+    `<name>-<market>` (`-seed<offset>` after it for an offset)."""
     document = yaml.safe_load(dump_resource(resource))
     spec = document["spec"]
+    run_spec = resource.spec.template.spec if isinstance(resource, Sweep) else resource.spec
     if isinstance(resource, Sweep):
         spec = spec["template"]["spec"]
     data = spec["environment"]["data"] if "environment" in spec else spec.setdefault("data", {})
@@ -89,6 +119,9 @@ def with_source(resource: Resource, source: str, market: str = "placebo") -> Res
     tracking = spec.setdefault("tracking", {})
     tracking["experiment"] = f"{tracking.get('experiment', 'tradewind')}-placebo"[:250]
     tracking["runName"] = f"{resource.metadata.name}-{market}"
+    if offset:
+        spec["seed"] = run_spec.seed + offset
+        tracking["runName"] += f"-seed{offset}"
     placebo = parse_resource(document)
     assert isinstance(placebo, TrainingRun | RLRun | Sweep)
     return placebo
@@ -162,26 +195,45 @@ def check(
     console: Console,
     seed: int = 0,
     runner: Callable[[Resource, Path, Console], Figures] = run_paths,
-) -> list[PathResult]:
-    """Every evaluation path of `resource` on each placebo market in `kinds`."""
+    seeds: int = 1,
+) -> list[Verdict]:
+    """Every evaluation path of `resource` on each placebo market in `kinds`, under `seeds`
+    seeds: market seeds `seed`, `seed` + 1, ..., the run's own seed shifted alike."""
     from tradewind.trainer.data.placebo import HAS_EDGE, PlaceboKind, placebo_bars
 
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, not {seeds}")
     reference = reference_bars(resource, _seed_of(resource, seed))
-    results = []
+    verdicts = []
     for kind in kinds:
         market: PlaceboKind = kind  # type: ignore[assignment]
-        console.print(f"[bold]placebo market {kind}[/]", highlight=False)
-        with (
-            _market_file(placebo_bars(reference, market, seed)) as path,
-            _one_tracking_store(state_dir / "placebo"),
-        ):
-            placebo = with_source(resource, path.as_uri(), kind)
-            paths = runner(placebo, state_dir / "placebo" / kind, console)
-        for name, (stats, probability) in paths.items():
-            results.append(PathResult(kind, name, stats, probability, HAS_EDGE[market]))
-        if not paths:
-            results.append(PathResult(kind, "(no path)", None, math.nan, HAS_EDGE[market]))
-    return results
+        edge = HAS_EDGE[market]
+        by_seed: list[tuple[int, dict[str, PathResult]]] = []
+        for offset in range(seeds):
+            market_seed = seed + offset
+            label = f"placebo market {kind}" + (f", seed {market_seed}" if seeds > 1 else "")
+            console.print(f"[bold]{label}[/]", highlight=False)
+            with (
+                _market_file(placebo_bars(reference, market, market_seed)) as path,
+                _one_tracking_store(state_dir / "placebo"),
+            ):
+                placebo = with_source(resource, path.as_uri(), kind, offset)
+                paths = runner(
+                    placebo, state_dir / "placebo" / kind / f"seed-{market_seed}", console
+                )
+            found = {
+                name: PathResult(kind, name, stats, probability, edge, market_seed)
+                for name, (stats, probability) in paths.items()
+            }
+            by_seed.append((market_seed, found))
+        names = dict.fromkeys(name for _, found in by_seed for name in found) or {"(no path)": None}
+        for name in names:
+            runs = tuple(
+                found.get(name, PathResult(kind, name, None, math.nan, edge, market_seed))
+                for market_seed, found in by_seed
+            )
+            verdicts.append(Verdict(kind, name, runs, edge))
+    return verdicts
 
 
 def _seed_of(resource: Resource, seed: int) -> int:
@@ -212,25 +264,47 @@ def _market_file(bars: Any) -> Iterator[Path]:
         yield path
 
 
-def results_table(results: Sequence[PathResult]) -> Table:
-    """market | path | Sharpe [95% interval] | PSR (DSR) | edge? | expected | verdict."""
+def results_table(verdicts: Sequence[Verdict]) -> Table:
+    """market | path | seed | Sharpe [95% interval] | PSR (DSR) | edge? | expected | verdict;
+    a row per seed and, with several, the combined row that is judged."""
+    seeds = max((len(v.runs) for v in verdicts), default=1)
     table = Table(
         title=f"Placebo check (edge = PSR >= {EDGE_PSR})",
-        caption="PSR: P(true Sharpe > 0); a search's best is judged by its Deflated Sharpe Ratio",
+        caption="PSR: P(true Sharpe > 0); a search's best is judged by its Deflated Sharpe Ratio"
+        + ("; seeds combined by Stouffer's method" if seeds > 1 else ""),
     )
-    for col in ("market", "path", "Sharpe [95% CI]", "PSR/DSR", "edge", "expected", "verdict"):
+    columns = ["market", "path"] + (["seed"] if seeds > 1 else [])
+    columns += ["Sharpe [95% CI]", "PSR/DSR", "edge", "expected", "verdict"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("market", "path") else "right")
-    for r in results:
-        if r.stats is None:
-            table.add_row(r.market, r.path, "-", "-", "-", _yes(r.expected_edge), "NO FIGURE")
+    for v in verdicts:
+        for r in v.runs if seeds > 1 else ():
+            figure = "-" if r.stats is None else _sharpe_cell(r.stats)
+            table.add_row(v.market, v.path, str(r.seed), figure, f"{r.probability:.3f}", "", "", "")
+        if seeds > 1:
+            cells = ["all"] + (
+                [f"mean {_mean_sharpe(v):+.2f}"] if math.isfinite(v.probability) else ["-"]
+            )
+        else:
+            (r,) = v.runs
+            cells = ["-" if r.stats is None else _sharpe_cell(r.stats)]
+        if not math.isfinite(v.probability):
+            table.add_row(v.market, v.path, *cells, "-", "-", _yes(v.expected_edge), "NO FIGURE")
             continue
-        s = r.stats
-        verdict = "ok" if r.ok else ("FALSE EDGE" if r.shows_edge else "MISSED EDGE")
+        verdict = "ok" if v.ok else ("FALSE EDGE" if v.shows_edge else "MISSED EDGE")
         table.add_row(
-            r.market, r.path, f"{s.sharpe:+.2f} [{s.ci_low:+.2f}, {s.ci_high:+.2f}]",
-            f"{r.probability:.3f}", _yes(r.shows_edge), _yes(r.expected_edge), verdict,
+            v.market, v.path, *cells, f"{v.probability:.3f}", _yes(v.shows_edge),
+            _yes(v.expected_edge), verdict,
         )  # fmt: skip
     return table
+
+
+def _sharpe_cell(s: SharpeStats) -> str:
+    return f"{s.sharpe:+.2f} [{s.ci_low:+.2f}, {s.ci_high:+.2f}]"
+
+
+def _mean_sharpe(v: Verdict) -> float:
+    return sum(r.stats.sharpe for r in v.runs if r.stats is not None) / len(v.runs)
 
 
 def _yes(flag: bool) -> str:

@@ -35,6 +35,8 @@ Conventions, chosen once for every caller:
   credited (the floor of 1).
 - DSR is Bailey & López de Prado (2014): the PSR of the best trial against the Sharpe ratio
   the best of `n_trials` skill-less trials would show by luck.
+- Independent samples of one strategy (a placebo market under several seeds) are judged
+  together by Stouffer's combination of their PSRs or DSRs (`combined_probability`).
 - A flat strategy (constant returns, e.g. a model that never trades) gets sharpe 0,
   interval [0, 0], psr 0.5, skew 0 and kurtosis 3 (a normal's): nothing raises.
 
@@ -292,6 +294,23 @@ def deflated_sharpe_ratio(
         benchmark=threshold,
         inflation=best.variance_inflation,
     )
+
+
+def combined_probability(probabilities: Sequence[float]) -> float:
+    """Stouffer's combination of one-sided probabilities P(true Sharpe > benchmark) (PSR, DSR)
+    of one strategy on independent samples: Φ(Σ Φ⁻¹(pᵢ) / √k). With no edge each pᵢ is Φ of a
+    standard normal, so the combination is calibrated as each one is (>= 0.95 one time in
+    twenty), while the samples' evidence adds up: three samples at 0.9 each give 0.987, and
+    one at 0.99 with one at 0.2 gives 0.85. One probability is returned as it is; NaN when
+    any is NaN or there are none."""
+    values = [float(p) for p in probabilities]
+    if not values or any(math.isnan(p) for p in values):
+        return math.nan
+    if len(values) == 1:
+        return values[0]
+    tiny = 1e-15
+    z = sum(_NORMAL.inv_cdf(min(max(p, tiny), 1.0 - tiny)) for p in values)
+    return _NORMAL.cdf(z / math.sqrt(len(values)))
 
 
 def _check_args(periods_per_year: float, confidence: float, n_boot: int) -> None:

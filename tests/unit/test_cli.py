@@ -109,3 +109,24 @@ def test_every_command_summary_is_one_line() -> None:
         if "\n" in (command.help or "").strip().split("\n\n")[0]
     ]
     assert wrapped == []
+
+
+def test_placebo_runs_the_manifest_under_several_seeds_and_judges_them_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from tests.tiny import tiny_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump(tiny_run(epochs=1)))
+    args = ["placebo", "-f", str(manifest), "-m", "random_walk", "--state-dir", str(tmp_path)]
+    refused = runner.invoke(app, [*args, "--seeds", "0"])
+    assert refused.exit_code == 2 and "--seeds" in refused.output
+    result = runner.invoke(app, [*args, "--seeds", "2", "--seed", "5"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "placebo market random_walk, seed 5" in result.output
+    assert "placebo market random_walk, seed 6" in result.output
+    assert "Stouffer" in result.output
+    assert (tmp_path / "placebo" / "random_walk" / "seed-6").is_dir()

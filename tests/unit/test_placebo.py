@@ -101,3 +101,60 @@ def test_a_false_edge_fails_the_check(tmp_path: Path) -> None:
     console = Console(record=True, width=160)
     console.print(results_table([result]))
     assert "FALSE EDGE" in console.export_text()
+
+
+def test_several_seeds_vary_market_and_run_and_are_judged_together(tmp_path: Path) -> None:
+    """Three seeds: each market is generated three ways and the run trained with three seeds;
+    a weak edge that no single seed shows (PSR 0.9 each) is found on the seeds combined, and
+    the no-edge markets' figures combine to no edge."""
+    seen: list[tuple[str, int, float]] = []
+
+    def runner(resource: Resource, state_dir: Path, console: Console) -> Figures:
+        assert isinstance(resource, TrainingRun)
+        bars = pd.read_csv(data_of(resource).source.removeprefix("file://"))
+        market = resource.spec.tracking.run_name or ""
+        seen.append((market, resource.spec.seed, float(bars["close"].iloc[-1])))
+        stats = sharpe_stats([0.01, -0.005, 0.002] * 40, 252)
+        return {"backtest": (stats, 0.9 if "planted" in market else 0.5)}
+
+    run = parse_resource(tiny_run() | {"spec": tiny_run()["spec"] | {"seed": 3}})
+    assert isinstance(run, TrainingRun)
+    kinds = ["random_walk", "planted_edge"]
+    verdicts = check(run, kinds, tmp_path, Console(quiet=True), seed=10, runner=runner, seeds=3)
+    assert [s[1] for s in seen] == [3, 4, 5, 3, 4, 5]
+    assert len({s[2] for s in seen}) == 6  # every market under every seed is its own
+    names = ["tiny-random_walk", "tiny-random_walk-seed1", "tiny-random_walk-seed2"]
+    assert [s[0] for s in seen[:3]] == names
+    assert [(v.market, [r.seed for r in v.runs]) for v in verdicts] == [
+        ("random_walk", [10, 11, 12]),
+        ("planted_edge", [10, 11, 12]),
+    ]
+    assert not any(r.probability >= EDGE_PSR for v in verdicts for r in v.runs)
+    assert [v.shows_edge for v in verdicts] == [False, True] and all(v.ok for v in verdicts)
+    console = Console(record=True, width=200)
+    console.print(results_table(verdicts))
+    text = console.export_text()
+    assert "Stouffer" in text and text.count("ok") == 2
+
+
+def test_a_path_missing_under_one_seed_has_no_verdict(tmp_path: Path) -> None:
+    calls = iter(range(10))
+
+    def runner(resource: Resource, state_dir: Path, console: Console) -> Figures:
+        stats = sharpe_stats([0.01, -0.005, 0.002] * 40, 252)
+        figures = {"backtest": (stats, 0.5)}
+        if next(calls) == 1:
+            figures["walk_forward_retrained"] = (stats, 0.5)
+        return figures
+
+    run = parse_resource(tiny_run())
+    assert isinstance(run, TrainingRun)
+    verdicts = check(run, ["random_walk"], tmp_path, Console(quiet=True), runner=runner, seeds=2)
+    assert [(v.path, v.ok) for v in verdicts] == [
+        ("backtest", True),
+        ("walk_forward_retrained", False),
+    ]
+    assert verdicts[1].runs[0].stats is None and verdicts[1].runs[1].stats is not None
+    console = Console(record=True, width=200)
+    console.print(results_table(verdicts))
+    assert "NO FIGURE" in console.export_text()

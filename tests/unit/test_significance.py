@@ -12,6 +12,7 @@ import pytest
 
 from tradewind.significance import (
     SharpeStats,
+    combined_probability,
     deflated_sharpe_ratio,
     expected_max_sharpe,
     probabilistic_sharpe_ratio,
@@ -141,6 +142,31 @@ def test_psr_and_dsr_fall_with_the_variance_inflation() -> None:
     trials = [best.sharpe, 0.5, -0.3, 0.1]
     inflated = SharpeStats(**{**best.__dict__, "variance_inflation": 3.0})
     assert deflated_sharpe_ratio(inflated, trials) < deflated_sharpe_ratio(best, trials)
+
+
+def test_psrs_combined_over_independent_samples_stay_calibrated_and_gather_power() -> None:
+    # No edge: three short samples' PSRs combined show an edge about as rarely as one does.
+    def psr(seed: int, per_period_sharpe: float) -> float:
+        return sharpe_stats(_normal(seed, 120, per_period_sharpe), PER_YEAR, n_boot=10).psr
+
+    null = [combined_probability([psr(3 * s + k, 0.0) for k in range(3)]) for s in range(400)]
+    assert 0.02 < np.mean(np.array(null) >= 0.95) < 0.09
+    # A weak edge (per-period Sharpe 0.12 on 120 returns): one sample finds it about a third
+    # of the time, three combined most of the time.
+    single = [psr(1000 + s, 0.12) for s in range(300)]
+    combined = [combined_probability([psr(2000 + 3 * s + k, 0.12) for k in range(3)])
+                for s in range(100)]  # fmt: skip
+    assert np.mean(np.array(single) >= 0.95) < 0.5
+    assert np.mean(np.array(combined) >= 0.95) > np.mean(np.array(single) >= 0.95) + 0.2
+
+
+def test_combining_one_probability_keeps_it_and_a_missing_one_is_nan() -> None:
+    assert combined_probability([0.93]) == 0.93
+    assert combined_probability([0.9, 0.9, 0.9]) == pytest.approx(0.9868, abs=1e-4)
+    assert combined_probability([0.99, 0.01]) == pytest.approx(0.5)
+    assert combined_probability([1.0, 0.5]) > 0.999  # a PSR of exactly 1 does not raise
+    assert math.isnan(combined_probability([0.9, math.nan]))
+    assert math.isnan(combined_probability([]))
 
 
 def test_psr_of_a_strong_strategy_is_near_one() -> None:
