@@ -1125,6 +1125,68 @@ cases = [
         "combination",
     ),
     (
+        "sw-objective-on-test-data",
+        SW,
+        {"spec": {"objective": {"metric": "backtest_sharpe", "direction": "maximize"}}},
+        "spec.objective.metric",
+        "measured on the test data",
+        "combination",
+    ),
+    (
+        "sw-rl-objective-on-test-market",
+        SW,
+        {
+            "spec": {
+                "template": Replace({"kind": "RLRun", "spec": RL["spec"]}),
+                "objective": {"metric": "ppo_sharpe", "direction": "maximize"},
+                "searchSpace": Replace(
+                    {
+                        "agents[ppo].hyperparameters.gamma": {
+                            "type": "uniform",
+                            "low": 0.9,
+                            "high": 0.99,
+                        }
+                    }
+                ),
+            }
+        },
+        "spec.objective.metric",
+        "figure on the test market",
+        "combination",
+    ),
+    (
+        "sw-rl-objective-several-agents",
+        SW,
+        {
+            "spec": {
+                "template": Replace(
+                    {
+                        "kind": "RLRun",
+                        "spec": {
+                            "agents": [
+                                {"name": "ppo", "algorithm": "ppo"},
+                                {"name": "a2c", "algorithm": "a2c"},
+                            ]
+                        },
+                    }
+                ),
+                "objective": {"metric": "eval_sharpe", "direction": "maximize"},
+                "searchSpace": Replace(
+                    {
+                        "agents[ppo].hyperparameters.gamma": {
+                            "type": "uniform",
+                            "low": 0.9,
+                            "high": 0.99,
+                        }
+                    }
+                ),
+            }
+        },
+        "spec.objective.metric",
+        "sweep a template with one agent",
+        "combination",
+    ),
+    (
         "sw-pruner-unknown",
         SW,
         {"spec": {"pruner": {"type": "asha"}}},
@@ -1194,6 +1256,8 @@ OPERATOR_CHECKED = {
     "sw-path-list-without-index": "searchSpace paths are checked against the template's kind",
     "sw-path-not-in-template": "searchSpace paths are checked against the template's kind",
     "sw-template-spec-invalid": "template.spec is validated as the template's kind",
+    "sw-rl-objective-on-test-market": "the template's agents are checked by the operator",
+    "sw-rl-objective-several-agents": "the template's agents are checked by the operator",
     "sw-value-rejected-by-template": "searchSpace values are validated as the template's kind",
     "tr-model-params-builtin": "the apiserver's CEL cannot see inside the free-form params",
     "rl-environment-params-builtin": "the apiserver's CEL cannot see inside the free-form params",

@@ -70,9 +70,21 @@ class Objective(ApiModel):
     """A metric the study optimises."""
 
     metric: ShortStr
-    """Metric name as the trial logs it, e.g. `val_loss`, `val_accuracy`, `eval_mean_reward`."""
+    """Metric name as the trial logs it, e.g. `val_loss`, `val_accuracy`, `cv_sharpe`,
+    `eval_mean_reward`. Not a figure of the test data the best trial is reported on
+    (`test_*`, `backtest_*`, an RLRun's `<agent>_*` and `ensemble_*`)."""
     direction: Literal["minimize", "maximize"] = "minimize"
     """Whether lower or higher is better."""
+
+    cel_rules = (
+        CelRule(
+            "!self.metric.startsWith('test_') && !self.metric.startsWith('backtest_')",
+            "test_* and backtest_* are measured on the test data the best trial is reported "
+            "on, so a Sweep may not choose on them: choose on validation or folds (val_*, "
+            "cv_*, walk_forward_*; an RLRun's eval_*)",
+            ".metric",
+        ),
+    )
 
 
 class Parameter(ApiModel):
@@ -227,6 +239,7 @@ class SweepSpec(ApiModel):
 
     def check_semantics(self) -> None:
         self._check_grid_size()
+        self._check_rl_objectives()
         spec_model = type(self.template.spec)
         spec = self.template.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
         for path, param in self.search_space.items():
@@ -256,6 +269,39 @@ class SweepSpec(ApiModel):
                         "field_path": where,
                     },
                 ) from None
+
+    def _check_rl_objectives(self) -> None:
+        """An RLRun's combine step scores its agents, the ensemble and buy-and-hold on the
+        test market only (`<name>_*`); and each agent logs its validation figures (`eval_*`)
+        under the same names, so with several agents a trial's value would be any one's."""
+        if not isinstance(self.template, RLRunTemplate):
+            return
+        agents = [agent.name for agent in self.template.spec.agents]
+        single = self.objective is not None
+        for index, objective in enumerate([self.objective] if single else self.objectives or []):
+            assert objective is not None
+            where = ".objective.metric" if single else f".objectives[{index}].metric"
+            tested = [
+                p
+                for p in (*agents, "ensemble", "buy_and_hold")
+                if objective.metric.startswith(f"{p}_")
+            ]
+            if tested:
+                message = (
+                    f"{objective.metric} is the combine step's figure on the test market, where "
+                    "the best trial is reported: choose on the agent's validation figures (eval_*)"
+                )
+            elif len(agents) > 1:
+                message = (
+                    f"the template's {len(agents)} agents each log {objective.metric} under that "
+                    "name, so a trial's value would be any one of theirs: sweep a template with "
+                    "one agent"
+                )
+            else:
+                continue
+            raise PydanticCustomError(
+                "rl_objective", "{message}", {"message": message, "field_path": where}
+            )
 
     def _check_grid_size(self) -> None:
         if self.sampler != "grid":

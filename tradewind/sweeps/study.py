@@ -15,8 +15,8 @@ old trial is marked Fail and "interrupted", which neither counts towards maxTria
 maxFailedTrials, and a Waiting trial with the same parameters takes its place.
 
 A trial's Sharpe ratio is the `SharpeStats` its run logged on its test split (`sharpe_prefix`:
-`backtest_*` of a TrainingRun; `ensemble_*` of an RLRun with an ensemble, else its first
-agent's), kept on the trial when it is told. The best trial (by the objective; each member
+`backtest_*` of a TrainingRun, its agent's of an RLRun), kept on the trial when it is told;
+the objective is never a test figure (`SweepSpec` refuses them). The best trial (by the objective; each member
 of a Pareto front) gets its Deflated Sharpe Ratio over the trials tried (`tried`): completed,
 pruned, and failed after reporting a value; those without a Sharpe count as tried but add
 nothing to the Sharpe ratios' spread.
@@ -257,11 +257,10 @@ def trial_summary(trial: FrozenTrial, spec: SweepSpec, name: str) -> TrialSummar
 
 
 def sharpe_prefix(spec: SweepSpec) -> str:
-    """Whose metrics are a trial's Sharpe: a TrainingRun's `backtest_*`; an RLRun's
-    `ensemble_*` when the template has an ensemble, else its first agent's."""
+    """Whose test figures are a trial's Sharpe: a TrainingRun's `backtest_*`; an RLRun's
+    agent's (a Sweep's RLRun template has one: `SweepSpec` refuses more)."""
     if isinstance(spec.template, RLRunTemplate):
-        rl = spec.template.spec
-        return "ensemble" if rl.ensemble is not None else rl.agents[0].name
+        return spec.template.spec.agents[0].name
     return "backtest"
 
 

@@ -612,6 +612,11 @@ class SupervisedTrainer:
             | {"reported_epoch": float(reported)},
             step=self.state.epoch,
         )
+        if reported != self.state.epoch and validation:
+            # As MLflow's Keras autolog does for restored weights: the reported epoch's
+            # validation metrics once more, a step after the last epoch, so that a metric's
+            # latest value (what a Sweep's objective and `status` read) is the reported one's.
+            self.tracker.metrics(validation, step=self.state.epoch + 1)
         self.tracker.table(walk_forward, "walk_forward.json")
         if self.env.is_main and self.tracker.enabled:
             self._log_figures()

@@ -6,6 +6,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from pydantic import ValidationError
 
 from tradewind.api.sweep import Parameter, SweepSpec
 from tradewind.significance import sharpe_stats
@@ -306,30 +307,41 @@ def test_a_pareto_front_shows_each_members_deflated_sharpe() -> None:
     assert all(t.sharpe is not None and t.sharpe.trials == 3 for t in front)
 
 
-@pytest.mark.parametrize(
-    ("rl", "prefix"),
-    [
-        ({"agents": [{"name": "ppo", "algorithm": "ppo"}, {"name": "a2c", "algorithm": "a2c"}],
-          "ensemble": {}}, "ensemble"),
-        ({"agents": [{"name": "a2c", "algorithm": "a2c"}, {"name": "ppo", "algorithm": "ppo"}]},
-         "a2c"),
-    ],
-)  # fmt: skip
-def test_an_rlrun_trials_sharpe_is_its_ensembles_else_its_first_agents(
-    rl: dict[str, Any], prefix: str
-) -> None:
+def test_an_rlrun_trial_is_chosen_on_its_agents_validation_and_reported_on_its_test() -> None:
     spec = _spec(
-        template={"kind": "RLRun", "spec": rl},
-        objective={"metric": f"{prefix}_total_return", "direction": "maximize"},
+        template={"kind": "RLRun", "spec": {"agents": [{"name": "a2c", "algorithm": "a2c"}]}},
+        objective={"metric": "eval_total_return", "direction": "maximize"},
         searchSpace={"agents[a2c].hyperparameters.gamma": {"type": "uniform", "low": 0.9,
                                                           "high": 0.99}},
     )  # fmt: skip
-    assert sw.sharpe_prefix(spec) == prefix
+    assert sw.sharpe_prefix(spec) == "a2c"
     assert sw.sharpe_prefix(_spec()) == "backtest"
     study = _memory(spec)
     trial, _ = sw.ask(study, spec)
-    metrics = {f"{prefix}_total_return": 0.1} | _backtest(0, 0.1, prefix) | _backtest(1, 0.3, "x")
+    metrics = {"eval_total_return": 0.1} | _backtest(0, 0.1, "a2c") | _backtest(1, 0.3, "x")
     sw.tell(study, spec, trial.number, metrics)
     _, best, _, _ = sw.summarise(study, spec, {})
     assert best is not None and best.sharpe is not None
-    assert best.sharpe.value == metrics[f"{prefix}_sharpe"]
+    assert best.sharpe.value == metrics["a2c_sharpe"]
+
+
+@pytest.mark.parametrize(
+    ("agents", "metric", "problem"),
+    [
+        (["ppo"], "ppo_sharpe", "figure on the test market"),
+        (["ppo", "a2c"], "ensemble_sharpe", "figure on the test market"),
+        (["ppo", "a2c"], "eval_sharpe", "sweep a template with one agent"),
+        (["ppo"], "test_sharpe", "measured on the test data"),
+    ],
+)
+def test_an_rlrun_sweep_may_not_choose_on_the_test_market_or_an_ambiguous_agent(
+    agents: list[str], metric: str, problem: str
+) -> None:
+    rl = {"agents": [{"name": a, "algorithm": a} for a in agents]}
+    with pytest.raises(ValidationError, match=problem):
+        _spec(
+            template={"kind": "RLRun", "spec": rl},
+            objective={"metric": metric, "direction": "maximize"},
+            searchSpace={"agents[ppo].hyperparameters.gamma": {"type": "uniform", "low": 0.9,
+                                                              "high": 0.99}},
+        )  # fmt: skip

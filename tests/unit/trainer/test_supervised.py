@@ -226,6 +226,27 @@ def test_the_report_reads_the_best_epochs_weights_unless_told_not_to(
     assert trainer.checkpointer.latest_step == 4  # resuming continues from the last epoch
 
 
+def test_the_latest_logged_validation_metrics_are_the_reported_epochs(
+    make_trainer: Build,
+) -> None:
+    """A Sweep's objective is a metric's latest value in MLflow (the highest step): with the
+    best epoch's weights reported, it is that epoch's val_loss, not the last epoch's."""
+    trainer = make_trainer({"training": {"epochs": 4, "earlyStopping": NO_STOP}})
+    _scripted_val_loss(trainer, LOSSES)
+    logged: list[tuple[int, dict[str, float]]] = []
+    trainer.tracker.metrics = lambda m, step=None: logged.append((step or 0, dict(m)))  # type: ignore[method-assign]
+    trainer.fit()
+    latest: dict[str, tuple[int, float]] = {}
+    for step, metrics in logged:  # MLflow's latest: the highest step, the later call on a tie
+        for key, value in metrics.items():
+            if key not in latest or step >= latest[key][0]:
+                latest[key] = (step, value)
+    assert latest["val_loss"] == (5, LOSSES[1])
+    assert [v for s, m in logged for k, v in m.items() if k == "val_loss" and s <= 4] == list(
+        LOSSES.values()
+    )  # the curve itself is unchanged
+
+
 @pytest.mark.parametrize(("mode", "best"), [("auto", 2), ("max", 2), ("min", 1)])
 def test_mode_auto_maximises_accuracy(make_trainer: Build, mode: str, best: int) -> None:
     stopping = NO_STOP | {"monitor": "val_accuracy", "mode": mode}
