@@ -91,9 +91,12 @@ def run_markets(spec: RLRunSpec) -> Markets:
 
 def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = False) -> None:
     """Train (or resume) agent `index` (checkpoints chosen on the validation market), then
-    log the trained policy against buy-and-hold on the validation market (metrics `eval_*`
-    and `eval_buy_and_hold_*`) and on the test market (metrics `test_*` and
-    `test_buy_and_hold_*`, figure `equity_curve.png`), both in table `evaluation.json`."""
+    log its reported policy (`reported_agent`: the best checkpoint by validation, the weights
+    `combine` evaluates) against buy-and-hold on the validation market (metrics `eval_*` and
+    `eval_buy_and_hold_*`) and on the test market (metrics `test_*` and `test_buy_and_hold_*`,
+    figure `equity_curve.png`), both in table `evaluation.json`; which weights these are in
+    tag `reported_checkpoint` (`best`, or `final` when no checkpoint is ranked) and metric
+    `reported_timesteps`."""
     agent = run.spec.agents[index]
     spec = run.spec.for_agent(agent)
     markets = run_markets(spec)
@@ -104,12 +107,61 @@ def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = Fals
         model, envs = train_agent(
             spec, agent, markets, checkpointer, tracker, seed, progress_bar=progress_bar
         )
-        policy = agent_policy(model, envs)
-        _report_agent(tracker, spec, agent.name, policy, markets, int(model.num_timesteps))
+        final = int(model.num_timesteps)
+        reported = reported_agent(run.spec, index, checkpointer, markets)
+        if reported is None:  # nothing of this run checkpointed (e.g. resumed at its end)
+            reported = ReportedAgent(agent_policy(model, envs), "final", final)
+        if reported.checkpoint == "best":
+            log.info(
+                "agent %s: reporting its best checkpoint by validation (%d of %d timesteps)",
+                agent.name, reported.timesteps, final,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "agent %s has no best checkpoint (no finite validation reward); reporting its "
+                "final model (%d timesteps)",
+                agent.name, reported.timesteps,
+            )  # fmt: skip
+        tracker.tags({"reported_checkpoint": reported.checkpoint})
+        tracker.metrics({"reported_timesteps": float(reported.timesteps)}, final)
+        _report_agent(tracker, spec, agent.name, reported.policy, markets, final)
     except BaseException:
         tracker.end("FAILED")
         raise
     tracker.end()
+
+
+@dataclass
+class ReportedAgent:
+    """The weights an agent is reported with, as its deterministic policy: `checkpoint` is
+    `best` (the best checkpoint by validation reward) or `final` (the latest weights, when no
+    checkpoint is ranked), `timesteps` their timestep count."""
+
+    policy: Policy
+    checkpoint: str
+    timesteps: int
+
+
+def reported_agent(
+    spec: RLRunSpec, index: int, checkpointer: Checkpointer, markets: Markets
+) -> ReportedAgent | None:
+    """Agent `index` of `spec` as both its own report (`train_one`) and `combine` evaluate
+    it: restored from its best checkpoint (chosen on the validation market, never the test
+    market), else from its latest; None when it has no checkpoint."""
+    agent = spec.agents[index]
+    agent_spec = spec.for_agent(agent)
+    best = checkpointer.best_step
+    state = checkpointer.load(best) if best is not None else checkpointer.load_latest()
+    if state is None:
+        return None
+    envs = make_envs(agent_spec, markets.train, markets.validation, seed=spec.seed)
+    try:
+        model = restore_agent(agent, state, envs, "cpu", seed=spec.seed + index)
+    except CheckpointError as err:
+        where = checkpointer.loaded_uri or checkpointer.store.uri("")
+        raise type(err)(f"agent {agent.name}: {where}: {err}") from err
+    checkpoint = "best" if best is not None else "final"
+    return ReportedAgent(agent_policy(model, envs), checkpoint, int(model.num_timesteps))
 
 
 def _report_agent(
@@ -325,23 +377,13 @@ def combine(run: RLRun, state_dir: Path) -> list[dict[str, Any]]:
     for index, agent in enumerate(spec.agents):
         agent_spec = spec.for_agent(agent)
         checkpointer = agent_checkpointer(run, state_dir, agent.name)
-        state = (
-            checkpointer.load(checkpointer.best_step)
-            if checkpointer.best_step is not None
-            else checkpointer.load_latest()
-        )
-        if state is None:
+        reported = reported_agent(spec, index, checkpointer, markets)
+        if reported is None:
             raise FileNotFoundError(
                 f"agent {agent.name} has no checkpoint in {checkpoint_base(run, state_dir)}"
             )
-        envs: AgentEnvs = make_envs(agent_spec, markets.train, markets.validation, seed=spec.seed)
-        try:
-            model = restore_agent(agent, state, envs, "cpu", seed=spec.seed + index)
-        except CheckpointError as err:
-            where = checkpointer.loaded_uri or checkpointer.store.uri("")
-            raise type(err)(f"agent {agent.name}: {where}: {err}") from err
         discrete = agent_spec.environment.action_space == "discrete"
-        policy = agent_policy(model, envs)
+        policy = reported.policy
         members.append(Member(agent.name, policy, weight=agent.weight, discrete=discrete))
         series[agent.name] = play_episode(evaluation, agent_spec, policy)
     trace: EnsembleTrace | None = None
