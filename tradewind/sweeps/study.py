@@ -16,10 +16,10 @@ maxFailedTrials, and a Waiting trial with the same parameters takes its place.
 
 A trial's Sharpe ratio is the `SharpeStats` its run logged on its test split (`sharpe_prefix`:
 `backtest_*` of a TrainingRun, its agent's of an RLRun), kept on the trial when it is told;
-the objective is never a test figure (`SweepSpec` refuses them). The best trial (by the objective; each member
-of a Pareto front) gets its Deflated Sharpe Ratio over the trials tried (`tried`): completed,
-pruned, and failed after reporting a value; those without a Sharpe count as tried but add
-nothing to the Sharpe ratios' spread.
+the objective is never a test figure (`SweepSpec` refuses them). The best trial (by the
+objective; each member of a Pareto front) gets its Deflated Sharpe Ratio over the trials
+tried (`tried`): completed, pruned, and failed after reporting a value; those without a
+Sharpe count as tried but add nothing to the Sharpe ratios' spread.
 """
 
 from __future__ import annotations
