@@ -346,8 +346,10 @@ class CurriculumSpec(ApiModel):
     time, when the validation metric reaches the stage's bar."""
 
     strategy: Literal["volatility", "regime"] = "volatility"
-    """Order windows by realised volatility, or by market regime (calm, trending, volatile;
-    known for synthetic data, real data falls back to volatility)."""
+    """Order windows by realised volatility, or by market regime (calm, trending, volatile:
+    the synthetic source's own; for other data, read from each window's past bars: volatile
+    when its volatility is 1.5x the symbol's median so far, trending when its move is more
+    than that volatility explains, else calm)."""
     stages: int = Field(default=3, ge=2, le=10)
     """Difficulty stages; the last stage uses all data."""
     min_epochs_per_stage: int = Field(default=2, ge=1, le=10_000)

@@ -1,5 +1,6 @@
 """End to end, no look-ahead: changing the bars after time t changes none of the features,
-the labels in use (targets fully known by t) or the model's predictions at or before t."""
+the market regimes read from the bars, the labels in use (targets fully known by t) or the
+model's predictions at or before t."""
 
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def test_future_bars_change_nothing_at_or_before_t(tmp_path: Path) -> None:
         idx_a = np.array([times_a[ts] for ts in known])
         idx_b = np.array([times_b[ts] for ts in known])
         np.testing.assert_array_equal(a.test.inputs(idx_a), b.test.inputs(idx_b))  # features
+        np.testing.assert_array_equal(a.test.regimes[idx_a], b.test.regimes[idx_b])
+        assert (a.test.regimes[idx_a] >= 0).all()  # read from the bars: this data has none
         bar = {ts: k for k, ts in enumerate(times)}
         # a target reads the fill bar after the sample and `horizon` more
         in_use = [k for k, ts in enumerate(known) if bar[ts] + horizon + 1 <= bar[t]]

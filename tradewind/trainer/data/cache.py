@@ -26,8 +26,9 @@ from tradewind.trainer.data.sources import BUNDLED_FILES, bundled_file, load_bar
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
-"""Part of every key; bump it when a change to the code changes the features it computes."""
+CACHE_VERSION = 3
+"""Part of every key; bump it when a change to the code changes the features it computes
+(3: market regimes read from real data)."""
 
 # The DataSource fields that do not change the engineered features, so changing them (or the
 # window, labels and split of TrainingData) reuses the cached features.

@@ -93,6 +93,40 @@ def realized_volatility(close: FloatArray) -> FloatArray:
     return _rolling_std(_log_returns(close), WINDOW, ddof=1)
 
 
+TREND_SCORE = 1.0
+"""A window is trending when its log return is at least this many times what its volatility
+would move the price by chance over WINDOW bars (|log return| / (volatility x sqrt(WINDOW)))."""
+VOLATILE_RATIO = 1.5
+"""A window is volatile when its volatility is at least this many times the median of the
+symbol's volatility so far."""
+
+
+def market_regimes(close: FloatArray) -> npt.NDArray[np.int8]:
+    """The market regime of each bar of one symbol from its past WINDOW bars, for data that
+    does not carry one (the synthetic source's are known): volatile when the realised
+    volatility is VOLATILE_RATIO times its median so far, else trending when the window's
+    move is TREND_SCORE times what that volatility explains, else calm. Only bars up to each
+    row are read (an expanding median), as for features. NO_REGIME during the warm-up."""
+    from tradewind.trainer.data.synthetic import CALM, TRENDING, VOLATILE
+
+    n = len(close)
+    out = np.full(n, NO_REGIME, np.int8)
+    volatility = realized_volatility(close)
+    defined = np.isfinite(volatility) & (volatility > 0)
+    if not defined.any():
+        return out
+    move = np.full(n, np.nan)
+    move[WINDOW:] = np.abs(np.log(close[WINDOW:] / close[:-WINDOW]))
+    median_so_far = pd.Series(np.where(defined, volatility, np.nan)).expanding().median()
+    ratio = volatility / median_so_far.to_numpy()
+    score = move / (volatility * np.sqrt(WINDOW))
+    known = defined & np.isfinite(score) & np.isfinite(ratio)
+    out[known] = CALM
+    out[known & (score >= TREND_SCORE)] = TRENDING
+    out[known & (ratio >= VOLATILE_RATIO)] = VOLATILE
+    return out
+
+
 # --- the features -------------------------------------------------------------------------
 
 
@@ -262,7 +296,8 @@ class FeatureTable:
     volatility: npt.NDArray[np.float32]
     """Realised volatility (WINDOW bars) per row, for curriculum learning."""
     regimes: npt.NDArray[np.int8]
-    """Synthetic regime per row, NO_REGIME for real data."""
+    """Market regime per row (synthetic.REGIME_NAMES): the synthetic source's own, else
+    `market_regimes`' from the past bars."""
 
     def rows(self, symbol_index: int) -> slice:
         """Rows of one symbol."""
@@ -301,7 +336,15 @@ def engineer_features(bars: pd.DataFrame, features: Sequence[str]) -> FeatureTab
             for start, stop, (first, _, _) in zip(starts, stops, ordered, strict=True)
         ]
     )
-    regimes = bars["regime"].to_numpy(np.int8)[rows] if "regime" in bars.columns else None
+    if "regime" in bars.columns:
+        regimes = bars["regime"].to_numpy(np.int8)[rows]
+    else:
+        regimes = np.concatenate(
+            [
+                market_regimes(prices["close"][start:stop])[first:]
+                for start, stop, (first, _, _) in zip(starts, stops, ordered, strict=True)
+            ]
+        )
     return FeatureTable(
         symbols=symbols,
         feature_names=names,
@@ -311,7 +354,7 @@ def engineer_features(bars: pd.DataFrame, features: Sequence[str]) -> FeatureTab
         open=prices["open"][rows],
         close=prices["close"][rows],
         volatility=np.concatenate([vol for _, _, vol in ordered]).astype(np.float32),
-        regimes=regimes if regimes is not None else np.full(len(rows), NO_REGIME, np.int8),
+        regimes=regimes,
     )
 
 

@@ -6,10 +6,12 @@ import pytest
 
 from tradewind.api.common import DEFAULT_FEATURES, FEATURES, DataSource
 from tradewind.trainer.data.features import (
+    WINDOW,
     SymbolBars,
     compute_features,
     engineer_features,
     feature_columns,
+    market_regimes,
 )
 from tradewind.trainer.data.sources import load_bars
 
@@ -112,7 +114,7 @@ def test_no_nan_after_the_warm_up_on_real_data() -> None:
     assert table.values.shape == (len(bars) - 2 * 33, 15)
     assert np.isfinite(table.values).all()
     assert np.isfinite(table.volatility).all()
-    assert (table.regimes == -1).all()
+    assert set(np.unique(table.regimes)) == {0, 1, 2}  # read from the prices
     # MACD's signal line needs 26 + 9 - 1 closes: the first kept bar is each symbol's 34th.
     for i, symbol in enumerate(table.symbols):
         own = bars[bars["symbol"] == symbol]["timestamp"].reset_index(drop=True)
@@ -140,3 +142,31 @@ def test_symbols_of_different_lengths_get_their_own_features(daily_bars: pd.Data
         fields = {c: own[c].to_numpy() for c in ("open", "high", "low", "close", "volume")}
         alone = compute_features(SymbolBars(**fields), list(FEATURES))
         np.testing.assert_allclose(table.values[table.rows(i)], alone[33:], rtol=1e-6)
+
+
+def test_market_regimes_read_from_the_bars_agree_with_the_generators() -> None:
+    """On synthetic bars, whose regimes are known, the regimes read from the prices alone
+    match them far more often than chance, and each regime is found."""
+    from tradewind.api.common import SyntheticData
+    from tradewind.trainer.data.synthetic import NO_REGIME, generate_market
+
+    market = generate_market(SyntheticData(num_symbols=2, num_bars=8000, seed=4), "1d")
+    for close in market.close:
+        found = market_regimes(close)
+        known = found != NO_REGIME
+        assert known[WINDOW + 1 :].all() and not known[:WINDOW].any()
+        truth = market.regimes[known]
+        chance = sum(np.mean(truth == r) * np.mean(found[known] == r) for r in range(3))
+        assert np.mean(found[known] == truth) > chance + 0.12
+        for regime in range(3):  # each true regime is the one most often read where it holds
+            counts = np.bincount(found[known][truth == regime], minlength=3)
+            assert counts[regime] / counts.sum() > 0.4, (regime, counts)
+
+
+def test_market_regimes_by_hand() -> None:
+    calm = 100 * np.exp(np.cumsum(np.tile([0.01, -0.01], 60)))
+    trend = calm[-1] * np.exp(np.cumsum(np.tile([0.015, -0.005], 30)))  # +0.5% a bar
+    wild = trend[-1] * np.exp(np.cumsum(np.tile([0.05, -0.05], 15)))
+    regimes = market_regimes(np.concatenate([calm, trend, wild]))
+    assert set(regimes[WINDOW + 1 : 120]) == {0}
+    assert regimes[175] == 1 and regimes[205] == 2
