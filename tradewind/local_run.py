@@ -155,8 +155,9 @@ def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
         title=title,
         caption="pooled: every fold's test block as one record; ± the spread (std) over folds",
     )
-    columns = ("fold", "test period", "accuracy", "model", SHARPE_HEADER, "PSR", "buy & hold")
-    for col in (*columns, "random"):
+    columns = ("fold", "test period", "accuracy", "model", SHARPE_HEADER, "PSR", "max DD",
+               "win rate", "buy & hold", "random")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
         spread = "test_accuracy_std" in r
@@ -167,6 +168,8 @@ def _folds_table(name: str, rows: list[dict[str, Any]]) -> Table:
             f"{r['model_return']:+.2%}",
             sharpe_cell(r, "model_") + (f" ± {r['model_sharpe_std']:.2f}" if spread else ""),
             f"{r['model_psr']:.2f}",
+            f"{r['model_max_drawdown']:.1%}",
+            f"{r['model_win_rate']:.1%}" + (" (mean)" if spread else ""),
             f"{r['buy_and_hold_return']:+.2%}",
             f"{r['random_return']:+.2%}",
         )

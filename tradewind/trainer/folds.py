@@ -135,7 +135,8 @@ METRIC_PREFIXES = {"cross_validation": "cv", "walk_forward_retrained": "walk_for
 
 def pooled_metrics(tables: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     """Each table's pooled row as run metrics (`cv_accuracy`, `cv_accuracy_std`, `cv_return`,
-    `cv_sharpe` with its interval, PSR and the rest of its statistics, `cv_sharpe_std`;
+    `cv_max_drawdown`, `cv_win_rate`, `cv_sharpe` with its interval, PSR and the rest of its
+    statistics, `cv_sharpe_std`;
     `walk_forward_*` alike): figures on the training and validation bars only, so a Sweep
     may select on them and still report the test split untouched."""
     metrics: dict[str, float] = {}
@@ -148,6 +149,8 @@ def pooled_metrics(tables: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
             f"{head}_accuracy": pooled["test_accuracy"],
             f"{head}_accuracy_std": pooled["test_accuracy_std"],
             f"{head}_return": pooled["model_return"],
+            f"{head}_max_drawdown": pooled["model_max_drawdown"],
+            f"{head}_win_rate": pooled["model_win_rate"],
             f"{head}_sharpe_std": pooled["model_sharpe_std"],
             f"{head}_buy_and_hold_return": pooled["buy_and_hold_return"],
             **{f"{head}_{k}": pooled[f"model_{k}"] for k in METRIC_KEYS},
@@ -183,7 +186,7 @@ def _run_folds(
                 "test_to": str(bars[fold.test[-1]])[:10],
                 "test_accuracy": result.metrics.get("test_accuracy", float("nan")),
                 "model_return": model["total_return"],
-                **{f"model_{k}": model[k] for k in bt.SHARPE_KEYS},
+                **{f"model_{k}": model[k] for k in (*bt.SHARPE_KEYS, *bt.RISK_KEYS)},
                 "buy_and_hold_return": hold["total_return"],
                 "random_return": rand["total_return"],
             }
@@ -198,10 +201,12 @@ def _pooled_row(
 ) -> dict[str, Any]:
     """The folds' test blocks as one out-of-sample record: compounded return and the Sharpe
     ratio of all their periods, with its interval and PSR (the figure to judge the folds by;
-    one fold's Sharpe on a short block says little); the folds' mean accuracy, and the spread
-    (std) of accuracy and Sharpe ratio from fold to fold."""
+    one fold's Sharpe on a short block says little) and the worst drawdown of the folds'
+    periods compounded in turn; the folds' mean accuracy and win rate, and the spread (std)
+    of accuracy and Sharpe ratio from fold to fold."""
     periods = np.concatenate(returns)
     stats = sharpe_stats(periods, bars_per_year(pool_bars(data)) / horizon)
+    equity = np.cumprod(1.0 + periods)
     return {
         "fold": POOLED,
         "train_from": rows[0]["train_from"],
@@ -210,8 +215,12 @@ def _pooled_row(
         "test_accuracy": float(np.mean([r["test_accuracy"] for r in rows])),
         "test_accuracy_std": float(np.std([r["test_accuracy"] for r in rows])),
         "model_sharpe_std": float(np.std([r["model_sharpe"] for r in rows])),
-        "model_return": float(np.prod(1.0 + periods) - 1.0),
+        "model_return": float(equity[-1] - 1.0) if len(equity) else 0.0,
         **stats.as_metrics("model"),
+        "model_max_drawdown": float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
+        if len(equity)
+        else 0.0,
+        "model_win_rate": float(np.mean([r["model_win_rate"] for r in rows])),
         "buy_and_hold_return": float(np.prod([1 + r["buy_and_hold_return"] for r in rows]) - 1),
         "random_return": float(np.prod([1 + r["random_return"] for r in rows]) - 1),
     }

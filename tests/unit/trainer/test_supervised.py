@@ -943,4 +943,10 @@ def test_cross_validation_logs_its_pooled_figures_and_fold_spread_as_run_metrics
         assert metrics["cv_sharpe_std"] == pytest.approx(np.std([r["model_sharpe"] for r in folds]))
         assert metrics["cv_sharpe_ci_low"] <= metrics["cv_sharpe"] <= metrics["cv_sharpe_ci_high"]
         assert 0.0 <= metrics["cv_psr"] <= 1.0
+        # the guide's walk-forward risk figures: per fold, and over the folds
+        assert metrics["cv_win_rate"] == pytest.approx(
+            np.mean([r["model_win_rate"] for r in folds])
+        )
+        assert metrics["cv_max_drawdown"] >= max(r["model_max_drawdown"] for r in folds) - 1e-12
+    assert all(0.0 <= r["model_max_drawdown"] < 1.0 for r in folds)
     assert not any(k.startswith("walk_forward_") for k in logged)
