@@ -3,9 +3,12 @@ drawdown, win rate and turnover after costs, beside buy-and-hold and a random ba
 
 Signals are Sell/Hold/Buy -> position -1/0/+1 per symbol. A signal on bar t's information
 fills at bar t+1 and is held for `predictionHorizon` bars (`tradewind.trainer.execution`), so
-only every horizon-th sample of a symbol is traded: the periods do not overlap and no return
-is counted twice. Every Sharpe ratio comes with its stationary-bootstrap interval and PSR
-(`tradewind.significance`).
+the portfolio rebalances on one calendar grid shared by all symbols: every horizon-th bar of
+the split's calendar (the distinct bars of all its samples) from its first bar. A symbol
+trades at the grid bars it has a sample at (one listed later joins at the next grid bar), so
+the periods do not overlap, no return is counted twice and there are at most
+bars / horizon of them, as the annualisation (bars per year / horizon) assumes. Every Sharpe
+ratio comes with its stationary-bootstrap interval and PSR (`tradewind.significance`).
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ def trade_samples(
     symbol_ids: npt.NDArray[np.int64], timestamps: npt.NDArray[np.datetime64],
     forward_returns: npt.NDArray[np.floating], horizon: int,
 ) -> TradeSamples:  # fmt: skip
-    """Every horizon-th sample of each symbol, in time order."""
+    """The samples at the rebalance bars: every horizon-th bar of the calendar (the distinct
+    bars of all symbols' samples) from its first, each symbol at those of them it has a
+    sample at; grouped by symbol, in time order within each."""
+    if horizon < 1:
+        raise ValueError("horizon must be >= 1")
+    calendar = np.unique(timestamps)
+    on_grid = np.searchsorted(calendar, timestamps) % horizon == 0
     keep: list[npt.NDArray[np.int64]] = []
     for sym in np.unique(symbol_ids):
-        idx = np.flatnonzero(symbol_ids == sym)
+        idx = np.flatnonzero((symbol_ids == sym) & on_grid)
         idx = idx[np.argsort(timestamps[idx], kind="stable")]
-        keep.append(idx[::horizon])
+        keep.append(idx)
     order = np.concatenate(keep) if keep else np.empty(0, np.int64)
     return TradeSamples(
         symbol_ids[order], forward_returns[order].astype(np.float64), timestamps[order], order
@@ -60,7 +69,8 @@ def strategy_returns(positions: FloatArray, trades: TradeSamples, cost: float) -
 
 def portfolio_returns(returns: FloatArray, trades: TradeSamples) -> FloatArray:
     """Equal-weight portfolio over symbols: the mean return of the trades entered at each
-    bar, in time order."""
+    rebalance bar (`trade_samples`), in time order; one period per rebalance bar at which
+    some symbol trades."""
     bars, index = np.unique(trades.timestamps, return_inverse=True)
     sums = np.bincount(index, weights=returns, minlength=len(bars))
     return sums / np.bincount(index, minlength=len(bars))
@@ -70,17 +80,18 @@ def performance(
     portfolio: FloatArray, trades: FloatArray, positions: FloatArray, periods_per_year: float
 ) -> dict[str, float]:
     """Total return, annualised Sharpe (with its interval, PSR and the moments a Deflated
-    Sharpe Ratio needs: `SharpeStats.as_metrics`) and Sortino and max drawdown of the
-    portfolio's per-period returns; win rate and turnover of the individual trades."""
+    Sharpe Ratio needs: `SharpeStats.as_metrics`) and Sortino (mean over the downside
+    deviation sqrt(mean(min(r, 0)^2)) of all periods) and max drawdown of the portfolio's
+    per-period returns; win rate and turnover of the individual trades."""
     stats = sharpe_stats(portfolio, periods_per_year).as_metrics()
     if len(portfolio) == 0:
         keys = ("total_return", "sortino", "max_drawdown", "win_rate", "turnover")
         return dict.fromkeys(keys, 0.0) | stats
     equity = np.cumprod(1.0 + portfolio)
     peak = np.maximum.accumulate(equity)
-    downside = portfolio[portfolio < 0]
     scale = np.sqrt(periods_per_year)
-    down_std = np.sqrt(np.mean(downside**2)) if len(downside) else 0.0
+    # downside deviation about a zero target over ALL periods: sqrt(mean(min(r, 0)^2))
+    down_std = float(np.sqrt(np.mean(np.minimum(portfolio, 0.0) ** 2)))
     traded = positions != 0
     return {
         "total_return": float(equity[-1] - 1.0),
