@@ -47,6 +47,7 @@ FEATURES = (
     "realized_volatility",
     "volume_zscore",
     "high_low_range",
+    "ohlcv",
 )
 EXTENSION_NAME = r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+"
 """An extension's name, `<package>.<name>` (see tradewind.extensions): the operator accepts
@@ -166,8 +167,9 @@ class DataSource(ApiModel):
         max_length=len(FEATURES) + MAX_EXTENSION_FEATURES,
     )
     """Engineered features computed per symbol: returns, log_returns, sma, ema, rsi, macd,
-    bollinger, atr, obv, realized_volatility, volume_zscore, high_low_range, or an
-    extension's, `<package>.<name>` (entry point group `tradewind.features`)."""
+    bollinger, atr, obv, realized_volatility, volume_zscore, high_low_range, ohlcv (the bar
+    itself as 5 scale-free channels: open and close returns, high and low to the close, log
+    volume), or an extension's, `<package>.<name>` (entry point group `tradewind.features`)."""
     normalization: Literal["robust", "zscore", "minmax", "none"] = "robust"
     """Feature scaling, fitted on the training split only."""
     execution: Execution = "next_close"

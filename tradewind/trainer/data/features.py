@@ -47,6 +47,7 @@ FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
     "realized_volatility": ("realized_volatility_20",),
     "volume_zscore": ("volume_zscore_20",),
     "high_low_range": ("high_low_range",),
+    "ohlcv": ("ohlcv_open", "ohlcv_high", "ohlcv_low", "ohlcv_close", "ohlcv_volume"),
 }
 """Columns each feature adds, in the order they appear."""
 
@@ -199,6 +200,22 @@ def _high_low_range(bars: SymbolBars) -> list[FloatArray]:
     return [(bars.high - bars.low) / bars.close]
 
 
+def _ohlcv(bars: SymbolBars) -> list[FloatArray]:
+    """The bar itself as five channels (the guide's CNN on OHLCV), each without its scale:
+    open and close as returns from the previous close, high and low relative to the close,
+    volume as log(1 + volume) less its mean over the last WINDOW bars."""
+    previous_close = np.full(bars.close.shape, np.nan)
+    previous_close[1:] = bars.close[:-1]
+    log_volume = np.log1p(np.maximum(bars.volume, 0.0))
+    return [
+        bars.open / previous_close - 1.0,
+        bars.high / bars.close - 1.0,
+        bars.low / bars.close - 1.0,
+        bars.close / previous_close - 1.0,
+        log_volume - _rolling_mean(log_volume, WINDOW),
+    ]
+
+
 _CALCULATORS: dict[str, Callable[[SymbolBars], list[FloatArray]]] = {
     "returns": _returns,
     "log_returns": _log_returns_feature,
@@ -212,6 +229,7 @@ _CALCULATORS: dict[str, Callable[[SymbolBars], list[FloatArray]]] = {
     "realized_volatility": _realized_volatility,
     "volume_zscore": _volume_zscore,
     "high_low_range": _high_low_range,
+    "ohlcv": _ohlcv,
 }
 
 

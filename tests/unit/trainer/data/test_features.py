@@ -37,7 +37,7 @@ def _column(matrix: np.ndarray, features: list[str], name: str) -> np.ndarray:
 
 def test_column_counts_and_stable_order() -> None:
     assert len(feature_columns(DEFAULT_FEATURES)) == 9
-    assert len(feature_columns(FEATURES)) == 15
+    assert len(feature_columns(FEATURES)) == 20
     assert (
         feature_columns(["rsi", "returns"])
         == feature_columns(["returns", "rsi"])
@@ -69,6 +69,25 @@ def test_returns_and_log_returns_by_hand() -> None:
     assert np.isnan(matrix[0]).all()
     assert matrix[1, 0] == pytest.approx(44.09 / 44.34 - 1, rel=1e-12)
     assert matrix[1, 1] == pytest.approx(math.log(44.09 / 44.34), rel=1e-12)
+
+
+def test_ohlcv_channels_by_hand() -> None:
+    """The guide's CNN input of 5 OHLCV channels, each scale-free."""
+    bars = _bars(CLOSES)
+    volume = np.arange(1.0, 1.0 + len(CLOSES)) * 100
+    bars = SymbolBars(bars.open * 1.001, bars.high, bars.low, bars.close, volume)
+    matrix = compute_features(bars, ["ohlcv"])
+    assert np.isnan(matrix[0, 0]) and np.isnan(matrix[0, 3])
+    assert matrix[1, 0] == pytest.approx(44.09 * 1.001 / 44.34 - 1, rel=1e-12)
+    assert matrix[1, 1] == pytest.approx(0.5 / 44.09, rel=1e-12)
+    assert matrix[1, 2] == pytest.approx(-0.5 / 44.09, rel=1e-12)
+    assert matrix[1, 3] == pytest.approx(44.09 / 44.34 - 1, rel=1e-12)
+    log_volume = np.log1p(volume)
+    assert np.isnan(matrix[WINDOW - 2, 4])
+    assert matrix[WINDOW - 1, 4] == pytest.approx(log_volume[-1] - log_volume.mean(), rel=1e-12)
+    # the same bars at ten times the price give the same channels
+    scaled = SymbolBars(bars.open * 10, bars.high * 10, bars.low * 10, bars.close * 10, volume)
+    np.testing.assert_allclose(compute_features(scaled, ["ohlcv"]), matrix, rtol=1e-9)
 
 
 def test_atr_by_hand() -> None:
@@ -111,7 +130,7 @@ def test_flat_prices_give_finite_neutral_features() -> None:
 def test_no_nan_after_the_warm_up_on_real_data() -> None:
     bars = load_bars(DataSource(source="stocks", symbols=["AAPL", "FB"]))
     table = engineer_features(bars, list(FEATURES))
-    assert table.values.shape == (len(bars) - 2 * 33, 15)
+    assert table.values.shape == (len(bars) - 2 * 33, 20)
     assert np.isfinite(table.values).all()
     assert np.isfinite(table.volatility).all()
     assert set(np.unique(table.regimes)) == {0, 1, 2}  # read from the prices
