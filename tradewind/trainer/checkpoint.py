@@ -250,6 +250,12 @@ class Checkpointer:
         return self._pointer_step(BEST)
 
     @property
+    def best_metric(self) -> float | None:
+        """The metric the best checkpoint was ranked by (None until a save had a metric)."""
+        step = self.best_step
+        return None if step is None else self._metric(step)
+
+    @property
     def best_uri(self) -> str | None:
         """URI of the best checkpoint's folder."""
         step = self.best_step

@@ -65,6 +65,8 @@ def test_an_agent_reports_its_best_checkpoint_the_one_combine_evaluates(
         data = logged[agent.name].data
         assert data.tags["reported_checkpoint"] == "best"
         assert data.metrics["reported_timesteps"] == first
+        # the latest validation reward (a Sweep's objective) is the reported checkpoint's
+        assert data.metrics["eval_mean_reward"] == -float(first)
         best = _test_row_of_step(run, local_tracking, index, first)
         final = _test_row_of_step(run, local_tracking, index, last)
         # the two weights trade the test bars differently: the old report could not pass

@@ -125,6 +125,11 @@ def train_one(run: RLRun, index: int, state_dir: Path, progress_bar: bool = Fals
         tracker.tags({"reported_checkpoint": reported.checkpoint})
         tracker.metrics({"reported_timesteps": float(reported.timesteps)}, final)
         _report_agent(tracker, spec, agent.name, reported.policy, markets, final)
+        best_reward = checkpointer.best_metric if reported.checkpoint == "best" else None
+        if best_reward is not None:
+            # the reported checkpoint's validation reward, a step after the last evaluation,
+            # so that its latest value (a Sweep's objective, `status`) is the reported one's
+            tracker.metrics({"eval_mean_reward": best_reward}, final + 1)
     except BaseException:
         tracker.end("FAILED")
         raise
