@@ -138,6 +138,35 @@ def test_rl_agents_and_ensemble_show_an_edge_only_where_one_is_planted(
     _assert_judged(results, {"rl ppo", "rl a2c", "rl ensemble"})
 
 
+def _grid_search_paths(resource: Resource, state_dir: Path, console: Console) -> Figures:
+    """`tradewind rl grid-search`'s figures of its best combination: chosen on the
+    validation bars and judged there by its Deflated Sharpe Ratio over the combinations, and
+    its test figures, which the choice never read."""
+    from tradewind.significance import SharpeStats
+    from tradewind.trainer.rl.grid_search import grid_search
+
+    assert isinstance(resource, RLRun)
+    result = grid_search(resource.spec, {"learning_rate": [3e-4, 1e-3]})
+    best = result.rows[0]
+    test, validation = SharpeStats.from_metrics(best, "test"), SharpeStats.from_metrics(best)
+    assert test is not None and validation is not None and result.deflated_sharpe is not None
+    return {
+        "rl grid best (validation, deflated)": (validation, result.deflated_sharpe),
+        "rl grid best (test)": (test, test.psr),
+    }
+
+
+def test_an_rl_grid_searchs_best_shows_an_edge_only_where_one_is_planted(
+    tmp_path: Path,
+) -> None:
+    spec = _rl_spec() | {"totalTimesteps": 4000}  # each combination trains this long
+    spec["agents"] = spec["agents"][:1]
+    del spec["ensemble"]
+    run = parse_resource(_manifest("RLRun", spec))
+    verdicts = check(run, KINDS, tmp_path, Console(quiet=True), runner=_grid_search_paths)
+    _assert_judged(verdicts, {"rl grid best (validation, deflated)", "rl grid best (test)"})
+
+
 @pytest.mark.parametrize(
     ("objective", "evaluation"),
     [
