@@ -453,6 +453,7 @@ class SupervisedTrainer:
             self.state.history.append(metrics)
             self._keep_if_best()
             self.tracker.metrics(metrics, step=self.state.epoch)
+            self._log_epoch_attention()
             es = spec.early_stopping
             stopped_early = dist_utils.any_rank(
                 es.enabled
@@ -717,6 +718,22 @@ class SupervisedTrainer:
         for name, figure in figures.items():
             self.tracker.figure(figure, name)
             plt.close(figure)
+
+    def _log_epoch_attention(self) -> None:
+        """The epoch's mean attention over validation windows, to TensorBoard and W&B (their
+        step sliders show how it forms); MLflow gets the test windows' once, at the end."""
+        if not (self.env.is_main and self.tracker.has_step_viewer):
+            return
+        attention = self._mean_attention(self.data.validation)
+        if attention is None:
+            return
+        import matplotlib.pyplot as plt
+
+        from tradewind.trainer import plots
+
+        figure = plots.attention_heatmap(attention)
+        self.tracker.step_figure(figure, "attention_validation.png", self.state.epoch)
+        plt.close(figure)
 
     @torch.no_grad()
     def _mean_attention(self, split: SupervisedSplit) -> np.ndarray | None:

@@ -146,6 +146,23 @@ class Tracker:
             if self.wandb is not None:
                 self.wandb.figure(figure, name)
 
+    @property
+    def has_step_viewer(self) -> bool:
+        """Whether TensorBoard or W&B is on: viewers with a step slider, where figures drawn
+        every epoch go (`step_figure`)."""
+        return self.enabled and (self.tensorboard_dir is not None or self.wandb is not None)
+
+    def step_figure(self, figure: Any, name: str, step: int) -> None:
+        """A figure drawn at `step` (each epoch's attention: the guide's
+        `log_attention_weights`), to TensorBoard and W&B; MLflow gets its figures once, at
+        the end (`figure`)."""
+        if not self.enabled:
+            return
+        if writer := self._tensorboard():
+            writer.add_figure(Path(name).stem, figure, global_step=step, close=False)
+        if self.wandb is not None:
+            self.wandb.figure(figure, name, step)
+
     def graph(self, model: Any, example: Any) -> None:
         """The model's graph, traced on `example` windows (an array or tensor), in the
         TensorBoard files (the guide's `log_model_graph`); a model the tracer cannot follow

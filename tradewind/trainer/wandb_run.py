@@ -111,11 +111,11 @@ class WandbRun:
         self._step = max(self._step, step if step is not None else self._step)
         self._run.log(dict(values), step=self._step)
 
-    def figure(self, figure: Any, name: str) -> None:
+    def figure(self, figure: Any, name: str, step: int | None = None) -> None:
         if self._run is not None:
             import wandb
 
-            self.log({Path(name).stem: wandb.Image(figure)})
+            self.log({Path(name).stem: wandb.Image(figure)}, step)
 
     def table(self, rows: list[dict[str, Any]], name: str) -> None:
         if self._run is not None and rows:

@@ -63,6 +63,8 @@ def test_a_training_run_writes_its_metrics_and_figures_as_event_files(
     assert sorted(logged["val_loss"]) == [1, 2]
     assert "backtest_sharpe" in logged
     assert events(folder).Tags()["images"]  # the figures MLflow got
+    # and each epoch's attention on the validation windows, for TensorBoard's step slider
+    assert [i.step for i in events(folder).Images("attention_validation")] == [1, 2]
     assert "aten::linear" in graph_ops(folder)  # the model's graph, traced
     files = logged_files(result.mlflow_run_id)
     assert files and all(f.startswith("tensorboard/events.out.tfevents.") for f in files), files

@@ -102,7 +102,10 @@ def test_a_training_run_logs_to_a_wandb_run_with_the_mlflow_runs_id(
     history = MlflowClient().get_metric_history(run_id, "val_loss")
     assert recorded.history["val_loss"] == pytest.approx({m.step: m.value for m in history})
     assert recorded.history["backtest_sharpe"]  # the test backtest, after the epochs
-    assert {"equity_curve", "loss_curves"} <= recorded.images()
+    assert {"equity_curve", "loss_curves", "attention_validation"} <= recorded.images()
+    attention = {step for key, steps in recorded.history.items()
+                 if key.startswith("attention_validation") for step in steps}  # fmt: skip
+    assert attention == {1, 2}  # each epoch's, at its step
     files = logged_files(run_id)
     assert any(f.endswith(f"run-{run_id}.wandb") for f in files), files
 
