@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,25 +163,33 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.figure(figure, name, step)
 
-    def graph(self, model: Any, example: Any) -> None:
-        """The model's graph, traced on `example` windows (an array or tensor), in the
-        TensorBoard files (the guide's `log_model_graph`); a model the tracer cannot follow
-        is logged, not raised."""
+    def graph(
+        self, model: Any, example: Any, forward: Callable[[Any], Any] | None = None
+    ) -> None:
+        """The model's graph, traced on `example` inputs (an array or tensor) through
+        `forward` (default: calling the model), in the TensorBoard files (the guide's
+        `log_model_graph`); a model the tracer cannot follow is logged, not raised."""
         writer = self._tensorboard() if self.enabled else None
         if writer is None:
             return
         import torch
 
+        call = forward or model
+
         class Traced(torch.nn.Module):
-            """The model with its ModelOutput as a tuple of tensors (what the tracer takes)."""
+            """The model with its output (a ModelOutput, a tensor or a tuple) as a tuple of
+            tensors: what the tracer takes."""
 
             def __init__(self) -> None:
                 super().__init__()
                 self.model = model
 
             def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                out = self.model(x)
-                return tuple(v for v in vars(out).values() if isinstance(v, torch.Tensor))
+                out = call(x)
+                if isinstance(out, torch.Tensor):
+                    return (out,)
+                values = out if isinstance(out, tuple | list) else vars(out).values()
+                return tuple(v for v in values if isinstance(v, torch.Tensor))
 
         training = model.training
         model.eval()

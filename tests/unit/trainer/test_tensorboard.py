@@ -79,6 +79,8 @@ def test_each_rl_agent_and_the_ensemble_get_their_own_event_files(local_tracking
     agents = [f"boarded-{a.name}" for a in run.spec.agents]
     assert folders == sorted([*agents, "boarded-combine"])
     assert "eval_mean_reward" in scalars(local_tracking / "tensorboard" / agents[0])
+    for agent in agents:  # each agent's policy network, as the guide logs the model's
+        assert "aten::linear" in graph_ops(local_tracking / "tensorboard" / agent)
     combined = scalars(local_tracking / "tensorboard" / "boarded-combine")
     assert any(k.startswith("ensemble_") for k in combined)
 

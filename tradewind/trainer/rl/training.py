@@ -226,6 +226,13 @@ def train_agent(
     else:
         model = build_agent(agent, envs.train, seed=seed, device=device)
     model.set_logger(Logger(folder=None, output_formats=[TrackerOutput(tracker)]))
+    space = model.observation_space
+    if model.num_timesteps == 0 and space.shape:  # the policy's graph, before it first learns
+        # traced on a blank observation: resetting the env for one would move its seeds
+        # and VecNormalize's statistics
+        example, _ = model.policy.obs_to_tensor(np.zeros((1, *space.shape), space.dtype))
+        policy = model.policy
+        tracker.graph(policy, example, lambda obs: policy(obs, deterministic=True))
     callback = EvalCheckpointCallback(spec, envs, checkpointer, tracker)
     callback.start_at(model.num_timesteps)
     remaining = spec.total_timesteps - model.num_timesteps
