@@ -359,6 +359,14 @@ cases = [
         "enum",
     ),
     (
+        "tr-scheduler-interval-batch-cosine",
+        TR,
+        {"spec": {"training": {"scheduler": {"name": "cosine", "interval": "batch"}}}},
+        "spec.training.scheduler.interval",
+        "interval batch is for cosine_warm_restarts and onecycle",
+        "combination",
+    ),
+    (
         "tr-grad-clip-negative",
         TR,
         {"spec": {"training": {"gradClip": -1}}},

@@ -237,12 +237,17 @@ class OptimizerSpec(ApiModel):
 
 
 class SchedulerSpec(ApiModel):
-    """Learning-rate schedule, stepped once per epoch."""
+    """Learning-rate schedule, stepped once per epoch (or after every batch: `interval`)."""
 
     name: Literal["cosine_warm_restarts", "cosine", "step", "plateau", "onecycle", "none"] = (
         "cosine_warm_restarts"
     )
     """Schedule."""
+    interval: Literal["epoch", "batch"] = "epoch"
+    """When the rate moves: at each epoch's end, or after every optimizer step (the guide's
+    loop; cosine_warm_restarts and onecycle only). With `batch`, cosine_warm_restarts
+    anneals within each epoch on fractional epochs (t0 still counts epochs, PyTorch's SGDR
+    recipe) and onecycle spans every step of the epochs."""
     t0: int = Field(default=10, ge=1, le=100_000)
     """cosine_warm_restarts: epochs of the first cycle."""
     t_mult: int = Field(default=2, ge=1, le=16)
@@ -257,6 +262,20 @@ class SchedulerSpec(ApiModel):
     """Linear warm-up epochs before the schedule starts."""
     min_learning_rate: float = Field(default=0.0, ge=0)
     """Floor of the learning rate."""
+
+    cel_rules = (
+        CelRule(
+            "self.interval != 'batch' || self.name in ['cosine_warm_restarts', 'onecycle']",
+            "interval batch is for cosine_warm_restarts and onecycle; the other schedules "
+            "move once per epoch",
+            ".interval",
+        ),
+        CelRule(
+            "self.interval != 'batch' || self.warmupEpochs == 0",
+            "warmupEpochs is for interval epoch (onecycle warms up by itself)",
+            ".warmupEpochs",
+        ),
+    )
 
 
 class LossWeights(ApiModel):

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule from the spec (stepped once per epoch)."""
+"""Optimizer and learning-rate schedule from the spec (stepped once per epoch, or after every
+optimizer step with `scheduler.interval: batch`)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ def build_optimizer(params: object, spec: OptimizerSpec) -> torch.optim.Optimize
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, epochs: int
+    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, epochs: int, steps_per_epoch: int = 1
 ) -> LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
-    """The schedule, with `warmupEpochs` of linear warm-up in front; None for `none`."""
+    """The schedule, with `warmupEpochs` of linear warm-up in front; None for `none`.
+    `steps_per_epoch` (optimizer steps in an epoch over all the training data) sizes
+    onecycle with interval batch."""
     sched = torch.optim.lr_scheduler
     floor = spec.min_learning_rate
     main: LRScheduler | sched.ReduceLROnPlateau | None
@@ -37,7 +40,8 @@ def build_scheduler(
         main = sched.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)
     elif spec.name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
-        main = sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, epochs))
+        steps = epochs * (steps_per_epoch if spec.interval == "batch" else 1)
+        main = sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, steps))
     elif spec.name == "plateau":
         return sched.ReduceLROnPlateau(
             optimizer, factor=spec.gamma, patience=spec.patience, min_lr=floor
@@ -50,9 +54,30 @@ def build_scheduler(
     return main
 
 
-def step_scheduler(scheduler: object, val_loss: float) -> None:
-    """Advance one epoch (plateau watches the validation loss)."""
+def step_scheduler(scheduler: object, val_loss: float, spec: SchedulerSpec) -> None:
+    """At an epoch's end: advance one epoch (plateau watches the validation loss); nothing
+    with interval batch."""
+    if spec.interval == "batch":
+        return
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_loss)
     elif scheduler is not None:
         scheduler.step()  # type: ignore[attr-defined]
+
+
+def step_scheduler_in_epoch(
+    scheduler: object, spec: SchedulerSpec, epoch: int, done: int, steps: int
+) -> None:
+    """With interval batch, after optimizer step `done` of the `steps` of epoch `epoch`
+    (0-based): cosine_warm_restarts moves to the fractional epoch epoch + done / steps;
+    onecycle one step, and no further than its last (a curriculum's smaller epochs leave it
+    short of its end, never past it)."""
+    if spec.interval != "batch" or scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts):
+        scheduler.step(epoch + done / max(steps, 1))
+    elif (
+        isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        and scheduler.last_epoch + 1 < scheduler.total_steps
+    ):
+        scheduler.step()

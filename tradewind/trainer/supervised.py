@@ -38,7 +38,12 @@ from tradewind.trainer.entrypoint import NonFiniteLossError, SpecNotRunnableErro
 from tradewind.trainer.folds import subset
 from tradewind.trainer.losses import MultiTaskLoss
 from tradewind.trainer.models import TradingModel, build_model
-from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
+from tradewind.trainer.optim import (
+    build_optimizer,
+    build_scheduler,
+    step_scheduler,
+    step_scheduler_in_epoch,
+)
 from tradewind.trainer.storage import StorageError
 from tradewind.trainer.techniques.adversarial import pgd_perturb
 from tradewind.trainer.techniques.augmentation import augment
@@ -192,7 +197,10 @@ class SupervisedTrainer:
         )
         self.optimizer = build_optimizer(self.model.parameters(), self.spec.training.optimizer)
         self.scheduler = build_scheduler(
-            self.optimizer, self.spec.training.scheduler, self.spec.training.epochs
+            self.optimizer,
+            self.spec.training.scheduler,
+            self.spec.training.epochs,
+            self._steps_per_epoch(),
         )
         self.scaler = torch.amp.GradScaler(
             env.device.type, enabled=self.spec.training.precision == "fp16"
@@ -209,6 +217,21 @@ class SupervisedTrainer:
             seq_len=seq2seq.output_length if seq2seq else 0,
             returns_col=self.data.feature_names.index("returns") if seq2seq else 0,
         )
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps in an epoch over all the training data (a MAML epoch's meta
+        steps)."""
+        spec = self.spec.training
+        n = len(self.data.train)
+        if spec.meta_learning is not None:
+            return self._meta_steps()
+        return math.ceil((n // self.env.world_size) / spec.batch_size)
+
+    def _meta_steps(self) -> int:
+        spec = self.spec.training
+        assert spec.meta_learning is not None
+        per_step = 2 * spec.batch_size * spec.meta_learning.tasks_per_batch
+        return max(1, len(self.data.train) // per_step)
 
     # --- checkpoint -------------------------------------------------------------------
 
@@ -296,12 +319,14 @@ class SupervisedTrainer:
         )
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for batch in self.batches(self.data.train, indices, spec.batch_size):
+        steps = math.ceil(len(indices) / spec.batch_size)
+        for done, batch in enumerate(self.batches(self.data.train, indices, spec.batch_size), 1):
             if spec.augmentation is not None:
                 batch["x"] = augment(batch["x"], spec.augmentation, self.augment_rng)
             with self._autocast():
                 loss, parts = self._training_loss(batch, tf)
             parts |= self._optimizer_step(loss)
+            step_scheduler_in_epoch(self.scheduler, spec.scheduler, epoch, done, steps)
             self.state.step += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -357,8 +382,8 @@ class SupervisedTrainer:
         rng = np.random.default_rng([self.spec.seed, epoch])
         symbols = np.unique(train.symbol_ids)
         results: list[dict[str, float]] = []
-        n_meta = max(1, len(train) // (2 * spec.batch_size * spec.meta_learning.tasks_per_batch))
-        for _ in range(n_meta):
+        n_meta = self._meta_steps()
+        for done in range(1, n_meta + 1):
             tasks = []
             for sym in rng.choice(symbols, size=spec.meta_learning.tasks_per_batch):
                 idx = rng.permutation(np.flatnonzero(train.symbol_ids == sym))[
@@ -380,6 +405,7 @@ class SupervisedTrainer:
                     grad_clip=spec.grad_clip,
                 )
             )
+            step_scheduler_in_epoch(self.scheduler, spec.scheduler, epoch, done, n_meta)
             self.state.step += 1
         return {f"train_{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
 
@@ -439,7 +465,7 @@ class SupervisedTrainer:
             train = dist_utils.mean_across_ranks(self.train_epoch(epoch), self.env)
             val = self.validate(self.data.validation)
             check_finite_losses(train | val, epoch)
-            step_scheduler(self.scheduler, val["val_loss"])
+            step_scheduler(self.scheduler, val["val_loss"], spec.scheduler)
             metrics = {
                 **train,
                 **val,

@@ -1,8 +1,15 @@
+import itertools
+
 import pytest
 import torch
 
 from tradewind.api.training import OptimizerSpec, SchedulerSpec
-from tradewind.trainer.optim import build_optimizer, build_scheduler, step_scheduler
+from tradewind.trainer.optim import (
+    build_optimizer,
+    build_scheduler,
+    step_scheduler,
+    step_scheduler_in_epoch,
+)
 from tradewind.trainer.tracking import flatten
 
 
@@ -40,7 +47,7 @@ def test_cosine_warm_restarts_returns_to_the_peak_after_t0() -> None:
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
-        step_scheduler(sched, val_loss=1.0)
+        step_scheduler(sched, spec=SchedulerSpec(), val_loss=1.0)
     assert lrs[0] == pytest.approx(0.1) and lrs[1] < 0.1 and lrs[3] == pytest.approx(0.1)
 
 
@@ -52,18 +59,65 @@ def test_warmup_then_step_decay() -> None:
     lrs = []
     for _ in range(4):
         lrs.append(round(opt.param_groups[0]["lr"], 6))
-        step_scheduler(sched, val_loss=1.0)
+        step_scheduler(sched, spec=SchedulerSpec(), val_loss=1.0)
     assert lrs[0] == pytest.approx(0.01) and lrs[0] < lrs[1] < lrs[2]
 
 
 def test_plateau_decays_only_without_improvement() -> None:
     opt = _optimizer()
     sched = build_scheduler(opt, SchedulerSpec(name="plateau", patience=0, gamma=0.5), epochs=10)
-    step_scheduler(sched, val_loss=1.0)
-    step_scheduler(sched, val_loss=0.5)
+    step_scheduler(sched, spec=SchedulerSpec(), val_loss=1.0)
+    step_scheduler(sched, spec=SchedulerSpec(), val_loss=0.5)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
-    step_scheduler(sched, val_loss=0.9)
+    step_scheduler(sched, spec=SchedulerSpec(), val_loss=0.9)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_interval_batch_anneals_warm_restarts_within_each_epoch() -> None:
+    """The guide's loop steps the schedule after every batch; t0 still counts epochs."""
+    opt = _optimizer()
+    spec = SchedulerSpec(name="cosine_warm_restarts", t0=2, t_mult=1, interval="batch")
+    sched = build_scheduler(opt, spec, epochs=4, steps_per_epoch=4)
+    lrs = []
+    for epoch in range(3):
+        for done in range(1, 5):
+            lrs.append(opt.param_groups[0]["lr"])
+            step_scheduler_in_epoch(sched, spec, epoch, done, 4)
+        step_scheduler(sched, 1.0, spec)  # nothing at the epoch's end
+    assert lrs[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in itertools.pairwise(lrs[:8]))  # falls every batch
+    assert lrs[8] == pytest.approx(0.1)  # the restart, after t0 = 2 epochs
+    assert lrs[4] == pytest.approx(0.05)  # half way: cos(pi / 2)
+
+
+def test_interval_batch_runs_onecycle_over_every_step_and_never_past_it() -> None:
+    opt = _optimizer()
+    spec = SchedulerSpec(name="onecycle", interval="batch")
+    sched = build_scheduler(opt, spec, epochs=2, steps_per_epoch=5)
+    assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps == 10
+    lrs = []
+    for epoch in range(2):
+        for done in range(1, 8):  # more steps than sized for (a larger epoch) do not raise
+            lrs.append(opt.param_groups[0]["lr"])
+            step_scheduler_in_epoch(sched, spec, epoch, done, 7)
+    assert max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 2  # 30% of 10 steps up
+    assert lrs[-1] == min(lrs) < 1e-3  # annealed to the floor by the last step
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "cosine", "interval": "batch"}, "interval batch is for"),
+        ({"name": "onecycle", "interval": "batch", "warmupEpochs": 2}, "warmupEpochs is for"),
+    ],
+)
+def test_interval_batch_is_refused_where_it_means_nothing(
+    fields: dict[str, object], message: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        SchedulerSpec.model_validate(fields)
 
 
 def test_none_schedule() -> None:

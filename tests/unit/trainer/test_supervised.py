@@ -174,6 +174,22 @@ def test_early_stopping_stops_once_the_metric_stops_improving(
     assert trainer.checkpointer.latest_step == 1 + patience
 
 
+def test_scheduler_interval_batch_moves_the_rate_after_every_step(make_trainer: Build) -> None:
+    schedule = {"name": "cosine_warm_restarts", "t0": 2, "tMult": 1, "interval": "batch"}
+    trainer = make_trainer({"training": {"epochs": 2, "scheduler": schedule}})
+    rates: list[float] = []
+    real = trainer._optimizer_step
+
+    def step(loss: torch.Tensor) -> dict[str, float]:
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return real(loss)
+
+    trainer._optimizer_step = step  # type: ignore[method-assign]
+    trainer.fit()
+    assert len(rates) > 4 and len(set(rates)) == len(rates)  # a new rate at every step
+    assert rates == sorted(rates, reverse=True)  # one cosine cycle over both epochs
+
+
 def test_early_stopping_disabled_trains_every_epoch(make_trainer: Build) -> None:
     stopping = {"enabled": False, "patience": 1, "minDelta": 10.0}
     trainer = make_trainer({"training": {"epochs": 3, "earlyStopping": stopping}})
