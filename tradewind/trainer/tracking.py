@@ -163,9 +163,7 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.figure(figure, name, step)
 
-    def graph(
-        self, model: Any, example: Any, forward: Callable[[Any], Any] | None = None
-    ) -> None:
+    def graph(self, model: Any, example: Any, forward: Callable[[Any], Any] | None = None) -> None:
         """The model's graph, traced on `example` inputs (an array or tensor) through
         `forward` (default: calling the model), in the TensorBoard files (the guide's
         `log_model_graph`); a model the tracer cannot follow is logged, not raised."""
