@@ -32,6 +32,17 @@ SW = {
     },
 }
 
+SW_RL = {
+    **SW,
+    "spec": {
+        **SW["spec"],
+        "template": {"kind": "RLRun", "spec": RL["spec"]},
+        "searchSpace": {
+            "agents[ppo].hyperparameters.gamma": {"type": "uniform", "low": 0.9, "high": 0.99}
+        },
+    },
+}
+
 
 def merge(base, patch):
     base = copy.deepcopy(base)
@@ -1142,52 +1153,26 @@ cases = [
     ),
     (
         "sw-rl-objective-on-test-market",
-        SW,
-        {
-            "spec": {
-                "template": Replace({"kind": "RLRun", "spec": RL["spec"]}),
-                "objective": {"metric": "ppo_sharpe", "direction": "maximize"},
-                "searchSpace": Replace(
-                    {
-                        "agents[ppo].hyperparameters.gamma": {
-                            "type": "uniform",
-                            "low": 0.9,
-                            "high": 0.99,
-                        }
-                    }
-                ),
-            }
-        },
+        SW_RL,
+        {"spec": {"objective": {"metric": "ppo_sharpe", "direction": "maximize"}}},
         "spec.objective.metric",
         "figure on the test market",
         "combination",
     ),
     (
         "sw-rl-objective-several-agents",
-        SW,
+        SW_RL,
         {
             "spec": {
-                "template": Replace(
-                    {
-                        "kind": "RLRun",
-                        "spec": {
-                            "agents": [
-                                {"name": "ppo", "algorithm": "ppo"},
-                                {"name": "a2c", "algorithm": "a2c"},
-                            ]
-                        },
+                "template": {
+                    "spec": {
+                        "agents": [
+                            {"name": "ppo", "algorithm": "ppo"},
+                            {"name": "a2c", "algorithm": "a2c"},
+                        ]
                     }
-                ),
+                },
                 "objective": {"metric": "eval_sharpe", "direction": "maximize"},
-                "searchSpace": Replace(
-                    {
-                        "agents[ppo].hyperparameters.gamma": {
-                            "type": "uniform",
-                            "low": 0.9,
-                            "high": 0.99,
-                        }
-                    }
-                ),
             }
         },
         "spec.objective.metric",

@@ -88,7 +88,6 @@ def performance(
         keys = ("total_return", "sortino", "max_drawdown", "win_rate", "turnover")
         return dict.fromkeys(keys, 0.0) | stats
     equity = np.cumprod(1.0 + portfolio)
-    peak = np.maximum.accumulate(equity)
     scale = np.sqrt(periods_per_year)
     # downside deviation about a zero target over ALL periods: sqrt(mean(min(r, 0)^2))
     down_std = float(np.sqrt(np.mean(np.minimum(portfolio, 0.0) ** 2)))
@@ -97,10 +96,19 @@ def performance(
         "total_return": float(equity[-1] - 1.0),
         **stats,
         "sortino": float(portfolio.mean() / down_std * scale) if down_std > 0 else 0.0,
-        "max_drawdown": float(np.max(1.0 - equity / peak)),
+        "max_drawdown": max_drawdown(portfolio),
         "win_rate": float(np.mean(trades[traded] > 0)) if traded.any() else 0.0,
         "turnover": float(np.mean(np.abs(np.diff(positions, prepend=0.0)))),
     }
+
+
+def max_drawdown(returns: FloatArray) -> float:
+    """The largest fall of the compounded per-period `returns` from a running peak (0 for
+    none)."""
+    if len(returns) == 0:
+        return 0.0
+    equity = np.cumprod(1.0 + returns)
+    return float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
 
 
 def strategy_signals(

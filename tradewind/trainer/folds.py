@@ -42,7 +42,7 @@ from tradewind.trainer.data.windows import (
     walk_forward_folds,
 )
 from tradewind.trainer.distributed import DistEnv
-from tradewind.trainer.evaluation import bars_per_year
+from tradewind.trainer.evaluation import bars_per_year, max_drawdown
 from tradewind.trainer.storage import LocalStore
 from tradewind.trainer.tracking import Tracker
 
@@ -206,7 +206,6 @@ def _pooled_row(
     of accuracy and Sharpe ratio from fold to fold."""
     periods = np.concatenate(returns)
     stats = sharpe_stats(periods, bars_per_year(pool_bars(data)) / horizon)
-    equity = np.cumprod(1.0 + periods)
     return {
         "fold": POOLED,
         "train_from": rows[0]["train_from"],
@@ -215,11 +214,9 @@ def _pooled_row(
         "test_accuracy": float(np.mean([r["test_accuracy"] for r in rows])),
         "test_accuracy_std": float(np.std([r["test_accuracy"] for r in rows])),
         "model_sharpe_std": float(np.std([r["model_sharpe"] for r in rows])),
-        "model_return": float(equity[-1] - 1.0) if len(equity) else 0.0,
+        "model_return": float(np.prod(1.0 + periods) - 1.0),
         **stats.as_metrics("model"),
-        "model_max_drawdown": float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
-        if len(equity)
-        else 0.0,
+        "model_max_drawdown": max_drawdown(periods),
         "model_win_rate": float(np.mean([r["model_win_rate"] for r in rows])),
         "buy_and_hold_return": float(np.prod([1 + r["buy_and_hold_return"] for r in rows]) - 1),
         "random_return": float(np.prod([1 + r["random_return"] for r in rows]) - 1),

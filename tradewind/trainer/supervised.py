@@ -222,10 +222,9 @@ class SupervisedTrainer:
         """Optimizer steps in an epoch over all the training data (a MAML epoch's meta
         steps)."""
         spec = self.spec.training
-        n = len(self.data.train)
         if spec.meta_learning is not None:
             return self._meta_steps()
-        return math.ceil((n // self.env.world_size) / spec.batch_size)
+        return math.ceil((len(self.data.train) // self.env.world_size) / spec.batch_size)
 
     def _meta_steps(self) -> int:
         spec = self.spec.training
@@ -285,7 +284,7 @@ class SupervisedTrainer:
             return None
         stage = min(self.state.curriculum_stage, cur.stages - 1)
         train = self.data.train
-        if cur.strategy == "volatility" or (train.regimes < 0).all():
+        if cur.strategy == "volatility":
             cutoff = np.quantile(train.volatility, (stage + 1) / cur.stages)
             return np.flatnonzero(train.volatility <= cutoff)
         easiest_first = np.lexsort((train.volatility, train.regimes))

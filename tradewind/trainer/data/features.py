@@ -24,7 +24,7 @@ from tradewind.trainer.data.extensions import (
     split_features,
     symbol_frame,
 )
-from tradewind.trainer.data.synthetic import NO_REGIME
+from tradewind.trainer.data.synthetic import CALM, NO_REGIME, TRENDING, VOLATILE
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -108,8 +108,6 @@ def market_regimes(close: FloatArray) -> npt.NDArray[np.int8]:
     volatility is VOLATILE_RATIO times its median so far, else trending when the window's
     move is TREND_SCORE times what that volatility explains, else calm. Only bars up to each
     row are read (an expanding median), as for features. NO_REGIME during the warm-up."""
-    from tradewind.trainer.data.synthetic import CALM, TRENDING, VOLATILE
-
     n = len(close)
     out = np.full(n, NO_REGIME, np.int8)
     volatility = realized_volatility(close)

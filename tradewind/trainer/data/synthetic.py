@@ -20,7 +20,8 @@ from tradewind.api.common import SyntheticData
 REGIME_NAMES = ("calm", "trending", "volatile")
 CALM, TRENDING, VOLATILE = 0, 1, 2
 NO_REGIME = -1
-"""Regime label of bars from real data, where the regime is unknown."""
+"""Regime label of a bar whose regime is unknown (the warm-up bars of
+`features.market_regimes`, which engineered features drop)."""
 
 START = np.datetime64("2020-01-01T00:00", "ns")
 BAR_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "1d": 1440}

@@ -227,7 +227,8 @@ def train_agent(
         model = build_agent(agent, envs.train, seed=seed, device=device)
     model.set_logger(Logger(folder=None, output_formats=[TrackerOutput(tracker)]))
     space = model.observation_space
-    if model.num_timesteps == 0 and space.shape:  # the policy's graph, before it first learns
+    # the policy's graph, before it first learns
+    if model.num_timesteps == 0 and space.shape and tracker.tensorboard_dir is not None:
         # traced on a blank observation: resetting the env for one would move its seeds
         # and VecNormalize's statistics
         example, _ = model.policy.obs_to_tensor(np.zeros((1, *space.shape), space.dtype))
